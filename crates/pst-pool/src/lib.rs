@@ -1,0 +1,502 @@
+//! The pst buffer pool: one file (or anonymous memory) mapped `MAP_SHARED` and cut into
+//! fixed-size buffers named by [`BufIdx`], netmap's `buf_idx`.
+//!
+//! This crate owns the mapping, the on-media header ([`header`]), the per-partition ownership
+//! bookkeeping ([`alloc`]) and the persistence primitives ([`PersistMode`]). It is the only place
+//! besides the io_uring driver that holds `unsafe` code; it does no networking.
+//!
+//! File layout: `[header region 4 KiB][log region][buffer 0][buffer 1]...`; see [`header`].
+#![deny(unsafe_code)]
+
+pub mod alloc;
+pub mod header;
+mod map;
+pub mod persist;
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+pub use alloc::{AllocError, BufAlloc};
+pub use header::{Header, HeaderError};
+pub use persist::FlushInsn;
+
+/// Index of a buffer in the pool (netmap's `buf_idx`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BufIdx(pub u32);
+
+/// Default buffer size: 2 KiB, like netmap's default buffers.
+pub const DEFAULT_BUF_SIZE: u32 = 2048;
+/// Default pool size: 256 MiB.
+pub const DEFAULT_POOL_SIZE: u64 = 256 << 20;
+
+/// Buffer geometry of a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    /// Bytes per buffer: a power of two in 512..=65536.
+    pub buf_size: u32,
+    /// Number of buffers.
+    pub buf_count: u32,
+    /// Bytes reserved for the write-ahead log region (multiple of 4096).
+    pub log_len: u64,
+}
+
+impl Geometry {
+    /// Geometry for a pool of about `total` bytes: 1/16 of it (at least 64 KiB) for the log, the
+    /// rest as `buf_size` buffers.
+    pub fn for_size(total: u64, buf_size: u32) -> Result<Geometry, String> {
+        let log_len = ((total / 16).max(64 << 10) + 4095) & !4095;
+        let data = total
+            .checked_sub(header::HEADER_REGION + log_len)
+            .filter(|d| *d >= buf_size as u64 * 8)
+            .ok_or_else(|| format!("pool size {total} is too small for {buf_size}-byte buffers"))?;
+        let buf_count = u32::try_from(data / buf_size.max(1) as u64)
+            .map_err(|_| format!("pool size {total} gives more than 2^32 buffers"))?;
+        let g = Geometry { buf_size, buf_count, log_len };
+        g.validate()?;
+        Ok(g)
+    }
+
+    /// Check the invariants; the message names the broken one.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.buf_size.is_power_of_two() || !(512..=65536).contains(&self.buf_size) {
+            return Err(format!("buffer size {} is not a power of two in 512..=65536", self.buf_size));
+        }
+        if self.buf_count < 8 {
+            return Err(format!("buffer count {} is below the minimum of 8", self.buf_count));
+        }
+        if self.log_len % 4096 != 0 {
+            return Err(format!("log length {} is not a multiple of 4096", self.log_len));
+        }
+        Ok(())
+    }
+
+    /// Split the buffers into `n` contiguous partitions, one per port/thread.
+    pub fn partitions(&self, n: u32) -> Vec<std::ops::Range<u32>> {
+        let n = n.max(1);
+        let per = self.buf_count / n;
+        (0..n)
+            .map(|i| {
+                let end = if i + 1 == n { self.buf_count } else { (i + 1) * per };
+                i * per..end
+            })
+            .collect()
+    }
+}
+
+/// What a persist barrier does, and so what survives what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PersistMode {
+    /// Nothing. For a `MAP_SHARED` file pool, data survives a process crash (it is in the page
+    /// cache) but not a power loss. Anonymous pools survive nothing.
+    #[default]
+    None,
+    /// Flush each kept cache line (`clwb`/`clflushopt`) and issue one `sfence` per batch.
+    /// Survives a process crash; survives power loss only on a DAX filesystem mapped with
+    /// `MAP_SYNC` ([`Pool::is_dax`]), otherwise this is *emulated* persistent memory.
+    Pmem,
+    /// One `fdatasync` of the pool file per batch. Survives a process crash and a power loss on
+    /// ordinary storage.
+    Fsync,
+}
+
+impl std::str::FromStr for PersistMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(PersistMode::None),
+            "pmem" => Ok(PersistMode::Pmem),
+            "fsync" => Ok(PersistMode::Fsync),
+            _ => Err(format!("unknown persist mode {s:?} (expected none, pmem or fsync)")),
+        }
+    }
+}
+
+impl std::fmt::Display for PersistMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PersistMode::None => "none",
+            PersistMode::Pmem => "pmem",
+            PersistMode::Fsync => "fsync",
+        })
+    }
+}
+
+/// Errors opening or creating a pool.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PoolError {
+    /// An I/O error on the pool file.
+    #[error("{path}: {source}")]
+    Io {
+        /// The pool path.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The file exists but is not a usable pool; it was left untouched.
+    #[error("{path}: refusing to use this file (left untouched): {source}")]
+    BadHeader {
+        /// The pool path.
+        path: PathBuf,
+        /// What is wrong with it.
+        source: HeaderError,
+    },
+    /// The file is a valid pool with another geometry than the one asked for.
+    #[error("{path}: existing pool has geometry {found:?}, but {wanted:?} was requested (left untouched)")]
+    GeometryMismatch {
+        /// The pool path.
+        path: PathBuf,
+        /// Geometry in the file.
+        found: Geometry,
+        /// Geometry requested.
+        wanted: Geometry,
+    },
+    /// Invalid geometry requested.
+    #[error("invalid pool geometry: {0}")]
+    Geometry(String),
+    /// mmap failed.
+    #[error("mmap of {len} bytes failed: {source}")]
+    Map {
+        /// Bytes requested.
+        len: u64,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+/// A persist barrier failed. After this the pool is poisoned: every later barrier fails too,
+/// because the kernel may have dropped dirty pages it could not write (fsync-gate).
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum PersistError {
+    /// `fdatasync` failed.
+    #[error("fdatasync of the pool failed: {0}")]
+    Sync(String),
+    /// An earlier barrier failed; durability can no longer be promised.
+    #[error("pool is poisoned by an earlier failed persist; restart to recover")]
+    Poisoned,
+}
+
+/// How to open a pool file.
+#[derive(Debug, Clone)]
+pub struct PoolOptions {
+    /// Geometry for a new pool; also required of an existing one when `require_geometry`.
+    pub geometry: Geometry,
+    /// Refuse an existing pool whose geometry differs from `geometry`.
+    pub require_geometry: bool,
+    /// The persist mode used by [`Pool::barrier`].
+    pub persist: PersistMode,
+    /// Busy-wait this long at each barrier (emulated slow persistent memory).
+    pub pm_write_latency_ns: u64,
+    /// Map read-only and never create (for `pst inspect`).
+    pub read_only: bool,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        PoolOptions {
+            geometry: Geometry::for_size(DEFAULT_POOL_SIZE, DEFAULT_BUF_SIZE)
+                .expect("default geometry is valid"),
+            require_geometry: false,
+            persist: PersistMode::None,
+            pm_write_latency_ns: 0,
+            read_only: false,
+        }
+    }
+}
+
+/// A mapped pool.
+#[derive(Debug)]
+pub struct Pool {
+    map: map::Mapping,
+    file: Option<File>,
+    path: Option<PathBuf>,
+    header: Header,
+    persist: PersistMode,
+    pm_latency_ns: u64,
+    flush: FlushInsn,
+    poisoned: AtomicBool,
+}
+
+impl Pool {
+    /// Open the pool at `path`, creating it (and its parent directories) if absent.
+    ///
+    /// An existing file is validated (magic, version, checksum, geometry, length) and refused
+    /// untouched if anything is wrong. A new file is written to `path.tmp`, synced, and renamed
+    /// into place, so a crash during creation never leaves a half-written pool at `path`.
+    pub fn open(path: &Path, opts: &PoolOptions) -> Result<Pool, PoolError> {
+        let io = |source| PoolError::Io { path: path.to_owned(), source };
+        if !path.exists() {
+            if opts.read_only {
+                return Err(io(std::io::Error::new(std::io::ErrorKind::NotFound, "no such pool")));
+            }
+            Self::create(path, opts.geometry)?;
+        }
+        let file = OpenOptions::new().read(true).write(!opts.read_only).open(path).map_err(io)?;
+        let meta = file.metadata().map_err(io)?;
+        if !meta.is_file() {
+            return Err(io(std::io::Error::other("not a regular file")));
+        }
+        let mut buf = [0u8; header::HEADER_LEN];
+        let n = file.read_at(&mut buf, 0).map_err(io)?;
+        let header = Header::decode(&buf[..n], meta.len())
+            .map_err(|source| PoolError::BadHeader { path: path.to_owned(), source })?;
+        if opts.require_geometry && header.geometry != opts.geometry {
+            return Err(PoolError::GeometryMismatch {
+                path: path.to_owned(),
+                found: header.geometry,
+                wanted: opts.geometry,
+            });
+        }
+        let map = map::Mapping::file(&file, header.total_len, opts.read_only)
+            .map_err(|source| PoolError::Map { len: header.total_len, source })?;
+        Ok(Self::assemble(map, Some(file), Some(path.to_owned()), header, opts))
+    }
+
+    /// An anonymous (DRAM-only) pool: nothing survives the process.
+    pub fn anonymous(geometry: Geometry, persist: PersistMode) -> Result<Pool, PoolError> {
+        let header = Header::layout(geometry).map_err(|e| PoolError::Geometry(e.to_string()))?;
+        let map = map::Mapping::anonymous(header.total_len)
+            .map_err(|source| PoolError::Map { len: header.total_len, source })?;
+        let opts = PoolOptions { geometry, persist, ..PoolOptions::default() };
+        Ok(Self::assemble(map, None, None, header, &opts))
+    }
+
+    fn assemble(
+        map: map::Mapping,
+        file: Option<File>,
+        path: Option<PathBuf>,
+        header: Header,
+        opts: &PoolOptions,
+    ) -> Pool {
+        let pool = Pool {
+            map,
+            file,
+            path,
+            header,
+            persist: opts.persist,
+            pm_latency_ns: opts.pm_write_latency_ns,
+            flush: FlushInsn::detect(),
+            poisoned: AtomicBool::new(false),
+        };
+        tracing::info!(
+            path = ?pool.path,
+            buf_size = header.geometry.buf_size,
+            buf_count = header.geometry.buf_count,
+            persist = %pool.persist,
+            pm = pool.pm_report(),
+            flush = ?pool.flush,
+            "pool mapped"
+        );
+        pool
+    }
+
+    fn create(path: &Path, geometry: Geometry) -> Result<(), PoolError> {
+        let header = Header::layout(geometry).map_err(|e| PoolError::Geometry(e.to_string()))?;
+        let io = |source| PoolError::Io { path: path.to_owned(), source };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io)?;
+        f.write_all(&header.encode()).map_err(io)?;
+        f.set_len(header.total_len).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        drop(f);
+        // Never replace a file that appeared meanwhile: link fails if `path` exists.
+        std::fs::hard_link(&tmp, path).map_err(io)?;
+        std::fs::remove_file(&tmp).map_err(io)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+        }
+        tracing::info!(?path, ?geometry, "created pool");
+        Ok(())
+    }
+
+    /// The decoded header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// Buffer geometry.
+    pub fn geometry(&self) -> Geometry {
+        self.header.geometry
+    }
+
+    /// Bytes per buffer.
+    pub fn buf_size(&self) -> u32 {
+        self.header.geometry.buf_size
+    }
+
+    /// The pool's file path, if file-backed.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// The persist mode of [`Pool::barrier`].
+    pub fn persist_mode(&self) -> PersistMode {
+        self.persist
+    }
+
+    /// True when the pool is mapped with `MAP_SYNC` on a DAX filesystem: cache-line flushes then
+    /// reach persistent media.
+    pub fn is_dax(&self) -> bool {
+        self.map.dax()
+    }
+
+    /// "dax" or "emulated": what `Pmem` mode means for this pool.
+    pub fn pm_report(&self) -> &'static str {
+        if self.is_dax() {
+            "dax (MAP_SYNC)"
+        } else {
+            "emulated (no DAX/MAP_SYNC: pmem flushes reach the page cache only)"
+        }
+    }
+
+    /// Address of buffer `b`'s first byte. Panics if `b` is outside the pool (a programming
+    /// error: indices come from this pool's allocators).
+    pub fn buf_ptr(&self, b: BufIdx) -> *mut u8 {
+        assert!(b.0 < self.header.geometry.buf_count, "buffer {b:?} outside the pool");
+        let off = self.header.data_off + b.0 as u64 * self.buf_size() as u64;
+        self.map.ptr_at(off)
+    }
+
+    /// The log region as a raw pointer and length (owned by the store layer).
+    pub fn log_region(&self) -> (*mut u8, usize) {
+        (self.map.ptr_at(self.header.log_off), self.header.geometry.log_len as usize)
+    }
+
+    /// File offset of a pointer inside the mapping.
+    pub fn offset_of(&self, p: *const u8) -> u64 {
+        p as u64 - self.map.ptr_at(0) as u64
+    }
+
+    /// Read `len` bytes of buffer `b` from `off`.
+    ///
+    /// # Safety
+    /// Nobody may write that byte range while the returned slice lives: the caller must own the
+    /// buffer (it is not lent to the kernel, and no `&mut` to the range exists).
+    #[allow(unsafe_code)]
+    pub unsafe fn bytes(&self, b: BufIdx, off: u32, len: u32) -> &[u8] {
+        assert!(off as u64 + len as u64 <= self.buf_size() as u64, "range outside the buffer");
+        // SAFETY: in bounds of the mapping (checked above and in buf_ptr); exclusivity is the
+        // caller's contract.
+        unsafe { std::slice::from_raw_parts(self.buf_ptr(b).add(off as usize), len as usize) }
+    }
+
+    /// Write access to `len` bytes of buffer `b` from `off`.
+    ///
+    /// # Safety
+    /// The caller must own that byte range exclusively while the slice lives (not lent to the
+    /// kernel, no other reference to it).
+    #[allow(unsafe_code, clippy::mut_from_ref)]
+    pub unsafe fn bytes_mut(&self, b: BufIdx, off: u32, len: u32) -> &mut [u8] {
+        assert!(off as u64 + len as u64 <= self.buf_size() as u64, "range outside the buffer");
+        // SAFETY: in bounds of the mapping; exclusivity is the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.buf_ptr(b).add(off as usize), len as usize) }
+    }
+
+    /// Start persisting `[ptr, ptr+len)` (a range in this pool). In `Pmem` mode this flushes its
+    /// cache lines now, so the flushes overlap with the rest of the batch; the other modes do
+    /// their work in [`Pool::barrier`].
+    pub fn flush(&self, ptr: *const u8, len: usize) {
+        if self.persist == PersistMode::Pmem {
+            self.flush.flush(ptr, len);
+        }
+    }
+
+    /// The once-per-batch persist barrier: after it returns `Ok`, everything written to the pool
+    /// before it (and, in `Pmem` mode, flushed with [`Pool::flush`]) is persisted under the mode,
+    /// so replies acknowledging it may leave.
+    pub fn barrier(&self) -> Result<(), PersistError> {
+        // Relaxed: the flag is only a latch; the barrier's own syscalls/fences order the data.
+        if self.poisoned.load(Ordering::Relaxed) {
+            return Err(PersistError::Poisoned);
+        }
+        match self.persist {
+            PersistMode::None => {}
+            PersistMode::Pmem => persist::sfence(),
+            PersistMode::Fsync => {
+                if let Some(f) = &self.file {
+                    if let Err(e) = f.sync_data() {
+                        self.poisoned.store(true, Ordering::Relaxed);
+                        return Err(PersistError::Sync(e.to_string()));
+                    }
+                }
+            }
+        }
+        persist::spin_ns(self.pm_latency_ns);
+        Ok(())
+    }
+
+    /// True after a failed barrier.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+#[allow(unsafe_code)]
+mod tests {
+    use super::*;
+
+    fn small() -> PoolOptions {
+        PoolOptions {
+            geometry: Geometry::for_size(1 << 20, 2048).unwrap(),
+            ..PoolOptions::default()
+        }
+    }
+
+    #[test]
+    fn create_reopen_and_refuse_mismatch() {
+        let dir = std::env::temp_dir().join(format!("pst-pool-test-{}", std::process::id()));
+        let path = dir.join("a/b/pool");
+        let _ = std::fs::remove_dir_all(&dir);
+        let p = Pool::open(&path, &small()).unwrap();
+        // SAFETY: test owns the whole pool, nobody else touches buffer 3.
+        unsafe { p.bytes_mut(BufIdx(3), 0, 5) }.copy_from_slice(b"hello");
+        drop(p);
+        let p = Pool::open(&path, &small()).unwrap();
+        // SAFETY: as above.
+        assert_eq!(unsafe { p.bytes(BufIdx(3), 0, 5) }, b"hello");
+        drop(p);
+        let mut other = small();
+        other.geometry = Geometry::for_size(2 << 20, 2048).unwrap();
+        other.require_geometry = true;
+        assert!(matches!(Pool::open(&path, &other), Err(PoolError::GeometryMismatch { .. })));
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn geometry_partitions_cover_everything() {
+        let g = Geometry { buf_size: 2048, buf_count: 103, log_len: 0 };
+        let parts = g.partitions(4);
+        assert_eq!(parts.len(), 4);
+        assert_eq!(parts[0].start, 0);
+        assert_eq!(parts[3].end, 103);
+        assert!(parts.windows(2).all(|w| w[0].end == w[1].start));
+    }
+
+    #[test]
+    fn barrier_modes_work_on_anonymous_pool() {
+        for mode in [PersistMode::None, PersistMode::Pmem, PersistMode::Fsync] {
+            let p = Pool::anonymous(Geometry { buf_size: 512, buf_count: 8, log_len: 0 }, mode)
+                .unwrap();
+            p.flush(p.buf_ptr(BufIdx(1)), 512);
+            p.barrier().unwrap();
+        }
+    }
+}

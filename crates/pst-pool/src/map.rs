@@ -1,0 +1,85 @@
+//! The raw memory mapping behind a pool.
+#![allow(unsafe_code)]
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::ptr::NonNull;
+
+/// An owned `mmap` region, unmapped on drop.
+#[derive(Debug)]
+pub(crate) struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+    dax: bool,
+}
+
+// SAFETY: the mapping is plain shared memory; the pointer is never used to create references by
+// this type itself. Access discipline (which thread/kernel op may touch which buffer) is enforced
+// by the owners of the `BufIdx`es (partitions, ports), documented on `Pool::bytes`.
+unsafe impl Send for Mapping {}
+// SAFETY: as above; `&Mapping` only hands out raw pointers.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Map `len` bytes of `file` shared. Tries `MAP_SYNC` first (DAX); falls back to plain
+    /// `MAP_SHARED` when the filesystem does not support it (EOPNOTSUPP/EINVAL).
+    pub(crate) fn file(file: &File, len: u64, read_only: bool) -> io::Result<Mapping> {
+        let len = usize::try_from(len).map_err(io::Error::other)?;
+        let prot = if read_only { libc::PROT_READ } else { libc::PROT_READ | libc::PROT_WRITE };
+        if !read_only {
+            if let Ok(ptr) = Self::mmap(
+                len,
+                prot,
+                libc::MAP_SHARED_VALIDATE | libc::MAP_SYNC,
+                file.as_raw_fd(),
+            ) {
+                return Ok(Mapping { ptr, len, dax: true });
+            }
+        }
+        let ptr = Self::mmap(len, prot, libc::MAP_SHARED, file.as_raw_fd())?;
+        Ok(Mapping { ptr, len, dax: false })
+    }
+
+    /// Anonymous shared memory of `len` bytes.
+    pub(crate) fn anonymous(len: u64) -> io::Result<Mapping> {
+        let len = usize::try_from(len).map_err(io::Error::other)?;
+        let ptr = Self::mmap(
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+        )?;
+        Ok(Mapping { ptr, len, dax: false })
+    }
+
+    fn mmap(len: usize, prot: i32, flags: i32, fd: i32) -> io::Result<NonNull<u8>> {
+        // SAFETY: a fresh mapping at a kernel-chosen address; no existing memory is affected.
+        let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, fd, 0) };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        NonNull::new(p.cast()).ok_or_else(|| io::Error::other("mmap returned null"))
+    }
+
+    pub(crate) fn dax(&self) -> bool {
+        self.dax
+    }
+
+    /// Pointer to byte `off`. Panics when out of bounds.
+    pub(crate) fn ptr_at(&self, off: u64) -> *mut u8 {
+        assert!(off <= self.len as u64, "offset {off} outside a {}-byte mapping", self.len);
+        // SAFETY: `off <= len`, so the result is within (or one past) the mapping.
+        unsafe { self.ptr.as_ptr().add(off as usize) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: we own this mapping; it was created by mmap with exactly this length. Anything
+        // that borrowed it is gone because borrows are tied to the `Pool` that owns us.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
+}
