@@ -1,14 +1,24 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! The I/O-free core of a pst port: netmap-style RX ring, per-connection TX queues, the
+//! provided-buffer id table and the batching state machine.
+//!
+//! The core never performs a system call. A driver (the io_uring one in `pst-uring`, or a
+//! simulated one in tests) feeds it completions with [`Core::complete`] and drains the
+//! operations it wants submitted with [`Core::pop_op`]; buffers to lend to the kernel come from
+//! [`Core::refill`]. Everything here is deterministic, which is what lets the ring bookkeeping be
+//! tested without sockets.
+//!
+//! Buffer lifecycle: free (in the partition's [`BufAlloc`]) → lent to the kernel (in the
+//! [`BidTable`]) → an RX [`Slot`] owned by the app until the next sync → either recycled, or
+//! kept as an [`Extent`] → sent and/or logged → released back to the free list.
+#![forbid(unsafe_code)]
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+mod bid;
+mod core;
+mod slot;
+mod userdata;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use bid::BidTable;
+pub use core::{Core, CoreConfig, CoreStats, Op, SendError};
+pub use pst_pool::{BufAlloc, BufIdx};
+pub use slot::{ConnId, Extent, Slot, SlotKind};
+pub use userdata::{OpKind, UserData};
