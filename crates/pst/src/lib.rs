@@ -1,14 +1,258 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! pst: PASTE for Rust — netmap-style rings over the kernel TCP/IP stack, on io_uring.
+//!
+//! The architecture in ten lines:
+//! 1. A [`Pool`] is one file (or anonymous memory) mapped `MAP_SHARED`, cut into buffers named
+//!    by [`BufIdx`]; on persistent memory, received data is persisted where it lands.
+//! 2. A [`Port`] owns one partition of the pool and one io_uring.
+//! 3. Every registered socket has a multishot recv drawing from one provided-buffer ring whose
+//!    buffers are pool buffers: the kernel's one copy lands bytes in their final place.
+//! 4. [`Port::sync`] is one `io_uring_enter`: it submits all queued TX and re-arms, and reaps
+//!    every completion into the RX ring of [`Slot`]s — many connections, one system call.
+//! 5. The app reads payload in place ([`Port::payload`]); [`Port::keep`] turns a slot into an
+//!    [`Extent`] it owns (a spare buffer goes to the kernel instead), to log or to send back.
+//! 6. TX sends from pool buffers, in order per connection, short sends resumed.
+//! 7. The ring logic is I/O-free (`pst-ring`), the kernel glue thin (`pst-uring`).
+//! 8. Durable structures over kept extents live in `pst-store`; apps on top in `pst-cli`.
+#![deny(unsafe_code)]
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::ops::Range;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use pst_pool::{BufIdx, Geometry, PersistError, PersistMode, Pool, PoolError, PoolOptions};
+pub use pst_ring::{ConnId, CoreStats, Extent, SendError, Slot, SlotKind};
+pub use pst_uring::{DriverConfig, DriverStats};
+
+use pst_ring::{BufAlloc, Core, CoreConfig};
+use pst_uring::Driver;
+
+/// Port parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct PortConfig {
+    /// io_uring driver parameters (queue sizes, batching bound).
+    pub driver: DriverConfig,
+    /// Free buffers never lent to the kernel, kept for replies and keeping.
+    pub reserve: usize,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+impl Default for PortConfig {
+    fn default() -> Self {
+        PortConfig { driver: DriverConfig::default(), reserve: 64 }
+    }
+}
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+/// Port counters: the core's plus the system calls the driver made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PortStats {
+    /// Ring bookkeeping counters.
+    pub core: CoreStats,
+    /// System call counters.
+    pub driver: DriverStats,
+}
+
+/// A stack port: netmap's RX/TX rings for many TCP connections, one system call per sync.
+#[derive(Debug)]
+pub struct Port {
+    // Field order matters for drop: the driver (the io_uring) goes before the pool mapping.
+    driver: Driver,
+    core: Core,
+    pool: Arc<Pool>,
+}
+
+/// A `send_copy` that could not be queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SendCopyError {
+    /// The connection is closed or failed.
+    #[error("connection is closed")]
+    Closed,
+    /// No free buffer for the copy: back-pressure; retry after a sync.
+    #[error("pool exhausted")]
+    PoolExhausted,
+}
+
+impl Port {
+    /// A port over the buffers `part` of `pool`.
+    pub fn new(pool: Arc<Pool>, part: Range<u32>, cfg: PortConfig) -> io::Result<Port> {
+        let len = part.end - part.start;
+        let ring_entries = cfg.driver.ring_entries.min(len.next_power_of_two().min(32768) as u16);
+        let driver = Driver::new(pool.clone(), DriverConfig { ring_entries, ..cfg.driver })?;
+        let reserve = cfg.reserve.min(len as usize / 8);
+        let core = Core::new(
+            BufAlloc::new(part.start, len),
+            CoreConfig { ring_entries, reserve, max_iov: pst_uring::MAX_IOV, buf_size: pool.buf_size() },
+        );
+        Ok(Port { driver, core, pool })
+    }
+
+    /// A port over the whole pool.
+    pub fn whole(pool: Arc<Pool>, cfg: PortConfig) -> io::Result<Port> {
+        let n = pool.geometry().buf_count;
+        Self::new(pool, 0..n, cfg)
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    /// Listen on `addr` (`SO_REUSEPORT`, so each thread's port can listen on the same address);
+    /// accepted connections are registered automatically and reported as `Accepted` slots.
+    pub fn listen(&mut self, addr: SocketAddr) -> io::Result<SocketAddr> {
+        let l = pst_uring::listener(addr, 4096)?;
+        self.add_listener(l)
+    }
+
+    /// Adopt an already listening socket.
+    pub fn add_listener(&mut self, l: TcpListener) -> io::Result<SocketAddr> {
+        let local = l.local_addr()?;
+        self.core.add_listener(Driver::adopt(OwnedFd::from(l)));
+        Ok(local)
+    }
+
+    /// Stop accepting new connections.
+    pub fn stop_listening(&mut self) {
+        for fd in self.core.close_listeners() {
+            // The multishot accept holds its own file reference and ends with ECANCELED.
+            drop(pst_uring::close_fd(fd));
+        }
+    }
+
+    /// Register a connected socket the application made (a client connection).
+    pub fn register(&mut self, stream: TcpStream) -> io::Result<ConnId> {
+        pst_uring::set_nodelay(&stream)?;
+        Ok(self.core.register(Driver::adopt(OwnedFd::from(stream))))
+    }
+
+    /// One `io_uring_enter`: submit queued TX and re-arms, wait per `timeout` (`None`: until
+    /// something completes; zero: not at all), reap every completion into the RX ring. RX slots
+    /// of the previous sync that were not kept are recycled first.
+    pub fn sync(&mut self, timeout: Option<Duration>) -> io::Result<usize> {
+        self.driver.sync(&mut self.core, timeout)
+    }
+
+    /// The RX ring filled by the last sync; valid until the next one.
+    pub fn rx(&self) -> &[Slot] {
+        self.core.rx()
+    }
+
+    /// The payload of a data slot of the current RX ring, read in place. Empty for other slots
+    /// or for a slot from an earlier sync.
+    pub fn payload(&self, slot: &Slot) -> &[u8] {
+        let current = slot.kind == SlotKind::Data && self.core.rx().iter().any(|s| s == slot);
+        if !current {
+            return &[];
+        }
+        #[allow(unsafe_code)]
+        // SAFETY: a data slot of the current RX ring owns its buffer until the next sync, which
+        // needs `&mut self`, so no kernel write or recycle can happen while this borrow lives.
+        unsafe {
+            self.pool.bytes(slot.buf, slot.off, slot.len)
+        }
+    }
+
+    /// Keep a data slot's buffer (netmap's swap with a spare buffer): the returned extent is
+    /// the application's until released; a free buffer is lent to the kernel instead.
+    pub fn keep(&mut self, slot: &Slot) -> Option<Extent> {
+        self.core.keep(slot)
+    }
+
+    /// Read an extent in place.
+    pub fn bytes(&self, ext: &Extent) -> &[u8] {
+        #[allow(unsafe_code)]
+        // SAFETY: an `Extent` is the unique handle on its byte range; the kernel only writes
+        // buffers lent to it, and a buffer with a live extent is never lent.
+        unsafe {
+            self.pool.bytes(ext.buf(), ext.off(), ext.len())
+        }
+    }
+
+    /// Write an extent in place (e.g. fill a reply buffer).
+    pub fn bytes_mut(&mut self, ext: &mut Extent) -> &mut [u8] {
+        #[allow(unsafe_code)]
+        // SAFETY: as in `bytes`, and `&mut Extent` makes this the only access to the range
+        // (extents sharing a buffer cover disjoint ranges).
+        unsafe {
+            self.pool.bytes_mut(ext.buf(), ext.off(), ext.len())
+        }
+    }
+
+    /// A whole free buffer to fill; `None` when the pool is exhausted (back-pressure).
+    pub fn alloc(&mut self) -> Option<Extent> {
+        self.core.alloc_extent()
+    }
+
+    /// Split an extent in two at `at`; both halves keep the buffer alive.
+    pub fn split(&mut self, ext: Extent, at: u32) -> (Extent, Extent) {
+        self.core.split(ext, at)
+    }
+
+    /// A second handle on part of an extent's buffer (one more reference).
+    pub fn share(&mut self, ext: &Extent, skip: u32, len: u32) -> Extent {
+        self.core.share(ext, skip, len)
+    }
+
+    /// Release an extent.
+    pub fn release(&mut self, ext: Extent) {
+        self.core.release(ext)
+    }
+
+    /// Queue `ext` for sending on `conn` (zero copy from the pool); it is released when sent.
+    pub fn send(&mut self, conn: ConnId, ext: Extent) -> Result<(), SendError> {
+        self.core.send(conn, ext)
+    }
+
+    /// Copy `data` into pool buffers and queue them on `conn`: for small replies.
+    pub fn send_copy(&mut self, conn: ConnId, mut data: &[u8]) -> Result<(), SendCopyError> {
+        let need = data.len().div_ceil(self.pool.buf_size() as usize);
+        if self.core.alloc().free_count() < need {
+            return Err(SendCopyError::PoolExhausted);
+        }
+        while !data.is_empty() {
+            let mut e = self.core.alloc_extent().ok_or(SendCopyError::PoolExhausted)?;
+            let n = data.len().min(e.len() as usize);
+            e.narrow(0, n as u32);
+            self.bytes_mut(&mut e).copy_from_slice(&data[..n]);
+            data = &data[n..];
+            self.core.send(conn, e).map_err(|_| SendCopyError::Closed)?;
+        }
+        Ok(())
+    }
+
+    /// Bytes queued on `conn` and not yet sent.
+    pub fn tx_queued(&self, conn: ConnId) -> usize {
+        self.core.tx_queued(conn)
+    }
+
+    /// Close `conn` after its queued data is sent.
+    pub fn close(&mut self, conn: ConnId) {
+        self.core.close(conn)
+    }
+
+    /// Close every connection (after their queued data is sent).
+    pub fn close_all(&mut self) {
+        self.core.close_all()
+    }
+
+    /// Open connections.
+    pub fn open_conns(&self) -> usize {
+        self.core.open_conns()
+    }
+
+    /// Free buffers in this port's partition.
+    pub fn free_buffers(&self) -> usize {
+        self.core.alloc().free_count()
+    }
+
+    /// Buffers in this port's partition.
+    pub fn capacity(&self) -> usize {
+        self.core.alloc().capacity()
+    }
+
+    /// Counters, including the system calls made.
+    pub fn stats(&self) -> PortStats {
+        PortStats { core: self.core.stats(), driver: self.driver.stats() }
     }
 }
