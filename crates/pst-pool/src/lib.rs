@@ -282,7 +282,7 @@ impl Pool {
             flush: FlushInsn::detect(),
             poisoned: AtomicBool::new(false),
         };
-        tracing::info!(
+        tracing::debug!(
             path = ?pool.path,
             buf_size = header.geometry.buf_size,
             buf_count = header.geometry.buf_count,

@@ -99,6 +99,10 @@ struct Conn {
     close_requested: bool,
     broken: bool,
     tx_inflight: bool,
+    /// Chunks covered by the in-flight send.
+    inflight_chunks: usize,
+    /// Data queued behind the in-flight send (counted in `Core::backlog`).
+    behind: bool,
     txq: VecDeque<Extent>,
     /// Bytes of `txq[0]` already sent.
     tx_sent: u32,
@@ -130,6 +134,7 @@ pub struct Core {
     kept: Vec<bool>,
     ops: VecDeque<Op>,
     starved: Vec<ConnId>,
+    backlog: usize,
     stats: CoreStats,
 }
 
@@ -148,6 +153,7 @@ impl Core {
             kept: Vec::new(),
             ops: VecDeque::new(),
             starved: Vec::new(),
+            backlog: 0,
             stats: CoreStats::default(),
         }
     }
@@ -206,6 +212,8 @@ impl Core {
             close_requested: false,
             broken: false,
             tx_inflight: false,
+            inflight_chunks: 0,
+            behind: false,
             txq: VecDeque::new(),
             tx_sent: 0,
         };
@@ -253,6 +261,12 @@ impl Core {
     /// Next operation to submit.
     pub fn pop_op(&mut self) -> Option<Op> {
         self.ops.pop_front()
+    }
+
+    /// Connections with data queued behind their in-flight send: their send completion is
+    /// needed promptly, so a sync should not wait for extra completions past it.
+    pub fn tx_backlog(&self) -> usize {
+        self.backlog
     }
 
     /// Operations waiting to be submitted.
@@ -398,6 +412,7 @@ impl Core {
             return;
         };
         c.tx_inflight = false;
+        let was_behind = std::mem::take(&mut c.behind);
         let mut released = Vec::new();
         if res >= 0 {
             let mut n = res as u32;
@@ -419,6 +434,7 @@ impl Core {
             released.extend(c.txq.drain(..));
         }
         let notify = res < 0 && !c.rx_done && !c.close_requested;
+        self.backlog -= was_behind as usize;
         self.stats.tx_bytes += res.max(0) as u64;
         for e in released {
             self.release(e);
@@ -434,13 +450,18 @@ impl Core {
 
     /// Queue a send if the connection has data and none in flight; finish a requested close.
     fn kick_tx(&mut self, id: ConnId) {
+        let max_iov = self.cfg.max_iov;
         let Some(c) = self.conn_mut(id) else { return };
         if c.tx_inflight {
             return;
         }
         if !c.txq.is_empty() && !c.broken {
             c.tx_inflight = true;
+            c.inflight_chunks = c.txq.len().min(max_iov);
+            let newly_behind = c.txq.len() > c.inflight_chunks && !c.behind;
+            c.behind |= newly_behind;
             let fd = c.fd;
+            self.backlog += newly_behind as usize;
             let ud = UserData { kind: OpKind::Send, gen: id.gen, idx: id.idx }.encode();
             self.ops.push_back(Op::Send { conn: id, fd, ud });
         } else if c.close_requested {
@@ -451,6 +472,9 @@ impl Core {
     fn finish_close(&mut self, id: ConnId) {
         let e = &mut self.conns[id.idx as usize];
         let c = e.conn.take().expect("closing an open connection");
+        if c.behind {
+            self.backlog -= 1;
+        }
         e.gen = (e.gen + 1) & GEN_MASK;
         self.free_conns.push(id.idx);
         self.open_conns -= 1;
@@ -516,7 +540,13 @@ impl Core {
             self.release(ext);
             return Ok(());
         }
-        self.conn_mut(conn).expect("checked").txq.push_back(ext);
+        let c = self.conn_mut(conn).expect("checked");
+        c.txq.push_back(ext);
+        let newly_behind = c.tx_inflight && !c.behind;
+        if newly_behind {
+            c.behind = true;
+            self.backlog += 1;
+        }
         self.kick_tx(conn);
         Ok(())
     }
@@ -704,9 +734,16 @@ mod tests {
         assert_eq!(ch.len(), 1);
         assert_eq!((ch[0].1, ch[0].2), (5 + 3, 17));
         assert_eq!(c.tx_queued(id), 17);
+        assert_eq!(c.tx_backlog(), 0);
+        let e3 = c.alloc_extent().unwrap();
+        c.send(id, e3).unwrap();
+        assert_eq!(c.tx_backlog(), 1, "queued behind the in-flight send");
         c.complete(ud(op2), 17, 0);
+        assert_eq!(c.tx_backlog(), 0);
+        let Some(op3 @ Op::Send { .. }) = c.pop_op() else { panic!() };
+        c.complete(ud(op3), 2048, 0);
         assert_eq!(c.alloc().free_count(), free0);
-        assert_eq!(c.stats().tx_bytes, 30);
+        assert_eq!(c.stats().tx_bytes, 30 + 2048);
     }
 
     #[test]

@@ -1,0 +1,168 @@
+//! The built-in load generator: many connections, closed loop, optional pipelining depth. It is
+//! itself a pst port client (io_uring, one enter per batch for all connections), so it spends
+//! little CPU per request and is rarely the bottleneck.
+
+use std::collections::VecDeque;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use pst::{ConnId, Geometry, PersistMode, Pool, Port, PortConfig, SlotKind};
+
+/// How responses are delimited.
+#[derive(Debug, Clone, Copy)]
+pub enum Framer {
+    /// Each response is exactly this many bytes (echo).
+    Fixed(usize),
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct LoadSpec {
+    /// Server address.
+    pub addr: SocketAddr,
+    /// Connections.
+    pub conns: usize,
+    /// Requests outstanding per connection.
+    pub depth: usize,
+    /// Bytes of one request.
+    pub request: Vec<u8>,
+    /// Response framing.
+    pub framer: Framer,
+    /// Warm-up before the window.
+    pub warmup: Duration,
+    /// Measured window.
+    pub secs: Duration,
+    /// Print progress to stderr every second.
+    pub progress: Option<String>,
+}
+
+/// What was measured inside the window.
+#[derive(Debug)]
+pub struct LoadResult {
+    /// Completed requests.
+    pub requests: u64,
+    /// Window length.
+    pub secs: f64,
+    /// Latency histogram (µs).
+    pub hist: Histogram<u64>,
+    /// CPU time of the client thread in the window.
+    pub cpu: Duration,
+    /// Connections that failed.
+    pub errors: u64,
+}
+
+struct ConnState {
+    id: ConnId,
+    sent: VecDeque<Instant>,
+    got: usize,
+    alive: bool,
+}
+
+/// CPU time consumed by the calling thread so far.
+pub fn thread_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// Run the load; `mark(true)` is called at the start of the window and `mark(false)` at its end
+/// (the caller snapshots the server's counters there).
+pub fn run(spec: &LoadSpec, mut mark: impl FnMut(bool)) -> anyhow::Result<LoadResult> {
+    let per_req = spec.request.len().div_ceil(2048) + 1;
+    let bufs = (spec.conns * spec.depth * per_req * 4 + spec.conns * 8).max(4096) as u32;
+    let pool = Arc::new(Pool::anonymous(Geometry { buf_size: 2048, buf_count: bufs, log_len: 0 }, PersistMode::None)?);
+    let mut port = Port::whole(pool, PortConfig::default())?;
+    let mut conns: Vec<ConnState> = Vec::with_capacity(spec.conns);
+    let mut by_index: Vec<usize> = Vec::new();
+    for i in 0..spec.conns {
+        let s = TcpStream::connect(spec.addr).with_context(|| format!("connecting to {}", spec.addr))?;
+        let id = port.register(s)?;
+        let ix = id.index() as usize;
+        if by_index.len() <= ix {
+            by_index.resize(ix + 1, usize::MAX);
+        }
+        by_index[ix] = i;
+        conns.push(ConnState { id, sent: VecDeque::new(), got: 0, alive: true });
+    }
+    let start = Instant::now();
+    for c in conns.iter_mut() {
+        for _ in 0..spec.depth {
+            port.send_copy(c.id, &spec.request).map_err(anyhow::Error::msg)?;
+            c.sent.push_back(start);
+        }
+    }
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let window_start = start + spec.warmup;
+    let window_end = window_start + spec.secs;
+    let mut measuring = false;
+    let mut requests = 0u64;
+    let mut errors = 0u64;
+    let mut cpu0 = Duration::ZERO;
+    let mut measured_from = start;
+    let measured;
+    let mut next_progress = window_start + Duration::from_secs(1);
+    let mut last_count = 0u64;
+    let Framer::Fixed(resp_len) = spec.framer;
+    loop {
+        port.sync(Some(Duration::from_millis(1)))?;
+        let now = Instant::now();
+        if !measuring && now >= window_start {
+            measuring = true;
+            mark(true);
+            cpu0 = thread_cpu();
+            measured_from = now;
+        }
+        if measuring && now >= window_end {
+            mark(false);
+            measured = now - measured_from;
+            break;
+        }
+        for i in 0..port.rx().len() {
+            let s = port.rx()[i];
+            let Some(&ci) = by_index.get(s.conn.index() as usize) else { continue };
+            let c = &mut conns[ci];
+            match s.kind {
+                SlotKind::Data => {
+                    c.got += s.len as usize;
+                    while c.got >= resp_len {
+                        c.got -= resp_len;
+                        let t0 = c.sent.pop_front().unwrap_or(now);
+                        if measuring {
+                            requests += 1;
+                            let _ = hist.record((now - t0).as_micros().max(1) as u64);
+                        }
+                        if port.send_copy(c.id, &spec.request).is_ok() {
+                            c.sent.push_back(now);
+                        }
+                    }
+                }
+                SlotKind::End | SlotKind::Error(_) => {
+                    if c.alive {
+                        errors += 1;
+                        c.alive = false;
+                    }
+                }
+                SlotKind::Accepted => {}
+            }
+        }
+        if let Some(label) = &spec.progress {
+            if measuring && now >= next_progress {
+                let done = now.duration_since(window_start).as_secs_f64();
+                eprintln!("  {label}: {done:.0}/{:.0} s, {:.0} req/s", spec.secs.as_secs_f64(), (requests - last_count) as f64);
+                last_count = requests;
+                next_progress += Duration::from_secs(1);
+            }
+        }
+        if errors as usize == spec.conns {
+            anyhow::bail!("every connection failed");
+        }
+    }
+    let cpu = thread_cpu() - cpu0;
+    port.close_all();
+    for _ in 0..3 {
+        port.sync(Some(Duration::from_millis(1)))?;
+    }
+    Ok(LoadResult { requests, secs: measured.as_secs_f64(), hist, cpu, errors })
+}

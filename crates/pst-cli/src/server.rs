@@ -1,0 +1,225 @@
+//! What every server command shares: options, the pool, threads (one port per thread on
+//! `SO_REUSEPORT` listeners), CPU pinning, signals and clean shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use pst::{Geometry, PersistMode, Pool, PoolOptions, Port, PortConfig};
+
+use crate::stats::StatsFile;
+
+/// I/O engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Engine {
+    /// The pst port: io_uring, provided buffers in the pool, one enter per batch.
+    Uring,
+    /// Baseline: epoll_wait + read + write per connection.
+    Epoll,
+}
+
+impl std::fmt::Display for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Engine::Uring => "uring",
+            Engine::Epoll => "epoll",
+        })
+    }
+}
+
+/// Options shared by the servers.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArgs {
+    /// Address to listen on (loopback by default; bind 0.0.0.0 deliberately).
+    #[arg(long)]
+    pub addr: Option<SocketAddr>,
+    /// I/O engine.
+    #[arg(long, value_enum, default_value_t = Engine::Uring)]
+    pub engine: Engine,
+    /// Pool file (created with its parent directories if absent; refused if foreign or corrupt).
+    #[arg(long, default_value = "./pst-data/pool")]
+    pub pool: PathBuf,
+    /// Pool size for a new pool, e.g. 256MiB, 1GiB. An existing pool must match if given.
+    #[arg(long, value_parser = parse_bytes)]
+    pub pool_size: Option<u64>,
+    /// Buffer size in bytes (power of two, 512..=65536).
+    #[arg(long, default_value_t = pst_pool::DEFAULT_BUF_SIZE)]
+    pub buf_size: u32,
+    /// Persistence per batch: none, pmem (clwb + sfence), fsync (fdatasync).
+    #[arg(long, default_value_t = PersistMode::None)]
+    pub persist: PersistMode,
+    /// Emulated extra persistent-memory write latency per persist barrier (ns).
+    #[arg(long, default_value_t = 0)]
+    pub pm_write_latency_ns: u64,
+    /// Worker threads, each with its own port and pool partition.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Upper bound (µs) a blocking sync waits to gather a batch of completions (io_uring
+    /// min-wait). 0 returns on the first completion.
+    #[arg(long, default_value_t = 0)]
+    pub batch_wait_us: u32,
+    /// Completions a sync waits for when --batch-wait-us is set.
+    #[arg(long, default_value_t = 32)]
+    pub batch: u32,
+    /// Pin worker threads to these CPUs (comma list), round robin.
+    #[arg(long, value_delimiter = ',')]
+    pub cpu: Vec<usize>,
+    /// Publish counters to this file (used by `pst bench`).
+    #[arg(long, hide = true)]
+    pub stats_file: Option<PathBuf>,
+}
+
+/// Parse "1048576", "64KiB", "256MiB", "1GiB" (also K/M/G, KB/MB/GB as binary units).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("not a size: {s:?}"))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("unknown size unit in {s:?}")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} overflows"))
+}
+
+impl ServerArgs {
+    /// Open (or create) the pool these options name.
+    pub fn open_pool(&self) -> anyhow::Result<Arc<Pool>> {
+        let size = self.pool_size.unwrap_or(pst_pool::DEFAULT_POOL_SIZE);
+        let geometry = Geometry::for_size(size, self.buf_size).map_err(anyhow::Error::msg)?;
+        let opts = PoolOptions {
+            geometry,
+            require_geometry: self.pool_size.is_some(),
+            persist: self.persist,
+            pm_write_latency_ns: self.pm_write_latency_ns,
+            read_only: false,
+        };
+        let pool = Pool::open(&self.pool, &opts)?;
+        if self.persist == PersistMode::Pmem && !pool.is_dax() {
+            tracing::warn!("--persist pmem on a non-DAX pool: persistent memory is emulated (flushes reach the page cache)");
+        }
+        Ok(Arc::new(pool))
+    }
+
+    /// Port configuration from these options.
+    pub fn port_config(&self) -> PortConfig {
+        let mut c = PortConfig::default();
+        c.driver.min_wait_us = self.batch_wait_us;
+        c.driver.batch = self.batch;
+        c
+    }
+}
+
+/// SIGINT/SIGTERM set the returned flag; a second signal exits at once.
+pub fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(sig, 1, stop.clone())?;
+        signal_hook::flag::register(sig, stop.clone())?;
+    }
+    Ok(stop)
+}
+
+/// Pin the calling thread to `cpu`.
+pub fn pin_to(cpu: usize) {
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(cpu);
+    if let Err(e) = rustix::thread::sched_setaffinity(None, &set) {
+        tracing::warn!(cpu, error = %e, "could not pin thread");
+    }
+}
+
+/// Context handed to each worker thread.
+pub struct Worker {
+    /// Thread number.
+    pub index: usize,
+    /// Its port (uring engine) over its pool partition.
+    pub port: Option<Port>,
+    /// Shared stop flag.
+    pub stop: Arc<AtomicBool>,
+    /// Stats publication.
+    pub stats: Option<Arc<StatsFile>>,
+    /// Listen address.
+    pub addr: SocketAddr,
+}
+
+/// Run `work` on `args.threads` threads, each with a port over its pool partition (uring) or
+/// none (epoll), until SIGINT/SIGTERM.
+pub fn run_workers(
+    args: &ServerArgs,
+    default_addr: &str,
+    pool: Arc<Pool>,
+    work: impl Fn(Worker) -> anyhow::Result<()> + Send + Sync + 'static,
+) -> anyhow::Result<()> {
+    let addr: SocketAddr = args.addr.unwrap_or_else(|| default_addr.parse().expect("valid default"));
+    let stop = stop_flag()?;
+    let stats = match &args.stats_file {
+        Some(p) => Some(Arc::new(StatsFile::create(p, args.threads)?)),
+        None => None,
+    };
+    let threads = args.threads.max(1);
+    let parts = pool.geometry().partitions(threads as u32);
+    let work = Arc::new(work);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let mut handles = Vec::new();
+    for (t, part) in parts.into_iter().enumerate() {
+        let cpu = (!args.cpu.is_empty()).then(|| args.cpu[t % args.cpu.len()]);
+        let work = work.clone();
+        let ready_tx = ready_tx.clone();
+        let (engine, cfg, pool, stop, stats) = (args.engine, args.port_config(), pool.clone(), stop.clone(), stats.clone());
+        handles.push(std::thread::Builder::new().name(format!("pst-{t}")).spawn(move || {
+            if let Some(c) = cpu {
+                pin_to(c);
+            }
+            // The port is created on its own thread: its ring is SINGLE_ISSUER | DEFER_TASKRUN,
+            // bound to the thread that creates it.
+            let port = match engine {
+                Engine::Uring => Some(Port::new(pool, part, cfg).context("creating the io_uring port")?),
+                Engine::Epoll => None,
+            };
+            let _ = ready_tx.send(());
+            work(Worker { index: t, port, stop, stats, addr })
+        })?);
+    }
+    for _ in 0..threads {
+        let _ = ready_rx.recv();
+    }
+    tracing::info!(%addr, engine = %args.engine, threads, pool = %args.pool.display(), persist = %args.persist, "serving; Ctrl-C to stop");
+    let mut result = Ok(());
+    for h in handles {
+        match h.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                stop.store(true, Ordering::Relaxed);
+                result = Err(e);
+            }
+            Err(_) => {
+                stop.store(true, Ordering::Relaxed);
+                result = Err(anyhow::anyhow!("a worker thread panicked"));
+            }
+        }
+    }
+    if let Err(e) = pool.barrier() {
+        tracing::error!(error = %e, "final pool sync failed");
+    }
+    tracing::info!("stopped");
+    result
+}
+
+/// Clean port shutdown: stop accepting, let queued replies go out, close everything.
+pub fn drain_port(port: &mut Port) -> anyhow::Result<()> {
+    port.stop_listening();
+    port.close_all();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while port.open_conns() > 0 && Instant::now() < deadline {
+        port.sync(Some(Duration::from_millis(10)))?;
+    }
+    port.sync(Some(Duration::ZERO))?;
+    Ok(())
+}
