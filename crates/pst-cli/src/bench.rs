@@ -56,6 +56,10 @@ pub struct BenchArgs {
     /// Requests outstanding per connection (pipelining depth).
     #[arg(long, default_value_t = 1)]
     pub depth: usize,
+    /// Drive an already running server at this address instead of starting one (server-side
+    /// figures are then not measured and reported as null/0).
+    #[arg(long)]
+    pub target: Option<SocketAddr>,
     /// io_uring batch-wait bounds to try for the uring engine (µs, comma list).
     #[arg(long, value_delimiter = ',', default_value = "0")]
     pub batch_wait_us: Vec<u32>,
@@ -123,7 +127,11 @@ pub fn process_cpu(pid: u32) -> Duration {
     if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) {
         for t in dir.flatten() {
             if let Ok(s) = std::fs::read_to_string(t.path().join("schedstat")) {
-                ns += s.split_whitespace().next().and_then(|x| x.parse().ok()).unwrap_or(0);
+                ns += s
+                    .split_whitespace()
+                    .next()
+                    .and_then(|x| x.parse().ok())
+                    .unwrap_or(0);
             }
         }
     }
@@ -141,7 +149,11 @@ fn start_server(
     let (dir, owns_dir) = match pool_dir {
         Some(d) => (d.to_owned(), false),
         None => {
-            let base = if Path::new("/dev/shm").is_dir() { PathBuf::from("/dev/shm") } else { std::env::temp_dir() };
+            let base = if Path::new("/dev/shm").is_dir() {
+                PathBuf::from("/dev/shm")
+            } else {
+                std::env::temp_dir()
+            };
             (base.join(format!("pst-bench-{}", std::process::id())), true)
         }
     };
@@ -157,7 +169,12 @@ fn start_server(
     let child = Command::new(std::env::current_exe()?)
         .arg(cmd)
         .args(["--addr", &addr.to_string(), "--engine", &engine.to_string()])
-        .args(["--persist", &persist.to_string(), "--batch-wait-us", &batch_wait_us.to_string()])
+        .args([
+            "--persist",
+            &persist.to_string(),
+            "--batch-wait-us",
+            &batch_wait_us.to_string(),
+        ])
         .args(["--pool-size", "128MiB", "--cpu", &server_cpu.to_string()])
         .arg("--pool")
         .arg(&pool)
@@ -176,7 +193,12 @@ fn start_server(
         }
         if let Ok(stats) = StatsFile::open(&stats_path) {
             if stats.totals().is_some() && TcpStream::connect(addr).is_ok() {
-                server = Some(Server { child: child.take().expect("present"), stats, pool_dir: dir.clone(), owns_dir });
+                server = Some(Server {
+                    child: child.take().expect("present"),
+                    stats,
+                    pool_dir: dir.clone(),
+                    owns_dir,
+                });
                 break;
             }
         }
@@ -188,12 +210,27 @@ fn start_server(
 
 /// Run the benchmark matrix.
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let (server_cpu, client_cpu) = if cpus >= 2 { (0, 1) } else { (0, 0) };
     crate::server::pin_to(client_cpu);
     let mut rows = Vec::new();
     if !a.json {
-        println!("{:<6} {:<10} {:<7} {:>5} {:>6} {:>10} {:>8} {:>8} {:>9} {:>12} {:>8}", "work", "engine", "persist", "conns", "size", "req/s", "p50 us", "p99 us", "sys/req", "srv us/req", "cli cpu");
+        println!(
+            "{:<6} {:<10} {:<7} {:>5} {:>6} {:>10} {:>8} {:>8} {:>9} {:>12} {:>8}",
+            "work",
+            "engine",
+            "persist",
+            "conns",
+            "size",
+            "req/s",
+            "p50 us",
+            "p99 us",
+            "sys/req",
+            "srv us/req",
+            "cli cpu"
+        );
     }
     for &persist in &a.persist {
         for &engine in &a.engine {
@@ -223,11 +260,35 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_one(a: &BenchArgs, engine: Engine, persist: PersistMode, wait: Option<u32>, conns: usize, server_cpu: usize) -> anyhow::Result<Row> {
-    let (server, addr) = start_server(a.workload, engine, persist, wait.unwrap_or(0), a.pool.as_deref(), server_cpu)?;
+fn run_one(
+    a: &BenchArgs,
+    engine: Engine,
+    persist: PersistMode,
+    wait: Option<u32>,
+    conns: usize,
+    server_cpu: usize,
+) -> anyhow::Result<Row> {
+    let (server, addr) = match a.target {
+        Some(t) => (None, t),
+        None => {
+            let (s, addr) = start_server(
+                a.workload,
+                engine,
+                persist,
+                wait.unwrap_or(0),
+                a.pool.as_deref(),
+                server_cpu,
+            )?;
+            (Some(s), addr)
+        }
+    };
     let size = a.size as usize;
     let (request, framer, name) = match a.workload {
-        Workload::Echo => ((0..size).map(|i| (i % 251) as u8).collect::<Vec<u8>>(), Framer::Fixed(size), "echo"),
+        Workload::Echo => (
+            (0..size).map(|i| (i % 251) as u8).collect::<Vec<u8>>(),
+            Framer::Fixed(size),
+            "echo",
+        ),
     };
     let label = format!("{name} {engine} conns={conns}");
     let spec = LoadSpec {
@@ -240,12 +301,14 @@ fn run_one(a: &BenchArgs, engine: Engine, persist: PersistMode, wait: Option<u32
         secs: Duration::from_secs_f64(a.secs),
         progress: (a.secs > 3.0).then_some(label),
     };
-    let pid = server.child.id();
     let mut snap = [(0u64, Duration::ZERO); 2];
     let r = loadgen::run(&spec, |start| {
-        let sys = server.stats.totals().map(|t| t.0).unwrap_or(0);
-        snap[if start { 0 } else { 1 }] = (sys, process_cpu(pid));
+        if let Some(server) = &server {
+            let sys = server.stats.totals().map(|t| t.0).unwrap_or(0);
+            snap[if start { 0 } else { 1 }] = (sys, process_cpu(server.child.id()));
+        }
     })?;
+    let measured_server = server.is_some();
     drop(server);
     let req = r.requests.max(1) as f64;
     Ok(Row {
@@ -259,7 +322,7 @@ fn run_one(a: &BenchArgs, engine: Engine, persist: PersistMode, wait: Option<u32
         rps: r.requests as f64 / r.secs.max(1e-9),
         p50_us: r.hist.value_at_quantile(0.5),
         p99_us: r.hist.value_at_quantile(0.99),
-        syscalls_per_req: Some((snap[1].0 - snap[0].0) as f64 / req),
+        syscalls_per_req: measured_server.then(|| (snap[1].0 - snap[0].0) as f64 / req),
         server_cpu_us_per_req: (snap[1].1 - snap[0].1).as_secs_f64() * 1e6 / req,
         client_cpu_pct: r.cpu.as_secs_f64() / r.secs.max(1e-9) * 100.0,
         depth: a.depth.max(1),

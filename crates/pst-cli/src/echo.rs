@@ -52,6 +52,11 @@ impl StreamApp for EchoApp {
 /// Serve echo on one worker with epoll.
 pub fn epoll(w: Worker) -> anyhow::Result<()> {
     let l = pst_uring::listener(w.addr, 4096)?;
-    crate::epoll::serve(l, EchoApp, &w.stop, w.stats.as_deref().map(|s| (s, w.index)))?;
+    crate::epoll::serve(
+        l,
+        EchoApp,
+        &w.stop,
+        w.stats.as_deref().map(|s| (s, w.index)),
+    )?;
     Ok(())
 }

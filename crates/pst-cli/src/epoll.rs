@@ -61,7 +61,12 @@ pub fn serve<A: StreamApp>(
 ) -> io::Result<()> {
     listener.set_nonblocking(true)?;
     let ep = epoll::create(epoll::CreateFlags::CLOEXEC)?;
-    epoll::add(&ep, &listener, epoll::EventData::new_u64(LISTENER), epoll::EventFlags::IN)?;
+    epoll::add(
+        &ep,
+        &listener,
+        epoll::EventData::new_u64(LISTENER),
+        epoll::EventFlags::IN,
+    )?;
     let mut conns: Vec<Option<Conn<A::Conn>>> = Vec::new();
     let mut free: Vec<usize> = Vec::new();
     let mut events = Vec::with_capacity(1024);
@@ -69,7 +74,10 @@ pub fn serve<A: StreamApp>(
     let mut syscalls = 0u64;
     // Connections that got reply bytes this batch: written after the batch commit.
     let mut dirty: Vec<usize> = Vec::new();
-    let timeout = rustix::time::Timespec { tv_sec: 0, tv_nsec: 100_000_000 };
+    let timeout = rustix::time::Timespec {
+        tv_sec: 0,
+        tv_nsec: 100_000_000,
+    };
     while !stop.load(Ordering::Relaxed) {
         events.clear();
         syscalls += 1;
@@ -82,15 +90,30 @@ pub fn serve<A: StreamApp>(
             if key == LISTENER {
                 loop {
                     syscalls += 1;
-                    match rustix::net::accept_with(&listener, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC) {
+                    match rustix::net::accept_with(
+                        &listener,
+                        SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+                    ) {
                         Ok(fd) => {
                             let i = free.pop().unwrap_or_else(|| {
                                 conns.push(None);
                                 conns.len() - 1
                             });
                             syscalls += 1;
-                            epoll::add(&ep, &fd, epoll::EventData::new_u64(i as u64), epoll::EventFlags::IN)?;
-                            conns[i] = Some(Conn { fd, out: Vec::new(), out_off: 0, close_after: false, app: A::Conn::default(), want_write: false });
+                            epoll::add(
+                                &ep,
+                                &fd,
+                                epoll::EventData::new_u64(i as u64),
+                                epoll::EventFlags::IN,
+                            )?;
+                            conns[i] = Some(Conn {
+                                fd,
+                                out: Vec::new(),
+                                out_off: 0,
+                                close_after: false,
+                                app: A::Conn::default(),
+                                want_write: false,
+                            });
                         }
                         Err(Errno::AGAIN) => break,
                         Err(e) => {
@@ -102,12 +125,17 @@ pub fn serve<A: StreamApp>(
                 continue;
             }
             let i = key as usize;
-            let Some(c) = conns.get_mut(i).and_then(|c| c.as_mut()) else { continue };
+            let Some(c) = conns.get_mut(i).and_then(|c| c.as_mut()) else {
+                continue;
+            };
             let flags = ev.flags; // copied out: the event struct is packed
             if flags.contains(epoll::EventFlags::OUT) {
                 dirty.push(i);
             }
-            if !flags.intersects(epoll::EventFlags::IN | epoll::EventFlags::HUP | epoll::EventFlags::ERR) || c.want_write {
+            if !flags
+                .intersects(epoll::EventFlags::IN | epoll::EventFlags::HUP | epoll::EventFlags::ERR)
+                || c.want_write
+            {
                 continue;
             }
             syscalls += 1;
@@ -130,14 +158,20 @@ pub fn serve<A: StreamApp>(
         }
         let ok = app.commit();
         for i in dirty.drain(..) {
-            let Some(c) = conns.get_mut(i).and_then(|c| c.as_mut()) else { continue };
+            let Some(c) = conns.get_mut(i).and_then(|c| c.as_mut()) else {
+                continue;
+            };
             if !ok {
                 c.out.clear();
                 c.close_after = true;
             }
             while c.out_off < c.out.len() {
                 syscalls += 1;
-                match rustix::net::send(&c.fd, &c.out[c.out_off..], rustix::net::SendFlags::NOSIGNAL) {
+                match rustix::net::send(
+                    &c.fd,
+                    &c.out[c.out_off..],
+                    rustix::net::SendFlags::NOSIGNAL,
+                ) {
                     Ok(n) => c.out_off += n,
                     Err(Errno::AGAIN) => break,
                     Err(_) => {
@@ -154,7 +188,11 @@ pub fn serve<A: StreamApp>(
             }
             if pending != c.want_write {
                 c.want_write = pending;
-                let flags = if pending { epoll::EventFlags::OUT } else { epoll::EventFlags::IN };
+                let flags = if pending {
+                    epoll::EventFlags::OUT
+                } else {
+                    epoll::EventFlags::IN
+                };
                 syscalls += 1;
                 epoll::modify(&ep, &c.fd, epoll::EventData::new_u64(i as u64), flags)?;
             }

@@ -72,24 +72,38 @@ pub fn thread_cpu() -> Duration {
 pub fn run(spec: &LoadSpec, mut mark: impl FnMut(bool)) -> anyhow::Result<LoadResult> {
     let per_req = spec.request.len().div_ceil(2048) + 1;
     let bufs = (spec.conns * spec.depth * per_req * 4 + spec.conns * 8).max(4096) as u32;
-    let pool = Arc::new(Pool::anonymous(Geometry { buf_size: 2048, buf_count: bufs, log_len: 0 }, PersistMode::None)?);
+    let pool = Arc::new(Pool::anonymous(
+        Geometry {
+            buf_size: 2048,
+            buf_count: bufs,
+            log_len: 0,
+        },
+        PersistMode::None,
+    )?);
     let mut port = Port::whole(pool, PortConfig::default())?;
     let mut conns: Vec<ConnState> = Vec::with_capacity(spec.conns);
     let mut by_index: Vec<usize> = Vec::new();
     for i in 0..spec.conns {
-        let s = TcpStream::connect(spec.addr).with_context(|| format!("connecting to {}", spec.addr))?;
+        let s = TcpStream::connect(spec.addr)
+            .with_context(|| format!("connecting to {}", spec.addr))?;
         let id = port.register(s)?;
         let ix = id.index() as usize;
         if by_index.len() <= ix {
             by_index.resize(ix + 1, usize::MAX);
         }
         by_index[ix] = i;
-        conns.push(ConnState { id, sent: VecDeque::new(), got: 0, alive: true });
+        conns.push(ConnState {
+            id,
+            sent: VecDeque::new(),
+            got: 0,
+            alive: true,
+        });
     }
     let start = Instant::now();
     for c in conns.iter_mut() {
         for _ in 0..spec.depth {
-            port.send_copy(c.id, &spec.request).map_err(anyhow::Error::msg)?;
+            port.send_copy(c.id, &spec.request)
+                .map_err(anyhow::Error::msg)?;
             c.sent.push_back(start);
         }
     }
@@ -121,7 +135,9 @@ pub fn run(spec: &LoadSpec, mut mark: impl FnMut(bool)) -> anyhow::Result<LoadRe
         }
         for i in 0..port.rx().len() {
             let s = port.rx()[i];
-            let Some(&ci) = by_index.get(s.conn.index() as usize) else { continue };
+            let Some(&ci) = by_index.get(s.conn.index() as usize) else {
+                continue;
+            };
             let c = &mut conns[ci];
             match s.kind {
                 SlotKind::Data => {
@@ -150,7 +166,11 @@ pub fn run(spec: &LoadSpec, mut mark: impl FnMut(bool)) -> anyhow::Result<LoadRe
         if let Some(label) = &spec.progress {
             if measuring && now >= next_progress {
                 let done = now.duration_since(window_start).as_secs_f64();
-                eprintln!("  {label}: {done:.0}/{:.0} s, {:.0} req/s", spec.secs.as_secs_f64(), (requests - last_count) as f64);
+                eprintln!(
+                    "  {label}: {done:.0}/{:.0} s, {:.0} req/s",
+                    spec.secs.as_secs_f64(),
+                    (requests - last_count) as f64
+                );
                 last_count = requests;
                 next_progress += Duration::from_secs(1);
             }
@@ -164,5 +184,11 @@ pub fn run(spec: &LoadSpec, mut mark: impl FnMut(bool)) -> anyhow::Result<LoadRe
     for _ in 0..3 {
         port.sync(Some(Duration::from_millis(1)))?;
     }
-    Ok(LoadResult { requests, secs: measured.as_secs_f64(), hist, cpu, errors })
+    Ok(LoadResult {
+        requests,
+        secs: measured.as_secs_f64(),
+        hist,
+        cpu,
+        errors,
+    })
 }

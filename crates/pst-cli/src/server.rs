@@ -85,7 +85,8 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         "g" | "gb" | "gib" => 1 << 30,
         _ => return Err(format!("unknown size unit in {s:?}")),
     };
-    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} overflows"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} overflows"))
 }
 
 impl ServerArgs {
@@ -157,7 +158,9 @@ pub fn run_workers(
     pool: Arc<Pool>,
     work: impl Fn(Worker) -> anyhow::Result<()> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
-    let addr: SocketAddr = args.addr.unwrap_or_else(|| default_addr.parse().expect("valid default"));
+    let addr: SocketAddr = args
+        .addr
+        .unwrap_or_else(|| default_addr.parse().expect("valid default"));
     let stop = stop_flag()?;
     let stats = match &args.stats_file {
         Some(p) => Some(Arc::new(StatsFile::create(p, args.threads)?)),
@@ -172,20 +175,38 @@ pub fn run_workers(
         let cpu = (!args.cpu.is_empty()).then(|| args.cpu[t % args.cpu.len()]);
         let work = work.clone();
         let ready_tx = ready_tx.clone();
-        let (engine, cfg, pool, stop, stats) = (args.engine, args.port_config(), pool.clone(), stop.clone(), stats.clone());
-        handles.push(std::thread::Builder::new().name(format!("pst-{t}")).spawn(move || {
-            if let Some(c) = cpu {
-                pin_to(c);
-            }
-            // The port is created on its own thread: its ring is SINGLE_ISSUER | DEFER_TASKRUN,
-            // bound to the thread that creates it.
-            let port = match engine {
-                Engine::Uring => Some(Port::new(pool, part, cfg).context("creating the io_uring port")?),
-                Engine::Epoll => None,
-            };
-            let _ = ready_tx.send(());
-            work(Worker { index: t, port, stop, stats, addr })
-        })?);
+        let (engine, cfg, pool, stop, stats) = (
+            args.engine,
+            args.port_config(),
+            pool.clone(),
+            stop.clone(),
+            stats.clone(),
+        );
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("pst-{t}"))
+                .spawn(move || {
+                    if let Some(c) = cpu {
+                        pin_to(c);
+                    }
+                    // The port is created on its own thread: its ring is SINGLE_ISSUER | DEFER_TASKRUN,
+                    // bound to the thread that creates it.
+                    let port = match engine {
+                        Engine::Uring => {
+                            Some(Port::new(pool, part, cfg).context("creating the io_uring port")?)
+                        }
+                        Engine::Epoll => None,
+                    };
+                    let _ = ready_tx.send(());
+                    work(Worker {
+                        index: t,
+                        port,
+                        stop,
+                        stats,
+                        addr,
+                    })
+                })?,
+        );
     }
     for _ in 0..threads {
         let _ = ready_rx.recv();

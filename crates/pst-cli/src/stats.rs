@@ -24,7 +24,12 @@ impl StatsFile {
     /// Create (or reset) the file for `threads` threads.
     pub fn create(path: &Path, threads: usize) -> anyhow::Result<StatsFile> {
         anyhow::ensure!(threads <= MAX_THREADS, "at most {MAX_THREADS} threads");
-        let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
         f.set_len(Self::len() as u64)?;
         let s = Self::map(&f)?;
         s.word(1).store(threads as u64, Ordering::Relaxed);
@@ -35,8 +40,14 @@ impl StatsFile {
 
     /// Open an existing file for reading.
     pub fn open(path: &Path) -> anyhow::Result<StatsFile> {
-        let f = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
-        anyhow::ensure!(f.metadata()?.len() as usize >= Self::len(), "stats file too short");
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)?;
+        anyhow::ensure!(
+            f.metadata()?.len() as usize >= Self::len(),
+            "stats file too short"
+        );
         Self::map(&f)
     }
 
@@ -61,8 +72,10 @@ impl StatsFile {
 
     /// Publish thread `t`'s counters. Relaxed: each word is an independent monotonic counter.
     pub fn set(&self, t: usize, syscalls: u64, requests: u64) {
-        self.word(2 + t * WORDS_PER_THREAD).store(syscalls, Ordering::Relaxed);
-        self.word(3 + t * WORDS_PER_THREAD).store(requests, Ordering::Relaxed);
+        self.word(2 + t * WORDS_PER_THREAD)
+            .store(syscalls, Ordering::Relaxed);
+        self.word(3 + t * WORDS_PER_THREAD)
+            .store(requests, Ordering::Relaxed);
     }
 
     /// Sum over threads: (syscalls, requests); `None` until the server initialised the file.

@@ -96,7 +96,12 @@ impl Header {
         let log_off = HEADER_REGION;
         let data_off = log_off + geometry.log_len;
         let total_len = data_off + geometry.buf_size as u64 * geometry.buf_count as u64;
-        Ok(Header { geometry, log_off, data_off, total_len })
+        Ok(Header {
+            geometry,
+            log_off,
+            data_off,
+            total_len,
+        })
     }
 
     /// Encode into the first [`HEADER_LEN`] bytes of a header region.
@@ -144,7 +149,9 @@ impl Header {
             return Err(HeaderError::Checksum { stored, computed });
         }
         if u32_at(field::HEADER_LEN) as usize != HEADER_LEN || u32_at(field::FLAGS) != 0 {
-            return Err(HeaderError::Geometry("unknown header length or flags".into()));
+            return Err(HeaderError::Geometry(
+                "unknown header length or flags".into(),
+            ));
         }
         let geometry = Geometry {
             buf_size: u32_at(field::BUF_SIZE),
@@ -178,7 +185,11 @@ mod tests {
     use super::*;
 
     fn geo() -> Geometry {
-        Geometry { buf_size: 2048, buf_count: 100, log_len: 8192 }
+        Geometry {
+            buf_size: 2048,
+            buf_count: 100,
+            log_len: 8192,
+        }
     }
 
     #[test]
@@ -209,7 +220,10 @@ mod tests {
             Err(HeaderError::Geometry(_))
         ));
         b[8] = 2;
-        assert_eq!(Header::decode(&b, h.total_len), Err(HeaderError::Version { found: 2 }));
+        assert_eq!(
+            Header::decode(&b, h.total_len),
+            Err(HeaderError::Version { found: 2 })
+        );
         b[0] = b'X';
         assert_eq!(Header::decode(&b, h.total_len), Err(HeaderError::BadMagic));
     }

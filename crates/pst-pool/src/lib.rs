@@ -54,7 +54,11 @@ impl Geometry {
             .ok_or_else(|| format!("pool size {total} is too small for {buf_size}-byte buffers"))?;
         let buf_count = u32::try_from(data / buf_size.max(1) as u64)
             .map_err(|_| format!("pool size {total} gives more than 2^32 buffers"))?;
-        let g = Geometry { buf_size, buf_count, log_len };
+        let g = Geometry {
+            buf_size,
+            buf_count,
+            log_len,
+        };
         g.validate()?;
         Ok(g)
     }
@@ -62,13 +66,22 @@ impl Geometry {
     /// Check the invariants; the message names the broken one.
     pub fn validate(&self) -> Result<(), String> {
         if !self.buf_size.is_power_of_two() || !(512..=65536).contains(&self.buf_size) {
-            return Err(format!("buffer size {} is not a power of two in 512..=65536", self.buf_size));
+            return Err(format!(
+                "buffer size {} is not a power of two in 512..=65536",
+                self.buf_size
+            ));
         }
         if self.buf_count < 8 {
-            return Err(format!("buffer count {} is below the minimum of 8", self.buf_count));
+            return Err(format!(
+                "buffer count {} is below the minimum of 8",
+                self.buf_count
+            ));
         }
-        if self.log_len % 4096 != 0 {
-            return Err(format!("log length {} is not a multiple of 4096", self.log_len));
+        if !self.log_len.is_multiple_of(4096) {
+            return Err(format!(
+                "log length {} is not a multiple of 4096",
+                self.log_len
+            ));
         }
         Ok(())
     }
@@ -79,7 +92,11 @@ impl Geometry {
         let per = self.buf_count / n;
         (0..n)
             .map(|i| {
-                let end = if i + 1 == n { self.buf_count } else { (i + 1) * per };
+                let end = if i + 1 == n {
+                    self.buf_count
+                } else {
+                    (i + 1) * per
+                };
                 i * per..end
             })
             .collect()
@@ -109,7 +126,9 @@ impl std::str::FromStr for PersistMode {
             "none" => Ok(PersistMode::None),
             "pmem" => Ok(PersistMode::Pmem),
             "fsync" => Ok(PersistMode::Fsync),
-            _ => Err(format!("unknown persist mode {s:?} (expected none, pmem or fsync)")),
+            _ => Err(format!(
+                "unknown persist mode {s:?} (expected none, pmem or fsync)"
+            )),
         }
     }
 }
@@ -228,22 +247,35 @@ impl Pool {
     /// untouched if anything is wrong. A new file is written to `path.tmp`, synced, and renamed
     /// into place, so a crash during creation never leaves a half-written pool at `path`.
     pub fn open(path: &Path, opts: &PoolOptions) -> Result<Pool, PoolError> {
-        let io = |source| PoolError::Io { path: path.to_owned(), source };
+        let io = |source| PoolError::Io {
+            path: path.to_owned(),
+            source,
+        };
         if !path.exists() {
             if opts.read_only {
-                return Err(io(std::io::Error::new(std::io::ErrorKind::NotFound, "no such pool")));
+                return Err(io(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no such pool",
+                )));
             }
             Self::create(path, opts.geometry)?;
         }
-        let file = OpenOptions::new().read(true).write(!opts.read_only).open(path).map_err(io)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!opts.read_only)
+            .open(path)
+            .map_err(io)?;
         let meta = file.metadata().map_err(io)?;
         if !meta.is_file() {
             return Err(io(std::io::Error::other("not a regular file")));
         }
         let mut buf = [0u8; header::HEADER_LEN];
         let n = file.read_at(&mut buf, 0).map_err(io)?;
-        let header = Header::decode(&buf[..n], meta.len())
-            .map_err(|source| PoolError::BadHeader { path: path.to_owned(), source })?;
+        let header =
+            Header::decode(&buf[..n], meta.len()).map_err(|source| PoolError::BadHeader {
+                path: path.to_owned(),
+                source,
+            })?;
         if opts.require_geometry && header.geometry != opts.geometry {
             return Err(PoolError::GeometryMismatch {
                 path: path.to_owned(),
@@ -251,17 +283,34 @@ impl Pool {
                 wanted: opts.geometry,
             });
         }
-        let map = map::Mapping::file(&file, header.total_len, opts.read_only)
-            .map_err(|source| PoolError::Map { len: header.total_len, source })?;
-        Ok(Self::assemble(map, Some(file), Some(path.to_owned()), header, opts))
+        let map =
+            map::Mapping::file(&file, header.total_len, opts.read_only).map_err(|source| {
+                PoolError::Map {
+                    len: header.total_len,
+                    source,
+                }
+            })?;
+        Ok(Self::assemble(
+            map,
+            Some(file),
+            Some(path.to_owned()),
+            header,
+            opts,
+        ))
     }
 
     /// An anonymous (DRAM-only) pool: nothing survives the process.
     pub fn anonymous(geometry: Geometry, persist: PersistMode) -> Result<Pool, PoolError> {
         let header = Header::layout(geometry).map_err(|e| PoolError::Geometry(e.to_string()))?;
-        let map = map::Mapping::anonymous(header.total_len)
-            .map_err(|source| PoolError::Map { len: header.total_len, source })?;
-        let opts = PoolOptions { geometry, persist, ..PoolOptions::default() };
+        let map = map::Mapping::anonymous(header.total_len).map_err(|source| PoolError::Map {
+            len: header.total_len,
+            source,
+        })?;
+        let opts = PoolOptions {
+            geometry,
+            persist,
+            ..PoolOptions::default()
+        };
         Ok(Self::assemble(map, None, None, header, &opts))
     }
 
@@ -296,7 +345,10 @@ impl Pool {
 
     fn create(path: &Path, geometry: Geometry) -> Result<(), PoolError> {
         let header = Header::layout(geometry).map_err(|e| PoolError::Geometry(e.to_string()))?;
-        let io = |source| PoolError::Io { path: path.to_owned(), source };
+        let io = |source| PoolError::Io {
+            path: path.to_owned(),
+            source,
+        };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
@@ -367,14 +419,20 @@ impl Pool {
     /// Address of buffer `b`'s first byte. Panics if `b` is outside the pool (a programming
     /// error: indices come from this pool's allocators).
     pub fn buf_ptr(&self, b: BufIdx) -> *mut u8 {
-        assert!(b.0 < self.header.geometry.buf_count, "buffer {b:?} outside the pool");
+        assert!(
+            b.0 < self.header.geometry.buf_count,
+            "buffer {b:?} outside the pool"
+        );
         let off = self.header.data_off + b.0 as u64 * self.buf_size() as u64;
         self.map.ptr_at(off)
     }
 
     /// The log region as a raw pointer and length (owned by the store layer).
     pub fn log_region(&self) -> (*mut u8, usize) {
-        (self.map.ptr_at(self.header.log_off), self.header.geometry.log_len as usize)
+        (
+            self.map.ptr_at(self.header.log_off),
+            self.header.geometry.log_len as usize,
+        )
     }
 
     /// File offset of a pointer inside the mapping.
@@ -389,7 +447,10 @@ impl Pool {
     /// buffer (it is not lent to the kernel, and no `&mut` to the range exists).
     #[allow(unsafe_code)]
     pub unsafe fn bytes(&self, b: BufIdx, off: u32, len: u32) -> &[u8] {
-        assert!(off as u64 + len as u64 <= self.buf_size() as u64, "range outside the buffer");
+        assert!(
+            off as u64 + len as u64 <= self.buf_size() as u64,
+            "range outside the buffer"
+        );
         // SAFETY: in bounds of the mapping (checked above and in buf_ptr); exclusivity is the
         // caller's contract.
         unsafe { std::slice::from_raw_parts(self.buf_ptr(b).add(off as usize), len as usize) }
@@ -402,7 +463,10 @@ impl Pool {
     /// kernel, no other reference to it).
     #[allow(unsafe_code, clippy::mut_from_ref)]
     pub unsafe fn bytes_mut(&self, b: BufIdx, off: u32, len: u32) -> &mut [u8] {
-        assert!(off as u64 + len as u64 <= self.buf_size() as u64, "range outside the buffer");
+        assert!(
+            off as u64 + len as u64 <= self.buf_size() as u64,
+            "range outside the buffer"
+        );
         // SAFETY: in bounds of the mapping; exclusivity is the caller's contract.
         unsafe { std::slice::from_raw_parts_mut(self.buf_ptr(b).add(off as usize), len as usize) }
     }
@@ -474,15 +538,25 @@ mod tests {
         let mut other = small();
         other.geometry = Geometry::for_size(2 << 20, 2048).unwrap();
         other.require_geometry = true;
-        assert!(matches!(Pool::open(&path, &other), Err(PoolError::GeometryMismatch { .. })));
+        assert!(matches!(
+            Pool::open(&path, &other),
+            Err(PoolError::GeometryMismatch { .. })
+        ));
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn geometry_partitions_cover_everything() {
-        let g = Geometry { buf_size: 2048, buf_count: 103, log_len: 0 };
+        let g = Geometry {
+            buf_size: 2048,
+            buf_count: 103,
+            log_len: 0,
+        };
         let parts = g.partitions(4);
         assert_eq!(parts.len(), 4);
         assert_eq!(parts[0].start, 0);
@@ -493,8 +567,15 @@ mod tests {
     #[test]
     fn barrier_modes_work_on_anonymous_pool() {
         for mode in [PersistMode::None, PersistMode::Pmem, PersistMode::Fsync] {
-            let p = Pool::anonymous(Geometry { buf_size: 512, buf_count: 8, log_len: 0 }, mode)
-                .unwrap();
+            let p = Pool::anonymous(
+                Geometry {
+                    buf_size: 512,
+                    buf_count: 8,
+                    log_len: 0,
+                },
+                mode,
+            )
+            .unwrap();
             p.flush(p.buf_ptr(BufIdx(1)), 512);
             p.barrier().unwrap();
         }

@@ -26,7 +26,11 @@ impl Mapping {
     /// `MAP_SHARED` when the filesystem does not support it (EOPNOTSUPP/EINVAL).
     pub(crate) fn file(file: &File, len: u64, read_only: bool) -> io::Result<Mapping> {
         let len = usize::try_from(len).map_err(io::Error::other)?;
-        let prot = if read_only { libc::PROT_READ } else { libc::PROT_READ | libc::PROT_WRITE };
+        let prot = if read_only {
+            libc::PROT_READ
+        } else {
+            libc::PROT_READ | libc::PROT_WRITE
+        };
         if !read_only {
             if let Ok(ptr) = Self::mmap(
                 len,
@@ -34,11 +38,19 @@ impl Mapping {
                 libc::MAP_SHARED_VALIDATE | libc::MAP_SYNC,
                 file.as_raw_fd(),
             ) {
-                return Ok(Mapping { ptr, len, dax: true });
+                return Ok(Mapping {
+                    ptr,
+                    len,
+                    dax: true,
+                });
             }
         }
         let ptr = Self::mmap(len, prot, libc::MAP_SHARED, file.as_raw_fd())?;
-        Ok(Mapping { ptr, len, dax: false })
+        Ok(Mapping {
+            ptr,
+            len,
+            dax: false,
+        })
     }
 
     /// Anonymous shared memory of `len` bytes.
@@ -50,7 +62,11 @@ impl Mapping {
             libc::MAP_SHARED | libc::MAP_ANONYMOUS,
             -1,
         )?;
-        Ok(Mapping { ptr, len, dax: false })
+        Ok(Mapping {
+            ptr,
+            len,
+            dax: false,
+        })
     }
 
     fn mmap(len: usize, prot: i32, flags: i32, fd: i32) -> io::Result<NonNull<u8>> {
@@ -68,7 +84,11 @@ impl Mapping {
 
     /// Pointer to byte `off`. Panics when out of bounds.
     pub(crate) fn ptr_at(&self, off: u64) -> *mut u8 {
-        assert!(off <= self.len as u64, "offset {off} outside a {}-byte mapping", self.len);
+        assert!(
+            off <= self.len as u64,
+            "offset {off} outside a {}-byte mapping",
+            self.len
+        );
         // SAFETY: `off <= len`, so the result is within (or one past) the mapping.
         unsafe { self.ptr.as_ptr().add(off as usize) }
     }

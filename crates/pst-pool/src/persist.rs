@@ -69,9 +69,15 @@ impl FlushInsn {
         // cannot fault. The variant was detected via cpuid so the instruction exists.
         unsafe {
             match self {
-                FlushInsn::Clwb => core::arch::asm!("clwb [{}]", in(reg) p, options(nostack, preserves_flags)),
-                FlushInsn::Clflushopt => core::arch::asm!("clflushopt [{}]", in(reg) p, options(nostack, preserves_flags)),
-                FlushInsn::Clflush => core::arch::asm!("clflush [{}]", in(reg) p, options(nostack, preserves_flags)),
+                FlushInsn::Clwb => {
+                    core::arch::asm!("clwb [{}]", in(reg) p, options(nostack, preserves_flags))
+                }
+                FlushInsn::Clflushopt => {
+                    core::arch::asm!("clflushopt [{}]", in(reg) p, options(nostack, preserves_flags))
+                }
+                FlushInsn::Clflush => {
+                    core::arch::asm!("clflush [{}]", in(reg) p, options(nostack, preserves_flags))
+                }
                 FlushInsn::None => {}
             }
         }

@@ -15,7 +15,10 @@ pub struct BidTable {
 impl BidTable {
     /// A table for a ring of `entries` ids (at most 32,768, a kernel limit).
     pub fn new(entries: u16) -> BidTable {
-        BidTable { lent: vec![None; entries as usize], free: (0..entries).rev().collect() }
+        BidTable {
+            lent: vec![None; entries as usize],
+            free: (0..entries).rev().collect(),
+        }
     }
 
     /// Number of ids.

@@ -189,7 +189,12 @@ impl Core {
     fn arm_accept(&mut self, idx: u32) {
         let l = &self.listeners[idx as usize];
         if l.open {
-            let ud = UserData { kind: OpKind::Accept, gen: 0, idx }.encode();
+            let ud = UserData {
+                kind: OpKind::Accept,
+                gen: 0,
+                idx,
+            }
+            .encode();
             self.ops.push_back(Op::Accept { fd: l.fd, ud });
         }
     }
@@ -197,10 +202,14 @@ impl Core {
     /// Stop accepting on every listener (the driver closes the listener sockets). Returns their
     /// fds.
     pub fn close_listeners(&mut self) -> Vec<i32> {
-        self.listeners.iter_mut().filter(|l| l.open).map(|l| {
-            l.open = false;
-            l.fd
-        }).collect()
+        self.listeners
+            .iter_mut()
+            .filter(|l| l.open)
+            .map(|l| {
+                l.open = false;
+                l.fd
+            })
+            .collect()
     }
 
     /// Register a connected socket; a multishot recv is queued.
@@ -254,7 +263,12 @@ impl Core {
         }
         c.recv_armed = true;
         let fd = c.fd;
-        let ud = UserData { kind: OpKind::Recv, gen: id.gen, idx: id.idx }.encode();
+        let ud = UserData {
+            kind: OpKind::Recv,
+            gen: id.gen,
+            idx: id.idx,
+        }
+        .encode();
         self.ops.push_back(Op::Recv { fd, ud });
     }
 
@@ -278,7 +292,9 @@ impl Core {
     pub fn begin_sync(&mut self) {
         for (slot, kept) in self.rx.iter().zip(&self.kept) {
             if slot.kind == SlotKind::Data && !kept {
-                self.alloc.release(slot.buf).expect("an RX slot holds a reference");
+                self.alloc
+                    .release(slot.buf)
+                    .expect("an RX slot holds a reference");
             }
         }
         self.rx.clear();
@@ -323,14 +339,30 @@ impl Core {
         let Some(ud) = UserData::decode(user_data) else {
             self.stats.bad_cqes += 1;
             if let Some(b) = buf {
-                self.alloc.release(b).expect("lent buffer holds a reference");
+                self.alloc
+                    .release(b)
+                    .expect("lent buffer holds a reference");
             }
             return;
         };
         match ud.kind {
             OpKind::Accept => self.on_accept(ud.idx, res, more),
-            OpKind::Recv => self.on_recv(ConnId { idx: ud.idx, gen: ud.gen }, res, more, buf),
-            OpKind::Send => self.on_send(ConnId { idx: ud.idx, gen: ud.gen }, res),
+            OpKind::Recv => self.on_recv(
+                ConnId {
+                    idx: ud.idx,
+                    gen: ud.gen,
+                },
+                res,
+                more,
+                buf,
+            ),
+            OpKind::Send => self.on_send(
+                ConnId {
+                    idx: ud.idx,
+                    gen: ud.gen,
+                },
+                res,
+            ),
             OpKind::Close => {}
         }
     }
@@ -343,7 +375,12 @@ impl Core {
                 self.push_slot(id, SlotKind::Accepted);
             } else {
                 // Accepted after the listener was closed: close it right away.
-                let ud = UserData { kind: OpKind::Close, gen: 0, idx: u32::MAX }.encode();
+                let ud = UserData {
+                    kind: OpKind::Close,
+                    gen: 0,
+                    idx: u32::MAX,
+                }
+                .encode();
                 self.ops.push_back(Op::Close { fd: res, ud });
             }
         } else {
@@ -358,20 +395,32 @@ impl Core {
         let Some(c) = self.conn_mut(id) else {
             self.stats.stale += 1;
             if let Some(b) = buf {
-                self.alloc.release(b).expect("lent buffer holds a reference");
+                self.alloc
+                    .release(b)
+                    .expect("lent buffer holds a reference");
             }
             return;
         };
         if !more {
             c.recv_armed = false;
         }
-        let id = ConnId { idx: id.idx, gen: self.conns[id.idx as usize].gen };
+        let id = ConnId {
+            idx: id.idx,
+            gen: self.conns[id.idx as usize].gen,
+        };
         match (res, buf) {
             (n, Some(b)) if n > 0 => {
                 self.stats.rx_slots += 1;
                 self.stats.rx_bytes += n as u64;
                 let pos = self.rx.len() as u32;
-                self.rx.push(Slot { conn: id, buf: b, off: 0, len: n as u32, kind: SlotKind::Data, pos });
+                self.rx.push(Slot {
+                    conn: id,
+                    buf: b,
+                    off: 0,
+                    len: n as u32,
+                    kind: SlotKind::Data,
+                    pos,
+                });
                 self.kept.push(false);
                 if !more {
                     self.arm_recv(id);
@@ -380,7 +429,9 @@ impl Core {
             (n, b) => {
                 if let Some(b) = b {
                     // A buffer with a non-positive result carries no data.
-                    self.alloc.release(b).expect("lent buffer holds a reference");
+                    self.alloc
+                        .release(b)
+                        .expect("lent buffer holds a reference");
                 }
                 if n == -ENOBUFS {
                     self.stats.enobufs += 1;
@@ -391,7 +442,13 @@ impl Core {
                 } else {
                     let c = self.conn_mut(id).expect("looked up above");
                     c.rx_done = true;
-                    let kind = if n == 0 { SlotKind::End } else if n > 0 { SlotKind::Error(0) } else { SlotKind::Error(-n) };
+                    let kind = if n == 0 {
+                        SlotKind::End
+                    } else if n > 0 {
+                        SlotKind::Error(0)
+                    } else {
+                        SlotKind::Error(-n)
+                    };
                     if !c.close_requested {
                         self.push_slot(id, kind);
                     }
@@ -402,7 +459,14 @@ impl Core {
 
     fn push_slot(&mut self, conn: ConnId, kind: SlotKind) {
         let pos = self.rx.len() as u32;
-        self.rx.push(Slot { conn, buf: BufIdx(0), off: 0, len: 0, kind, pos });
+        self.rx.push(Slot {
+            conn,
+            buf: BufIdx(0),
+            off: 0,
+            len: 0,
+            kind,
+            pos,
+        });
         self.kept.push(false);
     }
 
@@ -462,7 +526,12 @@ impl Core {
             c.behind |= newly_behind;
             let fd = c.fd;
             self.backlog += newly_behind as usize;
-            let ud = UserData { kind: OpKind::Send, gen: id.gen, idx: id.idx }.encode();
+            let ud = UserData {
+                kind: OpKind::Send,
+                gen: id.gen,
+                idx: id.idx,
+            }
+            .encode();
             self.ops.push_back(Op::Send { conn: id, fd, ud });
         } else if c.close_requested {
             self.finish_close(id);
@@ -481,7 +550,12 @@ impl Core {
         for x in c.txq {
             self.release(x);
         }
-        let ud = UserData { kind: OpKind::Close, gen: id.gen, idx: id.idx }.encode();
+        let ud = UserData {
+            kind: OpKind::Close,
+            gen: id.gen,
+            idx: id.idx,
+        }
+        .encode();
         self.ops.push_back(Op::Close { fd: c.fd, ud });
     }
 
@@ -506,12 +580,17 @@ impl Core {
         let (b, off, len) = ext.into_raw();
         assert!(at <= len, "split beyond the extent");
         self.alloc.retain(b).expect("an extent holds a reference");
-        (Extent::from_raw(b, off, at), Extent::from_raw(b, off + at, len - at))
+        (
+            Extent::from_raw(b, off, at),
+            Extent::from_raw(b, off + at, len - at),
+        )
     }
 
     /// Add a reference to an extent's buffer and return a second handle on `skip..skip+len` of it.
     pub fn share(&mut self, ext: &Extent, skip: u32, len: u32) -> Extent {
-        self.alloc.retain(ext.buf()).expect("an extent holds a reference");
+        self.alloc
+            .retain(ext.buf())
+            .expect("an extent holds a reference");
         let mut e = Extent::from_raw(ext.buf(), ext.off(), ext.len());
         e.narrow(skip, len);
         e
@@ -520,7 +599,9 @@ impl Core {
     /// A whole free buffer for the application to fill (e.g. a reply). `None` when the pool is
     /// exhausted: back-pressure, try again after the next sync.
     pub fn alloc_extent(&mut self) -> Option<Extent> {
-        self.alloc.alloc().map(|b| Extent::from_raw(b, 0, self.cfg.buf_size))
+        self.alloc
+            .alloc()
+            .map(|b| Extent::from_raw(b, 0, self.cfg.buf_size))
     }
 
     /// Give an extent's reference back.
@@ -553,7 +634,12 @@ impl Core {
 
     /// Bytes queued but not yet sent on `conn`.
     pub fn tx_queued(&self, conn: ConnId) -> usize {
-        let Some(c) = self.conns.get(conn.idx as usize).filter(|e| e.gen == conn.gen).and_then(|e| e.conn.as_ref()) else {
+        let Some(c) = self
+            .conns
+            .get(conn.idx as usize)
+            .filter(|e| e.gen == conn.gen)
+            .and_then(|e| e.conn.as_ref())
+        else {
             return 0;
         };
         c.txq.iter().map(|e| e.len() as usize).sum::<usize>() - c.tx_sent as usize
@@ -562,7 +648,12 @@ impl Core {
     /// The chunks `(buf, off, len)` the in-flight send of `conn` covers (at most `max_iov`).
     pub fn tx_chunks(&self, conn: ConnId, out: &mut Vec<(BufIdx, u32, u32)>) {
         out.clear();
-        let Some(c) = self.conns.get(conn.idx as usize).filter(|e| e.gen == conn.gen).and_then(|e| e.conn.as_ref()) else {
+        let Some(c) = self
+            .conns
+            .get(conn.idx as usize)
+            .filter(|e| e.gen == conn.gen)
+            .and_then(|e| e.conn.as_ref())
+        else {
             return;
         };
         for (i, e) in c.txq.iter().take(self.cfg.max_iov).enumerate() {
@@ -588,7 +679,10 @@ impl Core {
             .iter()
             .enumerate()
             .filter(|(_, e)| e.conn.is_some())
-            .map(|(i, e)| ConnId { idx: i as u32, gen: e.gen })
+            .map(|(i, e)| ConnId {
+                idx: i as u32,
+                gen: e.gen,
+            })
             .collect();
         for id in ids {
             self.close(id);
@@ -603,13 +697,21 @@ mod tests {
     fn core(bufs: u32, entries: u16) -> Core {
         Core::new(
             BufAlloc::new(100, bufs),
-            CoreConfig { ring_entries: entries, reserve: 1, max_iov: 4, buf_size: 2048 },
+            CoreConfig {
+                ring_entries: entries,
+                reserve: 1,
+                max_iov: 4,
+                buf_size: 2048,
+            },
         )
     }
 
     fn ud(op: Op) -> u64 {
         match op {
-            Op::Accept { ud, .. } | Op::Recv { ud, .. } | Op::Send { ud, .. } | Op::Close { ud, .. } => ud,
+            Op::Accept { ud, .. }
+            | Op::Recv { ud, .. }
+            | Op::Send { ud, .. }
+            | Op::Close { ud, .. } => ud,
         }
     }
 
@@ -628,7 +730,9 @@ mod tests {
     fn accept_registers_and_arms_recv() {
         let mut c = core(8, 4);
         c.add_listener(3);
-        let Some(op @ Op::Accept { fd: 3, .. }) = c.pop_op() else { panic!() };
+        let Some(op @ Op::Accept { fd: 3, .. }) = c.pop_op() else {
+            panic!()
+        };
         c.complete(ud(op), 9, CQE_F_MORE);
         assert_eq!(c.rx().len(), 1);
         assert_eq!(c.rx()[0].kind, SlotKind::Accepted);
@@ -637,7 +741,10 @@ mod tests {
         c.begin_sync();
         c.complete(ud(op), 10, 0);
         assert!(matches!(c.pop_op(), Some(Op::Recv { fd: 10, .. })));
-        assert!(matches!(c.pop_op(), Some(Op::Accept { fd: 3, .. })), "re-armed without F_MORE");
+        assert!(
+            matches!(c.pop_op(), Some(Op::Accept { fd: 3, .. })),
+            "re-armed without F_MORE"
+        );
     }
 
     #[test]
@@ -658,10 +765,17 @@ mod tests {
         let (bid, buf) = posted[2];
         c.complete(ud(rop), 100, recv_flags(bid, true));
         let s = c.rx()[0];
-        assert_eq!((s.conn, s.buf, s.len, s.kind), (id, buf, 100, SlotKind::Data));
+        assert_eq!(
+            (s.conn, s.buf, s.len, s.kind),
+            (id, buf, 100, SlotKind::Data)
+        );
         let free_before = c.alloc().free_count();
         c.begin_sync();
-        assert_eq!(c.alloc().free_count(), free_before + 1, "unkept slot recycled");
+        assert_eq!(
+            c.alloc().free_count(),
+            free_before + 1,
+            "unkept slot recycled"
+        );
         // Kept slot stays out of the free list until released.
         let (bid, _) = refill(&mut c)[0];
         c.complete(ud(rop), 7, recv_flags(bid, true));
@@ -690,7 +804,11 @@ mod tests {
         let s0 = c.rx()[0];
         let kept = c.keep(&s0).unwrap();
         c.begin_sync();
-        assert_eq!(refill(&mut c).len(), 1, "one recycled buffer lent, one kept, one reserve");
+        assert_eq!(
+            refill(&mut c).len(),
+            1,
+            "one recycled buffer lent, one kept, one reserve"
+        );
         assert!(matches!(c.pop_op(), Some(Op::Recv { fd: 5, .. })));
         assert_eq!(c.fd(id), Some(5));
         c.release(kept);
@@ -722,14 +840,18 @@ mod tests {
         e2.narrow(5, 20);
         c.send(id, e1).unwrap();
         c.send(id, e2).unwrap();
-        let Some(op @ Op::Send { .. }) = c.pop_op() else { panic!() };
+        let Some(op @ Op::Send { .. }) = c.pop_op() else {
+            panic!()
+        };
         assert_eq!(c.pop_op(), None, "one send in flight per connection");
         let mut ch = Vec::new();
         c.tx_chunks(id, &mut ch);
         assert_eq!(ch.iter().map(|x| x.2).collect::<Vec<_>>(), vec![10, 20]);
         c.complete(ud(op), 13, 0); // short send: first chunk + 3 bytes of the second
         assert_eq!(c.alloc().free_count(), free0 - 1);
-        let Some(op2 @ Op::Send { .. }) = c.pop_op() else { panic!("remainder resubmitted") };
+        let Some(op2 @ Op::Send { .. }) = c.pop_op() else {
+            panic!("remainder resubmitted")
+        };
         c.tx_chunks(id, &mut ch);
         assert_eq!(ch.len(), 1);
         assert_eq!((ch[0].1, ch[0].2), (5 + 3, 17));
@@ -740,7 +862,9 @@ mod tests {
         assert_eq!(c.tx_backlog(), 1, "queued behind the in-flight send");
         c.complete(ud(op2), 17, 0);
         assert_eq!(c.tx_backlog(), 0);
-        let Some(op3 @ Op::Send { .. }) = c.pop_op() else { panic!() };
+        let Some(op3 @ Op::Send { .. }) = c.pop_op() else {
+            panic!()
+        };
         c.complete(ud(op3), 2048, 0);
         assert_eq!(c.alloc().free_count(), free0);
         assert_eq!(c.stats().tx_bytes, 30 + 2048);
@@ -783,7 +907,19 @@ mod tests {
         let free = c.alloc().free_count();
         c.complete(0xdead, 5, recv_flags(posted[0].0, false));
         c.complete(0xdead, 5, recv_flags(posted[0].0, false)); // bid no longer lent
-        c.complete(ud(Op::Recv { fd: 0, ud: UserData { kind: OpKind::Recv, gen: 3, idx: 77 }.encode() }), 5, 0);
+        c.complete(
+            ud(Op::Recv {
+                fd: 0,
+                ud: UserData {
+                    kind: OpKind::Recv,
+                    gen: 3,
+                    idx: 77,
+                }
+                .encode(),
+            }),
+            5,
+            0,
+        );
         assert_eq!(c.alloc().free_count(), free + 1);
         assert_eq!(c.stats().bad_cqes, 3, "undecodable twice, unknown bid once");
         assert_eq!(c.stats().stale, 1);

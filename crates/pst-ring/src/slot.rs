@@ -99,7 +99,10 @@ impl Extent {
 
     /// Shrink to `off + skip .. off + skip + len` (no reference change).
     pub fn narrow(&mut self, skip: u32, len: u32) {
-        assert!(skip as u64 + len as u64 <= self.len as u64, "narrow outside the extent");
+        assert!(
+            skip as u64 + len as u64 <= self.len as u64,
+            "narrow outside the extent"
+        );
         self.off += skip;
         self.len = len;
     }

@@ -47,7 +47,11 @@ impl UserData {
             4 => OpKind::Close,
             _ => return None,
         };
-        Some(UserData { kind, gen: (v >> 32) as u32 & GEN_MASK, idx: v as u32 })
+        Some(UserData {
+            kind,
+            gen: (v >> 32) as u32 & GEN_MASK,
+            idx: v as u32,
+        })
     }
 }
 
@@ -58,10 +62,18 @@ mod tests {
     #[test]
     fn roundtrip_and_garbage() {
         for kind in [OpKind::Accept, OpKind::Recv, OpKind::Send, OpKind::Close] {
-            let u = UserData { kind, gen: 0xab_cdef, idx: u32::MAX };
+            let u = UserData {
+                kind,
+                gen: 0xab_cdef,
+                idx: u32::MAX,
+            };
             assert_eq!(UserData::decode(u.encode()), Some(u));
         }
-        let u = UserData { kind: OpKind::Recv, gen: 0x1ff_ffff, idx: 7 };
+        let u = UserData {
+            kind: OpKind::Recv,
+            gen: 0x1ff_ffff,
+            idx: 7,
+        };
         assert_eq!(UserData::decode(u.encode()).unwrap().gen, 0xff_ffff);
         assert_eq!(UserData::decode(0), None);
         assert_eq!(UserData::decode(9 << 56), None);

@@ -25,7 +25,10 @@ impl BufRing {
     /// Map an entry array for `entries` buffers (power of two, 1..=32768).
     pub fn new(entries: u16) -> io::Result<BufRing> {
         if !entries.is_power_of_two() || entries > 32768 {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "ring entries must be a power of two <= 32768"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "ring entries must be a power of two <= 32768",
+            ));
         }
         let bytes = (entries as usize * std::mem::size_of::<BufRingEntry>()).max(4096);
         // SAFETY: fresh anonymous mapping; zero-filled, which is a valid (empty) ring.
@@ -43,7 +46,12 @@ impl BufRing {
             return Err(io::Error::last_os_error());
         }
         let base = NonNull::new(p.cast()).ok_or_else(|| io::Error::other("mmap returned null"))?;
-        Ok(BufRing { base, entries, bytes, tail: 0 })
+        Ok(BufRing {
+            base,
+            entries,
+            bytes,
+            tail: 0,
+        })
     }
 
     /// Register with a ring under buffer group `bgid`.
@@ -54,7 +62,9 @@ impl BufRing {
     pub unsafe fn register(&self, submitter: &Submitter<'_>, bgid: u16) -> io::Result<()> {
         // SAFETY: the array is page aligned, `entries` long, and outlives the registration per
         // this function's contract.
-        unsafe { submitter.register_buf_ring_with_flags(self.base.as_ptr() as u64, self.entries, bgid, 0) }
+        unsafe {
+            submitter.register_buf_ring_with_flags(self.base.as_ptr() as u64, self.entries, bgid, 0)
+        }
     }
 
     /// Write the next entry (not visible to the kernel until [`BufRing::publish`]). The caller

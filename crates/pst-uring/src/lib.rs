@@ -46,7 +46,12 @@ pub struct DriverConfig {
 
 impl Default for DriverConfig {
     fn default() -> Self {
-        DriverConfig { sq_entries: 4096, ring_entries: 4096, batch: 32, min_wait_us: 0 }
+        DriverConfig {
+            sq_entries: 4096,
+            ring_entries: 4096,
+            batch: 32,
+            min_wait_us: 0,
+        }
     }
 }
 
@@ -80,7 +85,10 @@ pub struct Driver {
 
 impl std::fmt::Debug for Driver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Driver").field("stats", &self.stats).field("cfg", &self.cfg).finish()
+        f.debug_struct("Driver")
+            .field("stats", &self.stats)
+            .field("cfg", &self.cfg)
+            .finish()
     }
 }
 
@@ -163,7 +171,11 @@ impl Driver {
         self.stats.enters += 1;
         match self.ring.submitter().submit_with_args(want, &args) {
             Ok(_) => {}
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY)) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) => {}
             Err(e) => return Err(e),
         }
         let mut n = 0;
@@ -178,18 +190,26 @@ impl Driver {
     /// Completions to wait for: `extra` (inline send completions) plus one, or plus the batch
     /// target when a min-wait bound lets the kernel stop waiting for the batch after it.
     fn wait_target(&self, extra: usize) -> usize {
-        let batch = if self.cfg.min_wait_us > 0 { self.cfg.batch.max(1) as usize } else { 1 };
+        let batch = if self.cfg.min_wait_us > 0 {
+            self.cfg.batch.max(1) as usize
+        } else {
+            1
+        };
         extra + batch
     }
 
     fn push_op(&mut self, core: &Core, op: Op) -> io::Result<()> {
         match op {
             Op::Accept { fd, ud } => {
-                let e = opcode::AcceptMulti::new(types::Fd(fd)).build().user_data(ud);
+                let e = opcode::AcceptMulti::new(types::Fd(fd))
+                    .build()
+                    .user_data(ud);
                 self.push(&[e])
             }
             Op::Recv { fd, ud } => {
-                let e = opcode::RecvMulti::new(types::Fd(fd), BGID).build().user_data(ud);
+                let e = opcode::RecvMulti::new(types::Fd(fd), BGID)
+                    .build()
+                    .user_data(ud);
                 self.push(&[e])
             }
             Op::Close { fd, ud } => {
@@ -212,7 +232,8 @@ impl Driver {
     fn build_send(&mut self, core: &Core, conn: ConnId, fd: i32, ud: u64) -> squeue::Entry {
         let mut chunks = std::mem::take(&mut self.chunks);
         core.tx_chunks(conn, &mut chunks);
-        let ptr = |&(b, off, _): &(BufIdx, u32, u32)| self.pool.buf_ptr(b).wrapping_add(off as usize);
+        let ptr =
+            |&(b, off, _): &(BufIdx, u32, u32)| self.pool.buf_ptr(b).wrapping_add(off as usize);
         let entry = if chunks.len() == 1 {
             opcode::Send::new(types::Fd(fd), ptr(&chunks[0]), chunks[0].2)
                 .flags(libc::MSG_NOSIGNAL)
@@ -224,7 +245,10 @@ impl Driver {
             }
             let m = self.tx[i].get_or_insert_with(|| {
                 Box::new(TxMsg {
-                    iov: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MAX_IOV],
+                    iov: [libc::iovec {
+                        iov_base: std::ptr::null_mut(),
+                        iov_len: 0,
+                    }; MAX_IOV],
                     // SAFETY: msghdr is a plain C struct for which all-zero is a valid value.
                     msg: unsafe { std::mem::zeroed() },
                 })
@@ -235,7 +259,9 @@ impl Driver {
             }
             m.msg.msg_iov = m.iov.as_mut_ptr();
             m.msg.msg_iovlen = chunks.len().min(MAX_IOV);
-            opcode::SendMsg::new(types::Fd(fd), &m.msg).flags(libc::MSG_NOSIGNAL as u32).build()
+            opcode::SendMsg::new(types::Fd(fd), &m.msg)
+                .flags(libc::MSG_NOSIGNAL as u32)
+                .build()
         };
         self.chunks = chunks;
         entry.user_data(ud)

@@ -40,7 +40,10 @@ pub struct PortConfig {
 
 impl Default for PortConfig {
     fn default() -> Self {
-        PortConfig { driver: DriverConfig::default(), reserve: 64 }
+        PortConfig {
+            driver: DriverConfig::default(),
+            reserve: 64,
+        }
     }
 }
 
@@ -77,12 +80,26 @@ impl Port {
     /// A port over the buffers `part` of `pool`.
     pub fn new(pool: Arc<Pool>, part: Range<u32>, cfg: PortConfig) -> io::Result<Port> {
         let len = part.end - part.start;
-        let ring_entries = cfg.driver.ring_entries.min(len.next_power_of_two().min(32768) as u16);
-        let driver = Driver::new(pool.clone(), DriverConfig { ring_entries, ..cfg.driver })?;
+        let ring_entries = cfg
+            .driver
+            .ring_entries
+            .min(len.next_power_of_two().min(32768) as u16);
+        let driver = Driver::new(
+            pool.clone(),
+            DriverConfig {
+                ring_entries,
+                ..cfg.driver
+            },
+        )?;
         let reserve = cfg.reserve.min(len as usize / 8);
         let core = Core::new(
             BufAlloc::new(part.start, len),
-            CoreConfig { ring_entries, reserve, max_iov: pst_uring::MAX_IOV, buf_size: pool.buf_size() },
+            CoreConfig {
+                ring_entries,
+                reserve,
+                max_iov: pst_uring::MAX_IOV,
+                buf_size: pool.buf_size(),
+            },
         );
         Ok(Port { driver, core, pool })
     }
@@ -211,7 +228,10 @@ impl Port {
             return Err(SendCopyError::PoolExhausted);
         }
         while !data.is_empty() {
-            let mut e = self.core.alloc_extent().ok_or(SendCopyError::PoolExhausted)?;
+            let mut e = self
+                .core
+                .alloc_extent()
+                .ok_or(SendCopyError::PoolExhausted)?;
             let n = data.len().min(e.len() as usize);
             e.narrow(0, n as u32);
             self.bytes_mut(&mut e).copy_from_slice(&data[..n]);
@@ -253,6 +273,9 @@ impl Port {
 
     /// Counters, including the system calls made.
     pub fn stats(&self) -> PortStats {
-        PortStats { core: self.core.stats(), driver: self.driver.stats() }
+        PortStats {
+            core: self.core.stats(),
+            driver: self.driver.stats(),
+        }
     }
 }

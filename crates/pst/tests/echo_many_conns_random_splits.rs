@@ -21,7 +21,9 @@ fn every_byte_in_order_per_connection() {
                 for round in 0..20 {
                     for (id, s, sent, got) in conns.iter_mut() {
                         let len = rng.gen_range(1..=if round % 5 == 0 { 40_000 } else { 3000 });
-                        let msg: Vec<u8> = (*sent..*sent + len).map(|i| common::pattern(*id, i)).collect();
+                        let msg: Vec<u8> = (*sent..*sent + len)
+                            .map(|i| common::pattern(*id, i))
+                            .collect();
                         let mut at = 0;
                         while at < len {
                             let n = rng.gen_range(1..=len - at);
@@ -32,7 +34,12 @@ fn every_byte_in_order_per_connection() {
                         let mut back = vec![0u8; len];
                         s.read_exact(&mut back).unwrap();
                         for (j, b) in back.iter().enumerate() {
-                            assert_eq!(*b, common::pattern(*id, *got + j), "conn {id} byte {}", *got + j);
+                            assert_eq!(
+                                *b,
+                                common::pattern(*id, *got + j),
+                                "conn {id} byte {}",
+                                *got + j
+                            );
                         }
                         *got += len;
                     }

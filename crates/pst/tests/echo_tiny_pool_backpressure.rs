@@ -12,7 +12,8 @@ fn eight_buffers_sixty_four_connections() {
     let threads: Vec<_> = (0..8)
         .map(|t| {
             std::thread::spawn(move || {
-                let mut conns: Vec<TcpStream> = (0..8).map(|_| TcpStream::connect(addr).unwrap()).collect();
+                let mut conns: Vec<TcpStream> =
+                    (0..8).map(|_| TcpStream::connect(addr).unwrap()).collect();
                 let id = |k: usize| t * 8 + k;
                 let len = 20_000;
                 // Everyone writes first (the server is swamped), then reads.
@@ -23,7 +24,10 @@ fn eight_buffers_sixty_four_connections() {
                 for (k, s) in conns.iter_mut().enumerate() {
                     let mut back = vec![0u8; len];
                     s.read_exact(&mut back).unwrap();
-                    assert!(back.iter().enumerate().all(|(i, b)| *b == common::pattern(id(k), i)));
+                    assert!(back
+                        .iter()
+                        .enumerate()
+                        .all(|(i, b)| *b == common::pattern(id(k), i)));
                 }
             })
         })
@@ -33,5 +37,8 @@ fn eight_buffers_sixty_four_connections() {
     }
     let stats = server.stop();
     assert_eq!(stats.core.rx_bytes, 64 * 20_000);
-    assert!(stats.core.enobufs > 0, "the tiny pool must actually have run dry: {stats:?}");
+    assert!(
+        stats.core.enobufs > 0,
+        "the tiny pool must actually have run dry: {stats:?}"
+    );
 }

@@ -12,7 +12,10 @@ fn tmp(name: &str) -> PathBuf {
 }
 
 fn opts() -> PoolOptions {
-    PoolOptions { geometry: pst::Geometry::for_size(1 << 20, 2048).unwrap(), ..PoolOptions::default() }
+    PoolOptions {
+        geometry: pst::Geometry::for_size(1 << 20, 2048).unwrap(),
+        ..PoolOptions::default()
+    }
 }
 
 #[test]

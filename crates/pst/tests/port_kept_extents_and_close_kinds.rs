@@ -7,7 +7,15 @@ use std::time::{Duration, Instant};
 use pst::{Extent, Geometry, PersistMode, Pool, Port, PortConfig, SlotKind};
 
 fn port(bufs: u32) -> Port {
-    let pool = Pool::anonymous(Geometry { buf_size: 1024, buf_count: bufs, log_len: 0 }, PersistMode::None).unwrap();
+    let pool = Pool::anonymous(
+        Geometry {
+            buf_size: 1024,
+            buf_count: bufs,
+            log_len: 0,
+        },
+        PersistMode::None,
+    )
+    .unwrap();
     Port::whole(Arc::new(pool), PortConfig::default()).unwrap()
 }
 
@@ -43,7 +51,7 @@ fn kept_extents_survive_continuing_traffic() {
                 total += copy.len();
                 seen += 1;
                 // Keep one slot in 16 (bounded, so the pool keeps flowing).
-                if seen % 16 == 0 && kept.len() < 100 {
+                if seen.is_multiple_of(16) && kept.len() < 100 {
                     let e = p.keep(&s).unwrap();
                     kept.push((e, copy));
                 }
@@ -54,7 +62,11 @@ fn kept_extents_survive_continuing_traffic() {
     writer.join().unwrap();
     assert!(kept.len() > 10);
     for (e, copy) in &kept {
-        assert_eq!(port.bytes(e), &copy[..], "kept extent changed while traffic continued");
+        assert_eq!(
+            port.bytes(e),
+            &copy[..],
+            "kept extent changed while traffic continued"
+        );
     }
     let free = port.free_buffers();
     let n = kept.len();
@@ -92,7 +104,10 @@ fn half_close_and_reset_are_slots() {
     port.sync(Some(Duration::ZERO)).unwrap(); // submits the queued shutdown + close
     let mut reply = Vec::new();
     a.read_to_end(&mut reply).unwrap();
-    assert_eq!(reply, b"pong", "the half-closed peer still gets our reply, then EOF");
+    assert_eq!(
+        reply, b"pong",
+        "the half-closed peer still gets our reply, then EOF"
+    );
 
     // Reset: SO_LINGER 0 makes close() send RST.
     let b = socket2::Socket::from(TcpStream::connect(addr).unwrap());

@@ -19,8 +19,15 @@ impl EchoServer {
     /// An echo server over an anonymous pool of `bufs` buffers of `buf_size` bytes.
     pub fn start(bufs: u32, buf_size: u32) -> EchoServer {
         let pool = Arc::new(
-            Pool::anonymous(Geometry { buf_size, buf_count: bufs, log_len: 0 }, PersistMode::None)
-                .unwrap(),
+            Pool::anonymous(
+                Geometry {
+                    buf_size,
+                    buf_count: bufs,
+                    log_len: 0,
+                },
+                PersistMode::None,
+            )
+            .unwrap(),
         );
         Self::start_on(pool, PortConfig::default())
     }
@@ -50,7 +57,11 @@ impl EchoServer {
             port.stats()
         });
         let addr = rx.recv().unwrap();
-        EchoServer { addr, stop, handle: Some(handle) }
+        EchoServer {
+            addr,
+            stop,
+            handle: Some(handle),
+        }
     }
 
     pub fn stop(mut self) -> pst::PortStats {
