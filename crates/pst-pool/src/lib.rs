@@ -11,6 +11,7 @@
 pub mod alloc;
 pub mod header;
 mod map;
+pub mod media;
 pub mod persist;
 
 use std::fs::{File, OpenOptions};
@@ -21,6 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 pub use alloc::{AllocError, BufAlloc};
 pub use header::{Header, HeaderError};
+pub use media::{Media, PoolMedia, SimPm};
 pub use persist::FlushInsn;
 
 /// Index of a buffer in the pool (netmap's `buf_idx`).
