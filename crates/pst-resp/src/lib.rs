@@ -1,0 +1,376 @@
+//! RESP2 (the Redis protocol) command framing over a byte stream that arrives in arbitrary
+//! pieces, without copying bulk arguments; reply encoding. Pure code, no I/O.
+//!
+//! Like `pst-http`, arguments are reported as ranges of stream positions, so a `SET` value can
+//! be stored straight from the pool buffers it arrived in. Both the multibulk form
+//! (`*3\r\n$3\r\nSET\r\n...`) and inline commands (`PING\r\n`) are accepted; pipelining works.
+#![forbid(unsafe_code)]
+
+use std::ops::Range;
+
+/// Limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Longest bulk argument (Redis: `proto-max-bulk-len`).
+    pub max_bulk: u64,
+    /// Most arguments per command.
+    pub max_args: u64,
+    /// Longest inline command or length line.
+    pub max_line: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_bulk: 1 << 20, max_args: 1 << 16, max_line: 64 << 10 }
+    }
+}
+
+/// What framing produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A complete command: its arguments as stream ranges (the first is the command name).
+    Command(Vec<Range<u64>>),
+    /// A protocol error (Redis replies `-ERR Protocol error: ...` and closes).
+    Error(&'static str),
+}
+
+#[derive(Debug)]
+enum State {
+    /// Between commands.
+    Idle,
+    /// Collecting a line (inline command, `*n` or `$n`) into `line`.
+    Line(LineKind),
+    /// Skipping bulk data up to this stream position, then CRLF.
+    Bulk { end: u64 },
+    /// Expecting the CRLF after a bulk argument; `got` bytes of it seen.
+    BulkCrlf { got: u8 },
+    Dead,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LineKind {
+    Inline,
+    ArrayLen,
+    BulkLen,
+}
+
+/// Per-connection command framer.
+#[derive(Debug)]
+pub struct CommandFramer {
+    limits: Limits,
+    state: State,
+    line: Vec<u8>,
+    line_pos: u64,
+    pos: u64,
+    cmd_start: u64,
+    args: Vec<Range<u64>>,
+    want_args: u64,
+}
+
+impl CommandFramer {
+    /// A framer for a new connection.
+    pub fn new(limits: Limits) -> CommandFramer {
+        CommandFramer {
+            limits,
+            state: State::Idle,
+            line: Vec::new(),
+            line_pos: 0,
+            pos: 0,
+            cmd_start: 0,
+            args: Vec::new(),
+            want_args: 0,
+        }
+    }
+
+    /// Every byte before this stream position is no longer needed.
+    pub fn needed_from(&self) -> u64 {
+        match self.state {
+            State::Idle | State::Dead => self.pos,
+            _ => self.cmd_start,
+        }
+    }
+
+    /// Feed the next chunk; complete commands (or one error, after which input is ignored) are
+    /// appended to `out`.
+    pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<Event>) {
+        let base = self.pos;
+        self.pos += chunk.len() as u64;
+        let mut at = 0usize;
+        while at < chunk.len() {
+            let here = base + at as u64;
+            match self.state {
+                State::Dead => return,
+                State::Idle => {
+                    self.cmd_start = here;
+                    self.args.clear();
+                    self.line.clear();
+                    self.line_pos = here;
+                    if chunk[at] == b'*' {
+                        at += 1;
+                        self.state = State::Line(LineKind::ArrayLen);
+                    } else {
+                        self.state = State::Line(LineKind::Inline);
+                    }
+                }
+                State::Line(kind) => {
+                    if self.line.is_empty() && kind != LineKind::Inline {
+                        self.line_pos = here;
+                    }
+                    let rest = &chunk[at..];
+                    let (take, done) = match rest.iter().position(|&b| b == b'\n') {
+                        Some(i) => (i + 1, true),
+                        None => (rest.len(), false),
+                    };
+                    if self.line.len() + take > self.limits.max_line {
+                        return self.fail("too big inline request", out);
+                    }
+                    self.line.extend_from_slice(&rest[..take]);
+                    at += take;
+                    if done {
+                        if let Err(e) = self.line_done(kind, base + at as u64, out) {
+                            return self.fail(e, out);
+                        }
+                    }
+                }
+                State::Bulk { end } => {
+                    let need = end - here;
+                    let have = (chunk.len() - at) as u64;
+                    if have < need {
+                        return;
+                    }
+                    at += need as usize;
+                    self.state = State::BulkCrlf { got: 0 };
+                }
+                State::BulkCrlf { got } => {
+                    let expect = if got == 0 { b'\r' } else { b'\n' };
+                    if chunk[at] != expect {
+                        return self.fail("expected CRLF after bulk argument", out);
+                    }
+                    at += 1;
+                    if got == 0 {
+                        self.state = State::BulkCrlf { got: 1 };
+                    } else {
+                        self.next_arg(out);
+                    }
+                }
+            }
+        }
+    }
+
+    fn fail(&mut self, why: &'static str, out: &mut Vec<Event>) {
+        self.state = State::Dead;
+        self.line = Vec::new();
+        out.push(Event::Error(why));
+    }
+
+    fn parse_len(line: &[u8]) -> Option<i64> {
+        let s = line.strip_suffix(b"\r\n").or_else(|| line.strip_suffix(b"\n"))?;
+        std::str::from_utf8(s).ok()?.parse().ok()
+    }
+
+    /// A line ended; `after` is the stream position right after its '\n'.
+    fn line_done(&mut self, kind: LineKind, after: u64, out: &mut Vec<Event>) -> Result<(), &'static str> {
+        match kind {
+            LineKind::Inline => {
+                let mut args = Vec::new();
+                let mut i = 0;
+                let l = &self.line;
+                let end = l.len() - if l.ends_with(b"\r\n") { 2 } else { 1 };
+                while i < end {
+                    while i < end && l[i].is_ascii_whitespace() {
+                        i += 1;
+                    }
+                    let s = i;
+                    while i < end && !l[i].is_ascii_whitespace() {
+                        i += 1;
+                    }
+                    if i > s {
+                        args.push(self.line_pos + s as u64..self.line_pos + i as u64);
+                    }
+                }
+                self.state = State::Idle;
+                if !args.is_empty() {
+                    out.push(Event::Command(args));
+                }
+                Ok(())
+            }
+            LineKind::ArrayLen => {
+                let n = Self::parse_len(&self.line).ok_or("invalid multibulk length")?;
+                if n > self.limits.max_args as i64 {
+                    return Err("invalid multibulk length");
+                }
+                self.line.clear();
+                if n <= 0 {
+                    self.state = State::Idle;
+                    return Ok(());
+                }
+                self.want_args = n as u64;
+                self.state = State::Line(LineKind::BulkLen);
+                Ok(())
+            }
+            LineKind::BulkLen => {
+                if self.line.first() != Some(&b'$') {
+                    return Err("expected '$'");
+                }
+                let n = Self::parse_len(&self.line[1..]).ok_or("invalid bulk length")?;
+                if n < 0 || n as u64 > self.limits.max_bulk {
+                    return Err("invalid bulk length");
+                }
+                self.line.clear();
+                // The data starts right after the length line.
+                let data_start = after;
+                self.args.push(data_start..data_start + n as u64);
+                self.state = State::Bulk { end: data_start + n as u64 };
+                Ok(())
+            }
+        }
+    }
+
+    fn next_arg(&mut self, out: &mut Vec<Event>) {
+        if (self.args.len() as u64) < self.want_args {
+            self.line.clear();
+            self.state = State::Line(LineKind::BulkLen);
+        } else {
+            self.state = State::Idle;
+            out.push(Event::Command(std::mem::take(&mut self.args)));
+        }
+    }
+}
+
+/// Reply encoders (RESP2).
+pub mod reply {
+    use std::io::Write;
+
+    /// `+OK`-style simple string.
+    pub fn simple(out: &mut Vec<u8>, s: &str) {
+        out.push(b'+');
+        out.extend_from_slice(s.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+
+    /// `-ERR ...` error (the message must carry its prefix, e.g. `ERR` or `WRONGTYPE`).
+    pub fn error(out: &mut Vec<u8>, msg: &str) {
+        out.push(b'-');
+        out.extend_from_slice(msg.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+
+    /// `:n` integer.
+    pub fn int(out: &mut Vec<u8>, n: i64) {
+        let _ = write!(out, ":{n}\r\n");
+    }
+
+    /// Bulk string header `$len\r\n` (the caller appends the bytes and then [`crlf`]).
+    pub fn bulk_head(out: &mut Vec<u8>, len: usize) {
+        let _ = write!(out, "${len}\r\n");
+    }
+
+    /// A whole bulk string.
+    pub fn bulk(out: &mut Vec<u8>, b: &[u8]) {
+        bulk_head(out, b.len());
+        out.extend_from_slice(b);
+        crlf(out);
+    }
+
+    /// `$-1` null bulk.
+    pub fn null(out: &mut Vec<u8>) {
+        out.extend_from_slice(b"$-1\r\n");
+    }
+
+    /// `*n` array header.
+    pub fn array(out: &mut Vec<u8>, n: usize) {
+        let _ = write!(out, "*{n}\r\n");
+    }
+
+    /// CRLF.
+    pub fn crlf(out: &mut Vec<u8>) {
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(chunks: &[&[u8]]) -> (Vec<Vec<Vec<u8>>>, Option<&'static str>) {
+        let mut f = CommandFramer::new(Limits::default());
+        let mut out = Vec::new();
+        for c in chunks {
+            f.feed(c, &mut out);
+        }
+        let stream: Vec<u8> = chunks.concat();
+        let mut cmds = Vec::new();
+        let mut err = None;
+        for e in out {
+            match e {
+                Event::Command(args) => cmds.push(args.iter().map(|r| stream[r.start as usize..r.end as usize].to_vec()).collect()),
+                Event::Error(e) => err = Some(e),
+            }
+        }
+        (cmds, err)
+    }
+
+    #[test]
+    fn multibulk_and_inline_pipelined() {
+        let s = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nhello\r\nPING\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n  ECHO   hi  \r\n";
+        let (cmds, err) = frame(&[s]);
+        assert_eq!(err, None);
+        assert_eq!(cmds, vec![
+            vec![b"SET".to_vec(), b"k".to_vec(), b"hello".to_vec()],
+            vec![b"PING".to_vec()],
+            vec![b"GET".to_vec(), b"k".to_vec()],
+            vec![b"ECHO".to_vec(), b"hi".to_vec()],
+        ]);
+    }
+
+    #[test]
+    fn every_split_gives_the_same_commands() {
+        let s: &[u8] = b"*3\r\n$3\r\nSET\r\n$3\r\nkey\r\n$10\r\n0123456789\r\nPING\n*1\r\n$0\r\n\r\n";
+        let whole = frame(&[s]);
+        assert_eq!(whole.0.len(), 3);
+        for i in 0..s.len() {
+            for j in i..s.len() {
+                assert_eq!(frame(&[&s[..i], &s[i..j], &s[j..]]), whole, "split {i},{j}");
+            }
+        }
+    }
+
+    #[test]
+    fn protocol_errors() {
+        assert_eq!(frame(&[b"*x\r\n"]).1, Some("invalid multibulk length"));
+        assert_eq!(frame(&[b"*1\r\n+x\r\n"]).1, Some("expected '$'"));
+        assert_eq!(frame(&[b"*1\r\n$99999999999\r\n"]).1, Some("invalid bulk length"));
+        assert_eq!(frame(&[b"*1\r\n$1\r\nabc"]).1, Some("expected CRLF after bulk argument"));
+        let long = vec![b'a'; 70_000];
+        assert_eq!(frame(&[&long]).1, Some("too big inline request"));
+    }
+
+    #[test]
+    fn needed_from_covers_partial_command() {
+        let mut f = CommandFramer::new(Limits::default());
+        let mut out = Vec::new();
+        f.feed(b"PING\r\n*2\r\n$3\r\nGET", &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(f.needed_from(), 6);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(chunks in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..100), 0..8)) {
+            let mut f = CommandFramer::new(Limits { max_bulk: 64, max_args: 8, max_line: 128 });
+            let mut out = Vec::new();
+            let mut total = 0u64;
+            for c in &chunks {
+                f.feed(c, &mut out);
+                total += c.len() as u64;
+            }
+            for e in &out {
+                if let Event::Command(args) = e {
+                    for a in args {
+                        proptest::prop_assert!(a.start <= a.end && a.end <= total);
+                    }
+                }
+            }
+        }
+    }
+}
