@@ -39,6 +39,10 @@ pub trait StreamApp {
     fn requests(&self) -> u64 {
         0
     }
+    /// System calls the application made itself (e.g. `fdatasync` in commit).
+    fn extra_syscalls(&self) -> u64 {
+        0
+    }
 }
 
 struct Conn<C> {
@@ -203,11 +207,11 @@ pub fn serve<A: StreamApp>(
             }
         }
         if let Some((s, t)) = stats {
-            s.set(t, syscalls, app.requests());
+            s.set(t, syscalls + app.extra_syscalls(), app.requests());
         }
     }
     if let Some((s, t)) = stats {
-        s.set(t, syscalls, app.requests());
+        s.set(t, syscalls + app.extra_syscalls(), app.requests());
     }
     Ok(())
 }

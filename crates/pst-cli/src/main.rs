@@ -3,10 +3,14 @@
 
 mod bench;
 mod echo;
+mod engine;
 mod epoll;
+mod http;
 mod inspect;
+mod kv;
 mod loadgen;
 mod server;
+mod service;
 mod stats;
 
 use clap::{Parser, Subcommand};
@@ -17,19 +21,54 @@ use server::{Engine, ServerArgs};
 /// pst — PASTE for Rust: many TCP connections per system call, received data kept in place in a
 /// (persistent) buffer pool.
 ///
-/// Run with no command to serve echo on 127.0.0.1:60000 with the pool ./pst-data/pool.
+/// Run with no command to serve HTTP (`pst httpd`) on 127.0.0.1:60000 with the pool
+/// ./pst-data/pool: `POST /key` stores a value durably, `GET /key` returns it, `GET /` returns a
+/// fixed 64-byte body.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about, args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
-    /// Server options when no command is given.
+    /// Server options when no command is given (`pst httpd`).
     #[command(flatten)]
-    serve: ServerArgs,
+    serve: HttpArgs,
+}
+
+/// Options of `pst httpd`.
+#[derive(Debug, Clone, clap::Args)]
+struct HttpArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// Where POST bodies go: none, wal (write-ahead log), kv (POST/GET/DELETE /<key>).
+    #[arg(long, value_enum, default_value_t = http::StoreMode::Kv)]
+    store: http::StoreMode,
+    /// Largest request body accepted (413 beyond).
+    #[arg(long, value_parser = server::parse_bytes, default_value = "1MiB")]
+    max_body: u64,
+    /// Require `Authorization: Bearer <TOKEN>` for POST/PUT/DELETE.
+    #[arg(long)]
+    token: Option<String>,
+}
+
+/// Options of `pst kv`.
+#[derive(Debug, Clone, clap::Args)]
+struct KvArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// Largest value (bulk argument) accepted.
+    #[arg(long, value_parser = server::parse_bytes, default_value = "1MiB")]
+    max_value: u64,
+    /// Require `AUTH <password>` before other commands (Redis `requirepass`).
+    #[arg(long)]
+    requirepass: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// HTTP/1.1 server (phttpd): POST bodies persisted zero-copy; default 127.0.0.1:60000.
+    Httpd(HttpArgs),
+    /// Redis-protocol KV server over the same store; default 127.0.0.1:6380.
+    Kv(KvArgs),
     /// Raw TCP echo server (every byte sent back), default 127.0.0.1:60000.
     Echo(ServerArgs),
     /// Benchmark the servers side by side with the built-in load generator.
@@ -47,7 +86,9 @@ fn main() -> std::process::ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.cmd {
-        None => serve_echo(cli.serve),
+        None => serve_http(cli.serve),
+        Some(Cmd::Httpd(a)) => serve_http(a),
+        Some(Cmd::Kv(a)) => serve_kv(a),
         Some(Cmd::Echo(a)) => serve_echo(a),
         Some(Cmd::Bench(a)) => bench::run(a),
         Some(Cmd::Inspect(a)) => return inspect::run(a),
@@ -61,10 +102,28 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+fn serve_http(a: HttpArgs) -> anyhow::Result<()> {
+    let pool = a.server.open_pool()?;
+    let store = match a.store {
+        http::StoreMode::None => None,
+        _ => Some(server::open_store(&pool, &a.server)?),
+    };
+    let retention = if a.store == http::StoreMode::Wal { engine::Retention::Wal } else { engine::Retention::Compact };
+    let proto = std::sync::Arc::new(http::HttpService::new(a.store, a.max_body, a.token.clone()));
+    server::serve_protocol(&a.server, "127.0.0.1:60000", pool, proto, store, retention)
+}
+
+fn serve_kv(a: KvArgs) -> anyhow::Result<()> {
+    let pool = a.server.open_pool()?;
+    let store = server::open_store(&pool, &a.server)?;
+    let proto = std::sync::Arc::new(kv::KvService::new(a.max_value, a.requirepass.clone()));
+    server::serve_protocol(&a.server, "127.0.0.1:6380", pool, proto, Some(store), engine::Retention::Compact)
+}
+
 fn serve_echo(args: ServerArgs) -> anyhow::Result<()> {
     let pool = args.open_pool()?;
     let engine = args.engine;
-    server::run_workers(&args, "127.0.0.1:60000", pool, move |w| match engine {
+    server::run_workers(&args, "127.0.0.1:60000", pool, std::sync::Arc::new(|_| false), move |w| match engine {
         Engine::Uring => echo::uring(w),
         Engine::Epoll => echo::epoll(w),
     })

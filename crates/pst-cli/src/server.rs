@@ -117,6 +117,60 @@ impl ServerArgs {
     }
 }
 
+/// Recover the pool's store (the whole log region) and share it between the workers.
+pub fn open_store(pool: &Arc<Pool>, args: &ServerArgs) -> anyhow::Result<Arc<crate::service::SharedStore>> {
+    let media = pool.claim_log().context("the pool's log is already in use")?;
+    let h = *pool.header();
+    let t0 = Instant::now();
+    let (store, report) = pst_store::Store::open(media, h.log_off..h.log_off + h.geometry.log_len)
+        .with_context(|| format!("recovering the store in {}", args.pool.display()))?;
+    tracing::info!(
+        records = report.records,
+        keys = report.live_keys,
+        torn_tail = report.torn.as_deref().unwrap_or("none"),
+        ms = t0.elapsed().as_millis() as u64,
+        "store recovered"
+    );
+    let parts = pool.geometry().partitions(args.threads.max(1) as u32);
+    Ok(crate::service::SharedStore::new(store, parts))
+}
+
+/// Serve a protocol on every worker with the chosen engine.
+pub fn serve_protocol<P: crate::service::Protocol>(
+    args: &ServerArgs,
+    default_addr: &str,
+    pool: Arc<Pool>,
+    proto: Arc<P>,
+    store: Option<Arc<crate::service::SharedStore>>,
+    retention: crate::engine::Retention,
+) -> anyhow::Result<()> {
+    let engine = args.engine;
+    let parts = pool.geometry().partitions(args.threads.max(1) as u32);
+    let fsync = args.persist == PersistMode::Fsync;
+    let pool2 = pool.clone();
+    let live: Live = match &store {
+        Some(s) => {
+            let s = s.clone();
+            Arc::new(move |b| s.holds(b))
+        }
+        None => Arc::new(|_| false),
+    };
+    run_workers(args, default_addr, pool, live, move |w| match engine {
+        Engine::Uring => crate::engine::uring(w, proto.clone(), store.clone(), retention),
+        Engine::Epoll => {
+            let part = parts[w.index].clone();
+            let bufs = match &store {
+                Some(s) => pst::Buffers::new(pool2.clone(), part, |b| s.holds(b) as u16),
+                None => pst::Buffers::new(pool2.clone(), part, |_| 0),
+            };
+            let app = crate::engine::EpollService::new(proto.clone(), bufs, store.clone(), w.index, retention, fsync);
+            let l = pst_uring::listener(w.addr, 4096)?;
+            crate::epoll::serve(l, app, &w.stop, w.stats.as_deref().map(|s| (s, w.index)))?;
+            Ok(())
+        }
+    })
+}
+
 /// SIGINT/SIGTERM set the returned flag; a second signal exits at once.
 pub fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
@@ -135,6 +189,9 @@ pub fn pin_to(cpu: usize) {
         tracing::warn!(cpu, error = %e, "could not pin thread");
     }
 }
+
+/// Which buffers a recovered store holds (the ports must not lend them to the kernel).
+pub type Live = Arc<dyn Fn(pst::BufIdx) -> bool + Send + Sync>;
 
 /// Context handed to each worker thread.
 pub struct Worker {
@@ -156,6 +213,7 @@ pub fn run_workers(
     args: &ServerArgs,
     default_addr: &str,
     pool: Arc<Pool>,
+    live: Live,
     work: impl Fn(Worker) -> anyhow::Result<()> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
     let addr: SocketAddr = args
@@ -182,6 +240,7 @@ pub fn run_workers(
             stop.clone(),
             stats.clone(),
         );
+        let live = live.clone();
         handles.push(
             std::thread::Builder::new()
                 .name(format!("pst-{t}"))
@@ -193,7 +252,7 @@ pub fn run_workers(
                     // bound to the thread that creates it.
                     let port = match engine {
                         Engine::Uring => {
-                            Some(Port::new(pool, part, cfg).context("creating the io_uring port")?)
+                            Some(Port::with_live(pool, part, cfg, |b| live(b) as u16).context("creating the io_uring port")?)
                         }
                         Engine::Epoll => None,
                     };

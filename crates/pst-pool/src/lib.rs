@@ -240,6 +240,7 @@ pub struct Pool {
     pm_latency_ns: u64,
     flush: FlushInsn,
     poisoned: AtomicBool,
+    log_claimed: AtomicBool,
 }
 
 impl Pool {
@@ -332,6 +333,7 @@ impl Pool {
             pm_latency_ns: opts.pm_write_latency_ns,
             flush: FlushInsn::detect(),
             poisoned: AtomicBool::new(false),
+            log_claimed: AtomicBool::new(false),
         };
         tracing::debug!(
             path = ?pool.path,
@@ -504,6 +506,24 @@ impl Pool {
         }
         persist::spin_ns(self.pm_latency_ns);
         Ok(())
+    }
+
+    /// Media for the one store of this pool, which owns the whole log region. Returns `None`
+    /// if it was already claimed: there is never a second writer of the log.
+    ///
+    /// The store reads pool buffers only while it holds references on them (so the kernel is
+    /// not writing them), which is what makes its reads through the media race-free.
+    pub fn claim_log(self: &std::sync::Arc<Self>) -> Option<PoolMedia> {
+        // AcqRel: the claim is a one-shot latch between threads; nothing else is ordered by it.
+        if self.log_claimed.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        let h = self.header;
+        #[allow(unsafe_code)]
+        // SAFETY: the latch above makes this the only media that writes the log region; the
+        // reading discipline is documented on this method and upheld by pst-store, which reads
+        // only its log region and buffers it holds references on.
+        Some(unsafe { PoolMedia::new(self.clone(), h.log_off..h.log_off + h.geometry.log_len) })
     }
 
     /// True after a failed barrier.

@@ -596,6 +596,15 @@ impl Core {
         e
     }
 
+    /// A new reference on part of an already referenced buffer of this partition.
+    pub fn retain(&mut self, b: BufIdx, off: u32, len: u32) -> Option<Extent> {
+        if off as u64 + len as u64 > self.cfg.buf_size as u64 {
+            return None;
+        }
+        self.alloc.retain(b).ok()?;
+        Some(Extent::from_raw(b, off, len))
+    }
+
     /// A whole free buffer for the application to fill (e.g. a reply). `None` when the pool is
     /// exhausted: back-pressure, try again after the next sync.
     pub fn alloc_extent(&mut self) -> Option<Extent> {

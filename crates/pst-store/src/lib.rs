@@ -351,7 +351,7 @@ impl<M: Media> Store<M> {
             }
             self.media.barrier().map_err(StoreError::Poisoned)?;
         }
-        tracing::info!(records = report.records, keys = report.live_keys, last_seq = report.last_seq, torn = ?report.torn, "store recovered");
+        tracing::debug!(records = report.records, keys = report.live_keys, last_seq = report.last_seq, torn = ?report.torn, "store recovered");
         Ok(report)
     }
 
@@ -703,6 +703,23 @@ impl<M: Media> Store<M> {
             self.segs[s as usize] = SegState::Retiring;
             self.retire.push_back(Retiree { seg: s, recs });
         }
+    }
+
+    /// WAL retention: drop the records of the oldest segment (a bounded log, like phttpd's
+    /// circular one). Returns false when only the head segment is left.
+    pub fn drop_oldest_segment(&mut self) -> bool {
+        if self.order.len() < 2 {
+            return false;
+        }
+        let s = self.order[0];
+        let Some(next) = self.records.iter().find(|r| r.seg != s).map(|r| r.seq) else { return false };
+        self.truncate_before(next);
+        true
+    }
+
+    /// Free log segments and total segments.
+    pub fn segment_space(&self) -> (usize, usize) {
+        (self.free_segments(), self.segs.len())
     }
 
     fn is_live(&self, r: &RecMeta) -> bool {

@@ -79,6 +79,17 @@ pub enum SendCopyError {
 impl Port {
     /// A port over the buffers `part` of `pool`.
     pub fn new(pool: Arc<Pool>, part: Range<u32>, cfg: PortConfig) -> io::Result<Port> {
+        Self::with_live(pool, part, cfg, |_| 0)
+    }
+
+    /// A port over `part` where `live(b)` references are already held on buffer `b` (by a
+    /// recovered store): those buffers are never lent to the kernel until released.
+    pub fn with_live(
+        pool: Arc<Pool>,
+        part: Range<u32>,
+        cfg: PortConfig,
+        live: impl FnMut(BufIdx) -> u16,
+    ) -> io::Result<Port> {
         let len = part.end - part.start;
         let ring_entries = cfg
             .driver
@@ -93,7 +104,7 @@ impl Port {
         )?;
         let reserve = cfg.reserve.min(len as usize / 8);
         let core = Core::new(
-            BufAlloc::new(part.start, len),
+            BufAlloc::with_live(part.start, len, live),
             CoreConfig {
                 ring_entries,
                 reserve,
@@ -211,6 +222,17 @@ impl Port {
         self.core.share(ext, skip, len)
     }
 
+    /// A new reference on `len` bytes at `off` of buffer `b`, which must already be held by
+    /// someone (e.g. a store's value) and belong to this port's partition; `None` otherwise.
+    pub fn retain(&mut self, b: BufIdx, off: u32, len: u32) -> Option<Extent> {
+        self.core.retain(b, off, len)
+    }
+
+    /// True when buffer `b` belongs to this port's partition.
+    pub fn owns(&self, b: BufIdx) -> bool {
+        self.core.alloc().range().contains(&b.0)
+    }
+
     /// Release an extent.
     pub fn release(&mut self, ext: Extent) {
         self.core.release(ext)
@@ -277,5 +299,64 @@ impl Port {
             core: self.core.stats(),
             driver: self.driver.stats(),
         }
+    }
+}
+
+/// Pool buffers of one partition for code that moves bytes itself (the epoll baseline engine):
+/// allocate, fill, read, release — no kernel ring. Same `Extent` ownership rules as a port.
+#[derive(Debug)]
+pub struct Buffers {
+    pool: Arc<Pool>,
+    alloc: BufAlloc,
+}
+
+impl Buffers {
+    /// The buffers `part` of `pool`, with `live(b)` references already held (recovery).
+    pub fn new(pool: Arc<Pool>, part: Range<u32>, live: impl FnMut(BufIdx) -> u16) -> Buffers {
+        let alloc = BufAlloc::with_live(part.start, part.end - part.start, live);
+        Buffers { pool, alloc }
+    }
+
+    /// A whole free buffer; `None` when exhausted.
+    pub fn alloc(&mut self) -> Option<Extent> {
+        let b = self.alloc.alloc()?;
+        Some(Extent::from_raw(b, 0, self.pool.buf_size()))
+    }
+
+    /// Read an extent.
+    pub fn bytes(&self, ext: &Extent) -> &[u8] {
+        #[allow(unsafe_code)]
+        // SAFETY: these buffers are never lent to the kernel; an `Extent` is the unique handle
+        // on its range.
+        unsafe {
+            self.pool.bytes(ext.buf(), ext.off(), ext.len())
+        }
+    }
+
+    /// Write an extent.
+    pub fn bytes_mut(&mut self, ext: &mut Extent) -> &mut [u8] {
+        #[allow(unsafe_code)]
+        // SAFETY: as in `bytes`; `&mut Extent` is exclusive access to the range.
+        unsafe {
+            self.pool.bytes_mut(ext.buf(), ext.off(), ext.len())
+        }
+    }
+
+    /// Give a reference back.
+    pub fn release(&mut self, ext: Extent) {
+        let (b, _, _) = ext.into_raw();
+        if let Err(e) = self.alloc.release(b) {
+            tracing::error!(error = %e, "buffer release refused");
+        }
+    }
+
+    /// Free buffers.
+    pub fn free_count(&self) -> usize {
+        self.alloc.free_count()
+    }
+
+    /// Buffers in the partition.
+    pub fn capacity(&self) -> usize {
+        self.alloc.capacity()
     }
 }

@@ -1,0 +1,179 @@
+//! `pst httpd`: phttpd parity. POST bodies are persisted where they landed (`--store wal`: a
+//! WAL record naming the body's extents; `--store kv`: `POST /key` stores the body under `key`,
+//! `GET /key` sends it from the pool without copying). Other GETs return a fixed 64-byte body
+//! (the RPC workload). Replies leave only after the batch's group commit.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use pst_http::{write_head, Event, FrameError, Limits, Method, Request, RequestFramer};
+
+use crate::service::{Io, Piece, PoolStore, Protocol};
+
+/// What POST bodies go into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreMode {
+    /// Not stored (acknowledged only).
+    None,
+    /// Appended to the write-ahead log (oldest records dropped when the log fills).
+    Wal,
+    /// Key-value: `POST /key` stores, `GET /key` reads, `DELETE /key` deletes.
+    Kv,
+}
+
+/// The fixed body of the RPC workload: 64 bytes.
+pub const RPC_BODY: &[u8; 64] = b"pst rpc reply: a fixed 64-byte body for the RPC benchmark.....\r\n";
+
+/// The HTTP service.
+#[derive(Debug)]
+pub struct HttpService {
+    mode: StoreMode,
+    limits: Limits,
+    token: Option<String>,
+    requests: AtomicU64,
+}
+
+impl HttpService {
+    /// A service storing POST bodies per `mode`; writes need `Authorization: Bearer <token>`
+    /// when a token is set.
+    pub fn new(mode: StoreMode, max_body: u64, token: Option<String>) -> HttpService {
+        HttpService { mode, limits: Limits { max_body, ..Limits::default() }, token, requests: AtomicU64::new(0) }
+    }
+
+    fn respond(reply: &mut Vec<Piece>, status: u16, body: &[u8], keep_alive: bool) {
+        let mut out = Vec::with_capacity(96 + body.len());
+        write_head(&mut out, status, body.len(), keep_alive);
+        out.extend_from_slice(body);
+        reply.push(Piece::Bytes(out));
+    }
+
+    fn key(req: &Request) -> Option<&str> {
+        let k = req.path.split('?').next().unwrap_or("").trim_start_matches('/');
+        (!k.is_empty()).then_some(k)
+    }
+
+    fn handle(&self, req: &Request, io: &mut dyn Io, store: Option<&mut PoolStore>, reply: &mut Vec<Piece>) {
+        let ka = req.keep_alive;
+        let write = matches!(req.method, Method::Post | Method::Put | Method::Delete);
+        if write {
+            if let Some(t) = &self.token {
+                if req.bearer.as_deref() != Some(t.as_str()) {
+                    return Self::respond(reply, 401, b"bearer token required for writes\n", ka);
+                }
+            }
+        }
+        match (req.method, self.mode, store) {
+            (Method::Get | Method::Head, StoreMode::Kv, Some(store)) if Self::key(req).is_some() => {
+                let key = Self::key(req).expect("checked");
+                let Some(v) = store.get(key.as_bytes()) else {
+                    return Self::respond(reply, 404, b"not found\n", ka);
+                };
+                if !store.verify(&v) {
+                    tracing::error!(key, seq = v.seq, "stored value fails its checksum; not served");
+                    return Self::respond(reply, 500, b"stored value is corrupt\n", ka);
+                }
+                let mut head = Vec::with_capacity(96);
+                write_head(&mut head, 200, v.len as usize, ka);
+                if req.method == Method::Head {
+                    reply.push(Piece::Bytes(head));
+                    return;
+                }
+                match io.zero_copy(v.extents) {
+                    Some(exts) => {
+                        reply.push(Piece::Bytes(head));
+                        reply.extend(exts.into_iter().map(Piece::Ext));
+                    }
+                    None => {
+                        let mut body = Vec::new();
+                        match store.read_value(key.as_bytes(), &mut body) {
+                            Ok(true) => {
+                                head.extend_from_slice(&body);
+                                reply.push(Piece::Bytes(head));
+                            }
+                            _ => Self::respond(reply, 500, b"stored value is corrupt\n", ka),
+                        }
+                    }
+                }
+            }
+            (Method::Get, _, _) => Self::respond(reply, 200, RPC_BODY, ka),
+            (Method::Head, _, _) => {
+                let mut head = Vec::new();
+                write_head(&mut head, 200, RPC_BODY.len(), ka);
+                reply.push(Piece::Bytes(head));
+            }
+            (Method::Post | Method::Put, StoreMode::None, _) => Self::respond(reply, 200, b"", ka),
+            (Method::Post | Method::Put, mode, Some(store)) => {
+                let key = if mode == StoreMode::Kv {
+                    match Self::key(req) {
+                        Some(k) => Some(k.to_owned()),
+                        None => return Self::respond(reply, 400, b"POST /<key> needs a key\n", ka),
+                    }
+                } else {
+                    None
+                };
+                let Some(exts) = io.extents(req.body.clone()) else {
+                    return Self::respond(reply, 503, b"buffer pool exhausted, retry\n", ka);
+                };
+                let r = match key {
+                    Some(k) => store.put(k.as_bytes(), exts),
+                    None => store.append(exts),
+                };
+                match r {
+                    Ok(_) => Self::respond(reply, if mode == StoreMode::Kv { 201 } else { 200 }, b"", ka),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "store refused a write");
+                        Self::respond(reply, 503, format!("{e}\n").as_bytes(), ka)
+                    }
+                }
+            }
+            (Method::Delete, StoreMode::Kv, Some(store)) => match Self::key(req).map(|k| store.delete(k.as_bytes())) {
+                Some(Ok(Some(_))) => Self::respond(reply, 200, b"", ka),
+                Some(Ok(None)) => Self::respond(reply, 404, b"not found\n", ka),
+                Some(Err(e)) => Self::respond(reply, 503, format!("{e}\n").as_bytes(), ka),
+                None => Self::respond(reply, 400, b"DELETE /<key> needs a key\n", ka),
+            },
+            _ => Self::respond(reply, 405, b"method not allowed\n", ka),
+        }
+    }
+}
+
+impl Protocol for HttpService {
+    type Conn = RequestFramer;
+
+    fn conn(&self) -> RequestFramer {
+        RequestFramer::new(self.limits)
+    }
+
+    fn needed_from(&self, c: &RequestFramer) -> u64 {
+        c.needed_from()
+    }
+
+    fn on_chunk(&self, c: &mut RequestFramer, chunk: Range<u64>, io: &mut dyn Io, mut store: Option<&mut PoolStore>, reply: &mut Vec<Piece>) -> bool {
+        let mut events = Vec::new();
+        io.with_bytes(chunk, &mut |b| c.feed(b, &mut events));
+        for ev in events {
+            match ev {
+                Event::Request(req) => {
+                    self.requests.fetch_add(1, Ordering::Relaxed);
+                    self.handle(&req, io, store.as_deref_mut(), reply);
+                    if !req.keep_alive {
+                        return false;
+                    }
+                }
+                Event::Error(e) => {
+                    let msg = format!("{e}\n");
+                    Self::respond(reply, e.status(), msg.as_bytes(), false);
+                    if e == FrameError::TooLarge {
+                        tracing::debug!("request body over the limit");
+                    }
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+}
