@@ -29,7 +29,12 @@ pub enum Retention {
 /// End-of-batch store work: reclaim space if needed, group commit, route released buffers.
 /// Returns whether the commit succeeded (else the store is poisoned) and how many persist
 /// barriers it issued (each an `fdatasync` in Fsync mode).
-pub fn end_batch(shared: &SharedStore, g: &mut crate::service::SharedInner, retention: Retention, pressure: bool) -> (bool, u64) {
+pub fn end_batch(
+    shared: &SharedStore,
+    g: &mut crate::service::SharedInner,
+    retention: Retention,
+    pressure: bool,
+) -> (bool, u64) {
     let commits_before = g.store.stats().commits;
     let (free, total) = g.store.segment_space();
     let low = free * 4 < total;
@@ -64,6 +69,7 @@ struct UConn<C> {
     pos: u64,
     pending: Vec<Piece>,
     close_after: bool,
+    /// The protocol ended the connection (error, `Connection: close`, QUIT): lingering close.
     dead: bool,
 }
 
@@ -92,10 +98,17 @@ impl Io for UringIo<'_> {
     }
 
     fn extents(&mut self, r: Range<u64>) -> Option<Vec<Extent>> {
-        let parts: Vec<(u32, u32, u32)> = self.overlapping(&r).map(|(e, s, l)| (e.buf().0, e.off() + s, l)).collect();
+        let parts: Vec<(u32, u32, u32)> = self
+            .overlapping(&r)
+            .map(|(e, s, l)| (e.buf().0, e.off() + s, l))
+            .collect();
         let mut out = Vec::with_capacity(parts.len());
         for (b, off, len) in parts {
-            out.push(self.port.retain(pst::BufIdx(b), off, len).expect("a kept chunk holds its buffer"));
+            out.push(
+                self.port
+                    .retain(pst::BufIdx(b), off, len)
+                    .expect("a kept chunk holds its buffer"),
+            );
         }
         Some(out)
     }
@@ -119,15 +132,32 @@ impl Io for UringIo<'_> {
     }
 
     fn zero_copy(&mut self, extents: &[(u32, u32, u32)]) -> Option<Vec<Extent>> {
-        if !extents.iter().all(|&(b, _, _)| self.port.owns(pst::BufIdx(b))) {
+        if !extents
+            .iter()
+            .all(|&(b, _, _)| self.port.owns(pst::BufIdx(b)))
+        {
             return None;
         }
-        Some(extents.iter().map(|&(b, o, l)| self.port.retain(pst::BufIdx(b), o, l).expect("the store holds it")).collect())
+        Some(
+            extents
+                .iter()
+                .map(|&(b, o, l)| {
+                    self.port
+                        .retain(pst::BufIdx(b), o, l)
+                        .expect("the store holds it")
+                })
+                .collect(),
+        )
     }
 }
 
 /// Serve `proto` on a worker's port.
-pub fn uring<P: Protocol>(mut w: Worker, proto: Arc<P>, store: Option<Arc<SharedStore>>, retention: Retention) -> anyhow::Result<()> {
+pub fn uring<P: Protocol>(
+    mut w: Worker,
+    proto: Arc<P>,
+    store: Option<Arc<SharedStore>>,
+    retention: Retention,
+) -> anyhow::Result<()> {
     let mut port = w.port.take().expect("uring worker has a port");
     port.listen(w.addr)?;
     let mut conns: Vec<Option<UConn<P::Conn>>> = Vec::new();
@@ -144,21 +174,40 @@ pub fn uring<P: Protocol>(mut w: Worker, proto: Arc<P>, store: Option<Arc<Shared
             let ix = s.conn.index() as usize;
             match s.kind {
                 SlotKind::Accepted => {
+                    tracing::debug!(conn = ?s.conn, "accepted");
                     if conns.len() <= ix {
                         conns.resize_with(ix + 1, || None);
                     }
-                    conns[ix] = Some(UConn { id: s.conn, proto: proto.conn(), chunks: VecDeque::new(), pos: 0, pending: Vec::new(), close_after: false, dead: false });
+                    conns[ix] = Some(UConn {
+                        id: s.conn,
+                        proto: proto.conn(),
+                        chunks: VecDeque::new(),
+                        pos: 0,
+                        pending: Vec::new(),
+                        close_after: false,
+                        dead: false,
+                    });
                 }
                 SlotKind::Data => {
-                    let Some(c) = conns.get_mut(ix).and_then(|c| c.as_mut()).filter(|c| c.id == s.conn && !c.dead) else { continue };
+                    let Some(c) = conns
+                        .get_mut(ix)
+                        .and_then(|c| c.as_mut())
+                        .filter(|c| c.id == s.conn && !c.dead)
+                    else {
+                        continue;
+                    };
                     let Some(ext) = port.keep(&s) else { continue };
                     let start = c.pos;
                     c.pos += ext.len() as u64;
                     c.chunks.push_back((start, ext));
                     let before = c.pending.len();
-                    let mut io = UringIo { port: &mut port, chunks: &c.chunks };
+                    let mut io = UringIo {
+                        port: &mut port,
+                        chunks: &c.chunks,
+                    };
                     let st: Option<&mut PoolStore> = guard.as_mut().map(|g| &mut g.store);
-                    let keep = proto.on_chunk(&mut c.proto, start..c.pos, &mut io, st, &mut c.pending);
+                    let keep =
+                        proto.on_chunk(&mut c.proto, start..c.pos, &mut io, st, &mut c.pending);
                     wrote = true;
                     if !keep {
                         c.close_after = true;
@@ -169,14 +218,24 @@ pub fn uring<P: Protocol>(mut w: Worker, proto: Arc<P>, store: Option<Arc<Shared
                     }
                     // Release kept buffers the framer no longer needs.
                     let needed = proto.needed_from(&c.proto);
-                    while c.chunks.front().is_some_and(|(st, e)| st + e.len() as u64 <= needed) {
+                    while c
+                        .chunks
+                        .front()
+                        .is_some_and(|(st, e)| st + e.len() as u64 <= needed)
+                    {
                         let (_, e) = c.chunks.pop_front().expect("front");
                         port.release(e);
                     }
                 }
                 SlotKind::End | SlotKind::Error(_) => {
-                    if let Some(c) = conns.get_mut(ix).and_then(|c| c.as_mut()).filter(|c| c.id == s.conn) {
+                    tracing::debug!(conn = ?s.conn, kind = ?s.kind, "peer closed");
+                    if let Some(c) = conns
+                        .get_mut(ix)
+                        .and_then(|c| c.as_mut())
+                        .filter(|c| c.id == s.conn)
+                    {
                         c.close_after = true;
+                        c.dead = false; // the peer is gone: nothing to linger for
                         dirty.push(ix);
                     }
                 }
@@ -199,7 +258,9 @@ pub fn uring<P: Protocol>(mut w: Worker, proto: Arc<P>, store: Option<Arc<Shared
         dirty.sort_unstable();
         dirty.dedup();
         for ix in dirty.drain(..) {
-            let Some(c) = conns.get_mut(ix).and_then(|c| c.as_mut()) else { continue };
+            let Some(c) = conns.get_mut(ix).and_then(|c| c.as_mut()) else {
+                continue;
+            };
             if !committed {
                 for p in c.pending.drain(..) {
                     if let Piece::Ext(e) = p {
@@ -216,11 +277,20 @@ pub fn uring<P: Protocol>(mut w: Worker, proto: Arc<P>, store: Option<Arc<Shared
                 for (_, e) in c.chunks {
                     port.release(e);
                 }
-                port.close(c.id);
+                tracing::debug!(conn = ?c.id, linger = c.dead, "closing");
+                if c.dead {
+                    port.close_lingering(c.id);
+                } else {
+                    port.close(c.id);
+                }
             }
         }
         if let Some(st) = &w.stats {
-            st.set(w.index, port.stats().driver.enters + syncs, proto.requests());
+            st.set(
+                w.index,
+                port.stats().driver.enters + syncs,
+                proto.requests(),
+            );
         }
     }
     drain_port(&mut port)
@@ -284,8 +354,24 @@ pub struct EpollService<P: Protocol> {
 
 impl<P: Protocol> EpollService<P> {
     /// The service for worker partition `part`, with its buffers.
-    pub fn new(proto: Arc<P>, bufs: Buffers, store: Option<Arc<SharedStore>>, part: usize, retention: Retention, fsync: bool) -> Self {
-        EpollService { proto, bufs, store, part, retention, wrote: false, fsync, syncs: 0 }
+    pub fn new(
+        proto: Arc<P>,
+        bufs: Buffers,
+        store: Option<Arc<SharedStore>>,
+        part: usize,
+        retention: Retention,
+        fsync: bool,
+    ) -> Self {
+        EpollService {
+            proto,
+            bufs,
+            store,
+            part,
+            retention,
+            wrote: false,
+            fsync,
+            syncs: 0,
+        }
     }
 }
 
@@ -298,7 +384,11 @@ pub struct EConn<C> {
 
 impl<C> Default for EConn<C> {
     fn default() -> Self {
-        EConn { proto: None, data: Vec::new(), base: 0 }
+        EConn {
+            proto: None,
+            data: Vec::new(),
+            base: 0,
+        }
     }
 }
 
@@ -355,9 +445,19 @@ impl<P: Protocol> StreamApp for EpollService<P> {
         let mut pieces = Vec::new();
         let mut guard = self.store.as_ref().map(|s| s.lock());
         let keep = {
-            let mut io = EpollIo { data: &c.data, base: c.base, bufs: &mut self.bufs };
+            let mut io = EpollIo {
+                data: &c.data,
+                base: c.base,
+                bufs: &mut self.bufs,
+            };
             let st: Option<&mut PoolStore> = guard.as_mut().map(|g| &mut g.store);
-            self.proto.on_chunk(proto, start..start + data.len() as u64, &mut io, st, &mut pieces)
+            self.proto.on_chunk(
+                proto,
+                start..start + data.len() as u64,
+                &mut io,
+                st,
+                &mut pieces,
+            )
         };
         drop(guard);
         self.wrote = true;
@@ -382,7 +482,9 @@ impl<P: Protocol> StreamApp for EpollService<P> {
     }
 
     fn commit(&mut self) -> bool {
-        let Some(shared) = self.store.clone() else { return true };
+        let Some(shared) = self.store.clone() else {
+            return true;
+        };
         let mut g = shared.lock();
         let mut ok = true;
         if self.wrote || g.store.needs_commit() {

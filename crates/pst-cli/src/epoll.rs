@@ -52,6 +52,10 @@ struct Conn<C> {
     close_after: bool,
     app: C,
     want_write: bool,
+    /// The peer closed (read returned 0 or failed).
+    peer_done: bool,
+    /// We sent FIN after a final reply and discard input until the peer closes.
+    lingering: bool,
 }
 
 const LISTENER: u64 = u64::MAX;
@@ -117,6 +121,8 @@ pub fn serve<A: StreamApp>(
                                 close_after: false,
                                 app: A::Conn::default(),
                                 want_write: false,
+                                peer_done: false,
+                                lingering: false,
                             });
                         }
                         Err(Errno::AGAIN) => break,
@@ -147,8 +153,10 @@ pub fn serve<A: StreamApp>(
                 Ok(0) | Err(_) => {
                     // End of stream or error: reply to what we have, then close.
                     c.close_after = true;
+                    c.peer_done = true;
                     dirty.push(i);
                 }
+                Ok(_) if c.lingering => {} // discarded after our final reply
                 Ok(n) => {
                     if app.on_data(&mut c.app, &buf[..n], &mut c.out) == Verdict::Close {
                         c.close_after = true;
@@ -201,9 +209,17 @@ pub fn serve<A: StreamApp>(
                 epoll::modify(&ep, &c.fd, epoll::EventData::new_u64(i as u64), flags)?;
             }
             if c.close_after && !pending {
-                syscalls += 1; // close
-                conns[i] = None;
-                free.push(i);
+                if c.peer_done {
+                    syscalls += 1; // close
+                    conns[i] = None;
+                    free.push(i);
+                } else if !c.lingering {
+                    // Lingering close: FIN now, close when the peer closes, so unread request
+                    // bytes do not turn our final reply into a reset.
+                    syscalls += 1;
+                    let _ = rustix::net::shutdown(&c.fd, rustix::net::Shutdown::Write);
+                    c.lingering = true;
+                }
             }
         }
         if let Some((s, t)) = stats {

@@ -22,7 +22,8 @@ pub enum StoreMode {
 }
 
 /// The fixed body of the RPC workload: 64 bytes.
-pub const RPC_BODY: &[u8; 64] = b"pst rpc reply: a fixed 64-byte body for the RPC benchmark.....\r\n";
+pub const RPC_BODY: &[u8; 64] =
+    b"pst rpc reply: a fixed 64-byte body for the RPC benchmark.....\r\n";
 
 /// The HTTP service.
 #[derive(Debug)]
@@ -37,7 +38,15 @@ impl HttpService {
     /// A service storing POST bodies per `mode`; writes need `Authorization: Bearer <token>`
     /// when a token is set.
     pub fn new(mode: StoreMode, max_body: u64, token: Option<String>) -> HttpService {
-        HttpService { mode, limits: Limits { max_body, ..Limits::default() }, token, requests: AtomicU64::new(0) }
+        HttpService {
+            mode,
+            limits: Limits {
+                max_body,
+                ..Limits::default()
+            },
+            token,
+            requests: AtomicU64::new(0),
+        }
     }
 
     fn respond(reply: &mut Vec<Piece>, status: u16, body: &[u8], keep_alive: bool) {
@@ -48,11 +57,22 @@ impl HttpService {
     }
 
     fn key(req: &Request) -> Option<&str> {
-        let k = req.path.split('?').next().unwrap_or("").trim_start_matches('/');
+        let k = req
+            .path
+            .split('?')
+            .next()
+            .unwrap_or("")
+            .trim_start_matches('/');
         (!k.is_empty()).then_some(k)
     }
 
-    fn handle(&self, req: &Request, io: &mut dyn Io, store: Option<&mut PoolStore>, reply: &mut Vec<Piece>) {
+    fn handle(
+        &self,
+        req: &Request,
+        io: &mut dyn Io,
+        store: Option<&mut PoolStore>,
+        reply: &mut Vec<Piece>,
+    ) {
         let ka = req.keep_alive;
         let write = matches!(req.method, Method::Post | Method::Put | Method::Delete);
         if write {
@@ -63,13 +83,19 @@ impl HttpService {
             }
         }
         match (req.method, self.mode, store) {
-            (Method::Get | Method::Head, StoreMode::Kv, Some(store)) if Self::key(req).is_some() => {
+            (Method::Get | Method::Head, StoreMode::Kv, Some(store))
+                if Self::key(req).is_some() =>
+            {
                 let key = Self::key(req).expect("checked");
                 let Some(v) = store.get(key.as_bytes()) else {
                     return Self::respond(reply, 404, b"not found\n", ka);
                 };
                 if !store.verify(&v) {
-                    tracing::error!(key, seq = v.seq, "stored value fails its checksum; not served");
+                    tracing::error!(
+                        key,
+                        seq = v.seq,
+                        "stored value fails its checksum; not served"
+                    );
                     return Self::respond(reply, 500, b"stored value is corrupt\n", ka);
                 }
                 let mut head = Vec::with_capacity(96);
@@ -119,19 +145,26 @@ impl HttpService {
                     None => store.append(exts),
                 };
                 match r {
-                    Ok(_) => Self::respond(reply, if mode == StoreMode::Kv { 201 } else { 200 }, b"", ka),
+                    Ok(_) => Self::respond(
+                        reply,
+                        if mode == StoreMode::Kv { 201 } else { 200 },
+                        b"",
+                        ka,
+                    ),
                     Err(e) => {
                         tracing::warn!(error = %e, "store refused a write");
                         Self::respond(reply, 503, format!("{e}\n").as_bytes(), ka)
                     }
                 }
             }
-            (Method::Delete, StoreMode::Kv, Some(store)) => match Self::key(req).map(|k| store.delete(k.as_bytes())) {
-                Some(Ok(Some(_))) => Self::respond(reply, 200, b"", ka),
-                Some(Ok(None)) => Self::respond(reply, 404, b"not found\n", ka),
-                Some(Err(e)) => Self::respond(reply, 503, format!("{e}\n").as_bytes(), ka),
-                None => Self::respond(reply, 400, b"DELETE /<key> needs a key\n", ka),
-            },
+            (Method::Delete, StoreMode::Kv, Some(store)) => {
+                match Self::key(req).map(|k| store.delete(k.as_bytes())) {
+                    Some(Ok(Some(_))) => Self::respond(reply, 200, b"", ka),
+                    Some(Ok(None)) => Self::respond(reply, 404, b"not found\n", ka),
+                    Some(Err(e)) => Self::respond(reply, 503, format!("{e}\n").as_bytes(), ka),
+                    None => Self::respond(reply, 400, b"DELETE /<key> needs a key\n", ka),
+                }
+            }
             _ => Self::respond(reply, 405, b"method not allowed\n", ka),
         }
     }
@@ -148,7 +181,14 @@ impl Protocol for HttpService {
         c.needed_from()
     }
 
-    fn on_chunk(&self, c: &mut RequestFramer, chunk: Range<u64>, io: &mut dyn Io, mut store: Option<&mut PoolStore>, reply: &mut Vec<Piece>) -> bool {
+    fn on_chunk(
+        &self,
+        c: &mut RequestFramer,
+        chunk: Range<u64>,
+        io: &mut dyn Io,
+        mut store: Option<&mut PoolStore>,
+        reply: &mut Vec<Piece>,
+    ) -> bool {
         let mut events = Vec::new();
         io.with_bytes(chunk, &mut |b| c.feed(b, &mut events));
         for ev in events {

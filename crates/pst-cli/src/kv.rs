@@ -27,7 +27,14 @@ pub struct KvConn {
 impl KvService {
     /// A service; with a password, commands other than AUTH/PING/QUIT need AUTH first.
     pub fn new(max_value: u64, password: Option<String>) -> KvService {
-        KvService { limits: Limits { max_bulk: max_value, ..Limits::default() }, password, requests: AtomicU64::new(0) }
+        KvService {
+            limits: Limits {
+                max_bulk: max_value,
+                ..Limits::default()
+            },
+            password,
+            requests: AtomicU64::new(0),
+        }
     }
 }
 
@@ -40,13 +47,20 @@ struct Out<'a> {
 impl Out<'_> {
     fn flush(&mut self) {
         if !self.buf.is_empty() {
-            self.pieces.push(Piece::Bytes(std::mem::take(&mut self.buf)));
+            self.pieces
+                .push(Piece::Bytes(std::mem::take(&mut self.buf)));
         }
     }
 }
 
 fn arity_error(out: &mut Vec<u8>, name: &str) {
-    reply::error(out, &format!("ERR wrong number of arguments for '{}' command", name.to_ascii_lowercase()));
+    reply::error(
+        out,
+        &format!(
+            "ERR wrong number of arguments for '{}' command",
+            name.to_ascii_lowercase()
+        ),
+    );
 }
 
 /// Write a stored value as a bulk string, zero copy where the engine can.
@@ -77,7 +91,14 @@ fn bulk_value(store: &PoolStore, key: &[u8], io: &mut dyn Io, out: &mut Out<'_>)
 
 impl KvService {
     /// Execute one command. Returns false for QUIT.
-    fn exec(&self, c: &mut KvConn, args: &[Range<u64>], io: &mut dyn Io, store: &mut PoolStore, out: &mut Out<'_>) -> bool {
+    fn exec(
+        &self,
+        c: &mut KvConn,
+        args: &[Range<u64>],
+        io: &mut dyn Io,
+        store: &mut PoolStore,
+        out: &mut Out<'_>,
+    ) -> bool {
         let mut name = Vec::new();
         io.gather(args[0].clone(), &mut name);
         name.make_ascii_uppercase();
@@ -94,19 +115,30 @@ impl KvService {
                 return true;
             }
             if name == "AUTH" {
-                let given = if n == 2 { Some(arg(&*io, 1)) } else if n == 3 { Some(arg(&*io, 2)) } else { None };
+                let given = if n == 2 {
+                    Some(arg(&*io, 1))
+                } else if n == 3 {
+                    Some(arg(&*io, 2))
+                } else {
+                    None
+                };
                 match given {
                     None => arity_error(&mut out.buf, &name),
                     Some(g) if g == pw.as_bytes() => {
                         c.authed = true;
                         reply::simple(&mut out.buf, "OK");
                     }
-                    Some(_) => reply::error(&mut out.buf, "WRONGPASS invalid username-password pair or user is disabled."),
+                    Some(_) => reply::error(
+                        &mut out.buf,
+                        "WRONGPASS invalid username-password pair or user is disabled.",
+                    ),
                 }
                 return true;
             }
         }
-        let write_err = |out: &mut Out<'_>, e: pst_store::StoreError| reply::error(&mut out.buf, &format!("ERR {e}"));
+        let write_err = |out: &mut Out<'_>, e: pst_store::StoreError| {
+            reply::error(&mut out.buf, &format!("ERR {e}"))
+        };
         match name.as_str() {
             "PING" => match n {
                 1 => reply::simple(&mut out.buf, "PONG"),
@@ -273,18 +305,31 @@ impl Protocol for KvService {
     type Conn = KvConn;
 
     fn conn(&self) -> KvConn {
-        KvConn { framer: CommandFramer::new(self.limits), authed: self.password.is_none() }
+        KvConn {
+            framer: CommandFramer::new(self.limits),
+            authed: self.password.is_none(),
+        }
     }
 
     fn needed_from(&self, c: &KvConn) -> u64 {
         c.framer.needed_from()
     }
 
-    fn on_chunk(&self, c: &mut KvConn, chunk: Range<u64>, io: &mut dyn Io, store: Option<&mut PoolStore>, pieces: &mut Vec<Piece>) -> bool {
+    fn on_chunk(
+        &self,
+        c: &mut KvConn,
+        chunk: Range<u64>,
+        io: &mut dyn Io,
+        store: Option<&mut PoolStore>,
+        pieces: &mut Vec<Piece>,
+    ) -> bool {
         let mut events = Vec::new();
         io.with_bytes(chunk, &mut |b| c.framer.feed(b, &mut events));
         let Some(store) = store else { return false };
-        let mut out = Out { buf: Vec::new(), pieces };
+        let mut out = Out {
+            buf: Vec::new(),
+            pieces,
+        };
         let mut keep = true;
         for ev in events {
             match ev {

@@ -108,7 +108,11 @@ fn serve_http(a: HttpArgs) -> anyhow::Result<()> {
         http::StoreMode::None => None,
         _ => Some(server::open_store(&pool, &a.server)?),
     };
-    let retention = if a.store == http::StoreMode::Wal { engine::Retention::Wal } else { engine::Retention::Compact };
+    let retention = if a.store == http::StoreMode::Wal {
+        engine::Retention::Wal
+    } else {
+        engine::Retention::Compact
+    };
     let proto = std::sync::Arc::new(http::HttpService::new(a.store, a.max_body, a.token.clone()));
     server::serve_protocol(&a.server, "127.0.0.1:60000", pool, proto, store, retention)
 }
@@ -117,14 +121,27 @@ fn serve_kv(a: KvArgs) -> anyhow::Result<()> {
     let pool = a.server.open_pool()?;
     let store = server::open_store(&pool, &a.server)?;
     let proto = std::sync::Arc::new(kv::KvService::new(a.max_value, a.requirepass.clone()));
-    server::serve_protocol(&a.server, "127.0.0.1:6380", pool, proto, Some(store), engine::Retention::Compact)
+    server::serve_protocol(
+        &a.server,
+        "127.0.0.1:6380",
+        pool,
+        proto,
+        Some(store),
+        engine::Retention::Compact,
+    )
 }
 
 fn serve_echo(args: ServerArgs) -> anyhow::Result<()> {
     let pool = args.open_pool()?;
     let engine = args.engine;
-    server::run_workers(&args, "127.0.0.1:60000", pool, std::sync::Arc::new(|_| false), move |w| match engine {
-        Engine::Uring => echo::uring(w),
-        Engine::Epoll => echo::epoll(w),
-    })
+    server::run_workers(
+        &args,
+        "127.0.0.1:60000",
+        pool,
+        std::sync::Arc::new(|_| false),
+        move |w| match engine {
+            Engine::Uring => echo::uring(w),
+            Engine::Epoll => echo::epoll(w),
+        },
+    )
 }

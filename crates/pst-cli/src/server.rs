@@ -118,8 +118,13 @@ impl ServerArgs {
 }
 
 /// Recover the pool's store (the whole log region) and share it between the workers.
-pub fn open_store(pool: &Arc<Pool>, args: &ServerArgs) -> anyhow::Result<Arc<crate::service::SharedStore>> {
-    let media = pool.claim_log().context("the pool's log is already in use")?;
+pub fn open_store(
+    pool: &Arc<Pool>,
+    args: &ServerArgs,
+) -> anyhow::Result<Arc<crate::service::SharedStore>> {
+    let media = pool
+        .claim_log()
+        .context("the pool's log is already in use")?;
     let h = *pool.header();
     let t0 = Instant::now();
     let (store, report) = pst_store::Store::open(media, h.log_off..h.log_off + h.geometry.log_len)
@@ -163,7 +168,14 @@ pub fn serve_protocol<P: crate::service::Protocol>(
                 Some(s) => pst::Buffers::new(pool2.clone(), part, |b| s.holds(b) as u16),
                 None => pst::Buffers::new(pool2.clone(), part, |_| 0),
             };
-            let app = crate::engine::EpollService::new(proto.clone(), bufs, store.clone(), w.index, retention, fsync);
+            let app = crate::engine::EpollService::new(
+                proto.clone(),
+                bufs,
+                store.clone(),
+                w.index,
+                retention,
+                fsync,
+            );
             let l = pst_uring::listener(w.addr, 4096)?;
             crate::epoll::serve(l, app, &w.stop, w.stats.as_deref().map(|s| (s, w.index)))?;
             Ok(())
@@ -251,9 +263,10 @@ pub fn run_workers(
                     // The port is created on its own thread: its ring is SINGLE_ISSUER | DEFER_TASKRUN,
                     // bound to the thread that creates it.
                     let port = match engine {
-                        Engine::Uring => {
-                            Some(Port::with_live(pool, part, cfg, |b| live(b) as u16).context("creating the io_uring port")?)
-                        }
+                        Engine::Uring => Some(
+                            Port::with_live(pool, part, cfg, |b| live(b) as u16)
+                                .context("creating the io_uring port")?,
+                        ),
                         Engine::Epoll => None,
                     };
                     let _ = ready_tx.send(());

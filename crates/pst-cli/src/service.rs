@@ -58,7 +58,14 @@ pub trait Protocol: Send + Sync + 'static {
     /// Handle the next chunk of a connection's stream, the stream positions `chunk` (already
     /// readable through `io`): frame requests, act on the store, append replies. Returns false
     /// when the connection must be closed after its replies.
-    fn on_chunk(&self, c: &mut Self::Conn, chunk: Range<u64>, io: &mut dyn Io, store: Option<&mut PoolStore>, reply: &mut Vec<Piece>) -> bool;
+    fn on_chunk(
+        &self,
+        c: &mut Self::Conn,
+        chunk: Range<u64>,
+        io: &mut dyn Io,
+        store: Option<&mut PoolStore>,
+        reply: &mut Vec<Piece>,
+    ) -> bool;
     /// Requests handled (for the stats file).
     fn requests(&self) -> u64;
 }
@@ -82,7 +89,10 @@ impl SharedStore {
     /// Wrap a recovered store for workers owning `parts`.
     pub fn new(store: PoolStore, parts: Vec<Range<u32>>) -> Arc<SharedStore> {
         let returns = parts.iter().map(|_| Vec::new()).collect();
-        Arc::new(SharedStore { inner: Mutex::new(SharedInner { store, returns }), parts })
+        Arc::new(SharedStore {
+            inner: Mutex::new(SharedInner { store, returns }),
+            parts,
+        })
     }
 
     /// Lock for one batch.

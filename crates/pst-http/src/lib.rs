@@ -23,7 +23,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_head: 16 << 10, max_headers: 64, max_body: 1 << 20 }
+        Limits {
+            max_head: 16 << 10,
+            max_headers: 64,
+            max_body: 1 << 20,
+        }
     }
 }
 
@@ -125,7 +129,13 @@ pub struct RequestFramer {
 impl RequestFramer {
     /// A framer for a new connection.
     pub fn new(limits: Limits) -> RequestFramer {
-        RequestFramer { limits, state: State::Head, carry: Vec::new(), carry_pos: 0, pos: 0 }
+        RequestFramer {
+            limits,
+            state: State::Head,
+            carry: Vec::new(),
+            carry_pos: 0,
+            pos: 0,
+        }
     }
 
     /// Stream position of the next byte expected.
@@ -160,7 +170,9 @@ impl RequestFramer {
                         return;
                     }
                     at += need as usize;
-                    let State::Body(req) = std::mem::replace(&mut self.state, State::Head) else { unreachable!() };
+                    let State::Body(req) = std::mem::replace(&mut self.state, State::Head) else {
+                        unreachable!()
+                    };
                     out.push(Event::Request(req));
                     self.carry.clear();
                     self.carry_pos = chunk_pos + at as u64;
@@ -241,7 +253,9 @@ impl RequestFramer {
         for h in r.headers.iter() {
             let name = h.name;
             if name.eq_ignore_ascii_case("content-length") {
-                let v = std::str::from_utf8(h.value).map_err(|_| FrameError::BadRequest)?.trim();
+                let v = std::str::from_utf8(h.value)
+                    .map_err(|_| FrameError::BadRequest)?
+                    .trim();
                 let n: u64 = v.parse().map_err(|_| FrameError::BadRequest)?;
                 if content_length.is_some_and(|c| c != n) {
                     return Err(FrameError::BadRequest); // conflicting lengths: request smuggling
@@ -271,9 +285,22 @@ impl RequestFramer {
         if body_len > self.limits.max_body {
             return Err(FrameError::TooLarge);
         }
-        let keep_alive = if version == 1 { !conn_close } else { conn_keep && !conn_close };
+        let keep_alive = if version == 1 {
+            !conn_close
+        } else {
+            conn_keep && !conn_close
+        };
         let start = self.carry_pos + head_len as u64;
-        Ok(Some((Request { method, path, keep_alive, bearer, body: start..start + body_len }, head_len)))
+        Ok(Some((
+            Request {
+                method,
+                path,
+                keep_alive,
+                bearer,
+                body: start..start + body_len,
+            },
+            head_len,
+        )))
     }
 
     fn version_error(&self) -> FrameError {
@@ -314,7 +341,11 @@ pub fn write_head(out: &mut Vec<u8>, status: u16, len: usize, keep_alive: bool) 
         out,
         "HTTP/1.1 {status} {}\r\nContent-Length: {len}\r\n{}\r\n",
         reason(status),
-        if keep_alive { "" } else { "Connection: close\r\n" }
+        if keep_alive {
+            ""
+        } else {
+            "Connection: close\r\n"
+        }
     );
 }
 
@@ -357,7 +388,11 @@ mod tests {
         assert_eq!(whole.len(), 2);
         for i in 0..s.len() {
             for j in i..s.len() {
-                assert_eq!(feed_all(&[&s[..i], &s[i..j], &s[j..]]), whole, "split at {i},{j}");
+                assert_eq!(
+                    feed_all(&[&s[..i], &s[i..j], &s[j..]]),
+                    whole,
+                    "split at {i},{j}"
+                );
             }
         }
         assert!(!req(&whole[1]).keep_alive);
@@ -371,13 +406,32 @@ mod tests {
         };
         assert_eq!(st(b"GARBAGE\r\n\r\n"), 400);
         assert_eq!(st(b"POST / HTTP/1.1\r\n\r\n"), 411);
-        assert_eq!(st(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"), 411);
-        assert_eq!(st(b"POST / HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n"), 413);
-        assert_eq!(st(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"), 400);
+        assert_eq!(
+            st(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            411
+        );
+        assert_eq!(
+            st(b"POST / HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n"),
+            413
+        );
+        assert_eq!(
+            st(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"),
+            400
+        );
         assert_eq!(st(b"GET / HTTP/2.0\r\n\r\n"), 505);
-        let many: Vec<u8> = [&b"GET / HTTP/1.1\r\n"[..], &b"X: y\r\n".repeat(100), b"\r\n"].concat();
+        let many: Vec<u8> = [
+            &b"GET / HTTP/1.1\r\n"[..],
+            &b"X: y\r\n".repeat(100),
+            b"\r\n",
+        ]
+        .concat();
         assert_eq!(st(&many), 431);
-        let long: Vec<u8> = [&b"GET / HTTP/1.1\r\nX: "[..], &vec![b'a'; 20_000], b"\r\n\r\n"].concat();
+        let long: Vec<u8> = [
+            &b"GET / HTTP/1.1\r\nX: "[..],
+            &vec![b'a'; 20_000],
+            b"\r\n\r\n",
+        ]
+        .concat();
         assert_eq!(st(&long), 431);
     }
 
@@ -389,7 +443,8 @@ mod tests {
 
     #[test]
     fn http10_closes_by_default() {
-        let ev = feed_all(&[b"GET / HTTP/1.0\r\n\r\nGET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"]);
+        let ev =
+            feed_all(&[b"GET / HTTP/1.0\r\n\r\nGET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"]);
         assert!(!req(&ev[0]).keep_alive);
         assert!(req(&ev[1]).keep_alive);
     }

@@ -50,7 +50,10 @@ impl PoolMedia {
     }
 
     fn ptr(&self, off: u64, len: usize) -> *mut u8 {
-        assert!(off + len as u64 <= self.pool.header.total_len, "range outside the pool");
+        assert!(
+            off + len as u64 <= self.pool.header.total_len,
+            "range outside the pool"
+        );
         self.pool.map.ptr_at(off)
     }
 }
@@ -240,7 +243,12 @@ impl Media for SimPm {
         };
         for (line, snap) in lines {
             let a = line * LINE;
-            let SimInner { volatile, durable, dirty, .. } = &mut *s;
+            let SimInner {
+                volatile,
+                durable,
+                dirty,
+                ..
+            } = &mut *s;
             durable[a..a + snap.len()].copy_from_slice(&snap);
             if volatile[a..a + snap.len()] == snap[..] {
                 dirty.remove(&line);
@@ -256,7 +264,12 @@ mod tests {
     use crate::Geometry;
 
     fn header() -> Header {
-        Header::layout(Geometry { buf_size: 512, buf_count: 8, log_len: 4096 }).unwrap()
+        Header::layout(Geometry {
+            buf_size: 512,
+            buf_count: 8,
+            log_len: 4096,
+        })
+        .unwrap()
     }
 
     #[test]
@@ -290,7 +303,10 @@ mod tests {
         m.crash(|| 0).read(0, &mut b);
         assert_eq!(&b, b"one", "the fence persists the line as it was flushed");
         m.crash(|| 1).read(0, &mut b);
-        assert_eq!(&b, b"oXY", "the later write may or may not have reached media");
+        assert_eq!(
+            &b, b"oXY",
+            "the later write may or may not have reached media"
+        );
     }
 
     #[test]

@@ -21,7 +21,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_bulk: 1 << 20, max_args: 1 << 16, max_line: 64 << 10 }
+        Limits {
+            max_bulk: 1 << 20,
+            max_args: 1 << 16,
+            max_line: 64 << 10,
+        }
     }
 }
 
@@ -41,9 +45,13 @@ enum State {
     /// Collecting a line (inline command, `*n` or `$n`) into `line`.
     Line(LineKind),
     /// Skipping bulk data up to this stream position, then CRLF.
-    Bulk { end: u64 },
+    Bulk {
+        end: u64,
+    },
     /// Expecting the CRLF after a bulk argument; `got` bytes of it seen.
-    BulkCrlf { got: u8 },
+    BulkCrlf {
+        got: u8,
+    },
     Dead,
 }
 
@@ -164,12 +172,19 @@ impl CommandFramer {
     }
 
     fn parse_len(line: &[u8]) -> Option<i64> {
-        let s = line.strip_suffix(b"\r\n").or_else(|| line.strip_suffix(b"\n"))?;
+        let s = line
+            .strip_suffix(b"\r\n")
+            .or_else(|| line.strip_suffix(b"\n"))?;
         std::str::from_utf8(s).ok()?.parse().ok()
     }
 
     /// A line ended; `after` is the stream position right after its '\n'.
-    fn line_done(&mut self, kind: LineKind, after: u64, out: &mut Vec<Event>) -> Result<(), &'static str> {
+    fn line_done(
+        &mut self,
+        kind: LineKind,
+        after: u64,
+        out: &mut Vec<Event>,
+    ) -> Result<(), &'static str> {
         match kind {
             LineKind::Inline => {
                 let mut args = Vec::new();
@@ -220,7 +235,9 @@ impl CommandFramer {
                 // The data starts right after the length line.
                 let data_start = after;
                 self.args.push(data_start..data_start + n as u64);
-                self.state = State::Bulk { end: data_start + n as u64 };
+                self.state = State::Bulk {
+                    end: data_start + n as u64,
+                };
                 Ok(())
             }
         }
@@ -303,7 +320,11 @@ mod tests {
         let mut err = None;
         for e in out {
             match e {
-                Event::Command(args) => cmds.push(args.iter().map(|r| stream[r.start as usize..r.end as usize].to_vec()).collect()),
+                Event::Command(args) => cmds.push(
+                    args.iter()
+                        .map(|r| stream[r.start as usize..r.end as usize].to_vec())
+                        .collect(),
+                ),
                 Event::Error(e) => err = Some(e),
             }
         }
@@ -315,17 +336,21 @@ mod tests {
         let s = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nhello\r\nPING\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n  ECHO   hi  \r\n";
         let (cmds, err) = frame(&[s]);
         assert_eq!(err, None);
-        assert_eq!(cmds, vec![
-            vec![b"SET".to_vec(), b"k".to_vec(), b"hello".to_vec()],
-            vec![b"PING".to_vec()],
-            vec![b"GET".to_vec(), b"k".to_vec()],
-            vec![b"ECHO".to_vec(), b"hi".to_vec()],
-        ]);
+        assert_eq!(
+            cmds,
+            vec![
+                vec![b"SET".to_vec(), b"k".to_vec(), b"hello".to_vec()],
+                vec![b"PING".to_vec()],
+                vec![b"GET".to_vec(), b"k".to_vec()],
+                vec![b"ECHO".to_vec(), b"hi".to_vec()],
+            ]
+        );
     }
 
     #[test]
     fn every_split_gives_the_same_commands() {
-        let s: &[u8] = b"*3\r\n$3\r\nSET\r\n$3\r\nkey\r\n$10\r\n0123456789\r\nPING\n*1\r\n$0\r\n\r\n";
+        let s: &[u8] =
+            b"*3\r\n$3\r\nSET\r\n$3\r\nkey\r\n$10\r\n0123456789\r\nPING\n*1\r\n$0\r\n\r\n";
         let whole = frame(&[s]);
         assert_eq!(whole.0.len(), 3);
         for i in 0..s.len() {
@@ -339,8 +364,14 @@ mod tests {
     fn protocol_errors() {
         assert_eq!(frame(&[b"*x\r\n"]).1, Some("invalid multibulk length"));
         assert_eq!(frame(&[b"*1\r\n+x\r\n"]).1, Some("expected '$'"));
-        assert_eq!(frame(&[b"*1\r\n$99999999999\r\n"]).1, Some("invalid bulk length"));
-        assert_eq!(frame(&[b"*1\r\n$1\r\nabc"]).1, Some("expected CRLF after bulk argument"));
+        assert_eq!(
+            frame(&[b"*1\r\n$99999999999\r\n"]).1,
+            Some("invalid bulk length")
+        );
+        assert_eq!(
+            frame(&[b"*1\r\n$1\r\nabc"]).1,
+            Some("expected CRLF after bulk argument")
+        );
         let long = vec![b'a'; 70_000];
         assert_eq!(frame(&[&long]).1, Some("too big inline request"));
     }

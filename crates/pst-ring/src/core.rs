@@ -55,6 +55,13 @@ pub enum Op {
         /// Encoded [`UserData`].
         ud: u64,
     },
+    /// Shut down the sending side of `fd` (FIN after the queued data); receiving continues.
+    ShutdownWrite {
+        /// The socket.
+        fd: i32,
+        /// Encoded [`UserData`] (a `Close` kind; its completion is ignored).
+        ud: u64,
+    },
     /// Shut down and close `fd`; the connection is already gone from the table.
     Close {
         /// The socket.
@@ -97,6 +104,10 @@ struct Conn {
     recv_armed: bool,
     rx_done: bool,
     close_requested: bool,
+    /// Lingering close: FIN once the queued data is sent, keep reading (and discarding) until
+    /// the peer closes, so the peer sees our last reply instead of a reset.
+    linger: bool,
+    fin_sent: bool,
     broken: bool,
     tx_inflight: bool,
     /// Chunks covered by the in-flight send.
@@ -219,6 +230,8 @@ impl Core {
             recv_armed: false,
             rx_done: false,
             close_requested: false,
+            linger: false,
+            fin_sent: false,
             broken: false,
             tx_inflight: false,
             inflight_chunks: 0,
@@ -408,6 +421,27 @@ impl Core {
             idx: id.idx,
             gen: self.conns[id.idx as usize].gen,
         };
+        let lingering = self.conns[id.idx as usize]
+            .conn
+            .as_ref()
+            .is_some_and(|c| c.linger);
+        if lingering {
+            if let Some(b) = buf {
+                self.alloc
+                    .release(b)
+                    .expect("lent buffer holds a reference");
+            }
+            let c = self.conn_mut(id).expect("looked up above");
+            if res > 0 && !more {
+                self.arm_recv(id);
+            } else if res <= 0 && res != -ENOBUFS && !more {
+                c.rx_done = true;
+                self.close(id);
+            } else if res == -ENOBUFS {
+                self.starved.push(id);
+            }
+            return;
+        }
         match (res, buf) {
             (n, Some(b)) if n > 0 => {
                 self.stats.rx_slots += 1;
@@ -535,6 +569,16 @@ impl Core {
             self.ops.push_back(Op::Send { conn: id, fd, ud });
         } else if c.close_requested {
             self.finish_close(id);
+        } else if c.linger && !c.fin_sent {
+            c.fin_sent = true;
+            let fd = c.fd;
+            let ud = UserData {
+                kind: OpKind::Close,
+                gen: id.gen,
+                idx: id.idx,
+            }
+            .encode();
+            self.ops.push_back(Op::ShutdownWrite { fd, ud });
         }
     }
 
@@ -681,6 +725,22 @@ impl Core {
         self.kick_tx(conn);
     }
 
+    /// Lingering close: send what is queued, then FIN; discard whatever the peer still sends
+    /// and close when it closes. No more slots are reported for `conn`. Use after a final
+    /// (error) reply so that unread request bytes do not turn the close into a reset that
+    /// could destroy the reply.
+    pub fn close_lingering(&mut self, conn: ConnId) {
+        let Some(c) = self.conn_mut(conn) else { return };
+        if c.close_requested || c.linger {
+            return;
+        }
+        if c.rx_done || c.broken {
+            return self.close(conn);
+        }
+        c.linger = true;
+        self.kick_tx(conn);
+    }
+
     /// Close every connection (shutdown).
     pub fn close_all(&mut self) {
         let ids: Vec<ConnId> = self
@@ -720,7 +780,8 @@ mod tests {
             Op::Accept { ud, .. }
             | Op::Recv { ud, .. }
             | Op::Send { ud, .. }
-            | Op::Close { ud, .. } => ud,
+            | Op::Close { ud, .. }
+            | Op::ShutdownWrite { ud, .. } => ud,
         }
     }
 
@@ -907,6 +968,29 @@ mod tests {
         assert_ne!(id2, id);
         assert_eq!(c.fd(id), None);
         assert_eq!(c.fd(id2), Some(7));
+    }
+
+    #[test]
+    fn lingering_close_sends_fin_after_tx_then_closes_on_peer_eof() {
+        let mut c = core(8, 4);
+        let id = c.register(5);
+        let rop = c.pop_op().unwrap();
+        let posted = refill(&mut c);
+        let e = c.alloc_extent().unwrap();
+        c.send(id, e).unwrap();
+        let sop = c.pop_op().unwrap();
+        c.close_lingering(id);
+        assert_eq!(c.pop_op(), None, "FIN waits for the queued reply");
+        c.complete(ud(sop), 2048, 0);
+        assert!(matches!(c.pop_op(), Some(Op::ShutdownWrite { fd: 5, .. })));
+        // Peer data after our FIN is discarded, not reported.
+        let free = c.alloc().free_count();
+        c.complete(ud(rop), 100, recv_flags(posted[0].0, true));
+        assert!(c.rx().is_empty());
+        assert_eq!(c.alloc().free_count(), free + 1);
+        c.complete(ud(rop), 0, 0);
+        assert!(matches!(c.pop_op(), Some(Op::Close { fd: 5, .. })));
+        assert_eq!(c.open_conns(), 0);
     }
 
     #[test]

@@ -109,7 +109,11 @@ impl SegHeader {
         if crc32c::crc32c(&b[0..36]) != u32_at(b, 36) || u32_at(b, 12) as u64 != size {
             return None;
         }
-        Some(SegHeader { size: u32_at(b, 12), epoch: u64_at(b, 16), first_seq: u64_at(b, 24) })
+        Some(SegHeader {
+            size: u32_at(b, 12),
+            epoch: u64_at(b, 16),
+            first_seq: u64_at(b, 24),
+        })
     }
 }
 
@@ -309,12 +313,19 @@ mod tests {
         rec().encode(&mut b);
         assert_eq!(Record::decode(&b, 5, 2048), Err(RecordError::Invalid));
         assert_eq!(Record::decode(&b, 10, 1024), Err(RecordError::Invalid));
-        assert_eq!(Record::decode(&b[..20], 10, 2048), Err(RecordError::NoRecord));
+        assert_eq!(
+            Record::decode(&b[..20], 10, 2048),
+            Err(RecordError::NoRecord)
+        );
     }
 
     #[test]
     fn segment_header_roundtrip_and_sizes() {
-        let h = SegHeader { size: 65536, epoch: 9, first_seq: 1234 };
+        let h = SegHeader {
+            size: 65536,
+            epoch: 9,
+            first_seq: 1234,
+        };
         assert_eq!(SegHeader::decode(&h.encode(), 65536), Some(h));
         assert_eq!(SegHeader::decode(&h.encode(), 32768), None);
         assert_eq!(SegHeader::decode(&[0; 64], 65536), None);

@@ -196,13 +196,19 @@ impl<M: Media> Store<M> {
         Self::open_inner(media, log, false)
     }
 
-    fn open_inner(media: M, log: Range<u64>, writable: bool) -> Result<(Store<M>, RecoveryReport), StoreError> {
+    fn open_inner(
+        media: M,
+        log: Range<u64>,
+        writable: bool,
+    ) -> Result<(Store<M>, RecoveryReport), StoreError> {
         let header = media.header();
         let len = log.end.saturating_sub(log.start);
         let seg_size = format::segment_size(len);
         let n = len / seg_size;
         if n < 3 {
-            return Err(StoreError::Layout(format!("{len} bytes give {n} segments; at least 3 are needed")));
+            return Err(StoreError::Layout(format!(
+                "{len} bytes give {n} segments; at least 3 are needed"
+            )));
         }
         let mut st = Store {
             media,
@@ -245,7 +251,11 @@ impl<M: Media> Store<M> {
     fn payload_crc(&self, extents: &[RawExtent]) -> u32 {
         let mut crc = 0;
         for &(b, o, l) in extents {
-            crc = self.media.with_bytes(self.buf_off(b, o), l as usize, |bytes| crc32c::crc32c_append(crc, bytes));
+            crc = self
+                .media
+                .with_bytes(self.buf_off(b, o), l as usize, |bytes| {
+                    crc32c::crc32c_append(crc, bytes)
+                });
         }
         crc
     }
@@ -262,7 +272,10 @@ impl<M: Media> Store<M> {
         }
         found.sort_by_key(|f| f.0);
         self.next_epoch = found.last().map(|f| f.0 + 1).unwrap_or(1);
-        let (count, size) = (self.header.geometry.buf_count, self.header.geometry.buf_size);
+        let (count, size) = (
+            self.header.geometry.buf_count,
+            self.header.geometry.buf_size,
+        );
         let mut seg_bytes = vec![0u8; self.seg_size as usize];
         let mut expected: Option<u64> = None;
         let mut chain: Vec<u32> = Vec::new();
@@ -291,7 +304,10 @@ impl<M: Media> Store<M> {
                     }
                 };
                 if self.payload_crc(&rec.extents) != rec.payload_crc {
-                    end_reason = Some(format!("payload checksum mismatch for seq {} (segment {s} offset {pos})", rec.seq));
+                    end_reason = Some(format!(
+                        "payload checksum mismatch for seq {} (segment {s} offset {pos})",
+                        rec.seq
+                    ));
                     stopped = true;
                     break;
                 }
@@ -304,10 +320,18 @@ impl<M: Media> Store<M> {
             if let Some(why) = end_reason {
                 // Torn tail or corruption? Corruption if any later record says `next` had
                 // already been committed (and so possibly acknowledged).
-                let later = found.iter().skip_while(|f| f.1 != s).skip(1).map(|f| (f.0, f.1)).collect::<Vec<_>>();
+                let later = found
+                    .iter()
+                    .skip_while(|f| f.1 != s)
+                    .skip(1)
+                    .map(|f| (f.0, f.1))
+                    .collect::<Vec<_>>();
                 // (With PersistMode::None nothing was promised, so a gap is never corruption.)
                 let promised = self.media.persist_mode() != pst_pool::PersistMode::None;
-                if let Some(ev) = promised.then(|| self.committed_evidence(next, epoch, &seg_bytes, pos + 8, &later)).flatten() {
+                if let Some(ev) = promised
+                    .then(|| self.committed_evidence(next, epoch, &seg_bytes, pos + 8, &later))
+                    .flatten()
+                {
                     report.corrupt = Some(format!("{why}; but {ev} says it was committed"));
                 }
                 report.torn = Some(why);
@@ -357,13 +381,26 @@ impl<M: Media> Store<M> {
 
     /// Look for a record written after sequence `seq` was committed: in the rest of the current
     /// segment (any 8-byte aligned offset from `from`), then in the later segments.
-    fn committed_evidence(&self, seq: u64, epoch: u64, seg_bytes: &[u8], from: usize, later: &[(u64, u32)]) -> Option<String> {
-        let (count, size) = (self.header.geometry.buf_count, self.header.geometry.buf_size);
+    fn committed_evidence(
+        &self,
+        seq: u64,
+        epoch: u64,
+        seg_bytes: &[u8],
+        from: usize,
+        later: &[(u64, u32)],
+    ) -> Option<String> {
+        let (count, size) = (
+            self.header.geometry.buf_count,
+            self.header.geometry.buf_size,
+        );
         let mut pos = from.next_multiple_of(8);
         while pos + REC_HEADER <= seg_bytes.len() {
             if let Ok(r) = Record::decode(&seg_bytes[pos..], count, size) {
                 if r.epoch == epoch as u32 && r.durable_before > seq {
-                    return Some(format!("record seq {} (durable bound {})", r.seq, r.durable_before));
+                    return Some(format!(
+                        "record seq {} (durable bound {})",
+                        r.seq, r.durable_before
+                    ));
                 }
             }
             pos += 8;
@@ -377,7 +414,10 @@ impl<M: Media> Store<M> {
                     break;
                 }
                 if r.durable_before > seq {
-                    return Some(format!("record seq {} in segment {s} (durable bound {})", r.seq, r.durable_before));
+                    return Some(format!(
+                        "record seq {} in segment {s} (durable bound {})",
+                        r.seq, r.durable_before
+                    ));
                 }
                 pos += format::record_len(r.key.len(), r.extents.len());
             }
@@ -386,7 +426,8 @@ impl<M: Media> Store<M> {
     }
 
     fn replay(&mut self, rec: Record, seg: u32) {
-        let key: Option<Arc<[u8]>> = (rec.kind != Kind::Append).then(|| Arc::from(rec.key.as_slice()));
+        let key: Option<Arc<[u8]>> =
+            (rec.kind != Kind::Append).then(|| Arc::from(rec.key.as_slice()));
         let meta = RecMeta {
             seq: rec.seq,
             seg,
@@ -397,7 +438,13 @@ impl<M: Media> Store<M> {
             payload_crc: rec.payload_crc,
         };
         for &(b, _, _) in meta.extents.iter() {
-            self.bufs.entry(b).or_insert(BufRef { refs: 0, handles: Vec::new() }).refs += 1;
+            self.bufs
+                .entry(b)
+                .or_insert(BufRef {
+                    refs: 0,
+                    handles: Vec::new(),
+                })
+                .refs += 1;
         }
         self.index_apply(&meta);
         self.records.push_back(meta);
@@ -450,8 +497,16 @@ impl<M: Media> Store<M> {
         if self.free_segments() < need {
             return Err(StoreError::LogFull);
         }
-        let s = self.segs.iter().position(|s| *s == SegState::Free).expect("counted") as u32;
-        let h = SegHeader { size: self.seg_size as u32, epoch: self.next_epoch, first_seq: self.next_seq };
+        let s = self
+            .segs
+            .iter()
+            .position(|s| *s == SegState::Free)
+            .expect("counted") as u32;
+        let h = SegHeader {
+            size: self.seg_size as u32,
+            epoch: self.next_epoch,
+            first_seq: self.next_seq,
+        };
         let off = self.seg_off(s);
         self.media.write(off, &h.encode());
         self.media.flush(off, SEG_HEADER as u64);
@@ -463,7 +518,15 @@ impl<M: Media> Store<M> {
         Ok(())
     }
 
-    fn write_record(&mut self, kind: Kind, key: Option<Arc<[u8]>>, extents: Box<[RawExtent]>, payload_len: u32, payload_crc: u32, for_compaction: bool) -> Result<u64, StoreError> {
+    fn write_record(
+        &mut self,
+        kind: Kind,
+        key: Option<Arc<[u8]>>,
+        extents: Box<[RawExtent]>,
+        payload_len: u32,
+        payload_crc: u32,
+        for_compaction: bool,
+    ) -> Result<u64, StoreError> {
         let klen = key.as_ref().map(|k| k.len()).unwrap_or(0);
         if klen > format::MAX_KEY {
             return Err(StoreError::TooLarge("key longer than 4096 bytes"));
@@ -499,9 +562,23 @@ impl<M: Media> Store<M> {
         self.head_pos += len;
         self.next_seq += 1;
         self.pending += 1;
-        let meta = RecMeta { seq, seg: head, kind, key, extents, payload_len, payload_crc };
+        let meta = RecMeta {
+            seq,
+            seg: head,
+            kind,
+            key,
+            extents,
+            payload_len,
+            payload_crc,
+        };
         for &(b, _, _) in meta.extents.iter() {
-            self.bufs.entry(b).or_insert(BufRef { refs: 0, handles: Vec::new() }).refs += 1;
+            self.bufs
+                .entry(b)
+                .or_insert(BufRef {
+                    refs: 0,
+                    handles: Vec::new(),
+                })
+                .refs += 1;
         }
         self.index_apply(&meta);
         self.records.push_back(meta);
@@ -525,15 +602,24 @@ impl<M: Media> Store<M> {
         if !self.index.contains_key(key) {
             return Ok(None);
         }
-        self.add(Kind::Delete, Some(Arc::from(key)), Vec::new()).map(Some)
+        self.add(Kind::Delete, Some(Arc::from(key)), Vec::new())
+            .map(Some)
     }
 
-    fn add(&mut self, kind: Kind, key: Option<Arc<[u8]>>, payload: Vec<Extent>) -> Result<u64, StoreError> {
+    fn add(
+        &mut self,
+        kind: Kind,
+        key: Option<Arc<[u8]>>,
+        payload: Vec<Extent>,
+    ) -> Result<u64, StoreError> {
         if let Err(e) = self.check_writable() {
             self.released.extend(payload);
             return Err(e);
         }
-        let extents: Box<[RawExtent]> = payload.iter().map(|e| (e.buf().0, e.off(), e.len())).collect();
+        let extents: Box<[RawExtent]> = payload
+            .iter()
+            .map(|e| (e.buf().0, e.off(), e.len()))
+            .collect();
         let len: u64 = extents.iter().map(|e| e.2 as u64).sum();
         let Ok(len) = u32::try_from(len) else {
             self.released.extend(payload);
@@ -547,7 +633,11 @@ impl<M: Media> Store<M> {
             Ok(seq) => {
                 for e in payload {
                     let b = e.buf().0;
-                    self.bufs.get_mut(&b).expect("write_record counted it").handles.push(e);
+                    self.bufs
+                        .get_mut(&b)
+                        .expect("write_record counted it")
+                        .handles
+                        .push(e);
                 }
                 Ok(seq)
             }
@@ -632,7 +722,12 @@ impl<M: Media> Store<M> {
     pub fn get(&self, key: &[u8]) -> Option<ValueRef<'_>> {
         let seq = *self.index.get(key)?;
         let r = self.rec(seq)?;
-        Some(ValueRef { extents: &r.extents, len: r.payload_len, crc: r.payload_crc, seq })
+        Some(ValueRef {
+            extents: &r.extents,
+            len: r.payload_len,
+            crc: r.payload_crc,
+            seq,
+        })
     }
 
     /// True when the value's bytes still match its checksum (never serve one that does not).
@@ -643,13 +738,19 @@ impl<M: Media> Store<M> {
     /// Copy the value of `key` into `out` after verifying its checksum. `Ok(false)` if absent.
     pub fn read_value(&self, key: &[u8], out: &mut Vec<u8>) -> Result<bool, StoreError> {
         out.clear();
-        let Some(v) = self.get(key) else { return Ok(false) };
+        let Some(v) = self.get(key) else {
+            return Ok(false);
+        };
         for &(b, o, l) in v.extents {
-            self.media.with_bytes(self.buf_off(b, o), l as usize, |x| out.extend_from_slice(x));
+            self.media
+                .with_bytes(self.buf_off(b, o), l as usize, |x| out.extend_from_slice(x));
         }
         if crc32c::crc32c(out) != v.crc {
             out.clear();
-            return Err(StoreError::Layout(format!("value checksum mismatch (seq {})", v.seq)));
+            return Err(StoreError::Layout(format!(
+                "value checksum mismatch (seq {})",
+                v.seq
+            )));
         }
         Ok(true)
     }
@@ -672,12 +773,14 @@ impl<M: Media> Store<M> {
     /// Records from `seq` on (WAL consumers), skipping truncated ones.
     pub fn read_from(&self, seq: u64) -> impl Iterator<Item = RecordView<'_>> {
         let from = seq.max(self.trunc_seq).saturating_sub(self.base_seq()) as usize;
-        self.records.range(from.min(self.records.len())..).map(|r| RecordView {
-            seq: r.seq,
-            kind: r.kind,
-            key: r.key.as_deref().unwrap_or(&[]),
-            extents: &r.extents,
-        })
+        self.records
+            .range(from.min(self.records.len())..)
+            .map(|r| RecordView {
+                seq: r.seq,
+                kind: r.kind,
+                key: r.key.as_deref().unwrap_or(&[]),
+                extents: &r.extents,
+            })
     }
 
     /// Drop WAL records below `seq`. Segments holding only such records are freed (their
@@ -687,7 +790,11 @@ impl<M: Media> Store<M> {
         self.trunc_seq = self.trunc_seq.max(seq.min(self.next_seq));
         while self.order.len() > 1 {
             let s = self.order[0];
-            let all_dead = self.records.iter().take_while(|r| r.seg == s).all(|r| !self.is_live(r));
+            let all_dead = self
+                .records
+                .iter()
+                .take_while(|r| r.seg == s)
+                .all(|r| !self.is_live(r));
             if !all_dead {
                 break;
             }
@@ -712,7 +819,9 @@ impl<M: Media> Store<M> {
             return false;
         }
         let s = self.order[0];
-        let Some(next) = self.records.iter().find(|r| r.seg != s).map(|r| r.seq) else { return false };
+        let Some(next) = self.records.iter().find(|r| r.seg != s).map(|r| r.seq) else {
+            return false;
+        };
         self.truncate_before(next);
         true
     }
@@ -740,8 +849,13 @@ impl<M: Media> Store<M> {
             return Ok(false);
         }
         let s = self.order[0];
-        let recs: Vec<usize> = (0..self.records.len()).take_while(|&i| self.records[i].seg == s).collect();
-        let live = recs.iter().filter(|&&i| self.is_live(&self.records[i])).count();
+        let recs: Vec<usize> = (0..self.records.len())
+            .take_while(|&i| self.records[i].seg == s)
+            .collect();
+        let live = recs
+            .iter()
+            .filter(|&&i| self.is_live(&self.records[i]))
+            .count();
         if live == recs.len() && !recs.is_empty() {
             return Ok(false); // nothing to reclaim here
         }
@@ -760,7 +874,14 @@ impl<M: Media> Store<M> {
                 continue;
             }
             self.live_bytes -= r.payload_len as u64; // re-added by write_record
-            self.write_record(r.kind, r.key.clone(), r.extents.clone(), r.payload_len, r.payload_crc, true)?;
+            self.write_record(
+                r.kind,
+                r.key.clone(),
+                r.extents.clone(),
+                r.payload_len,
+                r.payload_crc,
+                true,
+            )?;
         }
         self.segs[s as usize] = SegState::Retiring;
         // Invalidated only after the next barrier has made the re-appended records durable.

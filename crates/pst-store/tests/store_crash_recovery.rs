@@ -14,7 +14,12 @@ const BUF: u32 = 512;
 const BUFS: u32 = 192;
 
 fn header() -> Header {
-    Header::layout(Geometry { buf_size: BUF, buf_count: BUFS, log_len: 64 << 10 }).unwrap()
+    Header::layout(Geometry {
+        buf_size: BUF,
+        buf_count: BUFS,
+        log_len: 64 << 10,
+    })
+    .unwrap()
 }
 
 fn log_range(h: &Header) -> std::ops::Range<u64> {
@@ -81,7 +86,9 @@ fn off(b: BufIdx, o: u32) -> u64 {
 fn release_all(st: &mut Store<SimPm>, l: &mut Landing) {
     for e in st.take_released() {
         let (b, _, _) = e.into_raw();
-        l.alloc.release(b).expect("store released a buffer it did not own");
+        l.alloc
+            .release(b)
+            .expect("store released a buffer it did not own");
     }
 }
 
@@ -94,28 +101,54 @@ fn recover(m: SimPm) -> (Store<SimPm>, Landing) {
 }
 
 /// Check the recovered store against the acknowledged model.
-fn check(st: &Store<SimPm>, acked: &HashMap<Vec<u8>, Vec<u8>>, maybe: &HashMap<Vec<u8>, Vec<Option<Vec<u8>>>>, ctx: &str) {
+fn check(
+    st: &Store<SimPm>,
+    acked: &HashMap<Vec<u8>, Vec<u8>>,
+    maybe: &HashMap<Vec<u8>, Vec<Option<Vec<u8>>>>,
+    ctx: &str,
+) {
     let mut got = Vec::new();
     for (k, v) in acked {
-        let present = st.read_value(k, &mut got).unwrap_or_else(|e| panic!("{ctx}: key {k:?}: {e}"));
+        let present = st
+            .read_value(k, &mut got)
+            .unwrap_or_else(|e| panic!("{ctx}: key {k:?}: {e}"));
         let ok_values = maybe.get(k);
         let ok = (present && &got == v)
-            || ok_values.is_some_and(|alts| alts.iter().any(|a| match a {
-                Some(a) => present && &got == a,
-                None => !present,
-            }));
-        assert!(ok, "{ctx}: acknowledged key {k:?} lost or wrong (present {present}, {} bytes)", got.len());
+            || ok_values.is_some_and(|alts| {
+                alts.iter().any(|a| match a {
+                    Some(a) => present && &got == a,
+                    None => !present,
+                })
+            });
+        assert!(
+            ok,
+            "{ctx}: acknowledged key {k:?} lost or wrong (present {present}, {} bytes)",
+            got.len()
+        );
     }
     for k in st.keys() {
         let mut v = Vec::new();
-        st.read_value(k, &mut v).unwrap_or_else(|e| panic!("{ctx}: served a corrupt value for {k:?}: {e}"));
+        st.read_value(k, &mut v)
+            .unwrap_or_else(|e| panic!("{ctx}: served a corrupt value for {k:?}: {e}"));
         let expected = acked.contains_key(k)
-            || maybe.get(k).is_some_and(|alts| alts.iter().any(|a| a.as_ref() == Some(&v)));
-        assert!(expected, "{ctx}: key {k:?} present but never written/acknowledged with these bytes");
+            || maybe
+                .get(k)
+                .is_some_and(|alts| alts.iter().any(|a| a.as_ref() == Some(&v)));
+        assert!(
+            expected,
+            "{ctx}: key {k:?} present but never written/acknowledged with these bytes"
+        );
     }
     // Buffer accounting is exact: held buffers are exactly those named by records.
-    let named: HashSet<u32> = st.read_from(0).flat_map(|r| r.extents.iter().map(|e| e.0)).collect();
-    assert_eq!(named.len() as u64, st.stats().buffers_held, "{ctx}: held buffers != buffers named by records");
+    let named: HashSet<u32> = st
+        .read_from(0)
+        .flat_map(|r| r.extents.iter().map(|e| e.0))
+        .collect();
+    assert_eq!(
+        named.len() as u64,
+        st.stats().buffers_held,
+        "{ctx}: held buffers != buffers named by records"
+    );
     for b in &named {
         assert!(st.holds(BufIdx(*b)));
     }
@@ -138,7 +171,11 @@ fn run(seed: u64, mode: PersistMode, crashes: usize) -> u64 {
             let key = format!("k{}", rng.gen_range(0..24)).into_bytes();
             match rng.gen_range(0..100) {
                 0..=54 => {
-                    let len = if rng.gen_bool(0.2) { rng.gen_range(500..1600) } else { rng.gen_range(0..200) };
+                    let len = if rng.gen_bool(0.2) {
+                        rng.gen_range(500..1600)
+                    } else {
+                        rng.gen_range(0..200)
+                    };
                     let val: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
                     let Some(ext) = land.land(&media, &val, &mut rng) else {
                         st.maintain(true).unwrap();
@@ -239,7 +276,9 @@ fn pmem_random_crashes() {
 
 #[test]
 fn fsync_random_crashes() {
-    let c: u64 = (1000..1150).map(|seed| run(seed, PersistMode::Fsync, 4)).sum();
+    let c: u64 = (1000..1150)
+        .map(|seed| run(seed, PersistMode::Fsync, 4))
+        .sum();
     assert!(c > 200, "the workload must exercise compaction ({c})");
 }
 

@@ -22,7 +22,7 @@ use pst_pool::Pool;
 use pst_ring::{BufIdx, ConnId, Core, Op};
 
 pub use bufring::BufRing;
-pub use net::{close_fd, listener, set_nodelay};
+pub use net::{close_listener, listener, set_nodelay};
 
 /// Buffer group id of the port's provided-buffer ring.
 const BGID: u16 = 0;
@@ -221,6 +221,13 @@ impl Driver {
                     .user_data(ud);
                 let cl = opcode::Close::new(types::Fd(fd)).build().user_data(ud);
                 self.push(&[sh, cl])
+            }
+            Op::ShutdownWrite { fd, ud } => {
+                let e = opcode::Shutdown::new(types::Fd(fd), libc::SHUT_WR)
+                    .build()
+                    .flags(squeue::Flags::SKIP_SUCCESS)
+                    .user_data(ud);
+                self.push(&[e])
             }
             Op::Send { conn, fd, ud } => {
                 let e = self.build_send(core, conn, fd, ud);

@@ -23,12 +23,22 @@ pub fn set_nodelay(s: &TcpStream) -> io::Result<()> {
     s.set_nodelay(true)
 }
 
-/// Close a raw fd the port owned.
-pub fn close_fd(fd: i32) -> io::Result<()> {
+/// Stop and close a listening socket the port owned.
+///
+/// A pending multishot accept holds its own reference on the socket, so `close()` alone would
+/// leave it listening until the ring is torn down — which the kernel does asynchronously, even
+/// after the process exited. Meanwhile a restarted server's `SO_REUSEPORT` listener shares the
+/// port with it, and connections hashed to the stale one are reset when it finally goes.
+/// `shutdown()` takes it out of the listening state (and out of the reuseport group) at once,
+/// and the multishot accept completes.
+pub fn close_listener(fd: i32) -> io::Result<()> {
     use std::os::fd::{FromRawFd, OwnedFd};
-    // SAFETY: callers pass an fd the port owns (it was adopted with `Driver::adopt`) and that
+    // SAFETY: callers pass a listener fd the port owns (adopted with `Driver::adopt`) and that
     // nothing else will close.
     #[allow(unsafe_code)]
-    drop(unsafe { OwnedFd::from_raw_fd(fd) });
-    Ok(())
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let sock = socket2::SockRef::from(&fd);
+    let r = sock.shutdown(std::net::Shutdown::Both);
+    drop(fd);
+    r
 }

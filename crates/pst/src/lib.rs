@@ -143,8 +143,9 @@ impl Port {
     /// Stop accepting new connections.
     pub fn stop_listening(&mut self) {
         for fd in self.core.close_listeners() {
-            // The multishot accept holds its own file reference and ends with ECANCELED.
-            drop(pst_uring::close_fd(fd));
+            if let Err(e) = pst_uring::close_listener(fd) {
+                tracing::warn!(error = %e, "shutting down a listener");
+            }
         }
     }
 
@@ -271,6 +272,12 @@ impl Port {
     /// Close `conn` after its queued data is sent.
     pub fn close(&mut self, conn: ConnId) {
         self.core.close(conn)
+    }
+
+    /// Lingering close (after a final error reply): queued data, then FIN; the peer's further
+    /// bytes are discarded and the socket closes when the peer closes. No more slots for `conn`.
+    pub fn close_lingering(&mut self, conn: ConnId) {
+        self.core.close_lingering(conn)
     }
 
     /// Close every connection (after their queued data is sent).

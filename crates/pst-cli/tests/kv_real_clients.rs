@@ -1,0 +1,141 @@
+//! `pst kv` driven by redis-cli, redis-benchmark and a Rust Redis client, on both engines; data
+//! survives a restart.
+mod common;
+
+use std::process::Command;
+
+fn cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .arg("-p")
+        .arg(port.to_string())
+        .args(args)
+        .output()
+        .expect("redis-cli is installed (.ci/run installs it)");
+    String::from_utf8_lossy(&out.stdout).trim_end().to_owned()
+}
+
+fn scenario(engine: &str) {
+    let dir = common::tmpdir(&format!("kv-{engine}"));
+    let pool = dir.join("pool");
+    let p = pool.to_str().unwrap();
+    let addr = common::free_addr();
+    let port = addr.port();
+    let args = [
+        "kv",
+        "--engine",
+        engine,
+        "--pool",
+        p,
+        "--pool-size",
+        "64MiB",
+        "--persist",
+        "fsync",
+    ];
+    let mut s = common::ServerProc::start(&args, addr);
+
+    assert_eq!(cli(port, &["PING"]), "PONG");
+    assert_eq!(cli(port, &["SET", "k1", "v1"]), "OK");
+    assert_eq!(cli(port, &["GET", "k1"]), "v1");
+    assert_eq!(cli(port, &["INCR", "n"]), "1");
+    assert_eq!(
+        cli(port, &["INCR", "k1"]),
+        "ERR value is not an integer or out of range"
+    );
+    assert_eq!(
+        cli(port, &["GET"]),
+        "ERR wrong number of arguments for 'get' command"
+    );
+    assert!(cli(port, &["FOO"]).starts_with("ERR unknown command 'FOO'"));
+
+    let client = redis::Client::open(format!("redis://{addr}/")).unwrap();
+    let mut con = client.get_connection().unwrap();
+    let big = vec![7u8; 100_000];
+    let _: () = redis::cmd("SET")
+        .arg("big")
+        .arg(&big)
+        .query(&mut con)
+        .unwrap();
+    let got: Vec<u8> = redis::cmd("GET").arg("big").query(&mut con).unwrap();
+    assert_eq!(got, big);
+    let _: () = redis::cmd("MSET")
+        .arg("a")
+        .arg("1")
+        .arg("b")
+        .arg("2")
+        .query(&mut con)
+        .unwrap();
+    let got: Vec<Option<String>> = redis::cmd("MGET")
+        .arg("a")
+        .arg("b")
+        .arg("c")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(got, vec![Some("1".into()), Some("2".into()), None]);
+    let n: i64 = redis::cmd("EXISTS")
+        .arg("a")
+        .arg("b")
+        .arg("c")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(n, 2);
+    let n: i64 = redis::cmd("DEL")
+        .arg("a")
+        .arg("zz")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(n, 1);
+    // Pipelining.
+    let mut pipe = redis::pipe();
+    for i in 0..200 {
+        pipe.cmd("SET")
+            .arg(format!("p{i}"))
+            .arg(format!("value-{i}"))
+            .ignore();
+    }
+    pipe.cmd("DBSIZE");
+    let (size,): (i64,) = pipe.query(&mut con).unwrap();
+    assert_eq!(size, 204); // k1, n, big, b and the 200 (a was deleted)
+
+    let bench = Command::new("redis-benchmark")
+        .args([
+            "-p",
+            &port.to_string(),
+            "-t",
+            "ping,set,get,incr,mset",
+            "-n",
+            "2000",
+            "-c",
+            "8",
+            "-q",
+        ])
+        .output()
+        .expect("redis-benchmark is installed");
+    let text = String::from_utf8_lossy(&bench.stdout);
+    assert!(bench.status.success(), "{text}");
+    for t in ["PING_INLINE", "SET", "GET", "INCR", "MSET"] {
+        assert!(text.contains(t), "{t} missing: {text}");
+    }
+    assert!(!text.to_lowercase().contains("error"), "{text}");
+
+    assert!(s.term().success());
+    let mut s = common::ServerProc::start(&args, addr);
+    assert_eq!(cli(port, &["GET", "k1"]), "v1");
+    assert_eq!(cli(port, &["GET", "p199"]), "value-199");
+    let mut con = client.get_connection().unwrap();
+    let got: Vec<u8> = redis::cmd("GET").arg("big").query(&mut con).unwrap();
+    assert_eq!(got, big);
+    assert_eq!(cli(port, &["FLUSHALL"]), "OK");
+    assert_eq!(cli(port, &["DBSIZE"]), "0");
+    assert!(s.term().success());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn kv_uring() {
+    scenario("uring");
+}
+
+#[test]
+fn kv_epoll() {
+    scenario("epoll");
+}
