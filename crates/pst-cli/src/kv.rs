@@ -260,12 +260,14 @@ impl KvService {
             "INFO" => {
                 let st = store.stats();
                 let text = format!(
-                    "# Server\r\nredis_version:7.0.0\r\npst_version:{}\r\nredis_mode:standalone\r\n\r\n# Persistence\r\naof_enabled:1\r\npst_log_records:{}\r\npst_log_segments_free:{}/{}\r\npst_commits:{}\r\n\r\n# Keyspace\r\ndb0:keys={},expires=0,avg_ttl=0\r\n",
+                    "# Server\r\nredis_version:7.0.0\r\npst_version:{}\r\nredis_mode:standalone\r\n\r\n# Persistence\r\naof_enabled:1\r\npst_log_records:{}\r\npst_log_segments_free:{}/{}\r\npst_commits:{}\r\npst_compactions:{}\r\npst_buffers_held:{}\r\n\r\n# Keyspace\r\ndb0:keys={},expires=0,avg_ttl=0\r\n",
                     env!("CARGO_PKG_VERSION"),
                     st.records,
                     st.free_segments,
                     st.segments,
                     st.commits,
+                    st.compactions,
+                    st.buffers_held,
                     st.live_keys
                 );
                 reply::bulk(&mut out.buf, text.as_bytes());
