@@ -67,6 +67,10 @@ pub struct ServerArgs {
     /// Pin worker threads to these CPUs (comma list), round robin.
     #[arg(long, value_delimiter = ',')]
     pub cpu: Vec<usize>,
+    /// Start even if the log is damaged, from the last intact record (records after the damage
+    /// are lost). Without it, a damaged log makes the server refuse to start.
+    #[arg(long)]
+    pub salvage_damaged_log: bool,
     /// Publish counters to this file (used by `pst bench`).
     #[arg(long, hide = true)]
     pub stats_file: Option<PathBuf>,
@@ -127,8 +131,18 @@ pub fn open_store(
         .context("the pool's log is already in use")?;
     let h = *pool.header();
     let t0 = Instant::now();
-    let (store, report) = pst_store::Store::open(media, h.log_off..h.log_off + h.geometry.log_len)
-        .with_context(|| format!("recovering the store in {}", args.pool.display()))?;
+    let log = h.log_off..h.log_off + h.geometry.log_len;
+    let opened = if args.salvage_damaged_log {
+        pst_store::Store::open_salvage(media, log)
+    } else {
+        pst_store::Store::open(media, log)
+    };
+    let (store, report) = opened.with_context(|| {
+        format!(
+            "recovering the store in {} (left untouched; `pst inspect` shows the damage, --salvage-damaged-log starts anyway)",
+            args.pool.display()
+        )
+    })?;
     tracing::info!(
         records = report.records,
         keys = report.live_keys,

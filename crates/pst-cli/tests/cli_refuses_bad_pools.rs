@@ -61,3 +61,80 @@ fn geometry_mismatch_refused() {
     assert_eq!(std::fs::read(&pool).unwrap(), before);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn damaged_acknowledged_value_is_reported_and_the_server_refuses_to_start() {
+    use std::io::{Read, Write};
+    let dir = common::tmpdir("damaged");
+    let pool = dir.join("pool");
+    let p = pool.to_str().unwrap();
+    let addr = common::free_addr();
+    let mut s = common::ServerProc::start(
+        &[
+            "httpd",
+            "--pool",
+            p,
+            "--pool-size",
+            "8MiB",
+            "--persist",
+            "fsync",
+        ],
+        addr,
+    );
+    let marker = b"UNIQUE-MARKER-0123456789-UNIQUE-MARKER";
+    for (i, body) in [&marker[..], b"second value", b"third value"]
+        .iter()
+        .enumerate()
+    {
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            c,
+            "POST /k{i} HTTP/1.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        c.write_all(body).unwrap();
+        let mut r = String::new();
+        c.read_to_string(&mut r).unwrap();
+        assert!(r.starts_with("HTTP/1.1 201"), "{r}");
+    }
+    assert!(s.term().success());
+    let out = common::pst().args(["inspect", p]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Flip one byte of the first (acknowledged, followed by later records) value.
+    let mut bytes = std::fs::read(&pool).unwrap();
+    let at = bytes
+        .windows(marker.len())
+        .position(|w| w == marker)
+        .expect("value stored in place");
+    bytes[at + 3] ^= 0xff;
+    std::fs::write(&pool, &bytes).unwrap();
+    let out = common::pst().args(["inspect", p]).output().unwrap();
+    assert!(
+        !out.status.success(),
+        "inspect must fail on a damaged acknowledged record"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("CORRUPT"));
+    let out = common::pst()
+        .args([
+            "httpd",
+            "--addr",
+            &common::free_addr().to_string(),
+            "--pool",
+            p,
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("corruption"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(&pool).unwrap(), bytes, "left untouched");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -15,8 +15,17 @@ use rand::{Rng, SeedableRng};
 
 /// Deterministic value for (key, version): size and bytes vary.
 fn value(key: &str, version: u64) -> Vec<u8> {
-    let mut r = rand::rngs::StdRng::seed_from_u64(version ^ key.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64)));
-    let len = if r.gen_bool(0.1) { r.gen_range(2000..9000) } else { r.gen_range(1..600) };
+    let mut r = rand::rngs::StdRng::seed_from_u64(
+        version
+            ^ key
+                .bytes()
+                .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64)),
+    );
+    let len = if r.gen_bool(0.1) {
+        r.gen_range(2000..9000)
+    } else {
+        r.gen_range(1..600)
+    };
     (0..len).map(|_| r.gen()).collect()
 }
 
@@ -40,7 +49,20 @@ fn sigkill_under_load_loses_no_acknowledged_write() {
         let addr = common::free_addr();
         // Alternate engines: both must recover the same pool.
         let engine = if round % 2 == 0 { "uring" } else { "epoll" };
-        let mut s = common::ServerProc::start(&["kv", "--engine", engine, "--pool", &p, "--pool-size", "32MiB", "--persist", "fsync"], addr);
+        let mut s = common::ServerProc::start(
+            &[
+                "kv",
+                "--engine",
+                engine,
+                "--pool",
+                &p,
+                "--pool-size",
+                "32MiB",
+                "--persist",
+                "fsync",
+            ],
+            addr,
+        );
         // Verify everything acknowledged so far.
         {
             let m = model.lock().unwrap();
@@ -49,8 +71,14 @@ fn sigkill_under_load_loses_no_acknowledged_write() {
             for (k, &v) in &m.acked {
                 let got: Option<Vec<u8>> = redis::cmd("GET").arg(k).query(&mut con).unwrap();
                 let ok = got.as_deref() == Some(&value(k, v)[..])
-                    || m.inflight.get(k).is_some_and(|&iv| got.as_deref() == Some(&value(k, iv)[..]));
-                assert!(ok, "round {round}: acknowledged {k} v{v} lost or wrong ({} bytes)", got.map(|g| g.len()).unwrap_or(0));
+                    || m.inflight
+                        .get(k)
+                        .is_some_and(|&iv| got.as_deref() == Some(&value(k, iv)[..]));
+                assert!(
+                    ok,
+                    "round {round}: acknowledged {k} v{v} lost or wrong ({} bytes)",
+                    got.map(|g| g.len()).unwrap_or(0)
+                );
             }
         }
         // Whatever landed of the in-flight writes is now the truth for those keys.
@@ -75,14 +103,17 @@ fn sigkill_under_load_loses_no_acknowledged_write() {
                 let base = version + t * 1_000_000;
                 std::thread::spawn(move || {
                     let client = redis::Client::open(format!("redis://{addr}/")).unwrap();
-                    let Ok(mut con) = client.get_connection() else { return };
+                    let Ok(mut con) = client.get_connection() else {
+                        return;
+                    };
                     let mut r = rand::rngs::StdRng::seed_from_u64(base);
                     let mut v = base;
                     while !stop.load(Ordering::Relaxed) {
                         v += 1;
                         let k = format!("key{t}_{}", r.gen_range(0..75));
                         model.lock().unwrap().inflight.insert(k.clone(), v);
-                        let res: redis::RedisResult<String> = redis::cmd("SET").arg(&k).arg(value(&k, v)).query(&mut con);
+                        let res: redis::RedisResult<String> =
+                            redis::cmd("SET").arg(&k).arg(value(&k, v)).query(&mut con);
                         let mut m = model.lock().unwrap();
                         match res {
                             Ok(ok) if ok == "OK" => {
@@ -105,9 +136,17 @@ fn sigkill_under_load_loses_no_acknowledged_write() {
         version += 10_000_000;
     }
     let m = model.lock().unwrap();
-    assert!(m.acked.len() > 200, "the load must have written most keys ({})", m.acked.len());
+    assert!(
+        m.acked.len() > 200,
+        "the load must have written most keys ({})",
+        m.acked.len()
+    );
     drop(m);
     let out = common::pst().args(["inspect", &p]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let _ = std::fs::remove_dir_all(dir);
 }

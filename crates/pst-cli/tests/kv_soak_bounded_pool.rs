@@ -12,7 +12,15 @@ fn overwrites_reuse_the_pool_ten_times_without_running_out() {
     let pool = dir.join("pool");
     let p = pool.to_str().unwrap().to_owned();
     let addr = common::free_addr();
-    let args = ["kv", "--pool", &p, "--pool-size", "16MiB", "--persist", "pmem"];
+    let args = [
+        "kv",
+        "--pool",
+        &p,
+        "--pool-size",
+        "16MiB",
+        "--persist",
+        "pmem",
+    ];
     let mut s = common::ServerProc::start(&args, addr);
     let data_region = 16u64 << 20; // upper bound of the buffer region
     let client = redis::Client::open(format!("redis://{addr}/")).unwrap();
@@ -37,7 +45,10 @@ fn overwrites_reuse_the_pool_ten_times_without_running_out() {
     }
     let check = |con: &mut redis::Connection, last: &[Vec<u8>]| {
         for (k, v) in last.iter().enumerate() {
-            let got: Vec<u8> = redis::cmd("GET").arg(format!("soak{k}")).query(con).unwrap();
+            let got: Vec<u8> = redis::cmd("GET")
+                .arg(format!("soak{k}"))
+                .query(con)
+                .unwrap();
             assert!(got == *v, "soak{k} has the wrong value");
         }
         let n: i64 = redis::cmd("DBSIZE").query(con).unwrap();
@@ -46,10 +57,19 @@ fn overwrites_reuse_the_pool_ten_times_without_running_out() {
     check(&mut con, &last);
     let info: String = redis::cmd("INFO").query(&mut con).unwrap();
     let field = |name: &str| -> u64 {
-        info.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok()).unwrap_or_else(|| panic!("{name} missing in {info}"))
+        info.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing in {info}"))
     };
-    assert!(field("pst_compactions:") > 10, "space must have been reclaimed by compaction: {info}");
-    assert!(field("pst_buffers_held:") < 8000, "held buffers stay bounded: {info}");
+    assert!(
+        field("pst_compactions:") > 10,
+        "space must have been reclaimed by compaction: {info}"
+    );
+    assert!(
+        field("pst_buffers_held:") < 8000,
+        "held buffers stay bounded: {info}"
+    );
     assert!(s.term().success());
     let mut s = common::ServerProc::start(&args, addr);
     let mut con = client.get_connection().unwrap();

@@ -188,18 +188,29 @@ impl<M: Media> Store<M> {
     /// a check, rebuild the index and the set of referenced buffers, and make the recovered end
     /// durable (zeroing the torn tail and stale segments) before any new append.
     pub fn open(media: M, log: Range<u64>) -> Result<(Store<M>, RecoveryReport), StoreError> {
-        Self::open_inner(media, log, true)
+        Self::open_inner(media, log, true, false)
+    }
+
+    /// Like [`Store::open`], but when the log is damaged (an acknowledged record fails its
+    /// checksum) start from the last intact record instead of refusing: everything after the
+    /// damage is dropped. An operator's decision, never a default.
+    pub fn open_salvage(
+        media: M,
+        log: Range<u64>,
+    ) -> Result<(Store<M>, RecoveryReport), StoreError> {
+        Self::open_inner(media, log, true, true)
     }
 
     /// Recover and verify without writing anything (for `pst inspect`).
     pub fn inspect(media: M, log: Range<u64>) -> Result<(Store<M>, RecoveryReport), StoreError> {
-        Self::open_inner(media, log, false)
+        Self::open_inner(media, log, false, false)
     }
 
     fn open_inner(
         media: M,
         log: Range<u64>,
         writable: bool,
+        salvage: bool,
     ) -> Result<(Store<M>, RecoveryReport), StoreError> {
         let header = media.header();
         let len = log.end.saturating_sub(log.start);
@@ -236,7 +247,7 @@ impl<M: Media> Store<M> {
             compactions: 0,
             commits: 0,
         };
-        let report = st.recover(writable)?;
+        let report = st.recover(writable, salvage)?;
         Ok((st, report))
     }
 
@@ -260,7 +271,7 @@ impl<M: Media> Store<M> {
         crc
     }
 
-    fn recover(&mut self, writable: bool) -> Result<RecoveryReport, StoreError> {
+    fn recover(&mut self, writable: bool, salvage: bool) -> Result<RecoveryReport, StoreError> {
         let mut report = RecoveryReport::default();
         let mut found: Vec<(u64, u32, SegHeader)> = Vec::new();
         let mut hb = [0u8; SEG_HEADER];
@@ -326,11 +337,7 @@ impl<M: Media> Store<M> {
                     .skip(1)
                     .map(|f| (f.0, f.1))
                     .collect::<Vec<_>>();
-                // (With PersistMode::None nothing was promised, so a gap is never corruption.)
-                let promised = self.media.persist_mode() != pst_pool::PersistMode::None;
-                if let Some(ev) = promised
-                    .then(|| self.committed_evidence(next, epoch, &seg_bytes, pos + 8, &later))
-                    .flatten()
+                if let Some(ev) = self.committed_evidence(next, epoch, &seg_bytes, pos + 8, &later)
                 {
                     report.corrupt = Some(format!("{why}; but {ev} says it was committed"));
                 }
@@ -357,7 +364,13 @@ impl<M: Media> Store<M> {
         report.segments = (self.segs.len(), chain.len());
         if writable {
             if let Some(c) = &report.corrupt {
-                return Err(StoreError::Corrupt(c.clone()));
+                // Never drop acknowledged data silently: refuse, unless the operator asked to
+                // salvage (start from the last intact record, losing what follows it).
+                if salvage {
+                    tracing::warn!(%c, "log damaged: salvaging from the last intact record; later records are dropped");
+                } else {
+                    return Err(StoreError::Corrupt(c.clone()));
+                }
             }
             // Make the recovered end the durable end: zero the head's tail (a torn record there
             // must never come back) and invalidate valid segments outside the chain.
