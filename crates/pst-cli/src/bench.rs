@@ -20,6 +20,73 @@ use crate::stats::StatsFile;
 pub enum Workload {
     /// Raw TCP: each request is --size bytes, echoed back.
     Echo,
+    /// HTTP `GET /`, fixed 64-byte response (`pst httpd --store none`; peer: nginx).
+    Rpc,
+    /// HTTP `POST /` with a --size body appended to the WAL (`pst httpd --store wal`).
+    Wal,
+    /// Redis `SET key:<conn> <--size bytes>` (`pst kv`; peers: redis-server with and without
+    /// `appendfsync always`).
+    Kv,
+}
+
+impl Workload {
+    fn name(self) -> &'static str {
+        match self {
+            Workload::Echo => "echo",
+            Workload::Rpc => "rpc",
+            Workload::Wal => "wal",
+            Workload::Kv => "kv",
+        }
+    }
+
+    /// The server command line for pst.
+    fn server_args(self) -> &'static [&'static str] {
+        match self {
+            Workload::Echo => &["echo"],
+            Workload::Rpc => &["httpd", "--store", "none"],
+            Workload::Wal => &["httpd", "--store", "wal"],
+            Workload::Kv => &["kv"],
+        }
+    }
+
+    fn framer(self, size: usize) -> Framer {
+        match self {
+            Workload::Echo => Framer::Fixed(size),
+            Workload::Rpc | Workload::Wal => Framer::Http,
+            Workload::Kv => Framer::Resp,
+        }
+    }
+
+    fn request(self) -> fn(usize, usize) -> Vec<u8> {
+        match self {
+            Workload::Echo => |_, size| (0..size).map(|i| (i % 251) as u8).collect(),
+            Workload::Rpc => |_, _| b"GET / HTTP/1.1\r\nHost: pst\r\n\r\n".to_vec(),
+            Workload::Wal => |_, size| {
+                let mut r =
+                    format!("POST / HTTP/1.1\r\nHost: pst\r\nContent-Length: {size}\r\n\r\n")
+                        .into_bytes();
+                r.extend((0..size).map(|i| b'a' + (i % 26) as u8));
+                r
+            },
+            Workload::Kv => |conn, size| {
+                let key = format!("key:{conn:06}");
+                let mut r = format!("*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${size}\r\n", key.len())
+                    .into_bytes();
+                r.extend((0..size).map(|i| b'a' + (i % 26) as u8));
+                r.extend_from_slice(b"\r\n");
+                r
+            },
+        }
+    }
+}
+
+/// Real peer servers the bench can run beside pst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Peer {
+    /// nginx, one worker, a 64-byte static file, keep-alive (for `rpc`).
+    Nginx,
+    /// redis-server with `appendonly yes` + `appendfsync always`, and without persistence (for `kv`).
+    Redis,
 }
 
 /// Options of `pst bench`.
@@ -56,6 +123,17 @@ pub struct BenchArgs {
     /// Requests outstanding per connection (pipelining depth).
     #[arg(long, default_value_t = 1)]
     pub depth: usize,
+    /// Run each configuration this many times and report the run with the median requests/s
+    /// (this machine is shared and noisy; `rps_min`/`rps_max` show the spread).
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
+    /// Real peers to run beside pst in the same invocation (comma list; skipped with a warning
+    /// when not installed).
+    #[arg(long, value_delimiter = ',')]
+    pub peers: Vec<Peer>,
+    /// Write an SVG plot of requests/s against connections, one line per system.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
     /// Drive an already running server at this address instead of starting one (server-side
     /// figures are then not measured and reported as null/0).
     #[arg(long)]
@@ -84,11 +162,24 @@ pub struct Row {
     depth: usize,
     batch_wait_us: Option<u32>,
     errors: u64,
+    runs: usize,
+    rps_min: f64,
+    rps_max: f64,
+}
+
+impl Row {
+    fn label(&self) -> String {
+        match self.batch_wait_us {
+            Some(w) if w > 0 => format!("{}/{}us", self.engine, w),
+            _ => self.engine.clone(),
+        }
+    }
 }
 
 struct Server {
     child: Child,
-    stats: StatsFile,
+    /// pst servers publish their syscall counts; peers do not.
+    stats: Option<StatsFile>,
     pool_dir: PathBuf,
     owns_dir: bool,
 }
@@ -138,15 +229,8 @@ pub fn process_cpu(pid: u32) -> Duration {
     Duration::from_nanos(ns)
 }
 
-fn start_server(
-    workload: Workload,
-    engine: Engine,
-    persist: PersistMode,
-    batch_wait_us: u32,
-    pool_dir: Option<&Path>,
-    server_cpu: usize,
-) -> anyhow::Result<(Server, SocketAddr)> {
-    let (dir, owns_dir) = match pool_dir {
+fn bench_dir(pool_dir: Option<&Path>) -> (PathBuf, bool) {
+    match pool_dir {
         Some(d) => (d.to_owned(), false),
         None => {
             let base = if Path::new("/dev/shm").is_dir() {
@@ -156,18 +240,142 @@ fn start_server(
             };
             (base.join(format!("pst-bench-{}", std::process::id())), true)
         }
+    }
+}
+
+/// Wait until `addr` accepts connections (and, for pst, its stats file is initialised).
+fn wait_ready(
+    child: &mut Child,
+    addr: SocketAddr,
+    stats_path: Option<&Path>,
+) -> anyhow::Result<Option<StatsFile>> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Some(st) = child.try_wait()? {
+            anyhow::bail!("server exited during start-up: {st}");
+        }
+        let stats = match stats_path {
+            Some(p) => match StatsFile::open(p) {
+                Ok(s) if s.totals().is_some() => Some(Some(s)),
+                _ => None,
+            },
+            None => Some(None),
+        };
+        if let Some(stats) = stats {
+            if TcpStream::connect(addr).is_ok() {
+                return Ok(stats);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    anyhow::bail!("server did not come up on {addr}")
+}
+
+/// `taskset -c <cpu> program` when taskset exists (pins a peer server like pst's `--cpu`).
+fn pinned(cpu: usize, program: &str) -> Command {
+    if which("taskset") {
+        let mut c = Command::new("taskset");
+        c.args(["-c", &cpu.to_string(), program]);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+fn which(program: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin")])
+        .any(|d| d.join(program).is_file())
+}
+
+/// Start a peer server ("nginx", "redis-always", "redis-none").
+fn start_peer(
+    kind: &str,
+    pool_dir: Option<&Path>,
+    server_cpu: usize,
+) -> anyhow::Result<(Server, SocketAddr)> {
+    let (base, _) = bench_dir(pool_dir);
+    let dir = base.join(format!("peer-{kind}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let addr = free_port()?;
+    let mut cmd = match kind {
+        "nginx" => {
+            let root = dir.join("www");
+            std::fs::create_dir_all(&root)?;
+            std::fs::write(root.join("index.html"), crate::http::RPC_BODY)?;
+            let conf = format!(
+                "worker_processes 1;\ndaemon off;\nmaster_process off;\nerror_log {dir}/error.log warn;\npid {dir}/nginx.pid;\nevents {{ worker_connections 16384; }}\nhttp {{\n  access_log off;\n  keepalive_requests 100000000;\n  keepalive_timeout 300s;\n  client_body_temp_path {dir};\n  server {{ listen {addr}; location / {{ root {root}; }} }}\n}}\n",
+                dir = dir.display(),
+                root = root.display(),
+            );
+            std::fs::write(dir.join("nginx.conf"), conf)?;
+            let nginx = if std::path::Path::new("/usr/sbin/nginx").is_file() {
+                "/usr/sbin/nginx"
+            } else {
+                "nginx"
+            };
+            let mut c = pinned(server_cpu, nginx);
+            c.arg("-c").arg(dir.join("nginx.conf")).arg("-p").arg(&dir);
+            c
+        }
+        "redis-always" | "redis-none" => {
+            let mut c = pinned(server_cpu, "redis-server");
+            c.args([
+                "--port",
+                &addr.port().to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--protected-mode",
+                "no",
+            ]);
+            c.arg("--dir").arg(&dir);
+            if kind == "redis-always" {
+                c.args(["--appendonly", "yes", "--appendfsync", "always"]);
+            } else {
+                c.args(["--appendonly", "no"]);
+            }
+            c
+        }
+        _ => anyhow::bail!("unknown peer {kind}"),
     };
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {kind}"))?;
+    let stats = wait_ready(&mut child, addr, None)?;
+    Ok((
+        Server {
+            child,
+            stats,
+            pool_dir: dir,
+            owns_dir: true,
+        },
+        addr,
+    ))
+}
+
+fn start_server(
+    workload: Workload,
+    engine: Engine,
+    persist: PersistMode,
+    batch_wait_us: u32,
+    pool_dir: Option<&Path>,
+    server_cpu: usize,
+) -> anyhow::Result<(Server, SocketAddr)> {
+    let (dir, owns_dir) = bench_dir(pool_dir);
     std::fs::create_dir_all(&dir)?;
     let pool = dir.join("bench-pool");
     let _ = std::fs::remove_file(&pool);
     let stats_path = dir.join("bench-stats");
     let _ = std::fs::remove_file(&stats_path);
     let addr = free_port()?;
-    let cmd = match workload {
-        Workload::Echo => "echo",
-    };
-    let child = Command::new(std::env::current_exe()?)
-        .arg(cmd)
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(workload.server_args())
         .args(["--addr", &addr.to_string(), "--engine", &engine.to_string()])
         .args([
             "--persist",
@@ -175,7 +383,7 @@ fn start_server(
             "--batch-wait-us",
             &batch_wait_us.to_string(),
         ])
-        .args(["--pool-size", "128MiB", "--cpu", &server_cpu.to_string()])
+        .args(["--pool-size", "256MiB", "--cpu", &server_cpu.to_string()])
         .arg("--pool")
         .arg(&pool)
         .arg("--stats-file")
@@ -184,28 +392,16 @@ fn start_server(
         .stdin(Stdio::null())
         .spawn()
         .context("starting the server")?;
-    let mut server = None;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut child = Some(child);
-    while Instant::now() < deadline {
-        if let Some(Some(st)) = child.as_mut().map(|c| c.try_wait()).transpose()? {
-            anyhow::bail!("server exited during start-up: {st}");
-        }
-        if let Ok(stats) = StatsFile::open(&stats_path) {
-            if stats.totals().is_some() && TcpStream::connect(addr).is_ok() {
-                server = Some(Server {
-                    child: child.take().expect("present"),
-                    stats,
-                    pool_dir: dir.clone(),
-                    owns_dir,
-                });
-                break;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let server = server.ok_or_else(|| anyhow::anyhow!("server did not come up on {addr}"))?;
-    Ok((server, addr))
+    let stats = wait_ready(&mut child, addr, Some(&stats_path))?;
+    Ok((
+        Server {
+            child,
+            stats,
+            pool_dir: dir,
+            owns_dir,
+        },
+        addr,
+    ))
 }
 
 /// Run the benchmark matrix.
@@ -232,31 +428,150 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             "cli cpu"
         );
     }
+    let mut systems: Vec<(String, Option<(Engine, Option<u32>)>, PersistMode)> = Vec::new();
     for &persist in &a.persist {
         for &engine in &a.engine {
             let waits: Vec<Option<u32>> = match engine {
                 Engine::Uring => a.batch_wait_us.iter().map(|&w| Some(w)).collect(),
                 Engine::Epoll => vec![None],
             };
-            for wait in waits {
-                for &conns in &a.conns {
-                    let row = run_one(&a, engine, persist, wait, conns, server_cpu)?;
-                    if a.json {
-                        println!("{}", serde_json::to_string(&row)?);
-                    } else {
-                        println!(
-                            "{:<6} {:<10} {:<7} {:>5} {:>6} {:>10.0} {:>8} {:>8} {:>9.3} {:>12.2} {:>7.0}%",
-                            row.workload,
-                            match row.batch_wait_us { Some(w) if w > 0 => format!("{}/{}us", row.engine, w), _ => row.engine.clone() },
-                            row.persist, row.conns, row.size, row.rps, row.p50_us, row.p99_us,
-                            row.syscalls_per_req.unwrap_or(f64::NAN), row.server_cpu_us_per_req, row.client_cpu_pct
-                        );
-                    }
-                    rows.push(row);
-                }
+            for w in waits {
+                systems.push((engine.to_string(), Some((engine, w)), persist));
             }
         }
     }
+    for peer in &a.peers {
+        let kinds: &[&str] = match (peer, a.workload) {
+            (Peer::Nginx, Workload::Rpc) => &["nginx"],
+            (Peer::Redis, Workload::Kv) => &["redis-always", "redis-none"],
+            _ => {
+                eprintln!(
+                    "pst bench: peer {peer:?} does not serve the {} workload; skipped",
+                    a.workload.name()
+                );
+                &[]
+            }
+        };
+        for k in kinds {
+            let prog = if k.starts_with("redis") {
+                "redis-server"
+            } else {
+                "nginx"
+            };
+            if !which(prog) {
+                eprintln!("pst bench: {prog} is not installed; {k} skipped");
+                continue;
+            }
+            systems.push((
+                k.to_string(),
+                None,
+                if *k == "redis-always" {
+                    PersistMode::Fsync
+                } else {
+                    PersistMode::None
+                },
+            ));
+        }
+    }
+    for (name, pst, persist) in systems {
+        for &conns in &a.conns {
+            let mut runs = Vec::new();
+            for _ in 0..a.repeat.max(1) {
+                runs.push(match pst {
+                    Some((engine, wait)) => run_one(&a, engine, persist, wait, conns, server_cpu)?,
+                    None => run_peer(&a, &name, persist, conns, server_cpu)?,
+                });
+            }
+            runs.sort_by(|x, y| x.rps.total_cmp(&y.rps));
+            let (min, max, n) = (runs[0].rps, runs[runs.len() - 1].rps, runs.len());
+            let mut row = runs.swap_remove(n / 2);
+            (row.runs, row.rps_min, row.rps_max) = (n, min, max);
+            print_row(&a, &row)?;
+            rows.push(row);
+        }
+    }
+    if let Some(path) = &a.plot {
+        plot(path, &a, &rows)?;
+        eprintln!("pst bench: wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn print_row(a: &BenchArgs, row: &Row) -> anyhow::Result<()> {
+    if a.json {
+        println!("{}", serde_json::to_string(row)?);
+    } else {
+        println!(
+            "{:<6} {:<13} {:<7} {:>5} {:>6} {:>10.0} {:>8} {:>8} {:>9} {:>12.2} {:>7.0}%",
+            row.workload,
+            row.label(),
+            row.persist,
+            row.conns,
+            row.size,
+            row.rps,
+            row.p50_us,
+            row.p99_us,
+            row.syscalls_per_req
+                .map(|s| format!("{s:.3}"))
+                .unwrap_or_else(|| "-".into()),
+            row.server_cpu_us_per_req,
+            row.client_cpu_pct
+        );
+    }
+    Ok(())
+}
+
+/// requests/s against connections, one line per system.
+fn plot(path: &Path, a: &BenchArgs, rows: &[Row]) -> anyhow::Result<()> {
+    use plotters::prelude::*;
+    let root = SVGBackend::new(path, (800, 500)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let max_c = rows.iter().map(|r| r.conns).max().unwrap_or(1) as f64;
+    let max_r = rows.iter().map(|r| r.rps).fold(1.0, f64::max) * 1.1;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!(
+                "pst bench {} (size {} B): requests/s",
+                a.workload.name(),
+                a.size
+            ),
+            ("sans-serif", 20),
+        )
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..max_c * 1.05, 0.0..max_r)?;
+    chart
+        .configure_mesh()
+        .x_desc("connections")
+        .y_desc("requests/s")
+        .draw()?;
+    let mut labels: Vec<String> = rows
+        .iter()
+        .map(|r| format!("{} {}", r.label(), r.persist))
+        .collect();
+    labels.dedup();
+    for (i, label) in labels.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let pts: Vec<(f64, f64)> = rows
+            .iter()
+            .filter(|r| &format!("{} {}", r.label(), r.persist) == label)
+            .map(|r| (r.conns as f64, r.rps))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
+            .label(label.clone())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
     Ok(())
 }
 
@@ -282,38 +597,66 @@ fn run_one(
             (Some(s), addr)
         }
     };
-    let size = a.size as usize;
-    let (request, framer, name) = match a.workload {
-        Workload::Echo => (
-            (0..size).map(|i| (i % 251) as u8).collect::<Vec<u8>>(),
-            Framer::Fixed(size),
-            "echo",
-        ),
-    };
-    let label = format!("{name} {engine} conns={conns}");
+    measure(a, server, addr, engine.to_string(), persist, wait, conns)
+}
+
+fn run_peer(
+    a: &BenchArgs,
+    kind: &str,
+    persist: PersistMode,
+    conns: usize,
+    server_cpu: usize,
+) -> anyhow::Result<Row> {
+    let (server, addr) = start_peer(kind, a.pool.as_deref(), server_cpu)?;
+    measure(
+        a,
+        Some(server),
+        addr,
+        kind.to_string(),
+        persist,
+        None,
+        conns,
+    )
+}
+
+/// Drive `addr` and measure; `server` (if we started it) is stopped afterwards.
+fn measure(
+    a: &BenchArgs,
+    server: Option<Server>,
+    addr: SocketAddr,
+    engine: String,
+    persist: PersistMode,
+    wait: Option<u32>,
+    conns: usize,
+) -> anyhow::Result<Row> {
     let spec = LoadSpec {
         addr,
         conns,
         depth: a.depth.max(1),
-        request,
-        framer,
+        request: a.workload.request(),
+        size: a.size as usize,
+        framer: a.workload.framer(a.size as usize),
         warmup: Duration::from_secs_f64(a.warmup),
         secs: Duration::from_secs_f64(a.secs),
-        progress: (a.secs > 3.0).then_some(label),
+        progress: (a.secs > 3.0).then(|| format!("{} {engine} conns={conns}", a.workload.name())),
     };
-    let mut snap = [(0u64, Duration::ZERO); 2];
+    let mut snap = [(None, Duration::ZERO); 2];
     let r = loadgen::run(&spec, |start| {
         if let Some(server) = &server {
-            let sys = server.stats.totals().map(|t| t.0).unwrap_or(0);
+            let sys = server.stats.as_ref().and_then(|s| s.totals()).map(|t| t.0);
             snap[if start { 0 } else { 1 }] = (sys, process_cpu(server.child.id()));
         }
     })?;
     let measured_server = server.is_some();
     drop(server);
     let req = r.requests.max(1) as f64;
+    let syscalls = match (snap[0].0, snap[1].0) {
+        (Some(a), Some(b)) => Some((b - a) as f64 / req),
+        _ => None,
+    };
     Ok(Row {
-        workload: name,
-        engine: engine.to_string(),
+        workload: a.workload.name(),
+        engine,
         persist: persist.to_string(),
         conns,
         size: a.size,
@@ -322,11 +665,18 @@ fn run_one(
         rps: r.requests as f64 / r.secs.max(1e-9),
         p50_us: r.hist.value_at_quantile(0.5),
         p99_us: r.hist.value_at_quantile(0.99),
-        syscalls_per_req: measured_server.then(|| (snap[1].0 - snap[0].0) as f64 / req),
-        server_cpu_us_per_req: (snap[1].1 - snap[0].1).as_secs_f64() * 1e6 / req,
+        syscalls_per_req: syscalls,
+        server_cpu_us_per_req: if measured_server {
+            (snap[1].1 - snap[0].1).as_secs_f64() * 1e6 / req
+        } else {
+            0.0
+        },
         client_cpu_pct: r.cpu.as_secs_f64() / r.secs.max(1e-9) * 100.0,
         depth: a.depth.max(1),
         batch_wait_us: wait,
         errors: r.errors,
+        runs: 1,
+        rps_min: 0.0,
+        rps_max: 0.0,
     })
 }

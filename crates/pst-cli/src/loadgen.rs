@@ -16,6 +16,107 @@ use pst::{ConnId, Geometry, PersistMode, Pool, Port, PortConfig, SlotKind};
 pub enum Framer {
     /// Each response is exactly this many bytes (echo).
     Fixed(usize),
+    /// HTTP/1.1 responses with `Content-Length`.
+    Http,
+    /// RESP replies.
+    Resp,
+}
+
+/// Per-connection response parsing state.
+#[derive(Debug, Default)]
+struct Parse {
+    /// Bytes of the current response received so far (fixed framing), or unparsed bytes.
+    got: usize,
+    carry: Vec<u8>,
+    /// Errors seen in responses (non-2xx, RESP errors).
+    bad: u64,
+}
+
+impl Parse {
+    /// Feed received bytes; return how many responses completed.
+    fn feed(&mut self, framer: Framer, data: &[u8]) -> usize {
+        match framer {
+            Framer::Fixed(n) => {
+                self.got += data.len();
+                let done = self.got / n;
+                self.got %= n;
+                done
+            }
+            Framer::Http => {
+                self.carry.extend_from_slice(data);
+                let mut done = 0;
+                let mut at = 0;
+                loop {
+                    let mut headers = [httparse::EMPTY_HEADER; 16];
+                    let mut r = httparse::Response::new(&mut headers);
+                    let Ok(httparse::Status::Complete(head)) = r.parse(&self.carry[at..]) else {
+                        break;
+                    };
+                    let len: usize = r
+                        .headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                        .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok())
+                        .unwrap_or(0);
+                    if self.carry.len() - at < head + len {
+                        break;
+                    }
+                    if !r.code.is_some_and(|c| (200..300).contains(&c)) {
+                        self.bad += 1;
+                    }
+                    at += head + len;
+                    done += 1;
+                }
+                self.carry.drain(..at);
+                done
+            }
+            Framer::Resp => {
+                self.carry.extend_from_slice(data);
+                let mut done = 0;
+                let mut at = 0;
+                while let Some(n) = resp_reply_len(&self.carry[at..]) {
+                    if self.carry[at] == b'-' {
+                        self.bad += 1;
+                    }
+                    at += n;
+                    done += 1;
+                }
+                self.carry.drain(..at);
+                done
+            }
+        }
+    }
+}
+
+/// Length of the complete RESP reply at the start of `b`, if complete.
+fn resp_reply_len(b: &[u8]) -> Option<usize> {
+    let line_end = b.windows(2).position(|w| w == b"\r\n")? + 2;
+    match b.first()? {
+        b'+' | b'-' | b':' => Some(line_end),
+        b'$' => {
+            let n: i64 = std::str::from_utf8(&b[1..line_end - 2])
+                .ok()?
+                .parse()
+                .ok()?;
+            if n < 0 {
+                return Some(line_end);
+            }
+            let total = line_end + n as usize + 2;
+            (b.len() >= total).then_some(total)
+        }
+        b'*' => {
+            let n: i64 = std::str::from_utf8(&b[1..line_end - 2])
+                .ok()?
+                .parse()
+                .ok()?;
+            let mut at = line_end;
+            for _ in 0..n.max(0) {
+                at += resp_reply_len(&b[at..])?;
+            }
+            Some(at)
+        }
+        _ => Some(line_end),
+    }
 }
 
 /// What to run.
@@ -27,8 +128,10 @@ pub struct LoadSpec {
     pub conns: usize,
     /// Requests outstanding per connection.
     pub depth: usize,
-    /// Bytes of one request.
-    pub request: Vec<u8>,
+    /// Bytes of one request, per connection index (`request(i)`): e.g. a per-connection key.
+    pub request: fn(usize, usize) -> Vec<u8>,
+    /// Request size parameter passed to `request`.
+    pub size: usize,
     /// Response framing.
     pub framer: Framer,
     /// Warm-up before the window.
@@ -50,15 +153,16 @@ pub struct LoadResult {
     pub hist: Histogram<u64>,
     /// CPU time of the client thread in the window.
     pub cpu: Duration,
-    /// Connections that failed.
+    /// Connections that failed, plus error responses.
     pub errors: u64,
 }
 
 struct ConnState {
     id: ConnId,
     sent: VecDeque<Instant>,
-    got: usize,
+    parse: Parse,
     alive: bool,
+    request: Vec<u8>,
 }
 
 /// CPU time consumed by the calling thread so far.
@@ -70,7 +174,7 @@ pub fn thread_cpu() -> Duration {
 /// Run the load; `mark(true)` is called at the start of the window and `mark(false)` at its end
 /// (the caller snapshots the server's counters there).
 pub fn run(spec: &LoadSpec, mut mark: impl FnMut(bool)) -> anyhow::Result<LoadResult> {
-    let per_req = spec.request.len().div_ceil(2048) + 1;
+    let per_req = (spec.request)(0, spec.size).len().div_ceil(2048) + 1;
     let bufs = (spec.conns * spec.depth * per_req * 4 + spec.conns * 8).max(4096) as u32;
     let pool = Arc::new(Pool::anonymous(
         Geometry {
@@ -95,14 +199,15 @@ pub fn run(spec: &LoadSpec, mut mark: impl FnMut(bool)) -> anyhow::Result<LoadRe
         conns.push(ConnState {
             id,
             sent: VecDeque::new(),
-            got: 0,
+            parse: Parse::default(),
             alive: true,
+            request: (spec.request)(i, spec.size),
         });
     }
     let start = Instant::now();
     for c in conns.iter_mut() {
         for _ in 0..spec.depth {
-            port.send_copy(c.id, &spec.request)
+            port.send_copy(c.id, &c.request)
                 .map_err(anyhow::Error::msg)?;
             c.sent.push_back(start);
         }
@@ -118,7 +223,6 @@ pub fn run(spec: &LoadSpec, mut mark: impl FnMut(bool)) -> anyhow::Result<LoadRe
     let measured;
     let mut next_progress = window_start + Duration::from_secs(1);
     let mut last_count = 0u64;
-    let Framer::Fixed(resp_len) = spec.framer;
     loop {
         port.sync(Some(Duration::from_millis(1)))?;
         let now = Instant::now();
@@ -141,15 +245,14 @@ pub fn run(spec: &LoadSpec, mut mark: impl FnMut(bool)) -> anyhow::Result<LoadRe
             let c = &mut conns[ci];
             match s.kind {
                 SlotKind::Data => {
-                    c.got += s.len as usize;
-                    while c.got >= resp_len {
-                        c.got -= resp_len;
+                    let done = c.parse.feed(spec.framer, port.payload(&s));
+                    for _ in 0..done {
                         let t0 = c.sent.pop_front().unwrap_or(now);
                         if measuring {
                             requests += 1;
                             let _ = hist.record((now - t0).as_micros().max(1) as u64);
                         }
-                        if port.send_copy(c.id, &spec.request).is_ok() {
+                        if port.send_copy(c.id, &c.request).is_ok() {
                             c.sent.push_back(now);
                         }
                     }
@@ -180,6 +283,7 @@ pub fn run(spec: &LoadSpec, mut mark: impl FnMut(bool)) -> anyhow::Result<LoadRe
         }
     }
     let cpu = thread_cpu() - cpu0;
+    errors += conns.iter().map(|c| c.parse.bad).sum::<u64>();
     port.close_all();
     for _ in 0..3 {
         port.sync(Some(Duration::from_millis(1)))?;

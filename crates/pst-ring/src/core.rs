@@ -396,7 +396,7 @@ impl Core {
                 .encode();
                 self.ops.push_back(Op::Close { fd: res, ud });
             }
-        } else {
+        } else if self.listeners.get(idx as usize).is_some_and(|l| l.open) {
             tracing::warn!(errno = -res, "accept failed");
         }
         if !more && (idx as usize) < self.listeners.len() {
