@@ -404,6 +404,10 @@ fn start_server(
     ))
 }
 
+/// One system under test: its name, the pst engine and batch-wait bound (`None` for a peer),
+/// and the persist mode.
+type System = (String, Option<(Engine, Option<u32>)>, PersistMode);
+
 /// Run the benchmark matrix.
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let cpus = std::thread::available_parallelism()
@@ -428,7 +432,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             "cli cpu"
         );
     }
-    let mut systems: Vec<(String, Option<(Engine, Option<u32>)>, PersistMode)> = Vec::new();
+    let mut systems: Vec<System> = Vec::new();
     for &persist in &a.persist {
         for &engine in &a.engine {
             let waits: Vec<Option<u32>> = match engine {
