@@ -139,7 +139,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub target: Option<SocketAddr>,
     /// io_uring batch-wait bounds to try for the uring engine (µs, comma list).
-    #[arg(long, value_delimiter = ',', default_value = "0")]
+    #[arg(long, value_delimiter = ',', default_value = "20")]
     pub batch_wait_us: Vec<u32>,
 }
 

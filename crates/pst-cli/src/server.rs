@@ -58,8 +58,8 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
     /// Upper bound (µs) a blocking sync waits to gather a batch of completions (io_uring
-    /// min-wait). 0 returns on the first completion.
-    #[arg(long, default_value_t = 0)]
+    /// min-wait; the batch adapts to the load). 0 returns on the first completion.
+    #[arg(long, default_value_t = 20)]
     pub batch_wait_us: u32,
     /// Completions a sync waits for when --batch-wait-us is set.
     #[arg(long, default_value_t = 32)]

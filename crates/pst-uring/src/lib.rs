@@ -81,6 +81,7 @@ pub struct Driver {
     chunks: Vec<(BufIdx, u32, u32)>,
     stats: DriverStats,
     cfg: DriverConfig,
+    last_reaped: usize,
 }
 
 impl std::fmt::Debug for Driver {
@@ -113,6 +114,7 @@ impl Driver {
             chunks: Vec::with_capacity(MAX_IOV),
             stats: DriverStats::default(),
             cfg,
+            last_reaped: 0,
         })
     }
 
@@ -184,14 +186,17 @@ impl Driver {
             core.complete(cqe.user_data(), cqe.result(), cqe.flags());
         }
         self.stats.cqes += n as u64;
+        self.last_reaped = n;
         Ok(n)
     }
 
-    /// Completions to wait for: `extra` (inline send completions) plus one, or plus the batch
-    /// target when a min-wait bound lets the kernel stop waiting for the batch after it.
+    /// Completions to wait for: `extra` (inline send completions) plus one; with a min-wait
+    /// bound, plus a batch that adapts to the load — half of what the last sync reaped, at most
+    /// `batch` — so a lone connection is not delayed waiting for completions that cannot come,
+    /// while a busy port gathers bigger batches (the bound caps the wait either way).
     fn wait_target(&self, extra: usize) -> usize {
         let batch = if self.cfg.min_wait_us > 0 {
-            self.cfg.batch.max(1) as usize
+            (self.last_reaped / 2).clamp(1, self.cfg.batch.max(1) as usize)
         } else {
             1
         };
