@@ -104,6 +104,7 @@ impl ServerArgs {
             persist: self.persist,
             pm_write_latency_ns: self.pm_write_latency_ns,
             read_only: false,
+            scratch_buffers: None,
         };
         let pool = Pool::open(&self.pool, &opts)?;
         if self.persist == PersistMode::Pmem && !pool.is_dax() {

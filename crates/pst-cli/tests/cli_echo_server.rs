@@ -74,3 +74,54 @@ fn threads_share_the_address() {
     assert!(s.term().success());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn kv_with_two_threads_shares_one_store() {
+    let dir = common::tmpdir("kv-threads");
+    let pool = dir.join("pool");
+    let addr = common::free_addr();
+    let args = [
+        "kv",
+        "--threads",
+        "2",
+        "--pool",
+        pool.to_str().unwrap(),
+        "--pool-size",
+        "32MiB",
+        "--persist",
+        "fsync",
+    ];
+    let mut s = common::ServerProc::start(&args, addr);
+    // Many connections: SO_REUSEPORT spreads them over both threads; every value written on
+    // one connection is read back on another.
+    for i in 0..40 {
+        let mut w = TcpStream::connect(addr).unwrap();
+        let v = format!("value-{i}-").repeat(i * 50 + 1);
+        write!(
+            w,
+            "*3\r\n$3\r\nSET\r\n${}\r\nk{i}\r\n${}\r\n{v}\r\n",
+            format!("k{i}").len(),
+            v.len()
+        )
+        .unwrap();
+        let mut ok = [0u8; 5];
+        w.read_exact(&mut ok).unwrap();
+        assert_eq!(&ok, b"+OK\r\n");
+    }
+    for i in 0..40 {
+        let mut r = TcpStream::connect(addr).unwrap();
+        let v = format!("value-{i}-").repeat(i * 50 + 1);
+        write!(
+            r,
+            "*2\r\n$3\r\nGET\r\n${}\r\nk{i}\r\n",
+            format!("k{i}").len()
+        )
+        .unwrap();
+        let head = format!("${}\r\n", v.len());
+        let mut got = vec![0u8; head.len() + v.len() + 2];
+        r.read_exact(&mut got).unwrap();
+        assert_eq!(got, format!("{head}{v}\r\n").into_bytes(), "k{i}");
+    }
+    assert!(s.term().success());
+    let _ = std::fs::remove_dir_all(dir);
+}

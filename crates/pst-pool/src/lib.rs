@@ -214,6 +214,9 @@ pub struct PoolOptions {
     pub pm_write_latency_ns: u64,
     /// Map read-only and never create (for `pst inspect`).
     pub read_only: bool,
+    /// Anonymous scratch buffers for transient TX data (`None`: one per 8 pool buffers, at
+    /// most 16384).
+    pub scratch_buffers: Option<u32>,
 }
 
 impl Default for PoolOptions {
@@ -225,6 +228,7 @@ impl Default for PoolOptions {
             persist: PersistMode::None,
             pm_write_latency_ns: 0,
             read_only: false,
+            scratch_buffers: None,
         }
     }
 }
@@ -233,6 +237,10 @@ impl Default for PoolOptions {
 #[derive(Debug)]
 pub struct Pool {
     map: map::Mapping,
+    /// Anonymous (never persisted) buffers numbered after the pool's: for replies and other
+    /// transient TX data, so they do not dirty the pool file (an `fdatasync` would write them).
+    scratch: map::Mapping,
+    scratch_count: u32,
     file: Option<File>,
     path: Option<PathBuf>,
     header: Header,
@@ -324,8 +332,17 @@ impl Pool {
         header: Header,
         opts: &PoolOptions,
     ) -> Pool {
+        let g = header.geometry;
+        let scratch_count = opts
+            .scratch_buffers
+            .unwrap_or((g.buf_count / 8).clamp(8, 16384));
+        let scratch = map::Mapping::anonymous(scratch_count as u64 * g.buf_size as u64)
+            .or_else(|_| map::Mapping::anonymous(g.buf_size as u64))
+            .expect("a small anonymous mapping");
         let pool = Pool {
             map,
+            scratch,
+            scratch_count,
             file,
             path,
             header,
@@ -423,12 +440,34 @@ impl Pool {
     /// Address of buffer `b`'s first byte. Panics if `b` is outside the pool (a programming
     /// error: indices come from this pool's allocators).
     pub fn buf_ptr(&self, b: BufIdx) -> *mut u8 {
-        assert!(
-            b.0 < self.header.geometry.buf_count,
-            "buffer {b:?} outside the pool"
-        );
+        let count = self.header.geometry.buf_count;
+        if b.0 >= count {
+            assert!(
+                b.0 - count < self.scratch_count,
+                "buffer {b:?} outside the pool"
+            );
+            return self
+                .scratch
+                .ptr_at((b.0 - count) as u64 * self.buf_size() as u64);
+        }
         let off = self.header.data_off + b.0 as u64 * self.buf_size() as u64;
         self.map.ptr_at(off)
+    }
+
+    /// Indices of the anonymous scratch buffers (after the pool's own).
+    pub fn scratch_range(&self) -> std::ops::Range<u32> {
+        let c = self.header.geometry.buf_count;
+        c..c + self.scratch_count
+    }
+
+    /// The scratch buffers that go with pool partition `part` (the same share of them).
+    pub fn scratch_part(&self, part: &std::ops::Range<u32>) -> std::ops::Range<u32> {
+        let (c, n) = (
+            self.header.geometry.buf_count as u64,
+            self.scratch_count as u64,
+        );
+        let at = |i: u32| (c + i as u64 * n / c.max(1)) as u32;
+        at(part.start)..at(part.end)
     }
 
     /// The log region as a raw pointer and length (owned by the store layer).

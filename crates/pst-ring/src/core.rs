@@ -136,6 +136,8 @@ struct Listener {
 pub struct Core {
     cfg: CoreConfig,
     alloc: BufAlloc,
+    /// Transient TX buffers (anonymous memory), if any: never lent to the kernel for RX.
+    tx_alloc: Option<BufAlloc>,
     bids: BidTable,
     conns: Vec<Entry>,
     free_conns: Vec<u32>,
@@ -155,6 +157,7 @@ impl Core {
         Core {
             cfg,
             alloc,
+            tx_alloc: None,
             bids: BidTable::new(cfg.ring_entries),
             conns: Vec::new(),
             free_conns: Vec::new(),
@@ -167,6 +170,34 @@ impl Core {
             backlog: 0,
             stats: CoreStats::default(),
         }
+    }
+
+    /// Add transient TX buffers (see [`Core::alloc_tx_extent`]).
+    pub fn with_tx_buffers(mut self, tx: BufAlloc) -> Core {
+        self.tx_alloc = Some(tx);
+        self
+    }
+
+    /// The allocator owning buffer `b`.
+    fn owner(&mut self, b: BufIdx) -> &mut BufAlloc {
+        match &mut self.tx_alloc {
+            Some(t) if t.range().contains(&b.0) => t,
+            _ => &mut self.alloc,
+        }
+    }
+
+    /// A whole buffer for transient TX data (a reply copy): from the TX buffers when the port
+    /// has them, else from the pool. `None` when exhausted.
+    pub fn alloc_tx_extent(&mut self) -> Option<Extent> {
+        match self.tx_alloc.as_mut().and_then(|t| t.alloc()) {
+            Some(b) => Some(Extent::from_raw(b, 0, self.cfg.buf_size)),
+            None => self.alloc_extent(),
+        }
+    }
+
+    /// Free transient TX buffers (0 when the port has none).
+    pub fn tx_free(&self) -> usize {
+        self.tx_alloc.as_ref().map(|t| t.free_count()).unwrap_or(0)
     }
 
     /// Counters.
@@ -623,7 +654,9 @@ impl Core {
     pub fn split(&mut self, ext: Extent, at: u32) -> (Extent, Extent) {
         let (b, off, len) = ext.into_raw();
         assert!(at <= len, "split beyond the extent");
-        self.alloc.retain(b).expect("an extent holds a reference");
+        self.owner(b)
+            .retain(b)
+            .expect("an extent holds a reference");
         (
             Extent::from_raw(b, off, at),
             Extent::from_raw(b, off + at, len - at),
@@ -645,7 +678,7 @@ impl Core {
         if off as u64 + len as u64 > self.cfg.buf_size as u64 {
             return None;
         }
-        self.alloc.retain(b).ok()?;
+        self.owner(b).retain(b).ok()?;
         Some(Extent::from_raw(b, off, len))
     }
 
@@ -660,7 +693,9 @@ impl Core {
     /// Give an extent's reference back.
     pub fn release(&mut self, ext: Extent) {
         let (b, _, _) = ext.into_raw();
-        self.alloc.release(b).expect("an extent holds a reference");
+        self.owner(b)
+            .release(b)
+            .expect("an extent holds a reference");
     }
 
     /// Queue `ext` for sending on `conn`, after everything queued before it.

@@ -112,6 +112,10 @@ impl Port {
                 buf_size: pool.buf_size(),
             },
         );
+        // Replies are copied into anonymous scratch buffers: they need no persistence, and in
+        // the pool file they would be dirty pages for the next fdatasync to write.
+        let tx = pool.scratch_part(&part);
+        let core = core.with_tx_buffers(BufAlloc::new(tx.start, tx.end - tx.start));
         Ok(Port { driver, core, pool })
     }
 
@@ -247,13 +251,13 @@ impl Port {
     /// Copy `data` into pool buffers and queue them on `conn`: for small replies.
     pub fn send_copy(&mut self, conn: ConnId, mut data: &[u8]) -> Result<(), SendCopyError> {
         let need = data.len().div_ceil(self.pool.buf_size() as usize);
-        if self.core.alloc().free_count() < need {
+        if self.core.alloc().free_count() + self.core.tx_free() < need {
             return Err(SendCopyError::PoolExhausted);
         }
         while !data.is_empty() {
             let mut e = self
                 .core
-                .alloc_extent()
+                .alloc_tx_extent()
                 .ok_or(SendCopyError::PoolExhausted)?;
             let n = data.len().min(e.len() as usize);
             e.narrow(0, n as u32);
