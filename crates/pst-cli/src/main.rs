@@ -85,6 +85,7 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    raise_fd_limit();
     let result = match cli.cmd {
         None => serve_http(cli.serve),
         Some(Cmd::Httpd(a)) => serve_http(a),
@@ -98,6 +99,18 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             eprintln!("pst: error: {e:#}");
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Servers hold one descriptor per connection: raise the soft RLIMIT_NOFILE to the hard limit.
+fn raise_fd_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let lim = getrlimit(Resource::Nofile);
+    if lim.current != lim.maximum {
+        let want = Rlimit { current: lim.maximum, maximum: lim.maximum };
+        if let Err(e) = setrlimit(Resource::Nofile, want) {
+            tracing::debug!(error = %e, "could not raise RLIMIT_NOFILE");
         }
     }
 }
