@@ -108,7 +108,10 @@ fn raise_fd_limit() {
     use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
     let lim = getrlimit(Resource::Nofile);
     if lim.current != lim.maximum {
-        let want = Rlimit { current: lim.maximum, maximum: lim.maximum };
+        let want = Rlimit {
+            current: lim.maximum,
+            maximum: lim.maximum,
+        };
         if let Err(e) = setrlimit(Resource::Nofile, want) {
             tracing::debug!(error = %e, "could not raise RLIMIT_NOFILE");
         }
