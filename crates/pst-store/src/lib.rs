@@ -450,6 +450,12 @@ impl<M: Media> Store<M> {
             payload_len: rec.payload_len,
             payload_crc: rec.payload_crc,
         };
+        self.track(meta);
+    }
+
+    /// Add a record to the in-memory log: one store reference per extent on its buffer, the
+    /// index updated, the record appended (replay and new appends alike).
+    fn track(&mut self, meta: RecMeta) {
         for &(b, _, _) in meta.extents.iter() {
             self.bufs
                 .entry(b)
@@ -584,17 +590,7 @@ impl<M: Media> Store<M> {
             payload_len,
             payload_crc,
         };
-        for &(b, _, _) in meta.extents.iter() {
-            self.bufs
-                .entry(b)
-                .or_insert(BufRef {
-                    refs: 0,
-                    handles: Vec::new(),
-                })
-                .refs += 1;
-        }
-        self.index_apply(&meta);
-        self.records.push_back(meta);
+        self.track(meta);
         Ok(seq)
     }
 
