@@ -50,13 +50,14 @@ impl StreamApp for EchoApp {
 }
 
 /// Serve echo on one worker with epoll.
-pub fn epoll(w: Worker) -> anyhow::Result<()> {
+pub fn epoll(w: Worker, limits: crate::service::Limits) -> anyhow::Result<()> {
     let l = pst_uring::listener(w.addr, 4096)?;
     crate::epoll::serve(
         l,
         EchoApp,
         &w.stop,
         w.stats.as_deref().map(|s| (s, w.index)),
+        limits,
     )?;
     Ok(())
 }

@@ -9,13 +9,13 @@ use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pst::{Buffers, ConnId, Extent, Port, SlotKind};
 
 use crate::epoll::{StreamApp, Verdict};
 use crate::server::{drain_port, Worker};
-use crate::service::{pool_pressure, Io, Piece, PoolStore, Protocol, SharedStore};
+use crate::service::{pool_pressure, Io, Limits, Piece, PoolStore, Protocol, SharedStore};
 
 /// Whether the store is a WAL (retention by dropping the oldest segment) or a KV (compaction).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +71,10 @@ struct UConn<C> {
     close_after: bool,
     /// The protocol ended the connection (error, `Connection: close`, QUIT): lingering close.
     dead: bool,
+    /// Last time bytes arrived.
+    last_rx: Instant,
+    /// Since when a request has been incomplete (bytes the framer still needs).
+    partial_since: Option<Instant>,
 }
 
 struct UringIo<'a> {
@@ -157,10 +161,13 @@ pub fn uring<P: Protocol>(
     proto: Arc<P>,
     store: Option<Arc<SharedStore>>,
     retention: Retention,
+    limits: Limits,
 ) -> anyhow::Result<()> {
     let mut port = w.port.take().expect("uring worker has a port");
     port.listen(w.addr)?;
     let mut conns: Vec<Option<UConn<P::Conn>>> = Vec::new();
+    let mut open = 0usize;
+    let mut next_sweep = Instant::now() + Duration::from_secs(1);
     let mut dirty: Vec<usize> = Vec::new();
     let mut waiting: Vec<usize> = Vec::new();
     let fsync = port.pool().persist_mode() == pst::PersistMode::Fsync;
@@ -175,9 +182,16 @@ pub fn uring<P: Protocol>(
             match s.kind {
                 SlotKind::Accepted => {
                     tracing::debug!(conn = ?s.conn, "accepted");
+                    if open >= limits.max_conns {
+                        // Refuse politely: say why, then a lingering close.
+                        let _ = port.send_copy(s.conn, proto.busy_reply());
+                        port.close_lingering(s.conn);
+                        continue;
+                    }
                     if conns.len() <= ix {
                         conns.resize_with(ix + 1, || None);
                     }
+                    open += 1;
                     conns[ix] = Some(UConn {
                         id: s.conn,
                         proto: proto.conn(),
@@ -186,6 +200,8 @@ pub fn uring<P: Protocol>(
                         pending: Vec::new(),
                         close_after: false,
                         dead: false,
+                        last_rx: Instant::now(),
+                        partial_since: None,
                     });
                 }
                 SlotKind::Data => {
@@ -226,6 +242,12 @@ pub fn uring<P: Protocol>(
                         let (_, e) = c.chunks.pop_front().expect("front");
                         port.release(e);
                     }
+                    c.last_rx = Instant::now();
+                    c.partial_since = if needed < c.pos {
+                        c.partial_since.or(Some(c.last_rx))
+                    } else {
+                        None
+                    };
                 }
                 SlotKind::End | SlotKind::Error(_) => {
                     tracing::debug!(conn = ?s.conn, kind = ?s.kind, "peer closed");
@@ -274,6 +296,7 @@ pub fn uring<P: Protocol>(
                 waiting.push(ix); // replies wait for buffers: retried next batch
             } else if c.close_after {
                 let c = conns[ix].take().expect("present");
+                open -= 1;
                 for (_, e) in c.chunks {
                     port.release(e);
                 }
@@ -291,6 +314,31 @@ pub fn uring<P: Protocol>(
                 port.stats().driver.enters + syncs,
                 proto.requests(),
             );
+        }
+        // Once a second: close idle connections and those stuck in a slow request.
+        let now = Instant::now();
+        if now >= next_sweep {
+            next_sweep = now + Duration::from_secs(1);
+            for slot in conns.iter_mut() {
+                let expired = slot.as_ref().is_some_and(|c| {
+                    now - c.last_rx > limits.idle
+                        || c.partial_since.is_some_and(|t| now - t > limits.request)
+                });
+                if expired {
+                    let c = slot.take().expect("checked");
+                    tracing::debug!(conn = ?c.id, "closing an idle or slow connection");
+                    open -= 1;
+                    for (_, e) in c.chunks {
+                        port.release(e);
+                    }
+                    for p in c.pending {
+                        if let Piece::Ext(e) = p {
+                            port.release(e);
+                        }
+                    }
+                    port.close(c.id);
+                }
+            }
         }
     }
     drain_port(&mut port)
@@ -506,5 +554,15 @@ impl<P: Protocol> StreamApp for EpollService<P> {
 
     fn extra_syscalls(&self) -> u64 {
         self.syncs
+    }
+
+    fn has_partial(&self, c: &EConn<P::Conn>) -> bool {
+        c.proto
+            .as_ref()
+            .is_some_and(|p| self.proto.needed_from(p) < c.base + c.data.len() as u64)
+    }
+
+    fn busy_reply(&self) -> &'static [u8] {
+        self.proto.busy_reply()
     }
 }

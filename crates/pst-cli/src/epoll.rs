@@ -43,6 +43,14 @@ pub trait StreamApp {
     fn extra_syscalls(&self) -> u64 {
         0
     }
+    /// True while a request on `conn` is incomplete (for the slow-request timeout).
+    fn has_partial(&self, _conn: &Self::Conn) -> bool {
+        false
+    }
+    /// What a connection beyond the limit is told before it is closed.
+    fn busy_reply(&self) -> &'static [u8] {
+        b""
+    }
 }
 
 struct Conn<C> {
@@ -56,6 +64,8 @@ struct Conn<C> {
     peer_done: bool,
     /// We sent FIN after a final reply and discard input until the peer closes.
     lingering: bool,
+    last_rx: std::time::Instant,
+    partial_since: Option<std::time::Instant>,
 }
 
 const LISTENER: u64 = u64::MAX;
@@ -66,7 +76,10 @@ pub fn serve<A: StreamApp>(
     mut app: A,
     stop: &AtomicBool,
     stats: Option<(&StatsFile, usize)>,
+    limits: crate::service::Limits,
 ) -> io::Result<()> {
+    let mut open = 0usize;
+    let mut next_sweep = std::time::Instant::now() + std::time::Duration::from_secs(1);
     listener.set_nonblocking(true)?;
     let ep = epoll::create(epoll::CreateFlags::CLOEXEC)?;
     epoll::add(
@@ -87,6 +100,24 @@ pub fn serve<A: StreamApp>(
         tv_nsec: 100_000_000,
     };
     while !stop.load(Ordering::Relaxed) {
+        // Once a second: close idle connections and those stuck in a slow request.
+        let now = std::time::Instant::now();
+        if now >= next_sweep {
+            next_sweep = now + std::time::Duration::from_secs(1);
+            for (i, slot) in conns.iter_mut().enumerate() {
+                let expired = slot.as_ref().is_some_and(|c| {
+                    now - c.last_rx > limits.idle
+                        || c.partial_since.is_some_and(|t| now - t > limits.request)
+                });
+                if expired {
+                    *slot = None; // dropping the fd closes it (and removes it from the epoll set)
+                    syscalls += 1;
+                    free.push(i);
+                    open -= 1;
+                    tracing::debug!(open, "closed an idle or slow connection");
+                }
+            }
+        }
         events.clear();
         syscalls += 1;
         match epoll::wait(&ep, spare(&mut events), Some(&timeout)) {
@@ -102,7 +133,18 @@ pub fn serve<A: StreamApp>(
                         &listener,
                         SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
                     ) {
+                        Ok(fd) if open >= limits.max_conns => {
+                            tracing::debug!(open, "refusing a connection beyond --max-conns");
+                            syscalls += 2; // the busy reply and the close
+                            let _ = rustix::net::send(
+                                &fd,
+                                app.busy_reply(),
+                                rustix::net::SendFlags::NOSIGNAL,
+                            );
+                        }
                         Ok(fd) => {
+                            open += 1;
+                            tracing::debug!(open, "accepted");
                             let i = free.pop().unwrap_or_else(|| {
                                 conns.push(None);
                                 conns.len() - 1
@@ -123,6 +165,8 @@ pub fn serve<A: StreamApp>(
                                 want_write: false,
                                 peer_done: false,
                                 lingering: false,
+                                last_rx: std::time::Instant::now(),
+                                partial_since: None,
                             });
                         }
                         Err(Errno::AGAIN) => break,
@@ -161,6 +205,12 @@ pub fn serve<A: StreamApp>(
                     if app.on_data(&mut c.app, &buf[..n], &mut c.out) == Verdict::Close {
                         c.close_after = true;
                     }
+                    c.last_rx = std::time::Instant::now();
+                    c.partial_since = if app.has_partial(&c.app) {
+                        c.partial_since.or(Some(c.last_rx))
+                    } else {
+                        None
+                    };
                     dirty.push(i);
                 }
             }
@@ -213,6 +263,8 @@ pub fn serve<A: StreamApp>(
                     syscalls += 1; // close
                     conns[i] = None;
                     free.push(i);
+                    open -= 1;
+                    tracing::debug!(open, "closed");
                 } else if !c.lingering {
                     // Lingering close: FIN now, close when the peer closes, so unread request
                     // bytes do not turn our final reply into a reset.

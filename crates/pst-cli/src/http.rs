@@ -216,4 +216,8 @@ impl Protocol for HttpService {
     fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
     }
+
+    fn busy_reply(&self) -> &'static [u8] {
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 24\r\nConnection: close\r\n\r\ntoo many connections, bye"
+    }
 }

@@ -356,4 +356,8 @@ impl Protocol for KvService {
     fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
     }
+
+    fn busy_reply(&self) -> &'static [u8] {
+        b"-ERR max number of clients reached\r\n"
+    }
 }

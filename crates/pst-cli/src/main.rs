@@ -148,6 +148,7 @@ fn serve_kv(a: KvArgs) -> anyhow::Result<()> {
 }
 
 fn serve_echo(args: ServerArgs) -> anyhow::Result<()> {
+    let limits = args.limits();
     let pool = args.open_pool()?;
     let engine = args.engine;
     server::run_workers(
@@ -157,7 +158,7 @@ fn serve_echo(args: ServerArgs) -> anyhow::Result<()> {
         std::sync::Arc::new(|_| false),
         move |w| match engine {
             Engine::Uring => echo::uring(w),
-            Engine::Epoll => echo::epoll(w),
+            Engine::Epoll => echo::epoll(w, limits),
         },
     )
 }

@@ -67,6 +67,17 @@ pub struct ServerArgs {
     /// Pin worker threads to these CPUs (comma list), round robin.
     #[arg(long, value_delimiter = ',')]
     pub cpu: Vec<usize>,
+    /// Most concurrent connections per worker thread; beyond, new ones are told the server is
+    /// busy and closed.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_conns: usize,
+    /// Close connections that send nothing for this many seconds.
+    #[arg(long, default_value_t = 300)]
+    pub idle_timeout_secs: u64,
+    /// Drop a connection whose request has been incomplete for this many seconds (slow
+    /// clients, slowloris).
+    #[arg(long, default_value_t = 30)]
+    pub request_timeout_secs: u64,
     /// Start even if the log is damaged, from the last intact record (records after the damage
     /// are lost). Without it, a damaged log makes the server refuse to start.
     #[arg(long)]
@@ -111,6 +122,15 @@ impl ServerArgs {
             tracing::warn!("--persist pmem on a non-DAX pool: persistent memory is emulated (flushes reach the page cache)");
         }
         Ok(Arc::new(pool))
+    }
+
+    /// Connection limits from these options.
+    pub fn limits(&self) -> crate::service::Limits {
+        crate::service::Limits {
+            max_conns: self.max_conns.max(1),
+            idle: Duration::from_secs(self.idle_timeout_secs.max(1)),
+            request: Duration::from_secs(self.request_timeout_secs.max(1)),
+        }
     }
 
     /// Port configuration from these options.
@@ -167,6 +187,7 @@ pub fn serve_protocol<P: crate::service::Protocol>(
     let engine = args.engine;
     let parts = pool.geometry().partitions(args.threads.max(1) as u32);
     let fsync = args.persist == PersistMode::Fsync;
+    let limits = args.limits();
     let pool2 = pool.clone();
     let live: Live = match &store {
         Some(s) => {
@@ -176,7 +197,7 @@ pub fn serve_protocol<P: crate::service::Protocol>(
         None => Arc::new(|_| false),
     };
     run_workers(args, default_addr, pool, live, move |w| match engine {
-        Engine::Uring => crate::engine::uring(w, proto.clone(), store.clone(), retention),
+        Engine::Uring => crate::engine::uring(w, proto.clone(), store.clone(), retention, limits),
         Engine::Epoll => {
             let part = parts[w.index].clone();
             let bufs = match &store {
@@ -192,7 +213,13 @@ pub fn serve_protocol<P: crate::service::Protocol>(
                 fsync,
             );
             let l = pst_uring::listener(w.addr, 4096)?;
-            crate::epoll::serve(l, app, &w.stop, w.stats.as_deref().map(|s| (s, w.index)))?;
+            crate::epoll::serve(
+                l,
+                app,
+                &w.stop,
+                w.stats.as_deref().map(|s| (s, w.index)),
+                limits,
+            )?;
             Ok(())
         }
     })

@@ -68,6 +68,20 @@ pub trait Protocol: Send + Sync + 'static {
     ) -> bool;
     /// Requests handled (for the stats file).
     fn requests(&self) -> u64;
+    /// What a connection beyond `--max-conns` is told before it is closed.
+    fn busy_reply(&self) -> &'static [u8];
+}
+
+/// Connection limits shared by both engines.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections beyond this are told the server is busy and closed.
+    pub max_conns: usize,
+    /// A connection with no received bytes for this long is closed.
+    pub idle: std::time::Duration,
+    /// A request whose first bytes arrived this long ago and that is still incomplete is
+    /// dropped with its connection (slow-client / slowloris protection).
+    pub request: std::time::Duration,
 }
 
 /// The store shared by every worker thread, with per-partition queues of released extents

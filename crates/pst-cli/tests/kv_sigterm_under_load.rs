@@ -13,7 +13,17 @@ fn run(engine: &str) {
     let pool = dir.join("pool");
     let p = pool.to_str().unwrap().to_owned();
     let addr = common::free_addr();
-    let args = ["kv", "--engine", engine, "--pool", &p, "--pool-size", "32MiB", "--persist", "fsync"];
+    let args = [
+        "kv",
+        "--engine",
+        engine,
+        "--pool",
+        &p,
+        "--pool-size",
+        "32MiB",
+        "--persist",
+        "fsync",
+    ];
     let mut s = common::ServerProc::start(&args, addr);
     let acked: Arc<Mutex<HashMap<String, Vec<u8>>>> = Arc::default();
     let handles: Vec<_> = (0..4)
@@ -21,11 +31,14 @@ fn run(engine: &str) {
             let acked = acked.clone();
             std::thread::spawn(move || {
                 let client = redis::Client::open(format!("redis://{addr}/")).unwrap();
-                let Ok(mut con) = client.get_connection() else { return };
+                let Ok(mut con) = client.get_connection() else {
+                    return;
+                };
                 for i in 0.. {
                     let k = format!("t{t}k{}", i % 50);
                     let v = format!("{t}-{i}-").repeat(1 + i % 40).into_bytes();
-                    let r: redis::RedisResult<String> = redis::cmd("SET").arg(&k).arg(&v).query(&mut con);
+                    let r: redis::RedisResult<String> =
+                        redis::cmd("SET").arg(&k).arg(&v).query(&mut con);
                     match r {
                         Ok(ok) if ok == "OK" => {
                             acked.lock().unwrap().insert(k, v);
@@ -53,7 +66,12 @@ fn run(engine: &str) {
         // the acknowledged value or a later one of the same writer can be there.
         let got = got.unwrap_or_else(|| panic!("{k} lost"));
         let later_or_equal = got == *v || {
-            let tag = |b: &[u8]| String::from_utf8_lossy(b).split('-').nth(1).and_then(|x| x.parse::<u64>().ok());
+            let tag = |b: &[u8]| {
+                String::from_utf8_lossy(b)
+                    .split('-')
+                    .nth(1)
+                    .and_then(|x| x.parse::<u64>().ok())
+            };
             tag(&got) > tag(v)
         };
         assert!(later_or_equal, "{k}: acknowledged value lost");
