@@ -212,7 +212,8 @@ pub fn serve_protocol<P: crate::service::Protocol>(
                 retention,
                 fsync,
             );
-            let l = pst_uring::listener(w.addr, 4096)?;
+            let l = pst_uring::listener(w.addr, 4096)
+                .with_context(|| format!("listening on {}", w.addr))?;
             crate::epoll::serve(
                 l,
                 app,

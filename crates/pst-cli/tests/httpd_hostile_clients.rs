@@ -131,12 +131,7 @@ fn scenario(engine: &str) {
     get_ok(addr);
 
     assert!(s.term().success());
-    let out = common::pst().args(["inspect", p]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_inspect_ok(p);
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -144,12 +144,7 @@ fn scenario(engine: &str) {
     assert!(got == big, "value lost across restart");
     assert_eq!(curl(&[&url("/p")]), "abc");
     assert!(s.term().success());
-    let out = common::pst().args(["inspect", p]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_inspect_ok(p);
     let _ = std::fs::remove_dir_all(dir);
 }
 

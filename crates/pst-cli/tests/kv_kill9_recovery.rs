@@ -142,11 +142,6 @@ fn sigkill_under_load_loses_no_acknowledged_write() {
         m.acked.len()
     );
     drop(m);
-    let out = common::pst().args(["inspect", &p]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    common::assert_inspect_ok(&p);
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -71,3 +71,14 @@ impl Drop for ServerProc {
         let _ = self.child.wait();
     }
 }
+
+/// `pst inspect` on the pool verifies clean (exit 0).
+pub fn assert_inspect_ok(pool: &str) {
+    let out = pst().args(["inspect", pool]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "pst inspect {pool} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
