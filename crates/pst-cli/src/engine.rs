@@ -119,22 +119,8 @@ impl Io for UringIo<'_> {
         Some(out)
     }
 
-    fn copy_in(&mut self, mut bytes: &[u8]) -> Option<Vec<Extent>> {
-        let mut out = Vec::new();
-        while !bytes.is_empty() {
-            let Some(mut e) = self.port.alloc() else {
-                for e in out {
-                    self.port.release(e);
-                }
-                return None;
-            };
-            let n = bytes.len().min(e.len() as usize);
-            e.narrow(0, n as u32);
-            self.port.bytes_mut(&mut e).copy_from_slice(&bytes[..n]);
-            bytes = &bytes[n..];
-            out.push(e);
-        }
-        Some(out)
+    fn copy_in(&mut self, bytes: &[u8]) -> Option<Vec<Extent>> {
+        pst::copy_into(self.port, bytes)
     }
 
     fn zero_copy(&mut self, extents: &[(u32, u32, u32)]) -> Option<Vec<Extent>> {
@@ -456,34 +442,16 @@ impl Io for EpollIo<'_> {
 
     fn extents(&mut self, r: Range<u64>) -> Option<Vec<Extent>> {
         let bytes = &self.data[(r.start - self.base) as usize..(r.end - self.base) as usize];
-        copy_into(self.bufs, bytes)
+        pst::copy_into(self.bufs, bytes)
     }
 
     fn copy_in(&mut self, bytes: &[u8]) -> Option<Vec<Extent>> {
-        copy_into(self.bufs, bytes)
+        pst::copy_into(self.bufs, bytes)
     }
 
     fn zero_copy(&mut self, _: &[(u32, u32, u32)]) -> Option<Vec<Extent>> {
         None
     }
-}
-
-fn copy_into(bufs: &mut Buffers, mut bytes: &[u8]) -> Option<Vec<Extent>> {
-    let mut out = Vec::new();
-    while !bytes.is_empty() {
-        let Some(mut e) = bufs.alloc() else {
-            for e in out {
-                bufs.release(e);
-            }
-            return None;
-        };
-        let n = bytes.len().min(e.len() as usize);
-        e.narrow(0, n as u32);
-        bufs.bytes_mut(&mut e).copy_from_slice(&bytes[..n]);
-        bytes = &bytes[n..];
-        out.push(e);
-    }
-    Some(out)
 }
 
 impl<P: Protocol> StreamApp for EpollService<P> {

@@ -371,3 +371,57 @@ impl Buffers {
         self.alloc.capacity()
     }
 }
+
+/// Something that hands out whole pool buffers to fill: a [`Port`] or [`Buffers`].
+pub trait BufferSource {
+    /// A whole free buffer; `None` when exhausted.
+    fn alloc_extent(&mut self) -> Option<Extent>;
+    /// Write access to an extent.
+    fn extent_mut(&mut self, ext: &mut Extent) -> &mut [u8];
+    /// Give an extent back.
+    fn release_extent(&mut self, ext: Extent);
+}
+
+impl BufferSource for Port {
+    fn alloc_extent(&mut self) -> Option<Extent> {
+        self.alloc()
+    }
+    fn extent_mut(&mut self, ext: &mut Extent) -> &mut [u8] {
+        self.bytes_mut(ext)
+    }
+    fn release_extent(&mut self, ext: Extent) {
+        self.release(ext)
+    }
+}
+
+impl BufferSource for Buffers {
+    fn alloc_extent(&mut self) -> Option<Extent> {
+        self.alloc()
+    }
+    fn extent_mut(&mut self, ext: &mut Extent) -> &mut [u8] {
+        self.bytes_mut(ext)
+    }
+    fn release_extent(&mut self, ext: Extent) {
+        self.release(ext)
+    }
+}
+
+/// Copy `bytes` into fresh buffers of `src`, one extent per buffer; all or nothing (`None`
+/// when the buffers run out, with nothing held).
+pub fn copy_into(src: &mut impl BufferSource, mut bytes: &[u8]) -> Option<Vec<Extent>> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let Some(mut e) = src.alloc_extent() else {
+            for e in out {
+                src.release_extent(e);
+            }
+            return None;
+        };
+        let n = bytes.len().min(e.len() as usize);
+        e.narrow(0, n as u32);
+        src.extent_mut(&mut e).copy_from_slice(&bytes[..n]);
+        bytes = &bytes[n..];
+        out.push(e);
+    }
+    Some(out)
+}
