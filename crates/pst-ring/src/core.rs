@@ -639,6 +639,12 @@ impl Core {
         &self.rx
     }
 
+    /// True when `slot` is a data slot of the current RX ring (its buffer is the app's until
+    /// the next sync).
+    pub fn is_current(&self, slot: &Slot) -> bool {
+        slot.kind == SlotKind::Data && self.rx.get(slot.pos as usize) == Some(slot)
+    }
+
     /// Keep a data slot's buffer: it will not be recycled, and the returned extent owns it.
     /// `None` if the slot is not a data slot of the current RX ring or was already kept.
     pub fn keep(&mut self, slot: &Slot) -> Option<Extent> {

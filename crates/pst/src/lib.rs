@@ -174,8 +174,7 @@ impl Port {
     /// The payload of a data slot of the current RX ring, read in place. Empty for other slots
     /// or for a slot from an earlier sync.
     pub fn payload(&self, slot: &Slot) -> &[u8] {
-        let current = slot.kind == SlotKind::Data && self.core.rx().iter().any(|s| s == slot);
-        if !current {
+        if !self.core.is_current(slot) {
             return &[];
         }
         #[allow(unsafe_code)]
