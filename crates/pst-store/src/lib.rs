@@ -291,7 +291,7 @@ impl<M: Media> Store<M> {
         let mut expected: Option<u64> = None;
         let mut chain: Vec<u32> = Vec::new();
         let mut stopped = false;
-        for &(epoch, s, h) in &found {
+        for (i, &(epoch, s, h)) in found.iter().enumerate() {
             // A gap can only follow a torn batch that opened a new segment: stop there.
             if stopped || expected.is_some_and(|e| e != h.first_seq) {
                 break;
@@ -300,12 +300,20 @@ impl<M: Media> Store<M> {
             chain.push(s);
             self.media.read(self.seg_off(s), &mut seg_bytes);
             let mut pos = SEG_HEADER;
+            // Why this segment's data ended, when not at a clean end.
             let mut end_reason = None;
+            // A record of this segment's life whose payload fails its checksum: always a stop.
+            let mut torn_payload = false;
             while pos + REC_HEADER <= seg_bytes.len() {
                 let rec = match Record::decode(&seg_bytes[pos..], count, size) {
                     Ok(r) if r.epoch == epoch as u32 && r.seq == next => r,
+                    // A record of an earlier life of this segment: this life's data ends here.
+                    Ok(r) if r.epoch != epoch as u32 => break,
                     Ok(r) => {
-                        end_reason = Some(format!("stale record seq {} in segment {s}", r.seq));
+                        end_reason = Some(format!(
+                            "record seq {} (epoch {}) where seq {next} was expected in segment {s}",
+                            r.seq, r.epoch
+                        ));
                         break;
                     }
                     Err(format::RecordError::NoRecord) => break,
@@ -319,7 +327,7 @@ impl<M: Media> Store<M> {
                         "payload checksum mismatch for seq {} (segment {s} offset {pos})",
                         rec.seq
                     ));
-                    stopped = true;
+                    torn_payload = true;
                     break;
                 }
                 let len = format::record_len(rec.key.len(), rec.extents.len());
@@ -328,13 +336,14 @@ impl<M: Media> Store<M> {
                 next += 1;
                 pos += len;
             }
-            if let Some(why) = end_reason {
-                // Torn tail or corruption? Corruption if any later record says `next` had
-                // already been committed (and so possibly acknowledged).
-                let later = found
+            // A segment that filled up ends in whatever an earlier life left there (records of
+            // another epoch, fragments): that is a clean end when the next segment carries on
+            // from `next`. Anything else ends the log here: a torn tail, or corruption if a
+            // later record says `next` had already been committed (and possibly acknowledged).
+            let continues = found.get(i + 1).is_some_and(|f| f.2.first_seq == next);
+            if let Some(why) = end_reason.filter(|_| torn_payload || !continues) {
+                let later = found[i + 1..]
                     .iter()
-                    .skip_while(|f| f.1 != s)
-                    .skip(1)
                     .map(|f| (f.0, f.1))
                     .collect::<Vec<_>>();
                 if let Some(ev) = self.committed_evidence(next, epoch, &seg_bytes, pos + 8, &later)
