@@ -39,7 +39,7 @@ struct Cli {
 struct HttpArgs {
     #[command(flatten)]
     server: ServerArgs,
-    /// Where POST bodies go: none, wal (write-ahead log), kv (POST/GET/DELETE /<key>).
+    /// Where POST bodies go: none, wal (write-ahead log), kv (POST/GET/DELETE `/<key>`).
     #[arg(long, value_enum, default_value_t = http::StoreMode::Kv)]
     store: http::StoreMode,
     /// Largest request body accepted (413 beyond).

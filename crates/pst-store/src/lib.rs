@@ -3,7 +3,7 @@
 //!
 //! PASTE's idea, made correct: received data is persisted *where it landed*. A record in the
 //! log region names the payload's `(buffer, offset, length)` extents and carries checksums
-//! ([`format`]); the payload is never copied. [`Store::commit`] persists every record and
+//! ([`mod@format`]); the payload is never copied. [`Store::commit`] persists every record and
 //! payload appended since the last commit with **one** barrier (one `sfence` or one
 //! `fdatasync`): callers reply only after it.
 //!
