@@ -195,11 +195,6 @@ impl Core {
         }
     }
 
-    /// Free transient TX buffers (0 when the port has none).
-    pub fn tx_free(&self) -> usize {
-        self.tx_alloc.as_ref().map(|t| t.free_count()).unwrap_or(0)
-    }
-
     /// Counters.
     pub fn stats(&self) -> CoreStats {
         self.stats

@@ -248,21 +248,17 @@ impl Port {
     }
 
     /// Copy `data` into pool buffers and queue them on `conn`: for small replies.
-    pub fn send_copy(&mut self, conn: ConnId, mut data: &[u8]) -> Result<(), SendCopyError> {
-        let need = data.len().div_ceil(self.pool.buf_size() as usize);
-        if self.core.alloc().free_count() + self.core.tx_free() < need {
-            return Err(SendCopyError::PoolExhausted);
-        }
-        while !data.is_empty() {
-            let mut e = self
-                .core
-                .alloc_tx_extent()
-                .ok_or(SendCopyError::PoolExhausted)?;
-            let n = data.len().min(e.len() as usize);
-            e.narrow(0, n as u32);
-            self.bytes_mut(&mut e).copy_from_slice(&data[..n]);
-            data = &data[n..];
-            self.core.send(conn, e).map_err(|_| SendCopyError::Closed)?;
+    pub fn send_copy(&mut self, conn: ConnId, data: &[u8]) -> Result<(), SendCopyError> {
+        let exts = copy_into(&mut TxSource(self), data).ok_or(SendCopyError::PoolExhausted)?;
+        let mut exts = exts.into_iter();
+        for e in exts.by_ref() {
+            // A refused send releases its extent; release the rest too.
+            if self.core.send(conn, e).is_err() {
+                for rest in exts {
+                    self.release(rest);
+                }
+                return Err(SendCopyError::Closed);
+            }
         }
         Ok(())
     }
@@ -402,6 +398,21 @@ impl BufferSource for Buffers {
     }
     fn release_extent(&mut self, ext: Extent) {
         self.release(ext)
+    }
+}
+
+/// A port's transient TX buffers (anonymous scratch first, then the pool) as a source.
+struct TxSource<'a>(&'a mut Port);
+
+impl BufferSource for TxSource<'_> {
+    fn alloc_extent(&mut self) -> Option<Extent> {
+        self.0.core.alloc_tx_extent()
+    }
+    fn extent_mut(&mut self, ext: &mut Extent) -> &mut [u8] {
+        self.0.bytes_mut(ext)
+    }
+    fn release_extent(&mut self, ext: Extent) {
+        self.0.release(ext)
     }
 }
 
