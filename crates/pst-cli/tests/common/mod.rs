@@ -10,11 +10,21 @@ pub fn pst() -> Command {
     Command::new(env!("CARGO_BIN_EXE_pst"))
 }
 
+/// A free loopback port, never the same twice in this process: our servers listen with
+/// SO_REUSEPORT, so two tests handed the same just-released port would share it.
 pub fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let a = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&a.port()) {
+            given.push(a.port());
+            return a;
+        }
+    }
 }
 
 pub fn tmpdir(name: &str) -> PathBuf {
