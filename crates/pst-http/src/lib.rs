@@ -305,11 +305,16 @@ impl RequestFramer {
 
     fn version_error(&self) -> FrameError {
         // httparse reports any non-1.x version as a version error; a request line that does
-        // not even look like HTTP is a bad request.
-        if self.carry.windows(5).any(|w| w == b"HTTP/") {
-            FrameError::Version
-        } else {
-            FrameError::BadRequest
+        // not even look like HTTP is a bad request. Decide from the version token alone (what
+        // follows the second space of the request line), never from bytes after it: the answer
+        // must not depend on how much of the stream has arrived (found by fuzzing).
+        let line = self.carry.split(|&b| b == b'\n').next().unwrap_or(&[]);
+        let mut parts = line.splitn(3, |&b| b == b' ');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(_), Some(_), Some(version)) if version.starts_with(b"HTTP/") => {
+                FrameError::Version
+            }
+            _ => FrameError::BadRequest,
         }
     }
 }
@@ -367,6 +372,24 @@ mod tests {
             Event::Request(r) => r,
             Event::Error(e) => panic!("unexpected {e}"),
         }
+    }
+
+    /// Found by fuzzing (`http_framing`): whether a bad request line is a 505 or a 400 was
+    /// decided by searching every byte received so far for `HTTP/`, so it depended on how the
+    /// stream was cut (a later request or body in the same chunk could contain `HTTP/`).
+    #[test]
+    fn bad_version_status_does_not_depend_on_later_bytes() {
+        let s: &[u8] = b"POST /k 1H1\r\nContent-Length: 1\r\n\r\nxGET / HTTP/1.1\r\n\r\n";
+        for cut in 1..s.len() {
+            let ev = feed_all(&[&s[..cut], &s[cut..]]);
+            assert_eq!(
+                ev,
+                vec![Event::Error(FrameError::BadRequest)],
+                "cut at {cut}"
+            );
+        }
+        let ev = feed_all(&[b"GET / HTTP/2.0\r\n\r\n"]);
+        assert_eq!(ev, vec![Event::Error(FrameError::Version)]);
     }
 
     #[test]

@@ -94,8 +94,18 @@ impl Header {
     pub fn layout(geometry: Geometry) -> Result<Header, HeaderError> {
         geometry.validate().map_err(HeaderError::Geometry)?;
         let log_off = HEADER_REGION;
+        // Checked: a header read from a file may carry any log length (an overflow found by
+        // fuzzing would wrap to a small total and map less than the geometry addresses).
+        let total_len = log_off
+            .checked_add(geometry.log_len)
+            .and_then(|d| d.checked_add(geometry.buf_size as u64 * geometry.buf_count as u64))
+            .ok_or_else(|| {
+                HeaderError::Geometry(format!(
+                    "log length {} overflows the file size",
+                    geometry.log_len
+                ))
+            })?;
         let data_off = log_off + geometry.log_len;
-        let total_len = data_off + geometry.buf_size as u64 * geometry.buf_count as u64;
         Ok(Header {
             geometry,
             log_off,
@@ -226,5 +236,21 @@ mod tests {
         );
         b[0] = b'X';
         assert_eq!(Header::decode(&b, h.total_len), Err(HeaderError::BadMagic));
+    }
+
+    /// Found by fuzzing (`pool_header`): a checksummed header whose log length makes the
+    /// layout overflow must be refused, not wrapped into a small file size.
+    #[test]
+    fn overflowing_log_length_is_refused() {
+        let h = Header::layout(geo()).unwrap();
+        let mut b = h.encode();
+        let log_len = u64::MAX - 4095; // a multiple of 4096
+        b[field::LOG_LEN].copy_from_slice(&log_len.to_le_bytes());
+        let crc = crc32c::crc32c(&b[..field::CRC.start]);
+        b[field::CRC].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(
+            Header::decode(&b, u64::MAX),
+            Err(HeaderError::Geometry(_))
+        ));
     }
 }

@@ -666,7 +666,7 @@ impl Core {
 
     /// Add a reference to an extent's buffer and return a second handle on `skip..skip+len` of it.
     pub fn share(&mut self, ext: &Extent, skip: u32, len: u32) -> Extent {
-        self.alloc
+        self.owner(ext.buf())
             .retain(ext.buf())
             .expect("an extent holds a reference");
         let mut e = Extent::from_raw(ext.buf(), ext.off(), ext.len());
@@ -830,6 +830,26 @@ mod tests {
 
     fn recv_flags(bid: u16, more: bool) -> u32 {
         (bid as u32) << 16 | CQE_F_BUFFER | if more { CQE_F_MORE } else { 0 }
+    }
+
+    /// Found by fuzzing (`ring_core`): sharing an extent of a transient TX buffer retained it
+    /// in the pool's allocator instead of the TX buffers' one, and panicked.
+    #[test]
+    fn share_and_split_work_on_tx_buffers() {
+        let mut c = core(8, 4).with_tx_buffers(BufAlloc::new(1000, 2));
+        let e = c.alloc_tx_extent().unwrap();
+        assert_eq!(e.buf(), BufIdx(1000));
+        let s = c.share(&e, 10, 20);
+        let (a, b) = c.split(e, 5);
+        for x in [s, a, b] {
+            c.release(x);
+        }
+        // All three references are gone: both TX buffers can be allocated again.
+        let x = c.alloc_tx_extent().unwrap();
+        let y = c.alloc_tx_extent().unwrap();
+        assert!(x.buf().0 >= 1000 && y.buf().0 >= 1000);
+        c.release(x);
+        c.release(y);
     }
 
     #[test]

@@ -1,0 +1,77 @@
+//! HTTP request framing over arbitrary bytes fed in arbitrary pieces.
+//!
+//! Input: byte 0 seeds how the stream is cut into chunks, byte 1 picks the limits, the rest is
+//! the byte stream a client sent. Checked: no panic; cutting the stream differently never
+//! changes what is framed; at most one error and nothing after it; bodies lie inside the stream,
+//! after the previous request, within the body limit; `needed_from` never passes the position.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use pst_http::{Event, Limits, RequestFramer};
+
+fn limits(sel: u8) -> Limits {
+    match sel % 3 {
+        0 => Limits::default(),
+        1 => Limits {
+            max_head: 64,
+            max_headers: 2,
+            max_body: 16,
+        },
+        _ => Limits {
+            max_head: 512,
+            max_headers: 8,
+            max_body: 4096,
+        },
+    }
+}
+
+/// Frame `data` cut into chunks chosen by `seed` (0: one chunk).
+fn frame(data: &[u8], lim: Limits, seed: u8) -> Vec<Event> {
+    let mut f = RequestFramer::new(lim);
+    let mut out = Vec::new();
+    let mut rng = seed as u32 | 0x9e37_0000;
+    let mut at = 0;
+    while at < data.len() {
+        let n = if seed == 0 {
+            data.len()
+        } else {
+            rng ^= rng << 13;
+            rng ^= rng >> 17;
+            rng ^= rng << 5;
+            1 + (rng as usize % 97)
+        };
+        let end = (at + n).min(data.len());
+        f.feed(&data[at..end], &mut out);
+        at = end;
+        assert_eq!(f.position(), at as u64);
+        assert!(
+            f.needed_from() <= f.position(),
+            "needed_from past the stream"
+        );
+    }
+    out
+}
+
+fuzz_target!(|input: &[u8]| {
+    if input.len() < 2 {
+        return;
+    }
+    let (seed, lim) = (input[0], limits(input[1]));
+    let data = &input[2..];
+    let whole = frame(data, lim, 0);
+    let cut = frame(data, lim, seed.max(1));
+    assert_eq!(whole, cut, "framing depends on how the stream was cut");
+
+    let mut prev_end = 0u64;
+    for (i, ev) in whole.iter().enumerate() {
+        match ev {
+            Event::Request(r) => {
+                assert!(r.body.start <= r.body.end && r.body.end <= data.len() as u64);
+                assert!(r.body.start >= prev_end, "bodies overlap or go backwards");
+                assert!(r.body.end - r.body.start <= lim.max_body);
+                prev_end = r.body.end;
+            }
+            Event::Error(_) => assert_eq!(i, whole.len() - 1, "events after an error"),
+        }
+    }
+});
