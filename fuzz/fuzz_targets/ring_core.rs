@@ -17,6 +17,7 @@ use pst_ring::{BufAlloc, ConnId, Core, CoreConfig, Extent, Op, SlotKind};
 const BUF_SIZE: u32 = 2048;
 const F_BUFFER: u32 = 1;
 const F_MORE: u32 = 2;
+const F_NOTIF: u32 = 8;
 
 #[derive(Debug, Arbitrary)]
 enum Action {
@@ -44,6 +45,10 @@ enum Action {
         send: u8,
         partial: Option<u16>,
         error: bool,
+    },
+    Notif {
+        which: u8,
+        copied: bool,
     },
     Keep {
         slot: u8,
@@ -80,6 +85,8 @@ struct Input {
     ring_log2: u8,
     max_iov: u8,
     tx_bufs: u8,
+    /// Which sends the driver submits as zero-copy (bit i: send i mod 8).
+    zc_mask: u8,
     actions: Vec<Action>,
 }
 
@@ -89,11 +96,17 @@ struct Kernel {
     accepts: Vec<u64>,
     /// Armed multishot receives: (fd, user_data).
     recvs: Vec<(i32, u64)>,
-    /// Sends in flight: (user_data, bytes it covers).
-    sends: Vec<(u64, u32)>,
+    /// Sends in flight: (user_data, bytes it covers, zero-copy).
+    sends: Vec<(u64, u32, bool)>,
+    /// Zero-copy notifications owed, oldest first (the kernel keeps a socket's in order).
+    notifs: Vec<u64>,
     /// Completions to deliver at the next sync.
     cqes: Vec<(u64, i32, u32)>,
+    /// Completions to deliver at the sync after (shutdown only).
+    later: Vec<(u64, i32, u32)>,
     next_fd: i32,
+    zc_mask: u8,
+    sends_seen: u32,
     conns: Vec<ConnId>,
 }
 
@@ -109,13 +122,15 @@ fn sync(core: &mut Core, k: &mut Kernel, chunks: &mut Vec<(pst_ring::BufIdx, u32
             Op::Accept { ud, .. } => k.accepts.push(ud),
             Op::Recv { fd, ud } => k.recvs.push((fd, ud)),
             Op::Send { conn, ud, .. } => {
+                let zc = k.zc_mask >> (k.sends_seen % 8) & 1 == 1;
+                k.sends_seen += 1;
                 core.tx_chunks(conn, chunks);
                 assert!(!chunks.is_empty(), "a send with nothing to send");
                 let total: u32 = chunks.iter().map(|c| c.2).sum();
                 for &(_, off, len) in chunks.iter() {
                     assert!(off + len <= BUF_SIZE, "send chunk outside its buffer");
                 }
-                k.sends.push((ud, total));
+                k.sends.push((ud, total, zc));
             }
             Op::ShutdownWrite { .. } => {}
             Op::Close { fd, .. } => {
@@ -158,6 +173,7 @@ fuzz_target!(|input: Input| {
     }
     let mut k = Kernel {
         next_fd: 10,
+        zc_mask: input.zc_mask,
         ..Kernel::default()
     };
     let mut exts: Vec<Extent> = Vec::new();
@@ -223,13 +239,26 @@ fuzz_target!(|input: Input| {
                 error,
             } => {
                 if let Some(s) = pick(&k.sends, send) {
-                    let (ud, total) = k.sends.remove(s);
+                    let (ud, total, zc) = k.sends.remove(s);
                     let res = if error {
                         -32
                     } else {
                         partial.map_or(total, |p| p as u32 % (total + 1)) as i32
                     };
-                    k.cqes.push((ud, res, 0));
+                    k.cqes.push((ud, res, if zc { F_MORE } else { 0 }));
+                    if zc {
+                        k.notifs.push(ud);
+                    }
+                }
+            }
+            Action::Notif { which, copied } => {
+                if let Some(i) = pick(&k.notifs, which) {
+                    // The oldest notification owed under that user data.
+                    let ud = k.notifs[i];
+                    let first = k.notifs.iter().position(|&u| u == ud).unwrap();
+                    k.notifs.remove(first);
+                    let res = if copied { i32::MIN } else { 0 };
+                    k.cqes.push((ud, res, F_NOTIF));
                 }
             }
             Action::Keep { slot } => {
@@ -296,21 +325,35 @@ fuzz_target!(|input: Input| {
     core.close_listeners();
     for _ in 0..10_000 {
         core.close_all();
+        let later = std::mem::take(&mut k.later);
         sync(&mut core, &mut k, &mut chunks);
-        for (ud, total) in std::mem::take(&mut k.sends) {
-            k.cqes.push((ud, total as i32, 0));
+        k.cqes.extend(later);
+        for (ud, total, zc) in std::mem::take(&mut k.sends) {
+            k.cqes.push((ud, total as i32, if zc { F_MORE } else { 0 }));
+            if zc {
+                k.notifs.push(ud);
+            }
+        }
+        // Notifications come after their results (a later sync).
+        for ud in std::mem::take(&mut k.notifs) {
+            k.later.push((ud, 0, F_NOTIF));
         }
         // Peers of lingering connections close too.
         for (_, ud) in std::mem::take(&mut k.recvs) {
             k.cqes.push((ud, 0, 0));
         }
-        if core.open_conns() == 0 && k.cqes.is_empty() && core.pending_ops() == 0 {
+        if core.open_conns() == 0
+            && k.cqes.is_empty()
+            && k.later.is_empty()
+            && core.pending_ops() == 0
+        {
             break;
         }
     }
     sync(&mut core, &mut k, &mut chunks);
     core.begin_sync();
     assert_eq!(core.open_conns(), 0, "connections left after shutdown");
+    assert_eq!(core.zc_pending(), 0, "zero-copy sends still held");
     assert_eq!(
         core.alloc().free_count() + core.lent(),
         bufs as usize,

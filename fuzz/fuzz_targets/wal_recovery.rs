@@ -196,6 +196,9 @@ fuzz_target!(|input: Input| {
         }
     };
 
+    if std::env::var_os("PST_FUZZ_DEBUG").is_some() {
+        eprintln!("recovered: {rep:?}");
+    }
     let mut v = Vec::new();
     if !damaged {
         assert!(

@@ -64,6 +64,10 @@ pub struct ServerArgs {
     /// Completions a sync waits for when --batch-wait-us is set.
     #[arg(long, default_value_t = 32)]
     pub batch: u32,
+    /// Send replies of at least this many bytes with zero-copy SEND_ZC (e.g. 16KiB); 0 = plain
+    /// SEND always (uring engine). On loopback and veth the kernel still copies.
+    #[arg(long, value_parser = parse_bytes, default_value = "0")]
+    pub send_zc_min: u64,
     /// Pin worker threads to these CPUs (comma list), round robin.
     #[arg(long, value_delimiter = ',')]
     pub cpu: Vec<usize>,
@@ -138,6 +142,7 @@ impl ServerArgs {
         let mut c = PortConfig::default();
         c.driver.min_wait_us = self.batch_wait_us;
         c.driver.batch = self.batch;
+        c.driver.zc_min = u32::try_from(self.send_zc_min).unwrap_or(u32::MAX);
         c
     }
 }

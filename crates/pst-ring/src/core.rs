@@ -1,6 +1,6 @@
 //! The port state machine: connection table, RX ring, TX queues, buffer provisioning.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use pst_pool::{BufAlloc, BufIdx};
 
@@ -10,8 +10,11 @@ use crate::userdata::{OpKind, UserData, GEN_MASK};
 
 /// Completion flag: a provided buffer was used; its id is in the upper 16 bits.
 pub const CQE_F_BUFFER: u32 = 1;
-/// Completion flag: the multishot request stays armed.
+/// Completion flag: the multishot request stays armed; on a zero-copy send's result, a
+/// notification completion follows.
 pub const CQE_F_MORE: u32 = 2;
+/// Completion flag: a zero-copy send's notification (the kernel no longer reads its buffers).
+pub const CQE_F_NOTIF: u32 = 8;
 
 const ENOBUFS: i32 = 105;
 const ECANCELED: i32 = 125;
@@ -96,6 +99,12 @@ pub struct CoreStats {
     pub stale: u64,
     /// Completions that could not be decoded or named an unknown buffer id.
     pub bad_cqes: u64,
+    /// Zero-copy sends completed (results with a notification to follow).
+    pub zc_sends: u64,
+    /// Zero-copy notifications received.
+    pub zc_notifs: u64,
+    /// Of those, how many report that the kernel copied after all (always on loopback/veth).
+    pub zc_copied: u64,
 }
 
 #[derive(Debug)]
@@ -148,6 +157,12 @@ pub struct Core {
     ops: VecDeque<Op>,
     starved: Vec<ConnId>,
     backlog: usize,
+    /// Extents of zero-copy sends whose result came back but whose notification has not: the
+    /// kernel may still read them. Per send user data, oldest send first (TCP frees a socket's
+    /// sent data in sequence order, so its notifications arrive in that order). Outlives the
+    /// connection: a notification can arrive after the close.
+    zc_held: HashMap<u64, VecDeque<Vec<Extent>>>,
+    zc_held_count: usize,
     stats: CoreStats,
 }
 
@@ -168,6 +183,8 @@ impl Core {
             ops: VecDeque::new(),
             starved: Vec::new(),
             backlog: 0,
+            zc_held: HashMap::new(),
+            zc_held_count: 0,
             stats: CoreStats::default(),
         }
     }
@@ -327,6 +344,11 @@ impl Core {
         self.ops.len()
     }
 
+    /// Zero-copy sends whose notification has not arrived yet (their buffers are still held).
+    pub fn zc_pending(&self) -> usize {
+        self.zc_held_count
+    }
+
     /// Start of a sync: recycle RX buffers the application did not keep, and clear the RX ring.
     pub fn begin_sync(&mut self) {
         for (slot, kept) in self.rx.iter().zip(&self.kept) {
@@ -375,6 +397,9 @@ impl Core {
             None
         };
         let more = flags & CQE_F_MORE != 0;
+        if flags & CQE_F_NOTIF != 0 {
+            return self.on_notif(user_data, res);
+        }
         let Some(ud) = UserData::decode(user_data) else {
             self.stats.bad_cqes += 1;
             if let Some(b) = buf {
@@ -401,6 +426,7 @@ impl Core {
                     gen: ud.gen,
                 },
                 res,
+                more.then_some(user_data),
             ),
             OpKind::Close => {}
         }
@@ -530,7 +556,35 @@ impl Core {
         self.kept.push(false);
     }
 
-    fn on_send(&mut self, id: ConnId, res: i32) {
+    /// A zero-copy send's notification: the kernel is done with its buffers.
+    fn on_notif(&mut self, user_data: u64, res: i32) {
+        let group = match self.zc_held.get_mut(&user_data) {
+            Some(q) => {
+                let g = q.pop_front();
+                if q.is_empty() {
+                    self.zc_held.remove(&user_data);
+                }
+                g
+            }
+            None => None,
+        };
+        let Some(group) = group else {
+            self.stats.bad_cqes += 1;
+            tracing::error!(user_data, "zero-copy notification for no pending send");
+            return;
+        };
+        self.stats.zc_notifs += 1;
+        // IORING_NOTIF_USAGE_ZC_COPIED (with IORING_SEND_ZC_REPORT_USAGE): the kernel copied.
+        self.stats.zc_copied += (res as u32 >> 31) as u64;
+        self.zc_held_count -= 1;
+        for e in group {
+            self.release(e);
+        }
+    }
+
+    /// A send's result. `notif`: the user data under which a zero-copy notification will
+    /// follow (the result had `CQE_F_MORE`); the sent extents are held until it arrives.
+    fn on_send(&mut self, id: ConnId, res: i32, notif: Option<u64>) {
         let Some(c) = self.conn_mut(id) else {
             self.stats.stale += 1;
             return;
@@ -560,8 +614,19 @@ impl Core {
         let notify = res < 0 && !c.rx_done && !c.close_requested;
         self.backlog -= was_behind as usize;
         self.stats.tx_bytes += res.max(0) as u64;
-        for e in released {
-            self.release(e);
+        match notif {
+            Some(ud) => {
+                self.stats.zc_sends += 1;
+                // The kernel may still read these (and, after a short send, the sent part of
+                // the head extent, which stays queued and referenced anyway).
+                self.zc_held.entry(ud).or_default().push_back(released);
+                self.zc_held_count += 1;
+            }
+            None => {
+                for e in released {
+                    self.release(e);
+                }
+            }
         }
         if notify {
             // The recv side will usually report the same failure; mark it so only one slot goes up.
@@ -850,6 +915,59 @@ mod tests {
         assert!(x.buf().0 >= 1000 && y.buf().0 >= 1000);
         c.release(x);
         c.release(y);
+    }
+
+    #[test]
+    fn zero_copy_sends_hold_buffers_until_the_notification() {
+        let mut c = Core::new(
+            BufAlloc::new(100, 8),
+            CoreConfig {
+                ring_entries: 4,
+                reserve: 1,
+                max_iov: 4,
+                buf_size: 2048,
+            },
+        );
+        let id = c.register(5);
+        c.pop_op();
+        let free0 = c.alloc().free_count();
+        // One 2 KiB extent: below the threshold, a plain send released on its result.
+        // The driver decides per send; the core learns it from the result's F_MORE.
+        let e = c.alloc_extent().unwrap();
+        c.send(id, e).unwrap();
+        let Some(Op::Send { ud, .. }) = c.pop_op() else {
+            panic!("expected a send")
+        };
+        for _ in 0..2 {
+            let e = c.alloc_extent().unwrap();
+            c.send(id, e).unwrap();
+        }
+        c.complete(ud, 2048, 0);
+        assert_eq!(c.alloc().free_count(), free0 - 2, "plain send released");
+        let Some(Op::Send { ud, .. }) = c.pop_op() else {
+            panic!("expected a send")
+        };
+        c.complete(ud, 4096, CQE_F_MORE);
+        assert_eq!(c.zc_pending(), 1);
+        assert_eq!(
+            c.alloc().free_count(),
+            free0 - 2,
+            "held until the notification"
+        );
+        c.complete(ud, 1 << 31, CQE_F_NOTIF);
+        assert_eq!(c.zc_pending(), 0);
+        assert_eq!(
+            c.alloc().free_count(),
+            free0,
+            "released on the notification"
+        );
+        assert_eq!(
+            (c.stats().zc_sends, c.stats().zc_notifs, c.stats().zc_copied),
+            (1, 1, 1)
+        );
+        // A notification nobody is waiting for is counted, not trusted.
+        c.complete(ud, 0, CQE_F_NOTIF);
+        assert_eq!(c.stats().bad_cqes, 1);
     }
 
     #[test]

@@ -282,12 +282,32 @@ impl<M: Media> Store<M> {
             }
         }
         found.sort_by_key(|f| f.0);
-        self.next_epoch = found.last().map(|f| f.0 + 1).unwrap_or(1);
         let (count, size) = (
             self.header.geometry.buf_count,
             self.header.geometry.buf_size,
         );
         let mut seg_bytes = vec![0u8; self.seg_size as usize];
+        // New segments must get an epoch no record anywhere in the log carries, or stale
+        // records of an earlier life could pass for new ones. Headers alone do not tell: a
+        // segment without a valid header (free, or its header damaged) may hold records of any
+        // epoch (found by fuzzing: with every header lost, epochs restarted at 1 and stale
+        // records with matching sequence numbers came back after the next write). So every
+        // decodable record counts; the scan checks the magic first and costs one read of the
+        // log region.
+        let mut max_epoch = found.last().map_or(0, |f| f.0);
+        for s in 0..self.segs.len() as u32 {
+            self.media.read(self.seg_off(s), &mut seg_bytes);
+            let mut pos = SEG_HEADER;
+            while pos + REC_HEADER <= seg_bytes.len() {
+                if seg_bytes[pos..pos + 4] == format::REC_MAGIC.to_le_bytes() {
+                    if let Ok(r) = Record::decode(&seg_bytes[pos..], count, size) {
+                        max_epoch = max_epoch.max(r.epoch as u64);
+                    }
+                }
+                pos += 8;
+            }
+        }
+        self.next_epoch = max_epoch + 1;
         let mut expected: Option<u64> = None;
         let mut chain: Vec<u32> = Vec::new();
         let mut stopped = false;

@@ -26,6 +26,9 @@ pub use net::{close_listener, listener, set_nodelay};
 
 /// Buffer group id of the port's provided-buffer ring.
 const BGID: u16 = 0;
+/// `IORING_SEND_ZC_REPORT_USAGE` (not exported by the io-uring crate): the notification's
+/// result says whether the kernel copied after all.
+const SEND_ZC_REPORT_USAGE: u16 = 8;
 /// Most chunks gathered into one `sendmsg`.
 pub const MAX_IOV: usize = 64;
 
@@ -42,6 +45,9 @@ pub struct DriverConfig {
     /// after it, one completion suffices (`IORING_ENTER` min-wait, Linux 6.12). 0 = return as
     /// soon as one completion is there.
     pub min_wait_us: u32,
+    /// Sends of at least this many bytes go out as zero-copy `SEND_ZC`/`SENDMSG_ZC`; their
+    /// buffers are released on the kernel's notification, not on the result. 0 = never.
+    pub zc_min: u32,
 }
 
 impl Default for DriverConfig {
@@ -51,6 +57,7 @@ impl Default for DriverConfig {
             ring_entries: 4096,
             batch: 32,
             min_wait_us: 0,
+            zc_min: 0,
         }
     }
 }
@@ -244,9 +251,17 @@ impl Driver {
     fn build_send(&mut self, core: &Core, conn: ConnId, fd: i32, ud: u64) -> squeue::Entry {
         let mut chunks = std::mem::take(&mut self.chunks);
         core.tx_chunks(conn, &mut chunks);
+        // Decided here, on what this send covers; the core learns it from the result's F_MORE.
+        let zc = self.cfg.zc_min > 0
+            && chunks.iter().map(|c| c.2 as u64).sum::<u64>() >= self.cfg.zc_min as u64;
         let ptr =
             |&(b, off, _): &(BufIdx, u32, u32)| self.pool.buf_ptr(b).wrapping_add(off as usize);
-        let entry = if chunks.len() == 1 {
+        let entry = if chunks.len() == 1 && zc {
+            opcode::SendZc::new(types::Fd(fd), ptr(&chunks[0]), chunks[0].2)
+                .flags(libc::MSG_NOSIGNAL)
+                .zc_flags(SEND_ZC_REPORT_USAGE)
+                .build()
+        } else if chunks.len() == 1 {
             opcode::Send::new(types::Fd(fd), ptr(&chunks[0]), chunks[0].2)
                 .flags(libc::MSG_NOSIGNAL)
                 .build()
@@ -271,9 +286,17 @@ impl Driver {
             }
             m.msg.msg_iov = m.iov.as_mut_ptr();
             m.msg.msg_iovlen = chunks.len().min(MAX_IOV);
-            opcode::SendMsg::new(types::Fd(fd), &m.msg)
-                .flags(libc::MSG_NOSIGNAL as u32)
-                .build()
+            if zc {
+                // SENDMSG_ZC takes the report-usage flag in ioprio, like SEND_ZC's zc_flags.
+                opcode::SendMsgZc::new(types::Fd(fd), &m.msg)
+                    .flags(libc::MSG_NOSIGNAL as u32)
+                    .ioprio(SEND_ZC_REPORT_USAGE)
+                    .build()
+            } else {
+                opcode::SendMsg::new(types::Fd(fd), &m.msg)
+                    .flags(libc::MSG_NOSIGNAL as u32)
+                    .build()
+            }
         };
         self.chunks = chunks;
         entry.user_data(ud)
