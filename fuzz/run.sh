@@ -13,9 +13,16 @@ toolchain=+nightly
 for t in "${targets[@]}"; do
   mkdir -p "corpus-work/$t"
   echo "== fuzz $t for ${secs}s"
+  log=$(mktemp)
+  status=0
   cargo $toolchain fuzz run "$t" "corpus-work/$t" "corpus/$t" -- \
-    -max_total_time="$secs" -print_final_stats=1 -rss_limit_mb=4096 2>&1 |
-    grep -E "^(Done|stat::number_of_executed_units|stat::peak_rss_mb)|panicked|SUMMARY|ERROR" || true
-  # grep hides libFuzzer's progress lines; the pipeline's first status is cargo fuzz's.
-  [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "fuzz target $t failed"; exit 1; }
+    -max_total_time="$secs" -print_final_stats=1 -rss_limit_mb=4096 >"$log" 2>&1 || status=$?
+  # libFuzzer's progress lines are noise here; keep the totals and any failure.
+  grep -E "^(Done|stat::number_of_executed_units|stat::peak_rss_mb)|panicked|SUMMARY|ERROR|^error" "$log" || true
+  if [ "$status" -ne 0 ]; then
+    tail -n 40 "$log"
+    echo "fuzz target $t failed (exit $status)"
+    exit 1
+  fi
+  rm -f "$log"
 done

@@ -141,6 +141,10 @@ pub struct BenchArgs {
     /// io_uring batch-wait bounds to try for the uring engine (µs, comma list).
     #[arg(long, value_delimiter = ',', default_value = "20")]
     pub batch_wait_us: Vec<u32>,
+    /// Zero-copy send thresholds to try for the uring engine (bytes, comma list, e.g.
+    /// `0,16KiB`; 0 = plain SEND). See `pst httpd --help`.
+    #[arg(long, value_delimiter = ',', value_parser = parse_bytes, default_value = "0")]
+    pub send_zc_min: Vec<u64>,
 }
 
 /// One result row (the DESIGN §4 contract, plus `depth` and `batch_wait_us`).
@@ -161,6 +165,7 @@ pub struct Row {
     client_cpu_pct: f64,
     depth: usize,
     batch_wait_us: Option<u32>,
+    send_zc_min: Option<u64>,
     errors: u64,
     runs: usize,
     rps_min: f64,
@@ -169,10 +174,14 @@ pub struct Row {
 
 impl Row {
     fn label(&self) -> String {
-        match self.batch_wait_us {
+        let mut l = match self.batch_wait_us {
             Some(w) if w > 0 => format!("{}/{}us", self.engine, w),
             _ => self.engine.clone(),
+        };
+        if let Some(z) = self.send_zc_min.filter(|&z| z > 0) {
+            l += &format!("+zc{}k", z >> 10);
         }
+        l
     }
 }
 
@@ -364,6 +373,7 @@ fn start_server(
     engine: Engine,
     persist: PersistMode,
     batch_wait_us: u32,
+    send_zc_min: u64,
     pool_dir: Option<&Path>,
     server_cpu: usize,
 ) -> anyhow::Result<(Server, SocketAddr)> {
@@ -382,6 +392,8 @@ fn start_server(
             &persist.to_string(),
             "--batch-wait-us",
             &batch_wait_us.to_string(),
+            "--send-zc-min",
+            &send_zc_min.to_string(),
         ])
         .args(["--pool-size", "256MiB", "--cpu", &server_cpu.to_string()])
         .arg("--pool")
@@ -404,9 +416,9 @@ fn start_server(
     ))
 }
 
-/// One system under test: its name, the pst engine and batch-wait bound (`None` for a peer),
-/// and the persist mode.
-type System = (String, Option<(Engine, Option<u32>)>, PersistMode);
+/// One system under test: its name, the pst engine, batch-wait bound and zero-copy threshold
+/// (`None` for a peer), and the persist mode.
+type System = (String, Option<(Engine, Option<u32>, u64)>, PersistMode);
 
 /// Run the benchmark matrix.
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
@@ -435,12 +447,16 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let mut systems: Vec<System> = Vec::new();
     for &persist in &a.persist {
         for &engine in &a.engine {
-            let waits: Vec<Option<u32>> = match engine {
-                Engine::Uring => a.batch_wait_us.iter().map(|&w| Some(w)).collect(),
-                Engine::Epoll => vec![None],
+            let variants: Vec<(Option<u32>, u64)> = match engine {
+                Engine::Uring => a
+                    .batch_wait_us
+                    .iter()
+                    .flat_map(|&w| a.send_zc_min.iter().map(move |&z| (Some(w), z)))
+                    .collect(),
+                Engine::Epoll => vec![(None, 0)],
             };
-            for w in waits {
-                systems.push((engine.to_string(), Some((engine, w)), persist));
+            for (w, z) in variants {
+                systems.push((engine.to_string(), Some((engine, w, z)), persist));
             }
         }
     }
@@ -482,7 +498,9 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             let mut runs = Vec::new();
             for _ in 0..a.repeat.max(1) {
                 runs.push(match pst {
-                    Some((engine, wait)) => run_one(&a, engine, persist, wait, conns, server_cpu)?,
+                    Some((engine, wait, zc)) => {
+                        run_one(&a, engine, persist, wait, zc, conns, server_cpu)?
+                    }
                     None => run_peer(&a, &name, persist, conns, server_cpu)?,
                 });
             }
@@ -584,6 +602,7 @@ fn run_one(
     engine: Engine,
     persist: PersistMode,
     wait: Option<u32>,
+    zc: u64,
     conns: usize,
     server_cpu: usize,
 ) -> anyhow::Result<Row> {
@@ -595,13 +614,23 @@ fn run_one(
                 engine,
                 persist,
                 wait.unwrap_or(0),
+                zc,
                 a.pool.as_deref(),
                 server_cpu,
             )?;
             (Some(s), addr)
         }
     };
-    measure(a, server, addr, engine.to_string(), persist, wait, conns)
+    let zc = (engine == Engine::Uring).then_some(zc);
+    measure(
+        a,
+        server,
+        addr,
+        engine.to_string(),
+        persist,
+        (wait, zc),
+        conns,
+    )
 }
 
 fn run_peer(
@@ -618,7 +647,7 @@ fn run_peer(
         addr,
         kind.to_string(),
         persist,
-        None,
+        (None, None),
         conns,
     )
 }
@@ -630,7 +659,7 @@ fn measure(
     addr: SocketAddr,
     engine: String,
     persist: PersistMode,
-    wait: Option<u32>,
+    (wait, zc): (Option<u32>, Option<u64>),
     conns: usize,
 ) -> anyhow::Result<Row> {
     let spec = LoadSpec {
@@ -678,6 +707,7 @@ fn measure(
         client_cpu_pct: r.cpu.as_secs_f64() / r.secs.max(1e-9) * 100.0,
         depth: a.depth.max(1),
         batch_wait_us: wait,
+        send_zc_min: zc,
         errors: r.errors,
         runs: 1,
         rps_min: 0.0,

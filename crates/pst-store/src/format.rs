@@ -181,7 +181,29 @@ pub enum RecordError {
     Invalid,
 }
 
-impl Record {
+/// The fields of a record to encode, borrowed (the store encodes without building a
+/// [`Record`], so an append allocates nothing for its encoding).
+#[derive(Debug, Clone, Copy)]
+pub struct RecordFields<'a> {
+    /// Sequence number.
+    pub seq: u64,
+    /// Low 32 bits of the segment epoch.
+    pub epoch: u32,
+    /// Kind.
+    pub kind: Kind,
+    /// Key (empty for appends).
+    pub key: &'a [u8],
+    /// Payload extents.
+    pub extents: &'a [RawExtent],
+    /// Payload length.
+    pub payload_len: u32,
+    /// CRC32C of the payload.
+    pub payload_crc: u32,
+    /// Every sequence number below this was committed when the record was written.
+    pub durable_before: u64,
+}
+
+impl RecordFields<'_> {
     /// Encode into `out` (cleared first).
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.clear();
@@ -197,16 +219,33 @@ impl Record {
         out[28..30].copy_from_slice(&(self.extents.len() as u16).to_le_bytes());
         out[32..36].copy_from_slice(&self.payload_crc.to_le_bytes());
         out[36..44].copy_from_slice(&self.durable_before.to_le_bytes());
-        out[REC_HEADER..REC_HEADER + self.key.len()].copy_from_slice(&self.key);
+        out[REC_HEADER..REC_HEADER + self.key.len()].copy_from_slice(self.key);
         let mut at = (REC_HEADER + self.key.len()).next_multiple_of(4);
-        for &(b, o, l) in &self.extents {
+        for &(b, o, l) in self.extents {
             out[at..at + 4].copy_from_slice(&b.to_le_bytes());
             out[at + 4..at + 8].copy_from_slice(&o.to_le_bytes());
             out[at + 8..at + 12].copy_from_slice(&l.to_le_bytes());
             at += 12;
         }
-        let crc = Self::header_crc(out, at);
+        let crc = Record::header_crc(out, at);
         out[44..48].copy_from_slice(&crc.to_le_bytes());
+    }
+}
+
+impl Record {
+    /// Encode into `out` (cleared first).
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        RecordFields {
+            seq: self.seq,
+            epoch: self.epoch,
+            kind: self.kind,
+            key: &self.key,
+            extents: &self.extents,
+            payload_len: self.payload_len,
+            payload_crc: self.payload_crc,
+            durable_before: self.durable_before,
+        }
+        .encode(out)
     }
 
     fn header_crc(b: &[u8], refs_end: usize) -> u32 {

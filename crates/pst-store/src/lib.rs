@@ -590,18 +590,18 @@ impl<M: Media> Store<M> {
             self.open_segment(for_compaction)?;
         }
         let seq = self.next_seq;
-        let rec = Record {
+        let mut buf = std::mem::take(&mut self.scratch);
+        format::RecordFields {
             seq,
             epoch: self.head_epoch as u32,
             kind,
-            key: key.as_deref().map(<[u8]>::to_vec).unwrap_or_default(),
-            extents: extents.to_vec(),
+            key: key.as_deref().unwrap_or_default(),
+            extents: &extents,
             payload_len,
             payload_crc,
             durable_before: self.durable_seq,
-        };
-        let mut buf = std::mem::take(&mut self.scratch);
-        rec.encode(&mut buf);
+        }
+        .encode(&mut buf);
         let head = *self.order.back().expect("a head segment exists");
         let off = self.seg_off(head) + self.head_pos;
         self.media.write(off, &buf);
