@@ -358,7 +358,8 @@ pub fn drain_port(port: &mut Port) -> anyhow::Result<()> {
     port.stop_listening();
     port.close_all();
     let deadline = Instant::now() + Duration::from_secs(2);
-    while port.open_conns() > 0 && Instant::now() < deadline {
+    // Zero-copy sends: wait for their notifications too (the kernel may still read the pool).
+    while (port.open_conns() > 0 || port.zc_pending() > 0) && Instant::now() < deadline {
         port.sync(Some(Duration::from_millis(10)))?;
     }
     port.sync(Some(Duration::ZERO))?;

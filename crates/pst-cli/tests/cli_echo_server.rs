@@ -4,22 +4,21 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
-fn echo_roundtrips(engine: &str) {
-    let dir = common::tmpdir(&format!("echo-{engine}"));
+fn echo_roundtrips(engine: &str, extra: &[&str]) {
+    let dir = common::tmpdir(&format!("echo-{engine}{}", extra.len()));
     let pool = dir.join("sub/pool");
     let addr = common::free_addr();
-    let mut s = common::ServerProc::start(
-        &[
-            "echo",
-            "--engine",
-            engine,
-            "--pool",
-            pool.to_str().unwrap(),
-            "--pool-size",
-            "16MiB",
-        ],
-        addr,
-    );
+    let mut args = vec![
+        "echo",
+        "--engine",
+        engine,
+        "--pool",
+        pool.to_str().unwrap(),
+        "--pool-size",
+        "16MiB",
+    ];
+    args.extend_from_slice(extra);
+    let mut s = common::ServerProc::start(&args, addr);
     let mut conns: Vec<TcpStream> = (0..8).map(|_| TcpStream::connect(addr).unwrap()).collect();
     for round in 0..20 {
         for (i, c) in conns.iter_mut().enumerate() {
@@ -38,12 +37,18 @@ fn echo_roundtrips(engine: &str) {
 
 #[test]
 fn echo_uring() {
-    echo_roundtrips("uring");
+    echo_roundtrips("uring", &[]);
 }
 
 #[test]
 fn echo_epoll() {
-    echo_roundtrips("epoll");
+    echo_roundtrips("epoll", &[]);
+}
+
+/// Messages up to ~13 KB, sends of 4 KiB and more zero-copy (SEND_ZC / SENDMSG_ZC).
+#[test]
+fn echo_uring_send_zc() {
+    echo_roundtrips("uring", &["--send-zc-min", "4KiB"]);
 }
 
 #[test]

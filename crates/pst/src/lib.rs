@@ -289,6 +289,11 @@ impl Port {
         self.core.open_conns()
     }
 
+    /// Zero-copy sends whose buffers the kernel may still read (no notification yet).
+    pub fn zc_pending(&self) -> usize {
+        self.core.zc_pending()
+    }
+
     /// Free buffers in this port's partition.
     pub fn free_buffers(&self) -> usize {
         self.core.alloc().free_count()
