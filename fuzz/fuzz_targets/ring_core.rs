@@ -30,6 +30,8 @@ enum Action {
         bid: u8,
         len: u16,
         more: bool,
+        /// Extra buffers in a bundle receive (0: a single buffer).
+        bundle: u8,
     },
     Eof {
         recv: u8,
@@ -200,17 +202,27 @@ fuzz_target!(|input: Input| {
                 bid,
                 len,
                 more,
+                bundle,
             } => {
                 let (Some(r), Some(b)) = (pick(&k.recvs, recv), pick(&k.lent, bid)) else {
                     continue;
                 };
-                let bid = k.lent.swap_remove(b);
+                // The kernel takes buffers from the ring head, in posting order; a bundle
+                // takes a run of them. (A lone buffer from elsewhere is tolerated by the core
+                // and exercised too.)
+                let extra = (bundle % 4) as usize;
+                let at = if extra > 0 { 0 } else { b };
+                if at + extra >= k.lent.len() {
+                    continue;
+                }
+                let run: Vec<u16> = k.lent.drain(at..=at + extra).collect();
+                let bid = run[0];
                 let ud = if more {
                     k.recvs[r].1
                 } else {
                     k.recvs.remove(r).1
                 };
-                let len = 1 + len as i32 % BUF_SIZE as i32;
+                let len = (extra as u32 * BUF_SIZE) as i32 + 1 + len as i32 % BUF_SIZE as i32;
                 let flags = (bid as u32) << 16 | F_BUFFER | if more { F_MORE } else { 0 };
                 k.cqes.push((ud, len, flags));
             }

@@ -145,6 +145,9 @@ pub struct BenchArgs {
     /// `0,16KiB`; 0 = plain SEND). See `pst httpd --help`.
     #[arg(long, value_delimiter = ',', value_parser = parse_bytes, default_value = "0")]
     pub send_zc_min: Vec<u64>,
+    /// Pool buffer size for the pst servers (bytes; default: the servers' default).
+    #[arg(long)]
+    pub buf_size: Option<u32>,
 }
 
 /// One result row (the DESIGN §4 contract, plus `depth` and `batch_wait_us`).
@@ -368,12 +371,14 @@ fn start_peer(
     ))
 }
 
+#[allow(clippy::too_many_arguments)] // one per server flag the bench varies
 fn start_server(
     workload: Workload,
     engine: Engine,
     persist: PersistMode,
     batch_wait_us: u32,
     send_zc_min: u64,
+    buf_size: Option<u32>,
     pool_dir: Option<&Path>,
     server_cpu: usize,
 ) -> anyhow::Result<(Server, SocketAddr)> {
@@ -396,6 +401,11 @@ fn start_server(
             &send_zc_min.to_string(),
         ])
         .args(["--pool-size", "256MiB", "--cpu", &server_cpu.to_string()])
+        .args(
+            buf_size
+                .map(|b| vec!["--buf-size".to_string(), b.to_string()])
+                .unwrap_or_default(),
+        )
         .arg("--pool")
         .arg(&pool)
         .arg("--stats-file")
@@ -615,6 +625,7 @@ fn run_one(
                 persist,
                 wait.unwrap_or(0),
                 zc,
+                a.buf_size,
                 a.pool.as_deref(),
                 server_cpu,
             )?;

@@ -12,7 +12,7 @@ use crate::server::{drain_port, Worker};
 /// Serve echo on one worker's port.
 pub fn uring(mut w: Worker) -> anyhow::Result<()> {
     let mut port = w.port.take().expect("uring worker has a port");
-    port.listen(w.addr)?;
+    port.add_listener(w.take_listener()?)?;
     let mut requests = 0u64;
     while !w.stop.load(Ordering::Relaxed) {
         port.sync(Some(Duration::from_millis(100)))?;
@@ -50,8 +50,8 @@ impl StreamApp for EchoApp {
 }
 
 /// Serve echo on one worker with epoll.
-pub fn epoll(w: Worker, limits: crate::service::Limits) -> anyhow::Result<()> {
-    let l = pst_uring::listener(w.addr, 4096)?;
+pub fn epoll(mut w: Worker, limits: crate::service::Limits) -> anyhow::Result<()> {
+    let l = w.take_listener()?;
     crate::epoll::serve(
         l,
         EchoApp,

@@ -11,8 +11,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-
 use pst::{Buffers, ConnId, Extent, Port, SlotKind};
 
 use crate::epoll::{StreamApp, Verdict};
@@ -152,8 +150,7 @@ pub fn uring<P: Protocol>(
     limits: Limits,
 ) -> anyhow::Result<()> {
     let mut port = w.port.take().expect("uring worker has a port");
-    port.listen(w.addr)
-        .with_context(|| format!("listening on {}", w.addr))?;
+    port.add_listener(w.take_listener()?)?;
     let mut conns: Vec<Option<UConn<P::Conn>>> = Vec::new();
     let mut open = 0usize;
     let mut next_sweep = Instant::now() + Duration::from_secs(1);

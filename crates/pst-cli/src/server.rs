@@ -201,7 +201,7 @@ pub fn serve_protocol<P: crate::service::Protocol>(
         }
         None => Arc::new(|_| false),
     };
-    run_workers(args, default_addr, pool, live, move |w| match engine {
+    run_workers(args, default_addr, pool, live, move |mut w| match engine {
         Engine::Uring => crate::engine::uring(w, proto.clone(), store.clone(), retention, limits),
         Engine::Epoll => {
             let part = parts[w.index].clone();
@@ -217,8 +217,7 @@ pub fn serve_protocol<P: crate::service::Protocol>(
                 retention,
                 fsync,
             );
-            let l = pst_uring::listener(w.addr, 4096)
-                .with_context(|| format!("listening on {}", w.addr))?;
+            let l = w.take_listener()?;
             crate::epoll::serve(
                 l,
                 app,
@@ -263,8 +262,40 @@ pub struct Worker {
     pub stop: Arc<AtomicBool>,
     /// Stats publication.
     pub stats: Option<Arc<StatsFile>>,
-    /// Listen address.
-    pub addr: SocketAddr,
+    /// This worker's handle on the server's one listening socket (taken by the worker).
+    pub listener: Option<std::net::TcpListener>,
+}
+
+impl Worker {
+    /// The listening socket (once).
+    pub fn take_listener(&mut self) -> anyhow::Result<std::net::TcpListener> {
+        self.listener
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("listener already taken"))
+    }
+}
+
+/// Bind the server's listening socket. All worker threads share this one socket (each port arms
+/// its own multishot accept on it; epoll workers each poll it), so no `SO_REUSEPORT` is needed —
+/// and without it a restart cannot silently share the port with the listener of a killed
+/// predecessor, which lingers until the kernel tears its ring down and would reset the
+/// connections handed to it. While that address is still taken, retry for a few seconds.
+fn bind_listener(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut warned = false;
+    loop {
+        match pst_uring::listener_with(addr, 4096, false) {
+            Ok(l) => return Ok(l),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                if !warned {
+                    tracing::warn!(%addr, "address in use; waiting up to 5 s for it to be released");
+                    warned = true;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => return Err(e).with_context(|| format!("listening on {addr}")),
+        }
+    }
 }
 
 /// Run `work` on `args.threads` threads, each with a port over its pool partition (uring) or
@@ -285,6 +316,7 @@ pub fn run_workers(
         None => None,
     };
     let threads = args.threads.max(1);
+    let listener = bind_listener(addr)?;
     let parts = pool.geometry().partitions(threads as u32);
     let work = Arc::new(work);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -301,6 +333,7 @@ pub fn run_workers(
             stats.clone(),
         );
         let live = live.clone();
+        let listener = listener.try_clone().context("sharing the listener")?;
         handles.push(
             std::thread::Builder::new()
                 .name(format!("pst-{t}"))
@@ -323,7 +356,7 @@ pub fn run_workers(
                         port,
                         stop,
                         stats,
-                        addr,
+                        listener: Some(listener),
                     })
                 })?,
         );

@@ -2,14 +2,21 @@
 //!
 //! The kernel names a buffer it filled by the 16-bit id we gave it when posting; the pool is far
 //! larger than 65,536 buffers, so the id is only a name for "the n-th buffer currently lent".
+//!
+//! The table also remembers the ring order of the lent ids: the kernel consumes a provided-buffer
+//! ring from its head, in posting order, and a *bundle* receive (one completion for several
+//! buffers) names only the first id — the others are the ring entries after it.
+
+use std::collections::VecDeque;
 
 use pst_pool::BufIdx;
 
-/// Which pool buffer each lent ring id stands for.
+/// Which pool buffer each lent ring id stands for, and the ids in ring order.
 #[derive(Debug, Clone)]
 pub struct BidTable {
     lent: Vec<Option<BufIdx>>,
     free: Vec<u16>,
+    order: VecDeque<u16>,
 }
 
 impl BidTable {
@@ -18,6 +25,7 @@ impl BidTable {
         BidTable {
             lent: vec![None; entries as usize],
             free: (0..entries).rev().collect(),
+            order: VecDeque::with_capacity(entries as usize),
         }
     }
 
@@ -35,6 +43,7 @@ impl BidTable {
     pub fn lend(&mut self, buf: BufIdx) -> Option<u16> {
         let bid = self.free.pop()?;
         self.lent[bid as usize] = Some(buf);
+        self.order.push_back(bid);
         Some(bid)
     }
 
@@ -43,7 +52,42 @@ impl BidTable {
     pub fn take(&mut self, bid: u16) -> Option<BufIdx> {
         let buf = self.lent.get_mut(bid as usize)?.take()?;
         self.free.push(bid);
+        // Normally the head of the ring; anything else is tolerated (searched).
+        match self.order.front() {
+            Some(&f) if f == bid => {
+                self.order.pop_front();
+            }
+            _ => {
+                let p = self.order.iter().position(|&b| b == bid);
+                self.order
+                    .remove(p.expect("a lent id is in the ring order"));
+            }
+        }
         Some(buf)
+    }
+
+    /// The kernel gave back `n` buffers in ring order starting at `first` (a bundle). Appends
+    /// them to `out`; `false` (and nothing taken) when `first` is not lent or fewer than `n`
+    /// ids follow it.
+    pub fn take_run(&mut self, first: u16, n: usize, out: &mut Vec<BufIdx>) -> bool {
+        let p = match self.order.front() {
+            Some(&f) if f == first => 0,
+            _ => match self.order.iter().position(|&b| b == first) {
+                Some(p) => p,
+                None => return false,
+            },
+        };
+        if n == 0 || p + n > self.order.len() {
+            return false;
+        }
+        for bid in self.order.drain(p..p + n) {
+            let buf = self.lent[bid as usize]
+                .take()
+                .expect("ids in the order are lent");
+            self.free.push(bid);
+            out.push(buf);
+        }
+        true
     }
 
     /// Take every lent buffer back (ring torn down).
@@ -55,6 +99,7 @@ impl BidTable {
                 self.free.push(bid as u16);
             }
         }
+        self.order.clear();
         out
     }
 }
@@ -78,6 +123,31 @@ mod tests {
         let mut d = t.drain();
         d.sort();
         assert_eq!(d, vec![BufIdx(5), BufIdx(6)]);
+        assert_eq!(t.lent(), 0);
+    }
+
+    #[test]
+    fn bundles_take_ring_order_runs() {
+        let mut t = BidTable::new(8);
+        let ids: Vec<u16> = (0..6).map(|i| t.lend(BufIdx(100 + i)).unwrap()).collect();
+        let mut out = Vec::new();
+        assert!(t.take_run(ids[0], 3, &mut out));
+        assert_eq!(out, vec![BufIdx(100), BufIdx(101), BufIdx(102)]);
+        assert!(!t.take_run(ids[3], 4, &mut out), "only three follow");
+        assert!(!t.take_run(ids[0], 1, &mut out), "already taken");
+        assert_eq!(out.len(), 3, "a refused run takes nothing");
+        assert_eq!(
+            t.take(ids[4]),
+            Some(BufIdx(104)),
+            "out of order is tolerated"
+        );
+        out.clear();
+        assert!(t.take_run(ids[3], 2, &mut out));
+        assert_eq!(
+            out,
+            vec![BufIdx(103), BufIdx(105)],
+            "runs skip what was taken"
+        );
         assert_eq!(t.lent(), 0);
     }
 }

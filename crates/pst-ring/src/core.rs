@@ -157,6 +157,8 @@ pub struct Core {
     ops: VecDeque<Op>,
     starved: Vec<ConnId>,
     backlog: usize,
+    /// Scratch for the buffers of one completion.
+    cqe_bufs: Vec<BufIdx>,
     /// Extents of zero-copy sends whose result came back but whose notification has not: the
     /// kernel may still read them. Per send user data, oldest send first (TCP frees a socket's
     /// sent data in sequence order, so its notifications arrive in that order). Outlives the
@@ -183,6 +185,7 @@ impl Core {
             ops: VecDeque::new(),
             starved: Vec::new(),
             backlog: 0,
+            cqe_bufs: Vec::new(),
             zc_held: HashMap::new(),
             zc_held_count: 0,
             stats: CoreStats::default(),
@@ -366,13 +369,26 @@ impl Core {
     /// `post(bid, buf)` writes each ring entry. Then re-arm receives that starved. Returns the
     /// number posted.
     pub fn refill(&mut self, mut post: impl FnMut(u16, BufIdx)) -> usize {
-        let mut n = 0;
-        while self.alloc.free_count() > self.cfg.reserve && self.bids.lent() < self.bids.entries() {
+        // Post each batch in ascending buffer order: buffers freed together (a message's, in a
+        // run) then sit next to each other in the ring, a bundle receive fills a run adjacent
+        // in memory, and the driver sends it as one iovec. The free list stays LIFO, so the
+        // buffers posted are the most recently used (cache-warm) ones.
+        let mut batch = std::mem::take(&mut self.cqe_bufs);
+        batch.clear();
+        while self.alloc.free_count() > self.cfg.reserve
+            && self.bids.lent() + batch.len() < self.bids.entries()
+        {
             let Some(buf) = self.alloc.alloc() else { break };
+            batch.push(buf);
+        }
+        batch.sort_unstable();
+        let n = batch.len();
+        for &buf in &batch {
             let bid = self.bids.lend(buf).expect("checked that an id is free");
             post(bid, buf);
-            n += 1;
         }
+        batch.clear();
+        self.cqe_bufs = batch;
         if self.bids.lent() > 0 && !self.starved.is_empty() {
             for id in std::mem::take(&mut self.starved) {
                 self.arm_recv(id);
@@ -382,54 +398,57 @@ impl Core {
     }
 
     /// Feed one completion (`user_data`, `res`, `flags` as the kernel reported them).
+    ///
+    /// A receive may be a *bundle*: `res` bytes in consecutive ring entries starting at the
+    /// buffer id in `flags`, every buffer full but the last. It becomes one slot per buffer.
     pub fn complete(&mut self, user_data: u64, res: i32, flags: u32) {
-        // A provided buffer must be accounted for whatever else is wrong with the completion.
-        let buf = if flags & CQE_F_BUFFER != 0 {
-            match self.bids.take((flags >> 16) as u16) {
-                Some(b) => Some(b),
-                None => {
-                    self.stats.bad_cqes += 1;
-                    tracing::error!(flags, "completion names a buffer id that is not lent");
-                    None
-                }
-            }
-        } else {
-            None
-        };
-        let more = flags & CQE_F_MORE != 0;
         if flags & CQE_F_NOTIF != 0 {
             return self.on_notif(user_data, res);
         }
-        let Some(ud) = UserData::decode(user_data) else {
-            self.stats.bad_cqes += 1;
-            if let Some(b) = buf {
-                self.alloc
-                    .release(b)
-                    .expect("lent buffer holds a reference");
+        // Provided buffers must be accounted for whatever else is wrong with the completion.
+        let mut bufs = std::mem::take(&mut self.cqe_bufs);
+        bufs.clear();
+        if flags & CQE_F_BUFFER != 0 {
+            let n = if res > 0 {
+                (res as u32).div_ceil(self.cfg.buf_size) as usize
+            } else {
+                1
+            };
+            if !self.bids.take_run((flags >> 16) as u16, n, &mut bufs) {
+                self.stats.bad_cqes += 1;
+                tracing::error!(flags, res, "completion names buffers that are not lent");
             }
-            return;
-        };
-        match ud.kind {
-            OpKind::Accept => self.on_accept(ud.idx, res, more),
-            OpKind::Recv => self.on_recv(
-                ConnId {
-                    idx: ud.idx,
-                    gen: ud.gen,
-                },
-                res,
-                more,
-                buf,
-            ),
-            OpKind::Send => self.on_send(
-                ConnId {
-                    idx: ud.idx,
-                    gen: ud.gen,
-                },
-                res,
-                more.then_some(user_data),
-            ),
-            OpKind::Close => {}
         }
+        let more = flags & CQE_F_MORE != 0;
+        let ud = UserData::decode(user_data);
+        match ud {
+            Some(ud) if ud.kind == OpKind::Recv => {
+                let id = ConnId {
+                    idx: ud.idx,
+                    gen: ud.gen,
+                };
+                self.on_recv(id, res, more, &bufs);
+                bufs.clear();
+            }
+            Some(ud) if ud.kind == OpKind::Accept => self.on_accept(ud.idx, res, more),
+            Some(ud) if ud.kind == OpKind::Send => {
+                let id = ConnId {
+                    idx: ud.idx,
+                    gen: ud.gen,
+                };
+                self.on_send(id, res, more.then_some(user_data))
+            }
+            Some(_) => {}
+            None => self.stats.bad_cqes += 1,
+        }
+        // Buffers on anything but a receive carry no data for anyone.
+        for &b in &bufs {
+            self.alloc
+                .release(b)
+                .expect("lent buffer holds a reference");
+        }
+        bufs.clear();
+        self.cqe_bufs = bufs;
     }
 
     fn on_accept(&mut self, idx: u32, res: i32, more: bool) {
@@ -456,14 +475,18 @@ impl Core {
         }
     }
 
-    fn on_recv(&mut self, id: ConnId, res: i32, more: bool, buf: Option<BufIdx>) {
+    fn release_lent(&mut self, bufs: &[BufIdx]) {
+        for &b in bufs {
+            self.alloc
+                .release(b)
+                .expect("lent buffer holds a reference");
+        }
+    }
+
+    fn on_recv(&mut self, id: ConnId, res: i32, more: bool, bufs: &[BufIdx]) {
         let Some(c) = self.conn_mut(id) else {
             self.stats.stale += 1;
-            if let Some(b) = buf {
-                self.alloc
-                    .release(b)
-                    .expect("lent buffer holds a reference");
-            }
+            self.release_lent(bufs);
             return;
         };
         if !more {
@@ -478,11 +501,7 @@ impl Core {
             .as_ref()
             .is_some_and(|c| c.linger);
         if lingering {
-            if let Some(b) = buf {
-                self.alloc
-                    .release(b)
-                    .expect("lent buffer holds a reference");
-            }
+            self.release_lent(bufs);
             let c = self.conn_mut(id).expect("looked up above");
             if res > 0 && !more {
                 self.arm_recv(id);
@@ -494,31 +513,33 @@ impl Core {
             }
             return;
         }
-        match (res, buf) {
-            (n, Some(b)) if n > 0 => {
-                self.stats.rx_slots += 1;
+        match res {
+            n if n > 0 && !bufs.is_empty() => {
+                self.stats.rx_slots += bufs.len() as u64;
                 self.stats.rx_bytes += n as u64;
-                let pos = self.rx.len() as u32;
-                self.rx.push(Slot {
-                    conn: id,
-                    buf: b,
-                    off: 0,
-                    len: n as u32,
-                    kind: SlotKind::Data,
-                    pos,
-                });
-                self.kept.push(false);
+                let size = self.cfg.buf_size;
+                let mut left = n as u32;
+                for &b in bufs {
+                    let len = left.min(size);
+                    left -= len;
+                    let pos = self.rx.len() as u32;
+                    self.rx.push(Slot {
+                        conn: id,
+                        buf: b,
+                        off: 0,
+                        len,
+                        kind: SlotKind::Data,
+                        pos,
+                    });
+                    self.kept.push(false);
+                }
                 if !more {
                     self.arm_recv(id);
                 }
             }
-            (n, b) => {
-                if let Some(b) = b {
-                    // A buffer with a non-positive result carries no data.
-                    self.alloc
-                        .release(b)
-                        .expect("lent buffer holds a reference");
-                }
+            n => {
+                // A buffer with a non-positive result carries no data.
+                self.release_lent(bufs);
                 if n == -ENOBUFS {
                     self.stats.enobufs += 1;
                     self.starved.push(id);
@@ -968,6 +989,31 @@ mod tests {
         // A notification nobody is waiting for is counted, not trusted.
         c.complete(ud, 0, CQE_F_NOTIF);
         assert_eq!(c.stats().bad_cqes, 1);
+    }
+
+    #[test]
+    fn a_bundle_becomes_one_slot_per_buffer() {
+        let mut c = core(8, 8);
+        let id = c.register(5);
+        let rop = c.pop_op().unwrap();
+        let posted = refill(&mut c);
+        // 2048 + 2048 + 100 bytes in the first three ring entries.
+        c.complete(ud(rop), 4196, recv_flags(posted[0].0, true));
+        let lens: Vec<u32> = c.rx().iter().map(|s| s.len).collect();
+        assert_eq!(lens, vec![2048, 2048, 100]);
+        let bufs: Vec<BufIdx> = c.rx().iter().map(|s| s.buf).collect();
+        assert_eq!(bufs, vec![posted[0].1, posted[1].1, posted[2].1]);
+        assert!(c.rx().iter().all(|s| s.conn == id));
+        assert_eq!(c.lent(), posted.len() - 3);
+        assert_eq!(c.stats().rx_slots, 3);
+        // The next single-buffer completion continues at the fourth entry.
+        c.complete(ud(rop), 10, recv_flags(posted[3].0, true));
+        assert_eq!(c.rx()[3].buf, posted[3].1);
+        // A bundle claiming more entries than are lent is refused and takes nothing.
+        let lent = c.lent();
+        c.complete(ud(rop), 2048 * 8, recv_flags(posted[4].0, true));
+        assert_eq!(c.stats().bad_cqes, 1);
+        assert_eq!(c.lent(), lent);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use pst_pool::Pool;
 use pst_ring::{BufIdx, ConnId, Core, Op};
 
 pub use bufring::BufRing;
-pub use net::{close_listener, listener, set_nodelay};
+pub use net::{close_listener, listener, listener_with, set_nodelay};
 
 /// Buffer group id of the port's provided-buffer ring.
 const BGID: u16 = 0;
@@ -48,6 +48,9 @@ pub struct DriverConfig {
     /// Sends of at least this many bytes go out as zero-copy `SEND_ZC`/`SENDMSG_ZC`; their
     /// buffers are released on the kernel's notification, not on the result. 0 = never.
     pub zc_min: u32,
+    /// Bundle receives (when the kernel has them): one completion for as many ring buffers as
+    /// the data fills, instead of one per buffer.
+    pub recv_bundle: bool,
 }
 
 impl Default for DriverConfig {
@@ -58,6 +61,7 @@ impl Default for DriverConfig {
             batch: 32,
             min_wait_us: 0,
             zc_min: 0,
+            recv_bundle: true,
         }
     }
 }
@@ -86,9 +90,13 @@ pub struct Driver {
     pool: Arc<Pool>,
     tx: Vec<Option<Box<TxMsg>>>,
     chunks: Vec<(BufIdx, u32, u32)>,
+    /// Scratch: the send's chunks merged where adjacent in memory.
+    iov: Vec<(*mut u8, usize)>,
     stats: DriverStats,
     cfg: DriverConfig,
     last_reaped: usize,
+    /// Receives are bundles (several buffers per completion, Linux 6.10).
+    bundle: bool,
 }
 
 impl std::fmt::Debug for Driver {
@@ -113,13 +121,16 @@ impl Driver {
         // SAFETY: the entry array lives in `bufring`, which `Driver` owns and drops after `ring`
         // (field order: `ring` is dropped first, which unregisters everything).
         unsafe { bufring.register(&ring.submitter(), BGID)? };
+        let bundle = cfg.recv_bundle && ring.params().is_feature_recvsend_bundle();
         Ok(Driver {
             ring,
             bufring,
             pool,
             tx: Vec::new(),
             chunks: Vec::with_capacity(MAX_IOV),
+            iov: Vec::with_capacity(MAX_IOV),
             stats: DriverStats::default(),
+            bundle,
             cfg,
             last_reaped: 0,
         })
@@ -222,10 +233,12 @@ impl Driver {
                 self.push(&[e])
             }
             Op::Recv { fd, ud } => {
-                let e = opcode::RecvMulti::new(types::Fd(fd), BGID)
-                    .build()
-                    .user_data(ud);
-                self.push(&[e])
+                let e = if self.bundle {
+                    opcode::RecvMultiBundle::new(types::Fd(fd), BGID).build()
+                } else {
+                    opcode::RecvMulti::new(types::Fd(fd), BGID).build()
+                };
+                self.push(&[e.user_data(ud)])
             }
             Op::Close { fd, ud } => {
                 // Shutdown first so an armed multishot recv completes and drops its file
@@ -257,15 +270,24 @@ impl Driver {
         // Decided here, on what this send covers; the core learns it from the result's F_MORE.
         let zc = self.cfg.zc_min > 0
             && chunks.iter().map(|c| c.2 as u64).sum::<u64>() >= self.cfg.zc_min as u64;
-        let ptr =
-            |&(b, off, _): &(BufIdx, u32, u32)| self.pool.buf_ptr(b).wrapping_add(off as usize);
-        let entry = if chunks.len() == 1 && zc {
-            opcode::SendZc::new(types::Fd(fd), ptr(&chunks[0]), chunks[0].2)
+        // Chunks that are adjacent in memory (consecutive buffers filled by one bundle
+        // receive, typically) go out as one iovec: fewer, longer copies for the kernel.
+        let mut iov = std::mem::take(&mut self.iov);
+        iov.clear();
+        for &(b, off, len) in &chunks {
+            let p = self.pool.buf_ptr(b).wrapping_add(off as usize);
+            match iov.last_mut() {
+                Some((q, l)) if q.wrapping_add(*l) == p => *l += len as usize,
+                _ => iov.push((p, len as usize)),
+            }
+        }
+        let entry = if iov.len() == 1 && zc {
+            opcode::SendZc::new(types::Fd(fd), iov[0].0, iov[0].1 as u32)
                 .flags(libc::MSG_NOSIGNAL)
                 .zc_flags(SEND_ZC_REPORT_USAGE)
                 .build()
-        } else if chunks.len() == 1 {
-            opcode::Send::new(types::Fd(fd), ptr(&chunks[0]), chunks[0].2)
+        } else if iov.len() == 1 {
+            opcode::Send::new(types::Fd(fd), iov[0].0, iov[0].1 as u32)
                 .flags(libc::MSG_NOSIGNAL)
                 .build()
         } else {
@@ -283,12 +305,12 @@ impl Driver {
                     msg: unsafe { std::mem::zeroed() },
                 })
             });
-            for (slot, c) in m.iov.iter_mut().zip(&chunks) {
-                slot.iov_base = ptr(c).cast();
-                slot.iov_len = c.2 as usize;
+            for (slot, &(p, len)) in m.iov.iter_mut().zip(&iov) {
+                slot.iov_base = p.cast();
+                slot.iov_len = len;
             }
             m.msg.msg_iov = m.iov.as_mut_ptr();
-            m.msg.msg_iovlen = chunks.len().min(MAX_IOV);
+            m.msg.msg_iovlen = iov.len().min(MAX_IOV);
             if zc {
                 // SENDMSG_ZC takes the report-usage flag in ioprio, like SEND_ZC's zc_flags.
                 opcode::SendMsgZc::new(types::Fd(fd), &m.msg)
@@ -301,6 +323,7 @@ impl Driver {
                     .build()
             }
         };
+        self.iov = iov;
         self.chunks = chunks;
         entry.user_data(ud)
     }

@@ -9,9 +9,16 @@ use socket2::{Domain, Protocol, Socket, Type};
 /// share an address) and `TCP_NODELAY` (inherited by accepted sockets on Linux, which saves a
 /// `setsockopt` per connection).
 pub fn listener(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
+    listener_with(addr, backlog, true)
+}
+
+/// A listening socket as [`listener`], with or without `SO_REUSEPORT`. Without it, binding an
+/// address some other socket still listens on fails (`EADDRINUSE`) instead of silently joining
+/// it — including the listener of a killed process that the kernel has not torn down yet.
+pub fn listener_with(addr: SocketAddr, backlog: i32, reuse_port: bool) -> io::Result<TcpListener> {
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     s.set_reuse_address(true)?;
-    s.set_reuse_port(true)?;
+    s.set_reuse_port(reuse_port)?;
     s.set_tcp_nodelay(true)?;
     s.bind(&addr.into())?;
     s.listen(backlog)?;

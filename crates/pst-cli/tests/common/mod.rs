@@ -34,6 +34,33 @@ pub fn tmpdir(name: &str) -> PathBuf {
     d
 }
 
+/// One request in the server's protocol gets its kind of answer.
+fn answers(cmd: &str, addr: SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let (req, ok): (&[u8], &[&[u8]]) = match cmd {
+        "echo" => (b"ping\n", &[b"ping\n"]),
+        "kv" => (b"PING\r\n", &[b"+PONG", b"-NOAUTH"]),
+        _ => (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", &[b"HTTP/1.1 "]),
+    };
+    let Ok(mut c) = TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = c.set_read_timeout(Some(Duration::from_secs(1)));
+    if c.write_all(req).is_err() {
+        return false;
+    }
+    let mut got = Vec::new();
+    let mut b = [0u8; 64];
+    while got.len() < 5 {
+        match c.read(&mut b) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => got.extend_from_slice(&b[..n]),
+        }
+    }
+    ok.iter()
+        .any(|p| got.starts_with(&p[..p.len().min(got.len())]))
+}
+
 /// A server child process, SIGTERMed and reaped on drop.
 pub struct ServerProc {
     pub child: Child,
@@ -51,7 +78,10 @@ impl ServerProc {
             .unwrap();
         let mut s = ServerProc { child, addr };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(addr).is_err() {
+        // Ready means *our* server answers a request, not merely that something accepts on
+        // the port: a listener of a killed server can outlive its process for a moment
+        // (io_uring tears rings down asynchronously) and would accept, then reset.
+        while !answers(args.first().copied().unwrap_or("httpd"), addr) {
             if let Some(st) = s.child.try_wait().unwrap() {
                 panic!("server exited early: {st}");
             }
