@@ -147,8 +147,11 @@ impl Port {
     /// Stop accepting new connections.
     pub fn stop_listening(&mut self) {
         for fd in self.core.close_listeners() {
-            if let Err(e) = pst_uring::close_listener(fd) {
-                tracing::warn!(error = %e, "shutting down a listener");
+            match pst_uring::close_listener(fd) {
+                // Another port sharing the listening socket already shut it down.
+                Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {}
+                Err(e) => tracing::warn!(error = %e, "shutting down a listener"),
+                Ok(()) => {}
             }
         }
     }
