@@ -87,6 +87,9 @@ pub enum SendError {
 pub struct CoreStats {
     /// Data slots delivered.
     pub rx_slots: u64,
+    /// Receive completions that carried data (fewer than `rx_slots` when bundles fill several
+    /// buffers per completion).
+    pub rx_completions: u64,
     /// Bytes received.
     pub rx_bytes: u64,
     /// Bytes sent.
@@ -516,6 +519,7 @@ impl Core {
         match res {
             n if n > 0 && !bufs.is_empty() => {
                 self.stats.rx_slots += bufs.len() as u64;
+                self.stats.rx_completions += 1;
                 self.stats.rx_bytes += n as u64;
                 let size = self.cfg.buf_size;
                 let mut left = n as u32;
