@@ -12,7 +12,7 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use pst_ring::{BufAlloc, ConnId, Core, CoreConfig, Extent, Op, SlotKind};
+use pst_ring::{BufAlloc, ConnId, Core, CoreConfig, Extent, Op as CoreOp, SlotKind};
 
 const BUF_SIZE: u32 = 2048;
 const F_BUFFER: u32 = 1;
@@ -20,7 +20,7 @@ const F_MORE: u32 = 2;
 const F_NOTIF: u32 = 8;
 
 #[derive(Debug, Arbitrary)]
-enum Action {
+enum Op {
     Sync,
     Accept {
         more: bool,
@@ -89,7 +89,7 @@ struct Input {
     tx_bufs: u8,
     /// Which sends the driver submits as zero-copy (bit i: send i mod 8).
     zc_mask: u8,
-    actions: Vec<Action>,
+    ops: Vec<Op>,
 }
 
 #[derive(Default)]
@@ -121,9 +121,9 @@ fn sync(core: &mut Core, k: &mut Kernel, chunks: &mut Vec<(pst_ring::BufIdx, u32
     core.refill(|bid, _| k.lent.push(bid));
     while let Some(op) = core.pop_op() {
         match op {
-            Op::Accept { ud, .. } => k.accepts.push(ud),
-            Op::Recv { fd, ud } => k.recvs.push((fd, ud)),
-            Op::Send { conn, ud, .. } => {
+            CoreOp::Accept { ud, .. } => k.accepts.push(ud),
+            CoreOp::Recv { fd, ud } => k.recvs.push((fd, ud)),
+            CoreOp::Send { conn, ud, .. } => {
                 let zc = k.zc_mask >> (k.sends_seen % 8) & 1 == 1;
                 k.sends_seen += 1;
                 core.tx_chunks(conn, chunks);
@@ -134,8 +134,8 @@ fn sync(core: &mut Core, k: &mut Kernel, chunks: &mut Vec<(pst_ring::BufIdx, u32
                 }
                 k.sends.push((ud, total, zc));
             }
-            Op::ShutdownWrite { .. } => {}
-            Op::Close { fd, .. } => {
+            CoreOp::ShutdownWrite { .. } => {}
+            CoreOp::Close { fd, .. } => {
                 // Closing the socket cancels its multishot receive.
                 let (gone, keep): (Vec<_>, Vec<_>) = k.recvs.iter().partition(|r| r.0 == fd);
                 k.recvs = keep;
@@ -183,10 +183,10 @@ fuzz_target!(|input: Input| {
     core.add_listener(3);
     sync(&mut core, &mut k, &mut chunks);
 
-    for a in input.actions.iter().take(500) {
+    for a in input.ops.iter().take(500) {
         match *a {
-            Action::Sync => sync(&mut core, &mut k, &mut chunks),
-            Action::Accept { more } => {
+            Op::Sync => sync(&mut core, &mut k, &mut chunks),
+            Op::Accept { more } => {
                 if let Some(i) = pick(&k.accepts, 0) {
                     let ud = if more {
                         k.accepts[i]
@@ -197,7 +197,7 @@ fuzz_target!(|input: Input| {
                     k.next_fd += 1;
                 }
             }
-            Action::Data {
+            Op::Data {
                 recv,
                 bid,
                 len,
@@ -226,18 +226,18 @@ fuzz_target!(|input: Input| {
                 let flags = (bid as u32) << 16 | F_BUFFER | if more { F_MORE } else { 0 };
                 k.cqes.push((ud, len, flags));
             }
-            Action::Eof { recv } => {
+            Op::Eof { recv } => {
                 if let Some(r) = pick(&k.recvs, recv) {
                     k.cqes.push((k.recvs.remove(r).1, 0, 0));
                 }
             }
-            Action::RecvError { recv, errno } => {
+            Op::RecvError { recv, errno } => {
                 if let Some(r) = pick(&k.recvs, recv) {
                     let errno = [104, 110, 32, 22][errno as usize % 4];
                     k.cqes.push((k.recvs.remove(r).1, -errno, 0));
                 }
             }
-            Action::Enobufs { recv } => {
+            Op::Enobufs { recv } => {
                 // The kernel ends a multishot receive with ENOBUFS only when the ring is empty.
                 if k.lent.is_empty() {
                     if let Some(r) = pick(&k.recvs, recv) {
@@ -245,7 +245,7 @@ fuzz_target!(|input: Input| {
                     }
                 }
             }
-            Action::SendDone {
+            Op::SendDone {
                 send,
                 partial,
                 error,
@@ -263,7 +263,7 @@ fuzz_target!(|input: Input| {
                     }
                 }
             }
-            Action::Notif { which, copied } => {
+            Op::Notif { which, copied } => {
                 if let Some(i) = pick(&k.notifs, which) {
                     // The oldest notification owed under that user data.
                     let ud = k.notifs[i];
@@ -273,7 +273,7 @@ fuzz_target!(|input: Input| {
                     k.cqes.push((ud, res, F_NOTIF));
                 }
             }
-            Action::Keep { slot } => {
+            Op::Keep { slot } => {
                 let rx = core.rx();
                 if let Some(i) = pick(rx, slot) {
                     let s = rx[i];
@@ -283,17 +283,17 @@ fuzz_target!(|input: Input| {
                     }
                 }
             }
-            Action::Release { ext } => {
+            Op::Release { ext } => {
                 if let Some(i) = pick(&exts, ext) {
                     core.release(exts.swap_remove(i));
                 }
             }
-            Action::Send { ext, conn } => {
+            Op::Send { ext, conn } => {
                 if let (Some(i), Some(c)) = (pick(&exts, ext), pick(&k.conns, conn)) {
                     let _ = core.send(k.conns[c], exts.swap_remove(i));
                 }
             }
-            Action::Split { ext, at } => {
+            Op::Split { ext, at } => {
                 if let Some(i) = pick(&exts, ext) {
                     let e = exts.swap_remove(i);
                     let at = at as u32 % (e.len() + 1);
@@ -302,7 +302,7 @@ fuzz_target!(|input: Input| {
                     exts.push(b);
                 }
             }
-            Action::Share { ext, skip, len } => {
+            Op::Share { ext, skip, len } => {
                 if let Some(i) = pick(&exts, ext) {
                     let l = exts[i].len();
                     let skip = skip as u32 % (l + 1);
@@ -311,22 +311,22 @@ fuzz_target!(|input: Input| {
                     exts.push(e);
                 }
             }
-            Action::AllocTx => {
+            Op::AllocTx => {
                 if let Some(e) = core.alloc_tx_extent() {
                     exts.push(e);
                 }
             }
-            Action::Close { conn } => {
+            Op::Close { conn } => {
                 if let Some(c) = pick(&k.conns, conn) {
                     core.close(k.conns[c]);
                 }
             }
-            Action::Linger { conn } => {
+            Op::Linger { conn } => {
                 if let Some(c) = pick(&k.conns, conn) {
                     core.close_lingering(k.conns[c]);
                 }
             }
-            Action::CloseAll => core.close_all(),
+            Op::CloseAll => core.close_all(),
         }
     }
 
