@@ -162,6 +162,8 @@ pub struct Core {
     backlog: usize,
     /// Scratch for the buffers of one completion.
     cqe_bufs: Vec<BufIdx>,
+    /// Buffers the kernel filled since the last refill.
+    consumed: usize,
     /// Extents of zero-copy sends whose result came back but whose notification has not: the
     /// kernel may still read them. Per send user data, oldest send first (TCP frees a socket's
     /// sent data in sequence order, so its notifications arrive in that order). Outlives the
@@ -189,6 +191,7 @@ impl Core {
             starved: Vec::new(),
             backlog: 0,
             cqe_bufs: Vec::new(),
+            consumed: 0,
             zc_held: HashMap::new(),
             zc_held_count: 0,
             stats: CoreStats::default(),
@@ -368,8 +371,9 @@ impl Core {
         self.kept.clear();
     }
 
-    /// Lend free buffers to the kernel until the ring is full or only the reserve is left;
-    /// `post(bid, buf)` writes each ring entry. Then re-arm receives that starved. Returns the
+    /// Lend free buffers to the kernel — up to twice what it filled since the last refill (at
+    /// least 256), never more than the ring holds or beyond the reserve; `post(bid, buf)`
+    /// writes each ring entry. Then re-arm receives that starved. Returns the
     /// number posted.
     pub fn refill(&mut self, mut post: impl FnMut(u16, BufIdx)) -> usize {
         // Post each batch in ascending buffer order: buffers freed together (a message's, in a
@@ -378,8 +382,12 @@ impl Core {
         // buffers posted are the most recently used (cache-warm) ones.
         let mut batch = std::mem::take(&mut self.cqe_bufs);
         batch.clear();
-        while self.alloc.free_count() > self.cfg.reserve
-            && self.bids.lent() + batch.len() < self.bids.entries()
+        // Lend only about what the kernel used lately (twice the last interval's buffers, at
+        // least 256): the ring then cycles through few buffers, which stay cache-warm, instead
+        // of every entry the ring has.
+        let target = (2 * self.consumed + 256).min(self.bids.entries());
+        self.consumed = 0;
+        while self.alloc.free_count() > self.cfg.reserve && self.bids.lent() + batch.len() < target
         {
             let Some(buf) = self.alloc.alloc() else { break };
             batch.push(buf);
@@ -519,6 +527,7 @@ impl Core {
         match res {
             n if n > 0 && !bufs.is_empty() => {
                 self.stats.rx_slots += bufs.len() as u64;
+                self.consumed += bufs.len();
                 self.stats.rx_completions += 1;
                 self.stats.rx_bytes += n as u64;
                 let size = self.cfg.buf_size;
@@ -1018,6 +1027,24 @@ mod tests {
         c.complete(ud(rop), 2048 * 8, recv_flags(posted[4].0, true));
         assert_eq!(c.stats().bad_cqes, 1);
         assert_eq!(c.lent(), lent);
+    }
+
+    #[test]
+    fn lending_follows_what_the_kernel_used() {
+        let mut c = core(4096, 4096);
+        let id = c.register(5);
+        let rop = c.pop_op().unwrap();
+        let posted = refill(&mut c);
+        assert_eq!(posted.len(), 256, "a quiet port lends 256");
+        // The kernel fills 200 buffers (in bundles of 4); the next refill lends up to 2 x 200.
+        for run in posted[..200].chunks(4) {
+            c.complete(ud(rop), 4 * 2048, recv_flags(run[0].0, true));
+        }
+        assert_eq!(c.lent(), 56);
+        c.begin_sync();
+        refill(&mut c);
+        assert_eq!(c.lent(), 400 + 256);
+        assert!(c.rx().is_empty() && c.open_conns() == 1 && id.index() == 0);
     }
 
     #[test]
