@@ -7,6 +7,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+
+mod chunks;
+use chunks::chunks;
 use pst_http::{Event, Limits, RequestFramer};
 
 fn limits(sel: u8) -> Limits {
@@ -29,21 +32,11 @@ fn limits(sel: u8) -> Limits {
 fn frame(data: &[u8], lim: Limits, seed: u8) -> Vec<Event> {
     let mut f = RequestFramer::new(lim);
     let mut out = Vec::new();
-    let mut rng = seed as u32 | 0x9e37_0000;
-    let mut at = 0;
-    while at < data.len() {
-        let n = if seed == 0 {
-            data.len()
-        } else {
-            rng ^= rng << 13;
-            rng ^= rng >> 17;
-            rng ^= rng << 5;
-            1 + (rng as usize % 97)
-        };
-        let end = (at + n).min(data.len());
-        f.feed(&data[at..end], &mut out);
-        at = end;
-        assert_eq!(f.position(), at as u64);
+    let mut at = 0u64;
+    for piece in chunks(data, seed, 97) {
+        f.feed(piece, &mut out);
+        at += piece.len() as u64;
+        assert_eq!(f.position(), at);
         assert!(
             f.needed_from() <= f.position(),
             "needed_from past the stream"

@@ -7,6 +7,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+
+mod chunks;
+use chunks::chunks;
 use pst_resp::{CommandFramer, Event, Limits};
 
 fn limits(sel: u8) -> Limits {
@@ -28,21 +31,11 @@ fn limits(sel: u8) -> Limits {
 fn frame(data: &[u8], lim: Limits, seed: u8) -> Vec<Event> {
     let mut f = CommandFramer::new(lim);
     let mut out = Vec::new();
-    let mut rng = seed as u32 | 0x5bd1_0000;
-    let mut at = 0;
-    while at < data.len() {
-        let n = if seed == 0 {
-            data.len()
-        } else {
-            rng ^= rng << 13;
-            rng ^= rng >> 17;
-            rng ^= rng << 5;
-            1 + (rng as usize % 61)
-        };
-        let end = (at + n).min(data.len());
-        f.feed(&data[at..end], &mut out);
-        at = end;
-        assert!(f.needed_from() <= at as u64, "needed_from past the stream");
+    let mut at = 0u64;
+    for piece in chunks(data, seed, 61) {
+        f.feed(piece, &mut out);
+        at += piece.len() as u64;
+        assert!(f.needed_from() <= at, "needed_from past the stream");
     }
     out
 }

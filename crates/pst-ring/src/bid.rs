@@ -50,20 +50,8 @@ impl BidTable {
     /// The kernel gave back `bid`. `None` for an id that is not lent (a kernel/driver bug or a
     /// corrupt completion): the caller reports it instead of trusting it.
     pub fn take(&mut self, bid: u16) -> Option<BufIdx> {
-        let buf = self.lent.get_mut(bid as usize)?.take()?;
-        self.free.push(bid);
-        // Normally the head of the ring; anything else is tolerated (searched).
-        match self.order.front() {
-            Some(&f) if f == bid => {
-                self.order.pop_front();
-            }
-            _ => {
-                let p = self.order.iter().position(|&b| b == bid);
-                self.order
-                    .remove(p.expect("a lent id is in the ring order"));
-            }
-        }
-        Some(buf)
+        let mut out = Vec::with_capacity(1);
+        self.take_run(bid, 1, &mut out).then(|| out[0])
     }
 
     /// The kernel gave back `n` buffers in ring order starting at `first` (a bundle). Appends

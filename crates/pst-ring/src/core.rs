@@ -160,8 +160,8 @@ pub struct Core {
     ops: VecDeque<Op>,
     starved: Vec<ConnId>,
     backlog: usize,
-    /// Scratch for the buffers of one completion.
-    cqe_bufs: Vec<BufIdx>,
+    /// Scratch buffer list: one completion's buffers, or one refill batch.
+    scratch: Vec<BufIdx>,
     /// Buffers the kernel filled since the last refill.
     consumed: usize,
     /// Extents of zero-copy sends whose result came back but whose notification has not: the
@@ -169,7 +169,6 @@ pub struct Core {
     /// sent data in sequence order, so its notifications arrive in that order). Outlives the
     /// connection: a notification can arrive after the close.
     zc_held: HashMap<u64, VecDeque<Vec<Extent>>>,
-    zc_held_count: usize,
     stats: CoreStats,
 }
 
@@ -190,10 +189,9 @@ impl Core {
             ops: VecDeque::new(),
             starved: Vec::new(),
             backlog: 0,
-            cqe_bufs: Vec::new(),
+            scratch: Vec::new(),
             consumed: 0,
             zc_held: HashMap::new(),
-            zc_held_count: 0,
             stats: CoreStats::default(),
         }
     }
@@ -355,7 +353,7 @@ impl Core {
 
     /// Zero-copy sends whose notification has not arrived yet (their buffers are still held).
     pub fn zc_pending(&self) -> usize {
-        self.zc_held_count
+        self.zc_held.values().map(VecDeque::len).sum()
     }
 
     /// Start of a sync: recycle RX buffers the application did not keep, and clear the RX ring.
@@ -380,7 +378,7 @@ impl Core {
         // run) then sit next to each other in the ring, a bundle receive fills a run adjacent
         // in memory, and the driver sends it as one iovec. The free list stays LIFO, so the
         // buffers posted are the most recently used (cache-warm) ones.
-        let mut batch = std::mem::take(&mut self.cqe_bufs);
+        let mut batch = std::mem::take(&mut self.scratch);
         batch.clear();
         // Lend only about what the kernel used lately (twice the last interval's buffers, at
         // least 256): the ring then cycles through few buffers, which stay cache-warm, instead
@@ -399,7 +397,7 @@ impl Core {
             post(bid, buf);
         }
         batch.clear();
-        self.cqe_bufs = batch;
+        self.scratch = batch;
         if self.bids.lent() > 0 && !self.starved.is_empty() {
             for id in std::mem::take(&mut self.starved) {
                 self.arm_recv(id);
@@ -417,7 +415,7 @@ impl Core {
             return self.on_notif(user_data, res);
         }
         // Provided buffers must be accounted for whatever else is wrong with the completion.
-        let mut bufs = std::mem::take(&mut self.cqe_bufs);
+        let mut bufs = std::mem::take(&mut self.scratch);
         bufs.clear();
         if flags & CQE_F_BUFFER != 0 {
             let n = if res > 0 {
@@ -453,13 +451,9 @@ impl Core {
             None => self.stats.bad_cqes += 1,
         }
         // Buffers on anything but a receive carry no data for anyone.
-        for &b in &bufs {
-            self.alloc
-                .release(b)
-                .expect("lent buffer holds a reference");
-        }
+        self.release_lent(&bufs);
         bufs.clear();
-        self.cqe_bufs = bufs;
+        self.scratch = bufs;
     }
 
     fn on_accept(&mut self, idx: u32, res: i32, more: bool) {
@@ -610,7 +604,6 @@ impl Core {
         self.stats.zc_notifs += 1;
         // IORING_NOTIF_USAGE_ZC_COPIED (with IORING_SEND_ZC_REPORT_USAGE): the kernel copied.
         self.stats.zc_copied += (res as u32 >> 31) as u64;
-        self.zc_held_count -= 1;
         for e in group {
             self.release(e);
         }
@@ -654,7 +647,6 @@ impl Core {
                 // The kernel may still read these (and, after a short send, the sent part of
                 // the head extent, which stays queued and referenced anyway).
                 self.zc_held.entry(ud).or_default().push_back(released);
-                self.zc_held_count += 1;
             }
             None => {
                 for e in released {
