@@ -10,6 +10,7 @@
 
 pub mod alloc;
 pub mod header;
+mod lock;
 mod map;
 pub mod media;
 pub mod persist;
@@ -22,6 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 pub use alloc::{AllocError, BufAlloc};
 pub use header::{Header, HeaderError};
+pub use lock::Holder;
 pub use media::{Media, PoolMedia, SimPm};
 pub use persist::FlushInsn;
 
@@ -178,6 +180,16 @@ pub enum PoolError {
     /// Invalid geometry requested.
     #[error("invalid pool geometry: {0}")]
     Geometry(String),
+    /// Another process (or another open in this one) holds the pool; it was left untouched.
+    /// A pool belongs to one process at a time: two would lend the same buffers to two kernels
+    /// and append to one log from two heads.
+    #[error("{path}: pool is in use by {} (refusing to open it; left untouched)", holder.as_ref().map_or_else(|| "another process".to_owned(), |h| h.to_string()))]
+    InUse {
+        /// The pool path.
+        path: PathBuf,
+        /// The process holding it, when `/proc/locks` names it.
+        holder: Option<Holder>,
+    },
     /// mmap failed.
     #[error("mmap of {len} bytes failed: {source}")]
     Map {
@@ -276,6 +288,14 @@ impl Pool {
             .write(!opts.read_only)
             .open(path)
             .map_err(io)?;
+        // Locked before anything is read, held by `file` for the pool's lifetime (module `lock`).
+        lock::lock(&file, opts.read_only).map_err(|e| match e {
+            lock::LockError::Busy(holder) => PoolError::InUse {
+                path: path.to_owned(),
+                holder,
+            },
+            lock::LockError::Io(source) => io(source),
+        })?;
         let meta = file.metadata().map_err(io)?;
         if !meta.is_file() {
             return Err(io(std::io::Error::other("not a regular file")));
@@ -373,8 +393,10 @@ impl Pool {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
+        // A name of our own: two processes creating the same pool at once must not write one
+        // temp file; the loser of the link below opens (and is refused by the lock) instead.
         let mut tmp = path.as_os_str().to_owned();
-        tmp.push(".tmp");
+        tmp.push(format!(".tmp.{}", std::process::id()));
         let tmp = PathBuf::from(tmp);
         let mut f = OpenOptions::new()
             .write(true)
@@ -388,8 +410,12 @@ impl Pool {
         f.sync_all().map_err(io)?;
         drop(f);
         // Never replace a file that appeared meanwhile: link fails if `path` exists.
-        std::fs::hard_link(&tmp, path).map_err(io)?;
+        let linked = std::fs::hard_link(&tmp, path);
         std::fs::remove_file(&tmp).map_err(io)?;
+        match linked {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+            r => r.map_err(io)?,
+        }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
         }
