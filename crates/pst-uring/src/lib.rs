@@ -29,6 +29,14 @@ const BGID: u16 = 0;
 /// `IORING_SEND_ZC_REPORT_USAGE` (not exported by the io-uring crate): the notification's
 /// result says whether the kernel copied after all.
 const SEND_ZC_REPORT_USAGE: u16 = 8;
+/// How long a blocking sync that counts on inline send completions waits for them (and one
+/// more completion) before it settles for whatever completed: long enough that a closed-loop
+/// client's next request (a loopback round trip, tens of µs) arrives within it, short enough to
+/// bound the delay of a send that met a full socket buffer when nothing else is happening.
+const SEND_SETTLE_US: u32 = 200;
+/// The general timeout given with a min-wait to a sync without a timeout: the kernel ends a
+/// min-wait by itself only when no general timeout is set; this one never fires in practice.
+const DISTANT_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// Most chunks gathered into one `sendmsg`.
 pub const MAX_IOV: usize = 64;
 
@@ -167,29 +175,49 @@ impl Driver {
         // only one completion would then return at once with nothing received, costing a
         // second enter per request. So wait for one completion beyond the sends, unless a
         // connection has data queued behind its in-flight send (that send's completion must
-        // be handled promptly). The timeout bounds the wait either way.
+        // be handled promptly).
         let extra = if core.tx_backlog() == 0 { sends } else { 0 };
-
+        let want = match timeout {
+            Some(t) if t.is_zero() => 1,
+            _ => self.wait_target(extra),
+        };
+        // But a send that meets a full socket buffer completes only later, and then `want`
+        // may never be reached: its completion would sit unreaped (the reply's tail and the
+        // FIN held) until some unrelated event. So whenever the target counts on sends, a
+        // min-wait bounds it: once it expires the wait ends with whatever is in the CQ, or, if
+        // nothing is, at the very next completion (the kernel drops the target to one after
+        // the min-wait expires when a general timeout is set; `None` gets a distant one so that
+        // the expiry alone never ends the wait). The min-wait for batching (`want > extra + 1`)
+        // does the same for the batch it gathers; at low load (batch target 1) it is not armed,
+        // as it would only wake the idle port between requests.
+        let min_wait_us = if want > extra + 1 {
+            self.cfg.min_wait_us
+        } else if extra > 0 {
+            SEND_SETTLE_US
+        } else {
+            0
+        };
         let ts;
         let mut args = types::SubmitArgs::new();
-        let want = match timeout {
+        match timeout {
             Some(t) if t.is_zero() => {
                 ts = types::Timespec::new();
                 args = args.timespec(&ts);
-                1
             }
             Some(t) => {
                 ts = types::Timespec::from(t);
                 args = args.timespec(&ts);
-                self.wait_target(extra)
+                // A min-wait at or beyond the timeout ends the wait at its own expiry.
+                let t_us = u32::try_from(t.as_micros()).unwrap_or(u32::MAX);
+                if min_wait_us > 0 {
+                    args = args.min_wait_usec(min_wait_us.min(t_us));
+                }
             }
-            None => self.wait_target(extra),
-        };
-        // The min-wait bound only matters when waiting for a batch beyond one completion. At
-        // low load (batch target 1) it would only arm a timer that fires while the port is
-        // idle between requests: a wake-up and sleep per request for nothing.
-        if want > extra + 1 {
-            args = args.min_wait_usec(self.cfg.min_wait_us);
+            None if min_wait_us > 0 => {
+                ts = types::Timespec::from(DISTANT_TIMEOUT);
+                args = args.timespec(&ts).min_wait_usec(min_wait_us);
+            }
+            None => {}
         }
         self.stats.enters += 1;
         match self.ring.submitter().submit_with_args(want, &args) {

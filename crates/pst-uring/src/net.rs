@@ -5,16 +5,18 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-/// A listening socket with `SO_REUSEADDR`, `SO_REUSEPORT` (so one listener per port/thread can
-/// share an address) and `TCP_NODELAY` (inherited by accepted sockets on Linux, which saves a
-/// `setsockopt` per connection).
+/// A listening socket with `SO_REUSEADDR` and `TCP_NODELAY` (inherited by accepted sockets on
+/// Linux, which saves a `setsockopt` per connection), without `SO_REUSEPORT`: binding an address
+/// another socket listens on fails with `EADDRINUSE` instead of silently sharing it.
 pub fn listener(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
-    listener_with(addr, backlog, true)
+    listener_with(addr, backlog, false)
 }
 
-/// A listening socket as [`listener`], with or without `SO_REUSEPORT`. Without it, binding an
-/// address some other socket still listens on fails (`EADDRINUSE`) instead of silently joining
-/// it — including the listener of a killed process that the kernel has not torn down yet.
+/// A listening socket as [`listener`], with or without `SO_REUSEPORT`. With it, any process of
+/// the same user can bind the same address and the kernel spreads connections over all of them
+/// — a second instance of a server starts silently beside the first, and so does the listener
+/// of a killed process that the kernel has not torn down yet. Without it, such a bind fails
+/// (`EADDRINUSE`).
 pub fn listener_with(addr: SocketAddr, backlog: i32, reuse_port: bool) -> io::Result<TcpListener> {
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     s.set_reuse_address(true)?;

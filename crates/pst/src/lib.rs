@@ -130,10 +130,23 @@ impl Port {
         &self.pool
     }
 
-    /// Listen on `addr` (`SO_REUSEPORT`, so each thread's port can listen on the same address);
-    /// accepted connections are registered automatically and reported as `Accepted` slots.
+    /// Listen on `addr`; accepted connections are registered automatically and reported as
+    /// `Accepted` slots. The address is this port's alone (no `SO_REUSEPORT`): if anything
+    /// listens there already — another instance of the service, or a killed one's listener
+    /// the kernel has not torn down yet — this fails with `EADDRINUSE`. To serve one address
+    /// from several ports (threads), bind one `TcpListener` and hand a clone of it to each with
+    /// [`Port::add_listener`], or use [`Port::listen_reuse_port`].
     pub fn listen(&mut self, addr: SocketAddr) -> io::Result<SocketAddr> {
-        let l = pst_uring::listener(addr, 4096)?;
+        let l = pst_uring::listener_with(addr, 4096, false)?;
+        self.add_listener(l)
+    }
+
+    /// Listen on `addr` with `SO_REUSEPORT`: every socket bound to `addr` with it (in this
+    /// process or any other of the same user) shares the address, and the kernel spreads new
+    /// connections over them. Use only where that is wanted: a second instance of a service
+    /// started by mistake is not refused.
+    pub fn listen_reuse_port(&mut self, addr: SocketAddr) -> io::Result<SocketAddr> {
+        let l = pst_uring::listener_with(addr, 4096, true)?;
         self.add_listener(l)
     }
 
