@@ -31,7 +31,7 @@ pub fn uring(mut w: Worker) -> anyhow::Result<()> {
             }
         }
         if let Some(st) = &w.stats {
-            st.set(w.index, port.stats().driver.enters, requests);
+            st.set(w.index, port.stats().driver.syscalls(), requests);
         }
     }
     drain_port(&mut port)

@@ -297,7 +297,7 @@ pub fn uring<P: Protocol>(
         if let Some(st) = &w.stats {
             st.set(
                 w.index,
-                port.stats().driver.enters + syncs,
+                port.stats().driver.syscalls() + syncs,
                 proto.requests(),
             );
         }

@@ -18,7 +18,10 @@ fn assert_refused(args: &[&str], pool: &str, holder: u32) {
     let t = Instant::now();
     let out = common::pst().args(args).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{args:?} started on a busy pool: {err}");
+    assert!(
+        !out.status.success(),
+        "{args:?} started on a busy pool: {err}"
+    );
     assert!(
         err.contains(pool) && err.contains(&format!("pid {holder}")) && err.contains("in use"),
         "{args:?}: the message must name the pool and the holder: {err}"
@@ -64,7 +67,11 @@ fn second_instance_is_refused_and_no_acknowledged_write_is_lost() {
                 let mut i = 0;
                 while !stop.load(Ordering::Relaxed) {
                     let k = format!("k{t}_{i}");
-                    let r: String = redis::cmd("SET").arg(&k).arg(value(&k)).query(&mut con).unwrap();
+                    let r: String = redis::cmd("SET")
+                        .arg(&k)
+                        .arg(value(&k))
+                        .query(&mut con)
+                        .unwrap();
                     assert_eq!(r, "OK");
                     acked.lock().unwrap().push(k);
                     i += 1;
@@ -84,7 +91,11 @@ fn second_instance_is_refused_and_no_acknowledged_write_is_lost() {
         holder,
     );
     assert_refused(&["inspect", &p], &p, holder);
-    assert_refused(&["kv", "--pool", &p, "--addr", &other, "--engine", "epoll"], &p, holder);
+    assert_refused(
+        &["kv", "--pool", &p, "--addr", &other, "--engine", "epoll"],
+        &p,
+        holder,
+    );
 
     stop.store(true, Ordering::Relaxed);
     for h in load {
@@ -97,7 +108,11 @@ fn second_instance_is_refused_and_no_acknowledged_write_is_lost() {
     let before = std::fs::read(&pool).unwrap();
     assert_refused(&second, &p, holder);
     assert_refused(&["inspect", &p], &p, holder);
-    assert_eq!(std::fs::read(&pool).unwrap(), before, "a refused opener changed the pool");
+    assert_eq!(
+        std::fs::read(&pool).unwrap(),
+        before,
+        "a refused opener changed the pool"
+    );
 
     assert!(s.term().success());
     common::assert_inspect_ok(&p);

@@ -129,7 +129,11 @@ mod tests {
                      2: FLOCK  ADVISORY  WRITE 4242 fd:01:56789 0 EOF\n\
                      2: -> FLOCK  ADVISORY  WRITE 99 fd:01:56789 0 EOF\n";
         assert_eq!(find_holder(locks, "fd:01:56789"), Some(4242));
-        assert_eq!(find_holder(locks, "08:01:77"), None, "POSIX locks are not ours");
+        assert_eq!(
+            find_holder(locks, "08:01:77"),
+            None,
+            "POSIX locks are not ours"
+        );
         assert_eq!(find_holder(locks, "fd:01:1"), None);
     }
 

@@ -13,6 +13,8 @@ pub const CQE_F_BUFFER: u32 = 1;
 /// Completion flag: the multishot request stays armed; on a zero-copy send's result, a
 /// notification completion follows.
 pub const CQE_F_MORE: u32 = 2;
+/// `EINVAL`: what accepting on a socket that stopped listening returns.
+const EINVAL: i32 = 22;
 /// Completion flag: a zero-copy send's notification (the kernel no longer reads its buffers).
 pub const CQE_F_NOTIF: u32 = 8;
 
@@ -35,7 +37,9 @@ pub struct CoreConfig {
 /// An operation the driver must submit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
-    /// Arm a multishot accept on listener `fd`.
+    /// Accept connections on listener `fd` until told otherwise: each accepted socket is a
+    /// completion of `ud` with `CQE_F_MORE` (a multishot accept, or the driver's own accept
+    /// loop); a completion without it ends the accepting and the core re-arms.
     Accept {
         /// Listener socket.
         fd: i32,
@@ -472,6 +476,12 @@ impl Core {
                 .encode();
                 self.ops.push_back(Op::Close { fd: res, ud });
             }
+        } else if res == -EINVAL {
+            // The socket is no longer listening: shut down, by this port or by another one
+            // sharing it (a server stopping). It will not listen again, so accepting ends
+            // here; `close_listeners` still hands the fd back to be closed.
+            tracing::debug!(listener = idx, "listener shut down");
+            return;
         } else if self.listeners.get(idx as usize).is_some_and(|l| l.open) {
             tracing::warn!(errno = -res, "accept failed");
         }

@@ -9,6 +9,7 @@
 //! queue-management API; this driver keeps one kernel copy (skb → pool buffer) on receive. The
 //! place to add it is a second RX source beside the provided-buffer ring here.
 
+mod accept;
 mod bufring;
 mod net;
 
@@ -83,6 +84,15 @@ pub struct DriverStats {
     pub sqes: u64,
     /// CQEs reaped.
     pub cqes: u64,
+    /// `accept4` calls (listeners are accepted on readiness; see the `accept` module).
+    pub accept_calls: u64,
+}
+
+impl DriverStats {
+    /// System calls made: `io_uring_enter`s and `accept4`s.
+    pub fn syscalls(&self) -> u64 {
+        self.enters + self.accept_calls
+    }
 }
 
 /// Stable storage for one connection's in-flight `sendmsg`: the kernel reads it after submit.
@@ -105,6 +115,10 @@ pub struct Driver {
     last_reaped: usize,
     /// Receives are bundles (several buffers per completion, Linux 6.10).
     bundle: bool,
+    /// The listeners, accepted on readiness of an epoll set the ring polls.
+    acceptor: accept::Acceptor,
+    /// Accept completions for the core, delivered after the next enter.
+    accepted: Vec<accept::AcceptCompletion>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -141,6 +155,8 @@ impl Driver {
             bundle,
             cfg,
             last_reaped: 0,
+            acceptor: accept::Acceptor::new(),
+            accepted: Vec::new(),
         })
     }
 
@@ -169,6 +185,14 @@ impl Driver {
         while let Some(op) = core.pop_op() {
             sends += matches!(op, Op::Send { .. }) as usize;
             self.push_op(core, op)?;
+        }
+        // After the ops: a listener added by them is watched from this very submit.
+        if let (false, Some(ep)) = (self.acceptor.armed, self.acceptor.epoll_fd()) {
+            let e = opcode::PollAdd::new(types::Fd(ep), libc::POLLIN as u32)
+                .build()
+                .user_data(accept::ACCEPT_READY);
+            self.push(&[e])?;
+            self.acceptor.armed = true;
         }
         // Sends on loopback and on sockets with send-buffer room complete inline, during this
         // very submit, so their completions are in the CQ before the wait starts. Waiting for
@@ -230,9 +254,24 @@ impl Driver {
             Err(e) => return Err(e),
         }
         let mut n = 0;
+        let mut accept_ready = false;
         for cqe in self.ring.completion() {
             n += 1;
+            if cqe.user_data() == accept::ACCEPT_READY {
+                // Re-armed by the next sync; level-triggered, so nothing pending is missed.
+                self.acceptor.armed = false;
+                accept_ready = true;
+                continue;
+            }
             core.complete(cqe.user_data(), cqe.result(), cqe.flags());
+        }
+        if accept_ready {
+            let calls = self.acceptor.calls;
+            self.acceptor.accept_all(&mut self.accepted);
+            self.stats.accept_calls += self.acceptor.calls - calls;
+        }
+        for (ud, res, flags) in self.accepted.drain(..) {
+            core.complete(ud, res, flags);
         }
         self.stats.cqes += n as u64;
         self.last_reaped = n;
@@ -254,11 +293,16 @@ impl Driver {
 
     fn push_op(&mut self, core: &Core, op: Op) -> io::Result<()> {
         match op {
+            // No io_uring request on the listener itself (module `accept`): it joins the
+            // epoll set that the ring polls.
+            // A listener that cannot be watched (closed meanwhile, say) ends its accepting
+            // with the error, as a failed accept request would.
             Op::Accept { fd, ud } => {
-                let e = opcode::AcceptMulti::new(types::Fd(fd))
-                    .build()
-                    .user_data(ud);
-                self.push(&[e])
+                if let Err(e) = self.acceptor.add(fd, ud) {
+                    let errno = e.raw_os_error().unwrap_or(libc::EINVAL);
+                    self.accepted.push((ud, -errno, 0));
+                }
+                Ok(())
             }
             Op::Recv { fd, ud } => {
                 let e = if self.bundle {
@@ -375,6 +419,11 @@ impl Driver {
             self.stats.enters += 1;
             self.ring.submit()?;
         }
+    }
+
+    /// Stop watching listener `fd` for connections; call before closing it.
+    pub fn forget_listener(&mut self, fd: i32) {
+        self.acceptor.remove(fd);
     }
 
     /// The raw fd of the ring (for diagnostics).

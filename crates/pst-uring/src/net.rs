@@ -34,12 +34,9 @@ pub fn set_nodelay(s: &TcpStream) -> io::Result<()> {
 
 /// Stop and close a listening socket the port owned.
 ///
-/// A pending multishot accept holds its own reference on the socket, so `close()` alone would
-/// leave it listening until the ring is torn down — which the kernel does asynchronously, even
-/// after the process exited. Meanwhile a restarted server's `SO_REUSEPORT` listener shares the
-/// port with it, and connections hashed to the stale one are reset when it finally goes.
-/// `shutdown()` takes it out of the listening state (and out of the reuseport group) at once,
-/// and the multishot accept completes.
+/// `shutdown()` first: the socket may be shared with other ports (threads) through duplicated
+/// fds, and shutting it down takes it out of the listening state for all of them at once, so
+/// no connection is accepted into a queue that nobody will read.
 pub fn close_listener(fd: i32) -> io::Result<()> {
     use std::os::fd::{FromRawFd, OwnedFd};
     // SAFETY: callers pass a listener fd the port owns (adopted with `Driver::adopt`) and that

@@ -160,6 +160,7 @@ impl Port {
     /// Stop accepting new connections.
     pub fn stop_listening(&mut self) {
         for fd in self.core.close_listeners() {
+            self.driver.forget_listener(fd);
             match pst_uring::close_listener(fd) {
                 // Another port sharing the listening socket already shut it down.
                 Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {}

@@ -28,7 +28,10 @@ fn assert_in_use_by_us(err: PoolError, path: &std::path::Path) {
         other => panic!("expected InUse naming a holder, got {other:?}"),
     }
     assert!(msg.contains(&path.display().to_string()), "{msg}");
-    assert!(msg.contains(&format!("pid {}", std::process::id())), "{msg}");
+    assert!(
+        msg.contains(&format!("pid {}", std::process::id())),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -43,7 +46,11 @@ fn second_open_is_refused_and_the_pool_is_untouched() {
         ..opts()
     };
     assert_in_use_by_us(Pool::open(&p, &ro).unwrap_err(), &p);
-    assert_eq!(std::fs::read(&p).unwrap(), before, "a refused open wrote to the pool");
+    assert_eq!(
+        std::fs::read(&p).unwrap(),
+        before,
+        "a refused open wrote to the pool"
+    );
 
     drop(first);
     let again = Pool::open(&p, &opts()).expect("free once the first opener is gone");

@@ -26,5 +26,8 @@ fn reuse_port_is_explicit() {
     b.listen_reuse_port(addr)
         .expect("both opted in to SO_REUSEPORT");
     let mut c = port();
-    assert!(c.listen(addr).is_err(), "a plain listen does not join the group");
+    assert!(
+        c.listen(addr).is_err(),
+        "a plain listen does not join the group"
+    );
 }
