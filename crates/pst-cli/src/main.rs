@@ -1,22 +1,18 @@
 //! `pst`: the servers, the benchmark and the pool inspector.
 #![deny(unsafe_code)]
 
-mod bench;
-mod echo;
-mod engine;
-mod epoll;
-mod http;
+mod args;
 mod inspect;
-mod kv;
-mod loadgen;
-mod server;
-mod service;
-mod stats;
+
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use server::{Engine, ServerArgs};
+use args::ServerArgs;
+use pst_bench::parse_bytes;
+use pst_serve::http::StoreMode;
+use pst_serve::Retention;
 
 /// pst — PASTE for Rust: many TCP connections per system call, received data kept in place in a
 /// (persistent) buffer pool.
@@ -40,10 +36,10 @@ struct HttpArgs {
     #[command(flatten)]
     server: ServerArgs,
     /// Where POST bodies go: none, wal (write-ahead log), kv (POST/GET/DELETE `/<key>`).
-    #[arg(long, value_enum, default_value_t = http::StoreMode::Kv)]
-    store: http::StoreMode,
+    #[arg(long, default_value_t = StoreMode::Kv)]
+    store: StoreMode,
     /// Largest request body accepted (413 beyond).
-    #[arg(long, value_parser = server::parse_bytes, default_value = "1MiB")]
+    #[arg(long, value_parser = parse_bytes, default_value = "1MiB")]
     max_body: u64,
     /// Require `Authorization: Bearer <TOKEN>` for POST/PUT/DELETE.
     #[arg(long)]
@@ -56,7 +52,7 @@ struct KvArgs {
     #[command(flatten)]
     server: ServerArgs,
     /// Largest value (bulk argument) accepted.
-    #[arg(long, value_parser = server::parse_bytes, default_value = "1MiB")]
+    #[arg(long, value_parser = parse_bytes, default_value = "1MiB")]
     max_value: u64,
     /// Require `AUTH <password>` before other commands (Redis `requirepass`).
     #[arg(long)]
@@ -72,7 +68,7 @@ enum Cmd {
     /// Raw TCP echo server (every byte sent back), default 127.0.0.1:60000.
     Echo(ServerArgs),
     /// Benchmark the servers side by side with the built-in load generator.
-    Bench(bench::BenchArgs),
+    Bench(pst_bench::BenchArgs),
     /// Print a pool's geometry and verify its checksums (non-zero exit if corrupt).
     Inspect(inspect::InspectArgs),
 }
@@ -93,7 +89,7 @@ fn main() -> std::process::ExitCode {
         Some(Cmd::Httpd(a)) => serve_http(a),
         Some(Cmd::Kv(a)) => serve_kv(a),
         Some(Cmd::Echo(a)) => serve_echo(a),
-        Some(Cmd::Bench(a)) => bench::run(a),
+        Some(Cmd::Bench(a)) => pst_bench::run(a),
         Some(Cmd::Inspect(a)) => return inspect::run(a),
     };
     match result {
@@ -123,44 +119,49 @@ fn raise_fd_limit() {
 fn serve_http(a: HttpArgs) -> anyhow::Result<()> {
     let pool = a.server.open_pool()?;
     let store = match a.store {
-        http::StoreMode::None => None,
-        _ => Some(server::open_store(&pool, &a.server)?),
+        StoreMode::None => None,
+        _ => Some(a.server.open_store(&pool)?),
     };
-    let retention = if a.store == http::StoreMode::Wal {
-        engine::Retention::Wal
+    let retention = if a.store == StoreMode::Wal {
+        Retention::Wal
     } else {
-        engine::Retention::Compact
+        Retention::Compact
     };
-    let proto = std::sync::Arc::new(http::HttpService::new(a.store, a.max_body, a.token.clone()));
-    server::serve_protocol(&a.server, "127.0.0.1:60000", pool, proto, store, retention)
+    let proto = Arc::new(pst_serve::http::HttpService::new(
+        a.store,
+        a.max_body,
+        a.token.clone(),
+    ));
+    let cfg = a.server.serve_config("127.0.0.1:60000");
+    Ok(pst_serve::serve(&cfg, pool, proto, store, retention)?)
 }
 
 fn serve_kv(a: KvArgs) -> anyhow::Result<()> {
     let pool = a.server.open_pool()?;
-    let store = server::open_store(&pool, &a.server)?;
-    let proto = std::sync::Arc::new(kv::KvService::new(a.max_value, a.requirepass.clone()));
-    server::serve_protocol(
-        &a.server,
-        "127.0.0.1:6380",
+    let store = a.server.open_store(&pool)?;
+    let proto = Arc::new(pst_serve::kv::KvService::new(
+        a.max_value,
+        a.requirepass.clone(),
+    ));
+    let cfg = a.server.serve_config("127.0.0.1:6380");
+    Ok(pst_serve::serve(
+        &cfg,
         pool,
         proto,
         Some(store),
-        engine::Retention::Compact,
-    )
+        Retention::Compact,
+    )?)
 }
 
-fn serve_echo(args: ServerArgs) -> anyhow::Result<()> {
-    let limits = args.limits();
-    let pool = args.open_pool()?;
-    let engine = args.engine;
-    server::run_workers(
-        &args,
-        "127.0.0.1:60000",
+fn serve_echo(a: ServerArgs) -> anyhow::Result<()> {
+    let pool = a.open_pool()?;
+    let proto = Arc::new(pst_serve::echo::EchoService::default());
+    let cfg = a.serve_config("127.0.0.1:60000");
+    Ok(pst_serve::serve(
+        &cfg,
         pool,
-        std::sync::Arc::new(|_| false),
-        move |w| match engine {
-            Engine::Uring => echo::uring(w),
-            Engine::Epoll => echo::epoll(w, limits),
-        },
-    )
+        proto,
+        None,
+        Retention::Compact,
+    )?)
 }

@@ -879,6 +879,24 @@ impl Core {
     }
 
     /// Close every connection (shutdown).
+    /// Forget every connection and listener at once and hand back their fds, for the driver
+    /// to close when the port is dropped without a clean shutdown. Their buffers are not
+    /// returned: the pool is going away with the port, or its owner recovers it from the store.
+    pub fn forget_all(&mut self) -> Vec<i32> {
+        let mut fds: Vec<i32> = self
+            .conns
+            .iter_mut()
+            .filter_map(|e| e.conn.take().map(|c| c.fd))
+            .collect();
+        fds.extend(self.listeners.iter_mut().filter(|l| l.open).map(|l| {
+            l.open = false;
+            l.fd
+        }));
+        self.open_conns = 0;
+        fds
+    }
+
+    /// Close every connection (as [`Core::close`]).
     pub fn close_all(&mut self) {
         let ids: Vec<ConnId> = self
             .conns

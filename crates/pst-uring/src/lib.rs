@@ -421,6 +421,19 @@ impl Driver {
         }
     }
 
+    /// Close every socket `core` still owns (connections and listeners), now, without waiting
+    /// for anything: for a port dropped without [`Driver::sync`]-driven shutdown. In-flight
+    /// operations hold their own file references and are cancelled when the ring is dropped.
+    pub fn close_leftovers(&mut self, core: &mut Core) {
+        for fd in core.forget_all() {
+            self.acceptor.remove(fd);
+            use std::os::fd::FromRawFd;
+            // SAFETY: `fd` is a socket the core owned (adopted with `Driver::adopt`) and has
+            // just forgotten, so nothing else will use or close it.
+            drop(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+    }
+
     /// Stop watching listener `fd` for connections; call before closing it.
     pub fn forget_listener(&mut self, fd: i32) {
         self.acceptor.remove(fd);

@@ -65,6 +65,14 @@ pub struct Port {
     pool: Arc<Pool>,
 }
 
+impl Drop for Port {
+    /// Closes every socket the port still owns (connections not closed, listeners); queued
+    /// data is not sent. Call [`Port::shutdown`] first for a clean close.
+    fn drop(&mut self) {
+        self.driver.close_leftovers(&mut self.core);
+    }
+}
+
 /// A `send_copy` that could not be queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SendCopyError {
@@ -168,6 +176,24 @@ impl Port {
                 Ok(()) => {}
             }
         }
+    }
+
+    /// Shut the port down cleanly: stop accepting, close every connection after its queued
+    /// replies (FIN after the data), and keep syncing until they are all closed and every
+    /// zero-copy send's notification is in — at most `linger`; whatever is left then is closed
+    /// by `Drop`. The port stays usable for `sync` (there is nothing left to do).
+    pub fn shutdown(&mut self, linger: Duration) -> io::Result<()> {
+        self.stop_listening();
+        self.close_all();
+        let deadline = std::time::Instant::now() + linger;
+        // Zero-copy sends: wait for their notifications too (the kernel may still read the pool).
+        while (self.open_conns() > 0 || self.zc_pending() > 0)
+            && std::time::Instant::now() < deadline
+        {
+            self.sync(Some(Duration::from_millis(10)))?;
+        }
+        self.sync(Some(Duration::ZERO))?;
+        Ok(())
     }
 
     /// Register a connected socket the application made (a client connection).

@@ -1,0 +1,30 @@
+//! `pst bench`: the servers side by side under the built-in load generator, and their peers
+//! (nginx, Redis) under the same load. [`bench`] starts each server itself on a free loopback
+//! port (server and client pinned to different cores), measures a window, stops it, and prints
+//! one JSON line or table row per configuration (DESIGN §4); [`loadgen`] is the closed-loop
+//! client (many connections on one pst port, optional pipelining, hdrhistogram latencies).
+//!
+//! Orchestration code for one binary: errors are `anyhow` with context, like the binary's.
+#![deny(unsafe_code)]
+
+pub mod bench;
+pub mod loadgen;
+
+pub use bench::{run, BenchArgs};
+
+/// Parse "1048576", "64KiB", "256MiB", "1GiB" (also K/M/G, KB/MB/GB as binary units).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("not a size: {s:?}"))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("unknown size unit in {s:?}")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} overflows"))
+}

@@ -1,0 +1,136 @@
+//! Server options shared by `pst httpd`, `pst kv` and `pst echo`, and what they become: a
+//! pool, a store, a [`ServeConfig`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pst::{Geometry, PersistMode, Pool, PoolOptions, PortConfig};
+use pst_bench::parse_bytes;
+use pst_serve::{Engine, Limits, ServeConfig, SharedStore};
+
+/// Options shared by the servers.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArgs {
+    /// Address to listen on (loopback by default; bind 0.0.0.0 deliberately).
+    #[arg(long)]
+    pub addr: Option<SocketAddr>,
+    /// I/O engine.
+    /// (uring or epoll)
+    #[arg(long, default_value_t = Engine::Uring)]
+    pub engine: Engine,
+    /// Pool file (created with its parent directories if absent; refused if foreign or corrupt).
+    #[arg(long, default_value = "./pst-data/pool")]
+    pub pool: PathBuf,
+    /// Pool size for a new pool, e.g. 256MiB, 1GiB. An existing pool must match if given.
+    #[arg(long, value_parser = parse_bytes)]
+    pub pool_size: Option<u64>,
+    /// Buffer size in bytes (power of two, 512..=65536).
+    #[arg(long, default_value_t = pst_pool::DEFAULT_BUF_SIZE)]
+    pub buf_size: u32,
+    /// Persistence per batch: none, pmem (clwb + sfence), fsync (fdatasync).
+    #[arg(long, default_value_t = PersistMode::None)]
+    pub persist: PersistMode,
+    /// Emulated extra persistent-memory write latency per persist barrier (ns).
+    #[arg(long, default_value_t = 0)]
+    pub pm_write_latency_ns: u64,
+    /// Worker threads, each with its own port and pool partition.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Upper bound (µs) a blocking sync waits to gather a batch of completions (io_uring
+    /// min-wait; the batch adapts to the load). 0 returns on the first completion.
+    #[arg(long, default_value_t = 20)]
+    pub batch_wait_us: u32,
+    /// Completions a sync waits for when --batch-wait-us is set.
+    #[arg(long, default_value_t = 32)]
+    pub batch: u32,
+    /// Send replies of at least this many bytes with zero-copy SEND_ZC (e.g. 16KiB); 0 = plain
+    /// SEND always (uring engine). On loopback and veth the kernel still copies.
+    #[arg(long, value_parser = parse_bytes, default_value = "0")]
+    pub send_zc_min: u64,
+    /// Pin worker threads to these CPUs (comma list), round robin.
+    #[arg(long, value_delimiter = ',')]
+    pub cpu: Vec<usize>,
+    /// Most concurrent connections per worker thread; beyond, new ones are told the server is
+    /// busy and closed.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_conns: usize,
+    /// Close connections that send nothing for this many seconds.
+    #[arg(long, default_value_t = 300)]
+    pub idle_timeout_secs: u64,
+    /// Drop a connection whose request has been incomplete for this many seconds (slow
+    /// clients, slowloris).
+    #[arg(long, default_value_t = 30)]
+    pub request_timeout_secs: u64,
+    /// Start even if the log is damaged, from the last intact record (records after the damage
+    /// are lost). Without it, a damaged log makes the server refuse to start.
+    #[arg(long)]
+    pub salvage_damaged_log: bool,
+    /// Publish counters to this file (used by `pst bench`).
+    #[arg(long, hide = true)]
+    pub stats_file: Option<PathBuf>,
+}
+
+impl ServerArgs {
+    /// Open (or create) the pool these options name.
+    pub fn open_pool(&self) -> anyhow::Result<Arc<Pool>> {
+        let size = self.pool_size.unwrap_or(pst_pool::DEFAULT_POOL_SIZE);
+        let geometry = Geometry::for_size(size, self.buf_size).map_err(anyhow::Error::msg)?;
+        let opts = PoolOptions {
+            geometry,
+            require_geometry: self.pool_size.is_some(),
+            persist: self.persist,
+            pm_write_latency_ns: self.pm_write_latency_ns,
+            read_only: false,
+            scratch_buffers: None,
+        };
+        let pool = Pool::open(&self.pool, &opts)?;
+        if self.persist == PersistMode::Pmem && !pool.is_dax() {
+            tracing::warn!("--persist pmem on a non-DAX pool: persistent memory is emulated (flushes reach the page cache)");
+        }
+        Ok(Arc::new(pool))
+    }
+
+    /// Connection limits from these options.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_conns: self.max_conns.max(1),
+            idle: Duration::from_secs(self.idle_timeout_secs.max(1)),
+            request: Duration::from_secs(self.request_timeout_secs.max(1)),
+        }
+    }
+
+    /// Port configuration from these options.
+    pub fn port_config(&self) -> PortConfig {
+        let mut c = PortConfig::default();
+        c.driver.min_wait_us = self.batch_wait_us;
+        c.driver.batch = self.batch;
+        c.driver.zc_min = u32::try_from(self.send_zc_min).unwrap_or(u32::MAX);
+        c
+    }
+
+    /// What to serve with, listening on `addr` unless `--addr` says otherwise.
+    pub fn serve_config(&self, default_addr: &str) -> ServeConfig {
+        ServeConfig {
+            addr: self
+                .addr
+                .unwrap_or_else(|| default_addr.parse().expect("valid default address")),
+            engine: self.engine,
+            threads: self.threads.max(1),
+            cpu: self.cpu.clone(),
+            port: self.port_config(),
+            limits: self.limits(),
+            stats_file: self.stats_file.clone(),
+        }
+    }
+
+    /// Recover the pool's store for this server's threads.
+    pub fn open_store(&self, pool: &Arc<Pool>) -> anyhow::Result<Arc<SharedStore>> {
+        Ok(pst_serve::open_store(
+            pool,
+            self.threads,
+            self.salvage_damaged_log,
+        )?)
+    }
+}

@@ -1,0 +1,476 @@
+//! The epoll baseline engine: level-triggered `epoll_wait`, then per ready connection one
+//! `read()` into a private buffer, the application's handler (which copies what it stores), and
+//! one `write()` of the reply. The application commits once per `epoll_wait` batch (group
+//! commit, like Redis `appendfsync always`). This is the strongest plain-sockets design we know,
+//! so it is the honest baseline for the port.
+
+use std::io;
+use std::net::TcpListener;
+use std::os::fd::OwnedFd;
+
+use rustix::event::epoll;
+use rustix::io::Errno;
+use rustix::net::SocketFlags;
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use pst::{Buffers, Extent};
+
+use crate::protocol::{Io, Limits, Piece, Protocol};
+use crate::store::{end_batch, pool_pressure, PoolStore, Retention, SharedStore};
+use crate::worker::WorkerCtx;
+use crate::ServeError;
+
+/// What the handler wants done with a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Keep going.
+    Continue,
+    /// Send what was queued, then close.
+    Close,
+}
+
+/// An application served by the epoll engine.
+trait StreamApp {
+    /// Per-connection state.
+    type Conn: Default;
+    /// Bytes arrived on a connection; append replies to `out`.
+    fn on_data(&mut self, conn: &mut Self::Conn, data: &[u8], out: &mut Vec<u8>) -> Verdict;
+    /// End of an `epoll_wait` batch: persist what the batch stored before replies leave.
+    /// Returns false if persisting failed (replies are then withheld and connections closed).
+    fn commit(&mut self) -> bool {
+        true
+    }
+    /// Requests handled so far (for the stats file).
+    fn requests(&self) -> u64 {
+        0
+    }
+    /// System calls the application made itself (e.g. `fdatasync` in commit).
+    fn extra_syscalls(&self) -> u64 {
+        0
+    }
+    /// True while a request on `conn` is incomplete (for the slow-request timeout).
+    fn has_partial(&self, _conn: &Self::Conn) -> bool {
+        false
+    }
+    /// What a connection beyond the limit is told before it is closed.
+    fn busy_reply(&self) -> &'static [u8] {
+        b""
+    }
+}
+
+struct Conn<C> {
+    fd: OwnedFd,
+    out: Vec<u8>,
+    out_off: usize,
+    close_after: bool,
+    app: C,
+    want_write: bool,
+    /// The peer closed (read returned 0 or failed).
+    peer_done: bool,
+    /// We sent FIN after a final reply and discard input until the peer closes.
+    lingering: bool,
+    last_rx: std::time::Instant,
+    partial_since: Option<std::time::Instant>,
+}
+
+const LISTENER: u64 = u64::MAX;
+
+/// Serve `proto` on `listener` with epoll until `ctx` says stop: `bufs` are this worker's pool
+/// buffers (what it stores is copied into them), `fsync` says whether a commit is a system call.
+#[allow(clippy::too_many_arguments)]
+pub fn serve<P: Protocol>(
+    listener: TcpListener,
+    ctx: &WorkerCtx,
+    proto: Arc<P>,
+    bufs: Buffers,
+    store: Option<Arc<SharedStore>>,
+    retention: Retention,
+    limits: Limits,
+    fsync: bool,
+) -> Result<(), ServeError> {
+    let app = EpollService::new(proto, bufs, store, ctx.index, retention, fsync);
+    run(listener, app, ctx, limits).map_err(|source| ServeError::Io {
+        what: "epoll engine",
+        source,
+    })
+}
+
+/// The event loop under a [`StreamApp`].
+fn run<A: StreamApp>(
+    listener: TcpListener,
+    mut app: A,
+    ctx: &WorkerCtx,
+    limits: Limits,
+) -> io::Result<()> {
+    let mut open = 0usize;
+    let mut next_sweep = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    listener.set_nonblocking(true)?;
+    let ep = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+    epoll::add(
+        &ep,
+        &listener,
+        epoll::EventData::new_u64(LISTENER),
+        epoll::EventFlags::IN,
+    )?;
+    let mut conns: Vec<Option<Conn<A::Conn>>> = Vec::new();
+    let mut free: Vec<usize> = Vec::new();
+    let mut events = Vec::with_capacity(1024);
+    let mut buf = vec![0u8; 64 << 10];
+    let mut syscalls = 0u64;
+    // Connections that got reply bytes this batch: written after the batch commit.
+    let mut dirty: Vec<usize> = Vec::new();
+    let timeout = rustix::time::Timespec {
+        tv_sec: 0,
+        tv_nsec: 100_000_000,
+    };
+    while !ctx.stopping() {
+        // Once a second: close idle connections and those stuck in a slow request.
+        let now = std::time::Instant::now();
+        if now >= next_sweep {
+            next_sweep = now + std::time::Duration::from_secs(1);
+            for (i, slot) in conns.iter_mut().enumerate() {
+                let expired = slot.as_ref().is_some_and(|c| {
+                    now - c.last_rx > limits.idle
+                        || c.partial_since.is_some_and(|t| now - t > limits.request)
+                });
+                if expired {
+                    *slot = None; // dropping the fd closes it (and removes it from the epoll set)
+                    syscalls += 1;
+                    free.push(i);
+                    open -= 1;
+                    tracing::debug!(open, "closed an idle or slow connection");
+                }
+            }
+        }
+        events.clear();
+        syscalls += 1;
+        match epoll::wait(&ep, spare(&mut events), Some(&timeout)) {
+            Ok(_) | Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+        for ev in &events {
+            let key = ev.data.u64();
+            if key == LISTENER {
+                loop {
+                    syscalls += 1;
+                    match rustix::net::accept_with(
+                        &listener,
+                        SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+                    ) {
+                        Ok(fd) if open >= limits.max_conns => {
+                            tracing::debug!(open, "refusing a connection beyond --max-conns");
+                            syscalls += 2; // the busy reply and the close
+                            let _ = rustix::net::send(
+                                &fd,
+                                app.busy_reply(),
+                                rustix::net::SendFlags::NOSIGNAL,
+                            );
+                        }
+                        Ok(fd) => {
+                            open += 1;
+                            tracing::debug!(open, "accepted");
+                            let i = free.pop().unwrap_or_else(|| {
+                                conns.push(None);
+                                conns.len() - 1
+                            });
+                            syscalls += 1;
+                            epoll::add(
+                                &ep,
+                                &fd,
+                                epoll::EventData::new_u64(i as u64),
+                                epoll::EventFlags::IN,
+                            )?;
+                            conns[i] = Some(Conn {
+                                fd,
+                                out: Vec::new(),
+                                out_off: 0,
+                                close_after: false,
+                                app: A::Conn::default(),
+                                want_write: false,
+                                peer_done: false,
+                                lingering: false,
+                                last_rx: std::time::Instant::now(),
+                                partial_since: None,
+                            });
+                        }
+                        Err(Errno::AGAIN) => break,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accept failed");
+                            break;
+                        }
+                    }
+                }
+                continue;
+            }
+            let i = key as usize;
+            let Some(c) = conns.get_mut(i).and_then(|c| c.as_mut()) else {
+                continue;
+            };
+            let flags = ev.flags; // copied out: the event struct is packed
+            if flags.contains(epoll::EventFlags::OUT) {
+                dirty.push(i);
+            }
+            if !flags
+                .intersects(epoll::EventFlags::IN | epoll::EventFlags::HUP | epoll::EventFlags::ERR)
+                || c.want_write
+            {
+                continue;
+            }
+            syscalls += 1;
+            match rustix::io::read(&c.fd, &mut buf) {
+                Ok(0) | Err(_) => {
+                    // End of stream or error: reply to what we have, then close.
+                    c.close_after = true;
+                    c.peer_done = true;
+                    dirty.push(i);
+                }
+                Ok(_) if c.lingering => {} // discarded after our final reply
+                Ok(n) => {
+                    if app.on_data(&mut c.app, &buf[..n], &mut c.out) == Verdict::Close {
+                        c.close_after = true;
+                    }
+                    c.last_rx = std::time::Instant::now();
+                    c.partial_since = if app.has_partial(&c.app) {
+                        c.partial_since.or(Some(c.last_rx))
+                    } else {
+                        None
+                    };
+                    dirty.push(i);
+                }
+            }
+        }
+        if dirty.is_empty() {
+            continue;
+        }
+        let ok = app.commit();
+        for i in dirty.drain(..) {
+            let Some(c) = conns.get_mut(i).and_then(|c| c.as_mut()) else {
+                continue;
+            };
+            if !ok {
+                c.out.clear();
+                c.close_after = true;
+            }
+            while c.out_off < c.out.len() {
+                syscalls += 1;
+                match rustix::net::send(
+                    &c.fd,
+                    &c.out[c.out_off..],
+                    rustix::net::SendFlags::NOSIGNAL,
+                ) {
+                    Ok(n) => c.out_off += n,
+                    Err(Errno::AGAIN) => break,
+                    Err(_) => {
+                        c.out.clear();
+                        c.out_off = 0;
+                        c.close_after = true;
+                    }
+                }
+            }
+            let pending = c.out_off < c.out.len();
+            if !pending {
+                c.out.clear();
+                c.out_off = 0;
+            }
+            if pending != c.want_write {
+                c.want_write = pending;
+                let flags = if pending {
+                    epoll::EventFlags::OUT
+                } else {
+                    epoll::EventFlags::IN
+                };
+                syscalls += 1;
+                epoll::modify(&ep, &c.fd, epoll::EventData::new_u64(i as u64), flags)?;
+            }
+            if c.close_after && !pending {
+                if c.peer_done {
+                    syscalls += 1; // close
+                    conns[i] = None;
+                    free.push(i);
+                    open -= 1;
+                    tracing::debug!(open, "closed");
+                } else if !c.lingering {
+                    // Lingering close: FIN now, close when the peer closes, so unread request
+                    // bytes do not turn our final reply into a reset.
+                    syscalls += 1;
+                    let _ = rustix::net::shutdown(&c.fd, rustix::net::Shutdown::Write);
+                    c.lingering = true;
+                }
+            }
+        }
+        ctx.publish(syscalls + app.extra_syscalls(), app.requests());
+    }
+    ctx.publish(syscalls + app.extra_syscalls(), app.requests());
+    Ok(())
+}
+
+fn spare(v: &mut Vec<epoll::Event>) -> rustix::buffer::SpareCapacity<'_, epoll::Event> {
+    rustix::buffer::spare_capacity(v)
+}
+
+/// The epoll engine's side of a service: per-connection read buffer, copies into pool
+/// buffers for the store.
+struct EpollService<P: Protocol> {
+    proto: Arc<P>,
+    bufs: Buffers,
+    store: Option<Arc<SharedStore>>,
+    part: usize,
+    retention: Retention,
+    wrote: bool,
+    fsync: bool,
+    syncs: u64,
+}
+
+impl<P: Protocol> EpollService<P> {
+    /// The service for worker partition `part`, with its buffers.
+    fn new(
+        proto: Arc<P>,
+        bufs: Buffers,
+        store: Option<Arc<SharedStore>>,
+        part: usize,
+        retention: Retention,
+        fsync: bool,
+    ) -> Self {
+        EpollService {
+            proto,
+            bufs,
+            store,
+            part,
+            retention,
+            wrote: false,
+            fsync,
+            syncs: 0,
+        }
+    }
+}
+
+/// Per-connection state of the epoll engine.
+struct EConn<C> {
+    proto: Option<C>,
+    data: Vec<u8>,
+    base: u64,
+}
+
+impl<C> Default for EConn<C> {
+    fn default() -> Self {
+        EConn {
+            proto: None,
+            data: Vec::new(),
+            base: 0,
+        }
+    }
+}
+
+struct EpollIo<'a> {
+    data: &'a [u8],
+    base: u64,
+    bufs: &'a mut Buffers,
+}
+
+impl Io for EpollIo<'_> {
+    fn with_bytes(&self, r: Range<u64>, f: &mut dyn FnMut(&[u8])) {
+        f(&self.data[(r.start - self.base) as usize..(r.end - self.base) as usize]);
+    }
+
+    fn extents(&mut self, r: Range<u64>) -> Option<Vec<Extent>> {
+        let bytes = &self.data[(r.start - self.base) as usize..(r.end - self.base) as usize];
+        pst::copy_into(self.bufs, bytes)
+    }
+
+    fn copy_in(&mut self, bytes: &[u8]) -> Option<Vec<Extent>> {
+        pst::copy_into(self.bufs, bytes)
+    }
+
+    fn zero_copy(&mut self, _: &[(u32, u32, u32)]) -> Option<Vec<Extent>> {
+        None
+    }
+}
+
+impl<P: Protocol> StreamApp for EpollService<P> {
+    type Conn = EConn<P::Conn>;
+
+    fn on_data(&mut self, c: &mut EConn<P::Conn>, data: &[u8], out: &mut Vec<u8>) -> Verdict {
+        let proto = c.proto.get_or_insert_with(|| self.proto.conn());
+        let start = c.base + c.data.len() as u64;
+        c.data.extend_from_slice(data);
+        let mut pieces = Vec::new();
+        let mut guard = self.store.as_ref().map(|s| s.lock());
+        let keep = {
+            let mut io = EpollIo {
+                data: &c.data,
+                base: c.base,
+                bufs: &mut self.bufs,
+            };
+            let st: Option<&mut PoolStore> = guard.as_mut().map(|g| &mut g.store);
+            self.proto.on_chunk(
+                proto,
+                start..start + data.len() as u64,
+                &mut io,
+                st,
+                &mut pieces,
+            )
+        };
+        drop(guard);
+        self.wrote = true;
+        for p in pieces {
+            match p {
+                Piece::Bytes(b) => out.extend_from_slice(&b),
+                Piece::Ext(e) => {
+                    out.extend_from_slice(self.bufs.bytes(&e));
+                    self.bufs.release(e);
+                }
+                Piece::Input(r) => out.extend_from_slice(
+                    &c.data[(r.start - c.base) as usize..(r.end - c.base) as usize],
+                ),
+            }
+        }
+        let needed = self.proto.needed_from(proto);
+        let drop_n = (needed.saturating_sub(c.base) as usize).min(c.data.len());
+        c.data.drain(..drop_n);
+        c.base += drop_n as u64;
+        if keep {
+            Verdict::Continue
+        } else {
+            Verdict::Close
+        }
+    }
+
+    fn commit(&mut self) -> bool {
+        let Some(shared) = self.store.clone() else {
+            return true;
+        };
+        let mut g = shared.lock();
+        let mut ok = true;
+        if self.wrote || g.store.needs_commit() {
+            let pressure = pool_pressure(self.bufs.free_count(), self.bufs.capacity());
+            let (committed, barriers) = end_batch(&shared, &mut g, self.retention, pressure);
+            ok = committed;
+            self.syncs += if self.fsync { barriers } else { 0 };
+            self.wrote = false;
+        }
+        for e in SharedStore::take_returns(&mut g, self.part) {
+            self.bufs.release(e);
+        }
+        ok
+    }
+
+    fn requests(&self) -> u64 {
+        self.proto.requests()
+    }
+
+    fn extra_syscalls(&self) -> u64 {
+        self.syncs
+    }
+
+    fn has_partial(&self, c: &EConn<P::Conn>) -> bool {
+        c.proto
+            .as_ref()
+            .is_some_and(|p| self.proto.needed_from(p) < c.base + c.data.len() as u64)
+    }
+
+    fn busy_reply(&self) -> &'static [u8] {
+        self.proto.busy_reply()
+    }
+}

@@ -1,0 +1,227 @@
+//! What the HTTP and Redis-protocol services share across engines: the request-handling
+//! contract ([`Protocol`]), the byte access each engine provides ([`Io`]), reply pieces, and the
+//! store shared by all worker threads.
+//!
+//! A service is written once; the uring engine gives it zero-copy access (stream ranges map to
+//! extents of the pool buffers the bytes landed in), the epoll engine gives it copies (bytes
+//! read into a private buffer, copied into pool buffers when stored). Same parsing, same store,
+//! same persistence: the baseline differs only in how bytes move.
+
+use std::ops::Range;
+
+use pst::Extent;
+
+use crate::store::PoolStore;
+
+/// One piece of a reply, in order.
+#[derive(Debug)]
+pub enum Piece {
+    /// Bytes to copy out.
+    Bytes(Vec<u8>),
+    /// A pool extent to send without copying (a stored value).
+    Ext(Extent),
+    /// The connection's own stream bytes in this range, sent back as they are (echo): from
+    /// the pool buffers they landed in on the port, copied on epoll. The range must still be
+    /// needed ([`Protocol::needed_from`]) when `on_chunk` returns; the engine resolves it then.
+    Input(Range<u64>),
+}
+
+/// Byte access the engine gives a service for one connection.
+pub trait Io {
+    /// Call `f` on the stream bytes `r`, piece by piece, in order.
+    fn with_bytes(&self, r: Range<u64>, f: &mut dyn FnMut(&[u8]));
+    /// Extents in pool buffers holding the stream bytes `r`, each one buffer reference, for a
+    /// store (zero copy on the port; a copy into pool buffers on epoll). `None` when the pool
+    /// is exhausted.
+    fn extents(&mut self, r: Range<u64>) -> Option<Vec<Extent>>;
+    /// Copy `bytes` into fresh pool buffers (values the service computes, e.g. INCR).
+    fn copy_in(&mut self, bytes: &[u8]) -> Option<Vec<Extent>>;
+    /// New references on a stored value's extents for a zero-copy reply; `None` where that is
+    /// not possible (epoll, or buffers of another thread's partition): copy instead.
+    fn zero_copy(&mut self, extents: &[(u32, u32, u32)]) -> Option<Vec<Extent>>;
+
+    /// Copy the stream bytes `r` into `out` (small things: keys, commands).
+    fn gather(&self, r: Range<u64>, out: &mut Vec<u8>) {
+        out.clear();
+        self.with_bytes(r, &mut |b| out.extend_from_slice(b));
+    }
+}
+
+/// A request/response protocol served over a byte stream.
+pub trait Protocol: Send + Sync + 'static {
+    /// Per-connection framing state.
+    type Conn: Send;
+    /// State for a new connection.
+    fn conn(&self) -> Self::Conn;
+    /// Stream position before which the connection's bytes are no longer needed.
+    fn needed_from(&self, c: &Self::Conn) -> u64;
+    /// Handle the next chunk of a connection's stream, the stream positions `chunk` (already
+    /// readable through `io`): frame requests, act on the store, append replies. Returns false
+    /// when the connection must be closed after its replies.
+    fn on_chunk(
+        &self,
+        c: &mut Self::Conn,
+        chunk: Range<u64>,
+        io: &mut dyn Io,
+        store: Option<&mut PoolStore>,
+        reply: &mut Vec<Piece>,
+    ) -> bool;
+    /// Requests handled (for the stats file).
+    fn requests(&self) -> u64;
+    /// What a connection beyond `--max-conns` is told before it is closed.
+    fn busy_reply(&self) -> &'static [u8];
+}
+
+/// Connection limits shared by both engines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections beyond this are told the server is busy and closed.
+    pub max_conns: usize,
+    /// A connection with no received bytes for this long is closed.
+    pub idle: std::time::Duration,
+    /// A request whose first bytes arrived this long ago and that is still incomplete is
+    /// dropped with its connection (slow-client / slowloris protection).
+    pub request: std::time::Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_conns: 10_000,
+            idle: std::time::Duration::from_secs(300),
+            request: std::time::Duration::from_secs(30),
+        }
+    }
+}
+
+/// A socket-free harness for services: the connection's whole stream in memory, pool buffers
+/// from an anonymous pool, and a store on its log region.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::ops::Range;
+    use std::sync::Arc;
+
+    use pst::{Buffers, Extent, Geometry, PersistMode, Pool};
+
+    use super::{Io, Piece, Protocol};
+    use crate::store::PoolStore;
+
+    /// One client connection to a service, request by request, without sockets.
+    pub(crate) struct Conversation<P: Protocol> {
+        pub(crate) svc: P,
+        conn: P::Conn,
+        io: ScriptIo,
+        store: Option<PoolStore>,
+        pos: u64,
+    }
+
+    impl<P: Protocol> Conversation<P> {
+        /// A connection to `svc`, with a fresh store when `with_store`.
+        pub(crate) fn new(svc: P, with_store: bool) -> Self {
+            let io = ScriptIo::new(b"");
+            let store = with_store.then(|| io.store());
+            Conversation {
+                conn: svc.conn(),
+                svc,
+                io,
+                store,
+                pos: 0,
+            }
+        }
+
+        /// Send `bytes`; returns what the client receives and whether the connection stays.
+        pub(crate) fn send(&mut self, bytes: &[u8]) -> (Vec<u8>, bool) {
+            self.io.data.extend_from_slice(bytes);
+            let end = self.io.data.len() as u64;
+            let mut pieces = Vec::new();
+            let keep = self.svc.on_chunk(
+                &mut self.conn,
+                self.pos..end,
+                &mut self.io,
+                self.store.as_mut(),
+                &mut pieces,
+            );
+            self.pos = end;
+            if let Some(s) = self.store.as_mut() {
+                s.commit().expect("commit");
+                for e in s.take_released() {
+                    self.io.bufs.release(e);
+                }
+            }
+            let out = self.io.render(&pieces);
+            for p in pieces {
+                if let Piece::Ext(e) = p {
+                    self.io.bufs.release(e);
+                }
+            }
+            (out, keep)
+        }
+
+        /// [`Conversation::send`] as text, for protocols that are text.
+        pub(crate) fn say(&mut self, s: &str) -> String {
+            String::from_utf8_lossy(&self.send(s.as_bytes()).0).into_owned()
+        }
+    }
+
+    /// [`Io`] over an in-memory stream.
+    pub(crate) struct ScriptIo {
+        pub(crate) data: Vec<u8>,
+        pub(crate) bufs: Buffers,
+        pub(crate) pool: Arc<Pool>,
+    }
+
+    impl ScriptIo {
+        pub(crate) fn new(data: &[u8]) -> ScriptIo {
+            let g = Geometry::for_size(4 << 20, 2048).expect("geometry");
+            let pool = Arc::new(Pool::anonymous(g, PersistMode::None).expect("anonymous pool"));
+            let bufs = Buffers::new(pool.clone(), 0..g.buf_count, |_| 0);
+            ScriptIo {
+                data: data.to_vec(),
+                bufs,
+                pool,
+            }
+        }
+
+        /// A fresh store on this pool's log region.
+        pub(crate) fn store(&self) -> PoolStore {
+            let media = self.pool.claim_log().expect("log unclaimed");
+            let h = *self.pool.header();
+            pst_store::Store::open(media, h.log_off..h.log_off + h.geometry.log_len)
+                .expect("fresh store")
+                .0
+        }
+
+        /// The bytes a client would receive for `pieces`.
+        pub(crate) fn render(&self, pieces: &[Piece]) -> Vec<u8> {
+            let mut out = Vec::new();
+            for p in pieces {
+                match p {
+                    Piece::Bytes(b) => out.extend_from_slice(b),
+                    Piece::Ext(e) => out.extend_from_slice(self.bufs.bytes(e)),
+                    Piece::Input(r) => {
+                        out.extend_from_slice(&self.data[r.start as usize..r.end as usize])
+                    }
+                }
+            }
+            out
+        }
+    }
+
+    impl Io for ScriptIo {
+        fn with_bytes(&self, r: Range<u64>, f: &mut dyn FnMut(&[u8])) {
+            f(&self.data[r.start as usize..r.end as usize]);
+        }
+
+        fn extents(&mut self, r: Range<u64>) -> Option<Vec<Extent>> {
+            pst::copy_into(&mut self.bufs, &self.data[r.start as usize..r.end as usize])
+        }
+
+        fn copy_in(&mut self, bytes: &[u8]) -> Option<Vec<Extent>> {
+            pst::copy_into(&mut self.bufs, bytes)
+        }
+
+        fn zero_copy(&mut self, _: &[(u32, u32, u32)]) -> Option<Vec<Extent>> {
+            None
+        }
+    }
+}
