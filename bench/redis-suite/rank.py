@@ -14,6 +14,7 @@ number of baseline-passing tests they stop. Fixing a cause unblocks at most that
 can hit a second missing piece right after the first.
 """
 import os
+import signal
 import re
 import sys
 from collections import OrderedDict, defaultdict
@@ -75,6 +76,8 @@ def cause(msg, cmd, kind):
         return "missing command " + c
     if "DB index is out of range" in msg:
         return "SELECT n>0 rejected (ERR DB index is out of range)"
+    if "CONFIG subcommand not supported" in msg and "unknown subcommand" in msg:
+        return "unknown CONFIG subcommand: wrong error text (want 'ERR unknown subcommand ...')"
     if "CONFIG subcommand not supported" in msg:
         sub = cmd.split()[2].upper() if len(cmd.split()) > 2 else "?"
         return "CONFIG %s not supported" % sub
@@ -92,18 +95,18 @@ def cause(msg, cmd, kind):
 
 
 def main():
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     show_tests = "--tests" in sys.argv
     if len(args) != 2:
         sys.exit(__doc__)
     base_dir, run_dir = args
-    ranked = defaultdict(lambda: {"n": 0, "files": OrderedDict(), "tests": []})
+    ranked = defaultdict(lambda: {"n": 0, "via": defaultdict(int), "files": OrderedDict(), "tests": []})
     passed = total = 0
     for fn in sorted(os.listdir(os.path.join(base_dir, "logs"))):
         if not fn.endswith(".log") or fn.endswith(".server.log"):
             continue
-        unit = fn[:-4].replace("_", "/", 1) if fn.startswith("unit_type") else fn[:-4].replace("_", "/", 1)
-        unit = unit.replace("unit/type_", "unit/type/")
+        unit = fn[:-4].replace("_", "/")  # run.sh names logs unit/type/string -> unit_type_string.log
         base = [e[1] for e in parse(os.path.join(base_dir, "logs", fn)) if e[0] == "ok"]
         rp = os.path.join(run_dir, "logs", fn)
         if not os.path.exists(rp):
@@ -125,7 +128,7 @@ def main():
                     continue
                 if e[0] in ("ignore", "skip"):
                     key = "skipped by the harness in this mode: " + e[2]
-                    if "singledb:skip" in e[2]:
+                    if "singledb" in e[2]:
                         key = "needs several databases (SELECT n; test tagged singledb:skip)"
                 else:
                     key = cause(e[2], e[3], e[0])
@@ -135,9 +138,9 @@ def main():
                 if st:
                     e = st[0]
                     key = cause(e[2], e[3], e[0])
-                    key += "  [aborts the file]" if e[0] == "exception" else "  [skips rest of block]"
+                    ranked[key]["via"]["aborted file" if e[0] == "exception" else "skipped rest of block"] += 1
                 else:
-                    key = "test not run (no recorded reason)"
+                    key = "test not defined on target (its definition depends on a server reply, e.g. INFO field)"
             r = ranked[key]
             r["n"] += 1
             r["files"][unit] = r["files"].get(unit, 0) + 1
@@ -146,7 +149,8 @@ def main():
     print("%5s  %s" % ("tests", "first blocker  (files: tests)"))
     for key, r in sorted(ranked.items(), key=lambda kv: (-kv[1]["n"], kv[0])):
         files = ", ".join("%s:%d" % (f.replace("unit/", ""), n) for f, n in r["files"].items())
-        print("%5d  %s  (%s)" % (r["n"], key, files))
+        via = "".join("; %d via %s" % (n, how) for how, n in r["via"].items())
+        print("%5d  %s  (%s%s)" % (r["n"], key, files, via))
         if show_tests:
             for t in r["tests"]:
                 print("         - " + t)

@@ -21,7 +21,8 @@
 #
 # Where the suite comes from (first that works):
 #   1. REDIS_SRC=/path/to/redis     a redis 7.0.15 checkout or unpacked release tarball (needs runtest + tests/)
-#   2. a bare git mirror of redis/redis holding tag 7.0.15: REDIS_MIRROR, else /work/.mirror/redis+redis/repo
+#   2. a bare git mirror of redis/redis holding tag 7.0.15: REDIS_MIRROR (none = skip this step),
+#      else /work/.mirror/redis+redis/repo
 #   3. Debian's source package: `apt-get source --download-only redis` (bookworm ships 7.0.15; its
 #      redis_7.0.15.orig.tar.gz is upstream's release tarball, tests/ identical to tag 7.0.15). Uses
 #      private apt lists under the cache dir and does not touch /etc/apt. Cached in
@@ -153,7 +154,7 @@ if [ -n "${REDIS_SRC:-}" ]; then
     suite_from="REDIS_SRC=$REDIS_SRC"
 fi
 if [ -z "$suite_from" ]; then
-    for m in "${REDIS_MIRROR:-}" /work/.mirror/redis+redis/repo; do
+    for m in ${REDIS_MIRROR:-/work/.mirror/redis+redis/repo}; do   # REDIS_MIRROR=none skips this step
         [ -n "$m" ] && [ -d "$m" ] || continue
         if git --git-dir="$m" rev-parse -q --verify "refs/tags/$REDIS_TAG" >/dev/null; then
             git --git-dir="$m" archive "$REDIS_TAG" runtest tests | tar -x -C "$SUITE" \
@@ -348,7 +349,9 @@ for f in "${FILES[@]}"; do
             cmd=$(grep -m1 -A30 '^\[exception\]: ' "$log" | grep '^"' | grep -v '^"\[srv' | head -1 | head -c 120)
             [ -n "$cmd" ] && first="$first (at $cmd)"
         elif grep -q '^\[1/1 done\]' "$log" || grep -q 'All tests passed' "$log"; then
-            [ "$n_err" -gt 0 ] && status=failed || status=passed
+            if [ "$n_err" -gt 0 ]; then status=failed
+            elif [ "$n_ok" -gt 0 ]; then status=passed
+            else status=none-run; fi   # every test tag-filtered (e.g. external:skip)
         elif grep -q '^\[TIMEOUT\]' "$log"; then   # runtest's own --timeout watchdog
             status=timeout; first="runtest watchdog: no progress for ${FILE_TIMEOUT}s"
         else

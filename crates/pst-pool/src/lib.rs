@@ -393,15 +393,25 @@ impl Pool {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
-        // A name of our own: two processes creating the same pool at once must not write one
-        // temp file; the loser of the link below opens (and is refused by the lock) instead.
+        // A temp file of our own, created exclusively (never truncating anything): two
+        // creators of the same pool at once — threads, or processes that share a pid across
+        // containers — each write their own, and the loser of the link below opens the
+        // winner's pool instead (and is refused by its lock while the winner holds it).
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
         let mut tmp = path.as_os_str().to_owned();
-        tmp.push(format!(".tmp.{}", std::process::id()));
+        tmp.push(format!(
+            ".tmp.{}.{nanos}.{}",
+            std::process::id(),
+            // Relaxed: only uniqueness matters.
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
         let tmp = PathBuf::from(tmp);
         let mut f = OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
             .open(&tmp)
             .map_err(io)?;

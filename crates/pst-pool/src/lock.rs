@@ -66,8 +66,11 @@ pub(crate) fn lock(file: &File, shared: bool) -> Result<(), LockError> {
             Ok(()) => return Ok(()),
             Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
                 let holder = holder(file);
-                let alive = holder.as_ref().is_some_and(|h| is_alive(h.pid));
-                if alive || start.elapsed() >= DEAD_HOLDER_GRACE {
+                // Wait only for a holder known to be on its way out. One that cannot be named
+                // (another pid namespace, `hidepid`, a filesystem whose device number differs
+                // from the one `/proc/locks` prints) is taken to be alive: refuse at once.
+                let dying = holder.as_ref().is_some_and(|h| !is_alive(h.pid));
+                if !dying || start.elapsed() >= DEAD_HOLDER_GRACE {
                     return Err(LockError::Busy(holder));
                 }
                 std::thread::sleep(Duration::from_millis(10));

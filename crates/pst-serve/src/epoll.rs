@@ -76,6 +76,8 @@ struct Conn<C> {
 }
 
 const LISTENER: u64 = u64::MAX;
+/// How long accepting pauses after running out of fds or memory (as the port does).
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Serve `proto` on `listener` with epoll until `ctx` says stop: `bufs` are this worker's pool
 /// buffers (what it stores is copied into them), `fsync` says whether a commit is a system call.
@@ -125,6 +127,12 @@ fn run<A: StreamApp>(
         tv_sec: 0,
         tv_nsec: 100_000_000,
     };
+    let backoff = rustix::time::Timespec {
+        tv_sec: 0,
+        tv_nsec: ACCEPT_BACKOFF.as_nanos() as i64,
+    };
+    // Since when accepting is paused for lack of fds or memory (the listener out of the set).
+    let mut paused_since: Option<std::time::Instant> = None;
     while !ctx.stopping() {
         // Once a second: close idle connections and those stuck in a slow request.
         let now = std::time::Instant::now();
@@ -144,9 +152,24 @@ fn run<A: StreamApp>(
                 }
             }
         }
+        let wait = match paused_since {
+            Some(t) if now - t >= ACCEPT_BACKOFF => {
+                syscalls += 1;
+                epoll::add(
+                    &ep,
+                    &listener,
+                    epoll::EventData::new_u64(LISTENER),
+                    epoll::EventFlags::IN,
+                )?;
+                paused_since = None;
+                timeout
+            }
+            Some(_) => backoff,
+            None => timeout,
+        };
         events.clear();
         syscalls += 1;
-        match epoll::wait(&ep, spare(&mut events), Some(&timeout)) {
+        match epoll::wait(&ep, spare(&mut events), Some(&wait)) {
             Ok(_) | Err(Errno::INTR) => {}
             Err(e) => return Err(e.into()),
         }
@@ -196,6 +219,18 @@ fn run<A: StreamApp>(
                             });
                         }
                         Err(Errno::AGAIN) => break,
+                        // Out of fds or memory: the connection stays queued and the listener
+                        // stays ready; stop watching it for a moment instead of spinning.
+                        Err(e @ (Errno::MFILE | Errno::NFILE | Errno::NOBUFS | Errno::NOMEM)) => {
+                            if paused_since.is_none() {
+                                tracing::warn!(error = %e, "accept failed; pausing accepts");
+                            }
+                            syscalls += 1;
+                            epoll::delete(&ep, &listener)?;
+                            paused_since = Some(std::time::Instant::now());
+                            break;
+                        }
+                        Err(Errno::CONNABORTED | Errno::INTR) => {}
                         Err(e) => {
                             tracing::warn!(error = %e, "accept failed");
                             break;

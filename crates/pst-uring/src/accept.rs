@@ -25,6 +25,10 @@ const IORING_CQE_F_MORE: u32 = 1 << 1;
 
 /// `user_data` of the poll on the epoll fd: a kind byte the core never encodes.
 pub(crate) const ACCEPT_READY: u64 = 0xA5 << 56;
+/// `user_data` of the back-off timer after an accept ran out of fds or memory.
+pub(crate) const ACCEPT_BACKOFF: u64 = 0xA6 << 56;
+/// How long to wait before accepting again after running out of fds or memory.
+pub(crate) const BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// What one accept attempt on a listener gives the core: the accept request's `user_data`
 /// and a CQE-style result and flags.
@@ -40,6 +44,8 @@ pub(crate) struct Acceptor {
     pub(crate) armed: bool,
     /// `accept4` calls made (the ones that returned `EAGAIN` included).
     pub(crate) calls: u64,
+    /// The last accept loop ran out of a resource (fds, memory): back off before polling.
+    pub(crate) starved: bool,
 }
 
 impl Acceptor {
@@ -49,6 +55,7 @@ impl Acceptor {
             listeners: Vec::new(),
             armed: false,
             calls: 0,
+            starved: false,
         }
     }
 
@@ -72,12 +79,14 @@ impl Acceptor {
             self.epoll = Some(epoll::create(epoll::CreateFlags::CLOEXEC)?);
         }
         let ep = self.epoll.as_ref().expect("created above");
-        // EXCLUSIVE: when several ports watch one listener, a connection wakes one of them.
+        // Ports sharing one listener are all woken by a connection (io_uring waits on the
+        // epoll fd's own wait queue, where EPOLLEXCLUSIVE does not apply); the losers' accept4
+        // returns EAGAIN. Level-triggered: a connection left pending wakes the next poll.
         epoll::add(
             ep,
             lfd,
             epoll::EventData::new_u64(fd as u64),
-            epoll::EventFlags::IN | epoll::EventFlags::EXCLUSIVE,
+            epoll::EventFlags::IN,
         )?;
         self.listeners.push((fd, ud));
         Ok(())
@@ -107,8 +116,8 @@ impl Acceptor {
                     // The peer gave up before we accepted it: try the next one.
                     Err(e)
                         if e == rustix::io::Errno::CONNABORTED || e == rustix::io::Errno::INTR => {}
-                    // Out of fds or memory: the connection stays queued; the core logs it and
-                    // the next poll retries.
+                    // Out of fds or memory: the connection stays queued and the listener stays
+                    // ready, so polling again at once would spin; the driver backs off.
                     Err(e)
                         if e == rustix::io::Errno::MFILE
                             || e == rustix::io::Errno::NFILE
@@ -116,6 +125,7 @@ impl Acceptor {
                             || e == rustix::io::Errno::NOMEM =>
                     {
                         out.push((ud, -e.raw_os_error(), IORING_CQE_F_MORE));
+                        self.starved = true;
                         break;
                     }
                     Err(e) => {

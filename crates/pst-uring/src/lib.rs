@@ -119,6 +119,11 @@ pub struct Driver {
     acceptor: accept::Acceptor,
     /// Accept completions for the core, delivered after the next enter.
     accepted: Vec<accept::AcceptCompletion>,
+    /// The accept back-off's timespec: boxed, as the kernel reads it at the next submit and
+    /// the driver may move meanwhile.
+    backoff_ts: Box<types::Timespec>,
+    /// The kernel has min-wait (`IORING_FEAT_MIN_TIMEOUT`, Linux 6.12).
+    min_timeout: bool,
 }
 
 impl std::fmt::Debug for Driver {
@@ -144,6 +149,7 @@ impl Driver {
         // (field order: `ring` is dropped first, which unregisters everything).
         unsafe { bufring.register(&ring.submitter(), BGID)? };
         let bundle = cfg.recv_bundle && ring.params().is_feature_recvsend_bundle();
+        let min_timeout = ring.params().is_feature_min_timeout();
         Ok(Driver {
             ring,
             bufring,
@@ -157,6 +163,8 @@ impl Driver {
             last_reaped: 0,
             acceptor: accept::Acceptor::new(),
             accepted: Vec::new(),
+            backoff_ts: Box::new(types::Timespec::from(accept::BACKOFF)),
+            min_timeout,
         })
     }
 
@@ -200,7 +208,19 @@ impl Driver {
         // second enter per request. So wait for one completion beyond the sends, unless a
         // connection has data queued behind its in-flight send (that send's completion must
         // be handled promptly).
-        let extra = if core.tx_backlog() == 0 { sends } else { 0 };
+        // Without min-wait (before Linux 6.12) nothing could bound a wait that counts on
+        // sends (below), so it does not count on them.
+        let extra = if core.tx_backlog() == 0 && self.min_timeout {
+            sends
+        } else {
+            0
+        };
+        // Accept results are waiting to be delivered after this enter: do not block.
+        let timeout = if self.accepted.is_empty() {
+            timeout
+        } else {
+            Some(Duration::ZERO)
+        };
         let want = match timeout {
             Some(t) if t.is_zero() => 1,
             _ => self.wait_target(extra),
@@ -214,7 +234,9 @@ impl Driver {
         // the expiry alone never ends the wait). The min-wait for batching (`want > extra + 1`)
         // does the same for the batch it gathers; at low load (batch target 1) it is not armed,
         // as it would only wake the idle port between requests.
-        let min_wait_us = if want > extra + 1 {
+        let min_wait_us = if !self.min_timeout {
+            0
+        } else if want > extra + 1 {
             self.cfg.min_wait_us
         } else if extra > 0 {
             SEND_SETTLE_US
@@ -263,12 +285,24 @@ impl Driver {
                 accept_ready = true;
                 continue;
             }
+            if cqe.user_data() == accept::ACCEPT_BACKOFF {
+                self.acceptor.armed = false;
+                continue;
+            }
             core.complete(cqe.user_data(), cqe.result(), cqe.flags());
         }
         if accept_ready {
             let calls = self.acceptor.calls;
             self.acceptor.accept_all(&mut self.accepted);
             self.stats.accept_calls += self.acceptor.calls - calls;
+            if std::mem::take(&mut self.acceptor.starved) {
+                // Poll again only after the back-off timer: `armed` stays set until it fires.
+                let e = opcode::Timeout::new(&*self.backoff_ts)
+                    .build()
+                    .user_data(accept::ACCEPT_BACKOFF);
+                self.push(&[e])?;
+                self.acceptor.armed = true;
+            }
         }
         for (ud, res, flags) in self.accepted.drain(..) {
             core.complete(ud, res, flags);
@@ -283,7 +317,7 @@ impl Driver {
     /// `batch` — so a lone connection is not delayed waiting for completions that cannot come,
     /// while a busy port gathers bigger batches (the bound caps the wait either way).
     fn wait_target(&self, extra: usize) -> usize {
-        let batch = if self.cfg.min_wait_us > 0 {
+        let batch = if self.cfg.min_wait_us > 0 && self.min_timeout {
             (self.last_reaped / 2).clamp(1, self.cfg.batch.max(1) as usize)
         } else {
             1

@@ -158,7 +158,9 @@ impl Port {
         self.add_listener(l)
     }
 
-    /// Adopt an already listening socket.
+    /// Adopt an already listening socket. It is switched to non-blocking mode (which every
+    /// duplicate of it shares): the port accepts on readiness until `EAGAIN`, holding no
+    /// io_uring request on it, so the socket closes with the process even after `kill -9`.
     pub fn add_listener(&mut self, l: TcpListener) -> io::Result<SocketAddr> {
         let local = l.local_addr()?;
         self.core.add_listener(Driver::adopt(OwnedFd::from(l)));
