@@ -52,8 +52,15 @@ pub(crate) enum LockError {
 /// zombie whose files the kernel is still releasing) before calling the pool busy.
 const DEAD_HOLDER_GRACE: Duration = Duration::from_secs(5);
 
-/// Take the pool lock on `file`: exclusive, or shared when `shared`. Never blocks on a live
-/// holder; waits up to [`DEAD_HOLDER_GRACE`] for one that is gone but not yet released.
+/// How long to retry any conflicting lock before calling the pool busy. A `flock` belongs to
+/// the open file description, which a `fork` in another thread duplicates until the child's
+/// `exec` closes it (`O_CLOEXEC`): for that moment the pool just closed by this process still
+/// looks held. A real second holder is refused after this short wait.
+const FORK_GRACE: Duration = Duration::from_millis(200);
+
+/// Take the pool lock on `file`: exclusive, or shared when `shared`. Retries a conflict for
+/// [`FORK_GRACE`], and for up to [`DEAD_HOLDER_GRACE`] when the holder is gone but its files
+/// are not yet released.
 pub(crate) fn lock(file: &File, shared: bool) -> Result<(), LockError> {
     let op = if shared {
         FlockOperation::NonBlockingLockShared
@@ -70,7 +77,8 @@ pub(crate) fn lock(file: &File, shared: bool) -> Result<(), LockError> {
                 // (another pid namespace, `hidepid`, a filesystem whose device number differs
                 // from the one `/proc/locks` prints) is taken to be alive: refuse at once.
                 let dying = holder.as_ref().is_some_and(|h| !is_alive(h.pid));
-                if !dying || start.elapsed() >= DEAD_HOLDER_GRACE {
+                let grace = if dying { DEAD_HOLDER_GRACE } else { FORK_GRACE };
+                if start.elapsed() >= grace {
                     return Err(LockError::Busy(holder));
                 }
                 std::thread::sleep(Duration::from_millis(10));
