@@ -5,7 +5,7 @@
 //! provided-buffer ring, an RX slot, kept [`Extent`](crate::BufIdx)s that share it (a buffer may
 //! hold the end of one message and the start of the next), a TX queue, a log record.
 
-use crate::BufIdx;
+use crate::geometry::BufIdx;
 
 /// Why a reference-count operation was refused: it would corrupt the accounting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

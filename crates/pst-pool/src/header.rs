@@ -21,7 +21,7 @@
 //! and then renamed into place), and never rewritten, so a torn header can only be a foreign or
 //! damaged file: it fails the magic or the checksum and the pool refuses to open.
 
-use crate::Geometry;
+use crate::geometry::Geometry;
 
 /// Magic bytes at offset 0 of every pool file.
 pub const MAGIC: [u8; 8] = *b"PSTPOOL\0";
@@ -29,8 +29,7 @@ pub const MAGIC: [u8; 8] = *b"PSTPOOL\0";
 pub const VERSION: u32 = 1;
 /// Bytes of header covered by the checksum.
 pub const HEADER_LEN: usize = 64;
-/// Bytes reserved for the header at the start of the file.
-pub const HEADER_REGION: u64 = 4096;
+pub use crate::geometry::HEADER_REGION;
 
 mod field {
     use std::ops::Range;

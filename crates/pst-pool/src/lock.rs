@@ -2,7 +2,7 @@
 //!
 //! A pool belongs to one process. Two openers would lend the same buffers to two kernels and
 //! append to one log from two heads, silently losing acknowledged writes. So every open takes a
-//! BSD `flock` on the pool file itself, held by the [`Pool`](crate::Pool)'s `File` for as long
+//! BSD `flock` on the pool file itself, held by the [`Pool`](crate::pool::Pool)'s `File` for as long
 //! as the pool is open: exclusive for a writer, shared for a read-only opener (`pst inspect`).
 //! A read-only opener is therefore refused while a writer runs (it would read a log that is
 //! being appended to), and a writer is refused while anyone holds the pool.

@@ -9,8 +9,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
+use crate::header::Header;
+use crate::persist::PersistMode;
 use crate::persist::LINE;
-use crate::{Header, PersistError, PersistMode, Pool};
+use crate::pool::{PersistError, Pool};
 
 /// Persistent byte storage with flush + barrier semantics.
 pub trait Media {
@@ -258,10 +260,33 @@ impl Media for SimPm {
     }
 }
 
+impl Pool {
+    /// Media for the one store of this pool, which owns the whole log region. Returns `None`
+    /// if it was already claimed: there is never a second writer of the log.
+    ///
+    /// The store reads pool buffers only while it holds references on them (so the kernel is
+    /// not writing them), which is what makes its reads through the media race-free.
+    pub fn claim_log(self: &std::sync::Arc<Self>) -> Option<PoolMedia> {
+        // AcqRel: the claim is a one-shot latch between threads; nothing else is ordered by it.
+        if self
+            .log_claimed
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return None;
+        }
+        let h = self.header;
+        #[allow(unsafe_code)]
+        // SAFETY: the latch above makes this the only media that writes the log region; the
+        // reading discipline is documented on this method and upheld by pst-store, which reads
+        // only its log region and buffers it holds references on.
+        Some(unsafe { PoolMedia::new(self.clone(), h.log_off..h.log_off + h.geometry.log_len) })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Geometry;
+    use crate::geometry::Geometry;
 
     fn header() -> Header {
         Header::layout(Geometry {

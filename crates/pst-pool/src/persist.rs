@@ -122,3 +122,43 @@ mod tests {
         assert!(v.iter().enumerate().all(|(i, &b)| b == i as u8));
     }
 }
+
+/// What a persist barrier does, and so what survives what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PersistMode {
+    /// Nothing. For a `MAP_SHARED` file pool, data survives a process crash (it is in the page
+    /// cache) but not a power loss. Anonymous pools survive nothing.
+    #[default]
+    None,
+    /// Flush each kept cache line (`clwb`/`clflushopt`) and issue one `sfence` per batch.
+    /// Survives a process crash; survives power loss only on a DAX filesystem mapped with
+    /// `MAP_SYNC` ([`Pool::is_dax`]), otherwise this is *emulated* persistent memory.
+    Pmem,
+    /// One `fdatasync` of the pool file per batch. Survives a process crash and a power loss on
+    /// ordinary storage.
+    Fsync,
+}
+
+impl std::str::FromStr for PersistMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(PersistMode::None),
+            "pmem" => Ok(PersistMode::Pmem),
+            "fsync" => Ok(PersistMode::Fsync),
+            _ => Err(format!(
+                "unknown persist mode {s:?} (expected none, pmem or fsync)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for PersistMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PersistMode::None => "none",
+            PersistMode::Pmem => "pmem",
+            PersistMode::Fsync => "fsync",
+        })
+    }
+}

@@ -17,10 +17,10 @@ use std::sync::Arc;
 
 use pst::{Buffers, Extent};
 
+use crate::error::ServeError;
 use crate::protocol::{Io, Limits, Piece, Protocol};
 use crate::store::{end_batch, pool_pressure, PoolStore, Retention, SharedStore};
 use crate::worker::WorkerCtx;
-use crate::ServeError;
 
 /// What the handler wants done with a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

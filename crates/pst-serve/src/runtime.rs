@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 
 use pst::{Pool, Port, PortConfig};
 
+use crate::error::ServeError;
 use crate::protocol::{Limits, Protocol};
 use crate::stats::StatsFile;
 use crate::store::{Retention, SharedStore};
 use crate::worker::WorkerCtx;
-use crate::ServeError;
 
 /// I/O engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,7 +11,7 @@ use pst::{BufIdx, Extent, Pool};
 use pst_pool::PoolMedia;
 use pst_store::Store;
 
-use crate::ServeError;
+use crate::error::ServeError;
 
 /// The store type the servers use.
 pub type PoolStore = Store<PoolMedia>;

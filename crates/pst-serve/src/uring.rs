@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use pst::{ConnId, Extent, Port, SlotKind};
 
+use crate::error::ServeError;
 use crate::protocol::{Io, Limits, Piece, Protocol};
 use crate::store::{end_batch, pool_pressure, PoolStore, Retention, SharedStore};
 use crate::worker::WorkerCtx;
-use crate::ServeError;
 
 struct UConn<C> {
     id: ConnId,

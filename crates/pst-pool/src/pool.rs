@@ -1,0 +1,529 @@
+//! The mapped pool: opening (validated, locked) or creating a pool file, anonymous pools, byte
+//! access to buffers, and persist barriers.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::geometry::{BufIdx, Geometry, DEFAULT_BUF_SIZE, DEFAULT_POOL_SIZE};
+use crate::header::{self, Header, HeaderError};
+use crate::lock::{self, Holder};
+use crate::map;
+use crate::persist::{FlushInsn, PersistMode};
+
+/// Errors opening or creating a pool.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PoolError {
+    /// An I/O error on the pool file.
+    #[error("{path}: {source}")]
+    Io {
+        /// The pool path.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The file exists but is not a usable pool; it was left untouched.
+    #[error("{path}: refusing to use this file (left untouched): {source}")]
+    BadHeader {
+        /// The pool path.
+        path: PathBuf,
+        /// What is wrong with it.
+        source: HeaderError,
+    },
+    /// The file is a valid pool with another geometry than the one asked for.
+    #[error("{path}: existing pool has geometry {found:?}, but {wanted:?} was requested (left untouched)")]
+    GeometryMismatch {
+        /// The pool path.
+        path: PathBuf,
+        /// Geometry in the file.
+        found: Geometry,
+        /// Geometry requested.
+        wanted: Geometry,
+    },
+    /// Invalid geometry requested.
+    #[error("invalid pool geometry: {0}")]
+    Geometry(String),
+    /// Another process (or another open in this one) holds the pool; it was left untouched.
+    /// A pool belongs to one process at a time: two would lend the same buffers to two kernels
+    /// and append to one log from two heads.
+    #[error("{path}: pool is in use by {} (refusing to open it; left untouched)", holder.as_ref().map_or_else(|| "another process".to_owned(), |h| h.to_string()))]
+    InUse {
+        /// The pool path.
+        path: PathBuf,
+        /// The process holding it, when `/proc/locks` names it.
+        holder: Option<Holder>,
+    },
+    /// mmap failed.
+    #[error("mmap of {len} bytes failed: {source}")]
+    Map {
+        /// Bytes requested.
+        len: u64,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+/// A persist barrier failed. After this the pool is poisoned: every later barrier fails too,
+/// because the kernel may have dropped dirty pages it could not write (fsync-gate).
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum PersistError {
+    /// `fdatasync` failed.
+    #[error("fdatasync of the pool failed: {0}")]
+    Sync(String),
+    /// An earlier barrier failed; durability can no longer be promised.
+    #[error("pool is poisoned by an earlier failed persist; restart to recover")]
+    Poisoned,
+}
+
+/// How to open a pool file.
+#[derive(Debug, Clone)]
+pub struct PoolOptions {
+    /// Geometry for a new pool; also required of an existing one when `require_geometry`.
+    pub geometry: Geometry,
+    /// Refuse an existing pool whose geometry differs from `geometry`.
+    pub require_geometry: bool,
+    /// The persist mode used by [`Pool::barrier`].
+    pub persist: PersistMode,
+    /// Busy-wait this long at each barrier (emulated slow persistent memory).
+    pub pm_write_latency_ns: u64,
+    /// Map read-only and never create (for `pst inspect`).
+    pub read_only: bool,
+    /// Anonymous scratch buffers for transient TX data (`None`: one per 8 pool buffers, at
+    /// most 16384).
+    pub scratch_buffers: Option<u32>,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        PoolOptions {
+            geometry: Geometry::for_size(DEFAULT_POOL_SIZE, DEFAULT_BUF_SIZE)
+                .expect("default geometry is valid"),
+            require_geometry: false,
+            persist: PersistMode::None,
+            pm_write_latency_ns: 0,
+            read_only: false,
+            scratch_buffers: None,
+        }
+    }
+}
+
+/// A mapped pool.
+#[derive(Debug)]
+pub struct Pool {
+    pub(crate) map: map::Mapping,
+    /// Anonymous (never persisted) buffers numbered after the pool's: for replies and other
+    /// transient TX data, so they do not dirty the pool file (an `fdatasync` would write them).
+    scratch: map::Mapping,
+    scratch_count: u32,
+    file: Option<File>,
+    path: Option<PathBuf>,
+    pub(crate) header: Header,
+    persist: PersistMode,
+    pm_latency_ns: u64,
+    flush: FlushInsn,
+    poisoned: AtomicBool,
+    /// Set once a store claimed the log region ([`Pool::claim_log`]).
+    pub(crate) log_claimed: AtomicBool,
+}
+
+impl Pool {
+    /// Open the pool at `path`, creating it (and its parent directories) if absent.
+    ///
+    /// An existing file is validated (magic, version, checksum, geometry, length) and refused
+    /// untouched if anything is wrong. A new file is written to `path.tmp`, synced, and renamed
+    /// into place, so a crash during creation never leaves a half-written pool at `path`.
+    pub fn open(path: &Path, opts: &PoolOptions) -> Result<Pool, PoolError> {
+        let io = |source| PoolError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        if !path.exists() {
+            if opts.read_only {
+                return Err(io(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no such pool",
+                )));
+            }
+            Self::create(path, opts.geometry)?;
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!opts.read_only)
+            .open(path)
+            .map_err(io)?;
+        // Locked before anything is read, held by `file` for the pool's lifetime (module `lock`).
+        lock::lock(&file, opts.read_only).map_err(|e| match e {
+            lock::LockError::Busy(holder) => PoolError::InUse {
+                path: path.to_owned(),
+                holder,
+            },
+            lock::LockError::Io(source) => io(source),
+        })?;
+        let meta = file.metadata().map_err(io)?;
+        if !meta.is_file() {
+            return Err(io(std::io::Error::other("not a regular file")));
+        }
+        let mut buf = [0u8; header::HEADER_LEN];
+        let n = file.read_at(&mut buf, 0).map_err(io)?;
+        let header =
+            Header::decode(&buf[..n], meta.len()).map_err(|source| PoolError::BadHeader {
+                path: path.to_owned(),
+                source,
+            })?;
+        if opts.require_geometry && header.geometry != opts.geometry {
+            return Err(PoolError::GeometryMismatch {
+                path: path.to_owned(),
+                found: header.geometry,
+                wanted: opts.geometry,
+            });
+        }
+        let map =
+            map::Mapping::file(&file, header.total_len, opts.read_only).map_err(|source| {
+                PoolError::Map {
+                    len: header.total_len,
+                    source,
+                }
+            })?;
+        Ok(Self::assemble(
+            map,
+            Some(file),
+            Some(path.to_owned()),
+            header,
+            opts,
+        ))
+    }
+
+    /// An anonymous (DRAM-only) pool: nothing survives the process.
+    pub fn anonymous(geometry: Geometry, persist: PersistMode) -> Result<Pool, PoolError> {
+        let header = Header::layout(geometry).map_err(|e| PoolError::Geometry(e.to_string()))?;
+        let map = map::Mapping::anonymous(header.total_len).map_err(|source| PoolError::Map {
+            len: header.total_len,
+            source,
+        })?;
+        let opts = PoolOptions {
+            geometry,
+            persist,
+            ..PoolOptions::default()
+        };
+        Ok(Self::assemble(map, None, None, header, &opts))
+    }
+
+    fn assemble(
+        map: map::Mapping,
+        file: Option<File>,
+        path: Option<PathBuf>,
+        header: Header,
+        opts: &PoolOptions,
+    ) -> Pool {
+        let g = header.geometry;
+        let scratch_count = opts
+            .scratch_buffers
+            .unwrap_or((g.buf_count / 8).clamp(8, 16384));
+        let scratch = map::Mapping::anonymous(scratch_count as u64 * g.buf_size as u64)
+            .or_else(|_| map::Mapping::anonymous(g.buf_size as u64))
+            .expect("a small anonymous mapping");
+        let pool = Pool {
+            map,
+            scratch,
+            scratch_count,
+            file,
+            path,
+            header,
+            persist: opts.persist,
+            pm_latency_ns: opts.pm_write_latency_ns,
+            flush: FlushInsn::detect(),
+            poisoned: AtomicBool::new(false),
+            log_claimed: AtomicBool::new(false),
+        };
+        tracing::debug!(
+            path = ?pool.path,
+            buf_size = header.geometry.buf_size,
+            buf_count = header.geometry.buf_count,
+            persist = %pool.persist,
+            pm = pool.pm_report(),
+            flush = ?pool.flush,
+            "pool mapped"
+        );
+        pool
+    }
+
+    fn create(path: &Path, geometry: Geometry) -> Result<(), PoolError> {
+        let header = Header::layout(geometry).map_err(|e| PoolError::Geometry(e.to_string()))?;
+        let io = |source| PoolError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        // A temp file of our own, created exclusively (never truncating anything): two
+        // creators of the same pool at once — threads, or processes that share a pid across
+        // containers — each write their own, and the loser of the link below opens the
+        // winner's pool instead (and is refused by its lock while the winner holds it).
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(format!(
+            ".tmp.{}.{nanos}.{}",
+            std::process::id(),
+            // Relaxed: only uniqueness matters.
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let tmp = PathBuf::from(tmp);
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io)?;
+        f.write_all(&header.encode()).map_err(io)?;
+        f.set_len(header.total_len).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        drop(f);
+        // Never replace a file that appeared meanwhile: link fails if `path` exists.
+        let linked = std::fs::hard_link(&tmp, path);
+        std::fs::remove_file(&tmp).map_err(io)?;
+        match linked {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+            r => r.map_err(io)?,
+        }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+        }
+        tracing::info!(?path, ?geometry, "created pool");
+        Ok(())
+    }
+
+    /// The decoded header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// Buffer geometry.
+    pub fn geometry(&self) -> Geometry {
+        self.header.geometry
+    }
+
+    /// Bytes per buffer.
+    pub fn buf_size(&self) -> u32 {
+        self.header.geometry.buf_size
+    }
+
+    /// The pool's file path, if file-backed.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// The persist mode of [`Pool::barrier`].
+    pub fn persist_mode(&self) -> PersistMode {
+        self.persist
+    }
+
+    /// True when the pool is mapped with `MAP_SYNC` on a DAX filesystem: cache-line flushes then
+    /// reach persistent media.
+    pub fn is_dax(&self) -> bool {
+        self.map.dax()
+    }
+
+    /// "dax" or "emulated": what `Pmem` mode means for this pool.
+    pub fn pm_report(&self) -> &'static str {
+        if self.is_dax() {
+            "dax (MAP_SYNC)"
+        } else {
+            "emulated (no DAX/MAP_SYNC: pmem flushes reach the page cache only)"
+        }
+    }
+
+    /// Address of buffer `b`'s first byte. Panics if `b` is outside the pool (a programming
+    /// error: indices come from this pool's allocators).
+    pub fn buf_ptr(&self, b: BufIdx) -> *mut u8 {
+        let count = self.header.geometry.buf_count;
+        if b.0 >= count {
+            assert!(
+                b.0 - count < self.scratch_count,
+                "buffer {b:?} outside the pool"
+            );
+            return self
+                .scratch
+                .ptr_at((b.0 - count) as u64 * self.buf_size() as u64);
+        }
+        let off = self.header.data_off + b.0 as u64 * self.buf_size() as u64;
+        self.map.ptr_at(off)
+    }
+
+    /// Indices of the anonymous scratch buffers (after the pool's own).
+    pub fn scratch_range(&self) -> std::ops::Range<u32> {
+        let c = self.header.geometry.buf_count;
+        c..c + self.scratch_count
+    }
+
+    /// The scratch buffers that go with pool partition `part` (the same share of them).
+    pub fn scratch_part(&self, part: &std::ops::Range<u32>) -> std::ops::Range<u32> {
+        let (c, n) = (
+            self.header.geometry.buf_count as u64,
+            self.scratch_count as u64,
+        );
+        let at = |i: u32| (c + i as u64 * n / c.max(1)) as u32;
+        at(part.start)..at(part.end)
+    }
+
+    /// The log region as a raw pointer and length (owned by the store layer).
+    pub fn log_region(&self) -> (*mut u8, usize) {
+        (
+            self.map.ptr_at(self.header.log_off),
+            self.header.geometry.log_len as usize,
+        )
+    }
+
+    /// File offset of a pointer inside the mapping.
+    pub fn offset_of(&self, p: *const u8) -> u64 {
+        p as u64 - self.map.ptr_at(0) as u64
+    }
+
+    /// Read `len` bytes of buffer `b` from `off`.
+    ///
+    /// # Safety
+    /// Nobody may write that byte range while the returned slice lives: the caller must own the
+    /// buffer (it is not lent to the kernel, and no `&mut` to the range exists).
+    #[allow(unsafe_code)]
+    pub unsafe fn bytes(&self, b: BufIdx, off: u32, len: u32) -> &[u8] {
+        assert!(
+            off as u64 + len as u64 <= self.buf_size() as u64,
+            "range outside the buffer"
+        );
+        // SAFETY: in bounds of the mapping (checked above and in buf_ptr); exclusivity is the
+        // caller's contract.
+        unsafe { std::slice::from_raw_parts(self.buf_ptr(b).add(off as usize), len as usize) }
+    }
+
+    /// Write access to `len` bytes of buffer `b` from `off`.
+    ///
+    /// # Safety
+    /// The caller must own that byte range exclusively while the slice lives (not lent to the
+    /// kernel, no other reference to it).
+    #[allow(unsafe_code, clippy::mut_from_ref)]
+    pub unsafe fn bytes_mut(&self, b: BufIdx, off: u32, len: u32) -> &mut [u8] {
+        assert!(
+            off as u64 + len as u64 <= self.buf_size() as u64,
+            "range outside the buffer"
+        );
+        // SAFETY: in bounds of the mapping; exclusivity is the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.buf_ptr(b).add(off as usize), len as usize) }
+    }
+
+    /// Start persisting `[ptr, ptr+len)` (a range in this pool). In `Pmem` mode this flushes its
+    /// cache lines now, so the flushes overlap with the rest of the batch; the other modes do
+    /// their work in [`Pool::barrier`].
+    pub fn flush(&self, ptr: *const u8, len: usize) {
+        if self.persist == PersistMode::Pmem {
+            self.flush.flush(ptr, len);
+        }
+    }
+
+    /// The once-per-batch persist barrier: after it returns `Ok`, everything written to the pool
+    /// before it (and, in `Pmem` mode, flushed with [`Pool::flush`]) is persisted under the mode,
+    /// so replies acknowledging it may leave.
+    pub fn barrier(&self) -> Result<(), PersistError> {
+        // Relaxed: the flag is only a latch; the barrier's own syscalls/fences order the data.
+        if self.poisoned.load(Ordering::Relaxed) {
+            return Err(PersistError::Poisoned);
+        }
+        match self.persist {
+            PersistMode::None => {}
+            PersistMode::Pmem => crate::persist::sfence(),
+            PersistMode::Fsync => {
+                if let Some(f) = &self.file {
+                    if let Err(e) = f.sync_data() {
+                        self.poisoned.store(true, Ordering::Relaxed);
+                        return Err(PersistError::Sync(e.to_string()));
+                    }
+                }
+            }
+        }
+        crate::persist::spin_ns(self.pm_latency_ns);
+        Ok(())
+    }
+
+    /// True after a failed barrier.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+#[allow(unsafe_code)]
+mod tests {
+    use super::*;
+
+    fn small() -> PoolOptions {
+        PoolOptions {
+            geometry: Geometry::for_size(1 << 20, 2048).unwrap(),
+            ..PoolOptions::default()
+        }
+    }
+
+    #[test]
+    fn create_reopen_and_refuse_mismatch() {
+        let dir = std::env::temp_dir().join(format!("pst-pool-test-{}", std::process::id()));
+        let path = dir.join("a/b/pool");
+        let _ = std::fs::remove_dir_all(&dir);
+        let p = Pool::open(&path, &small()).unwrap();
+        // SAFETY: test owns the whole pool, nobody else touches buffer 3.
+        unsafe { p.bytes_mut(BufIdx(3), 0, 5) }.copy_from_slice(b"hello");
+        drop(p);
+        let p = Pool::open(&path, &small()).unwrap();
+        // SAFETY: as above.
+        assert_eq!(unsafe { p.bytes(BufIdx(3), 0, 5) }, b"hello");
+        drop(p);
+        let mut other = small();
+        other.geometry = Geometry::for_size(2 << 20, 2048).unwrap();
+        other.require_geometry = true;
+        assert!(matches!(
+            Pool::open(&path, &other),
+            Err(PoolError::GeometryMismatch { .. })
+        ));
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn geometry_partitions_cover_everything() {
+        let g = Geometry {
+            buf_size: 2048,
+            buf_count: 103,
+            log_len: 0,
+        };
+        let parts = g.partitions(4);
+        assert_eq!(parts.len(), 4);
+        assert_eq!(parts[0].start, 0);
+        assert_eq!(parts[3].end, 103);
+        assert!(parts.windows(2).all(|w| w[0].end == w[1].start));
+    }
+
+    #[test]
+    fn barrier_modes_work_on_anonymous_pool() {
+        for mode in [PersistMode::None, PersistMode::Pmem, PersistMode::Fsync] {
+            let p = Pool::anonymous(
+                Geometry {
+                    buf_size: 512,
+                    buf_count: 8,
+                    log_len: 0,
+                },
+                mode,
+            )
+            .unwrap();
+            p.flush(p.buf_ptr(BufIdx(1)), 512);
+            p.barrier().unwrap();
+        }
+    }
+}
