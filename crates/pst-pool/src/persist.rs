@@ -132,7 +132,7 @@ pub enum PersistMode {
     None,
     /// Flush each kept cache line (`clwb`/`clflushopt`) and issue one `sfence` per batch.
     /// Survives a process crash; survives power loss only on a DAX filesystem mapped with
-    /// `MAP_SYNC` ([`Pool::is_dax`]), otherwise this is *emulated* persistent memory.
+    /// `MAP_SYNC` ([`Pool::is_dax`](crate::Pool::is_dax)), otherwise this is *emulated* persistent memory.
     Pmem,
     /// One `fdatasync` of the pool file per batch. Survives a process crash and a power loss on
     /// ordinary storage.

@@ -29,6 +29,10 @@ use pst_pool::{BufIdx, Header, Media, PersistError};
 use pst_ring::Extent;
 
 pub use format::Kind as RecordKind;
+pub use pst_pool::PoolMedia;
+
+/// A store over a real pool (its log region and buffers): what servers use.
+pub type PoolStore = Store<PoolMedia>;
 
 /// Store errors.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -46,6 +50,9 @@ pub enum StoreError {
     /// An acknowledged record is damaged: recovery refuses to drop it silently.
     #[error("log corruption: {0}")]
     Corrupt(String),
+    /// The pool's log region already belongs to another store in this process.
+    #[error("the pool's log is already claimed by another store")]
+    LogClaimed,
     /// The log region is too small or misaligned for a store.
     #[error("log region unusable: {0}")]
     Layout(String),
@@ -180,6 +187,19 @@ pub struct Store<M: Media> {
     live_bytes: u64,
     compactions: u64,
     commits: u64,
+}
+
+impl Store<PoolMedia> {
+    /// Open (and recover) the store of `pool`, which owns the pool's whole log region: the
+    /// usual way to get a store over a real pool. Fails with [`StoreError::LogClaimed`] if
+    /// another store of this process has it.
+    pub fn open_pool(
+        pool: &std::sync::Arc<pst_pool::Pool>,
+    ) -> Result<(Store<PoolMedia>, RecoveryReport), StoreError> {
+        let media = pool.claim_log().ok_or(StoreError::LogClaimed)?;
+        let h = *pool.header();
+        Store::open(media, h.log_off..h.log_off + h.geometry.log_len)
+    }
 }
 
 impl<M: Media> Store<M> {

@@ -12,7 +12,37 @@
 //!    [`Extent`] it owns (a spare buffer goes to the kernel instead), to log or to send back.
 //! 6. TX sends from pool buffers, in order per connection, short sends resumed.
 //! 7. The ring logic is I/O-free (`pst-ring`), the kernel glue thin (`pst-uring`).
-//! 8. Durable structures over kept extents live in `pst-store`; apps on top in `pst-cli`.
+//! 8. Durable structures over kept extents live in `pst-store`; servers in `pst-serve`.
+//!
+//! An echo server (`examples/echo.rs`; `examples/durable_kv.rs` adds the store and group
+//! commit):
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use pst::{Geometry, PersistMode, Pool, Port, PortConfig, SlotKind};
+//!
+//! # fn main() -> std::io::Result<()> {
+//! let geometry = Geometry::for_size(64 << 20, 2048).expect("valid geometry");
+//! let pool = Arc::new(Pool::anonymous(geometry, PersistMode::None).expect("pool"));
+//! let mut port = Port::whole(pool, PortConfig::default())?;
+//! port.listen("127.0.0.1:7000".parse().unwrap())?;
+//! loop {
+//!     port.sync(None)?; // one io_uring_enter: send what is queued, receive everything
+//!     for i in 0..port.rx().len() {
+//!         let slot = port.rx()[i];
+//!         match slot.kind {
+//!             SlotKind::Data => {
+//!                 if let Some(ext) = port.keep(&slot) {
+//!                     let _ = port.send(slot.conn, ext); // back from the buffer it landed in
+//!                 }
+//!             }
+//!             SlotKind::End | SlotKind::Error(_) => port.close(slot.conn),
+//!             SlotKind::Accepted => {}
+//!         }
+//!     }
+//! }
+//! # }
+//! ```
 #![deny(unsafe_code)]
 
 use std::io;
