@@ -14,6 +14,7 @@ pub mod header;
 mod lock;
 mod map;
 pub mod media;
+pub mod partition;
 pub mod persist;
 mod pool;
 
@@ -22,5 +23,6 @@ pub use geometry::{BufIdx, Geometry, DEFAULT_BUF_SIZE, DEFAULT_POOL_SIZE};
 pub use header::{Header, HeaderError};
 pub use lock::Holder;
 pub use media::{Media, PoolMedia, SimPm};
+pub use partition::Partition;
 pub use persist::{FlushInsn, PersistMode};
 pub use pool::{PersistError, Pool, PoolError, PoolOptions};

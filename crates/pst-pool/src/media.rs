@@ -92,7 +92,8 @@ impl Media for PoolMedia {
     }
 
     fn flush(&self, off: u64, len: u64) {
-        self.pool.flush(self.ptr(off, len as usize), len as usize)
+        // SAFETY: `ptr` checks that the range lies inside the pool's mapping.
+        unsafe { self.pool.flush(self.ptr(off, len as usize), len as usize) }
     }
 
     fn barrier(&self) -> Result<(), PersistError> {

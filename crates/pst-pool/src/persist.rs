@@ -46,9 +46,10 @@ impl FlushInsn {
 
     /// Flush every cache line overlapping `[ptr, ptr + len)`.
     ///
-    /// Flushing is safe for any address range that is mapped: it changes no memory contents.
-    /// Callers pass ranges inside the pool mapping.
-    pub fn flush(self, ptr: *const u8, len: usize) {
+    /// # Safety
+    /// The whole range must be mapped for as long as the call runs (a flush of an unmapped
+    /// address faults). Flushing changes no memory contents, so it may race with anything.
+    pub unsafe fn flush(self, ptr: *const u8, len: usize) {
         if len == 0 {
             return;
         }
@@ -117,7 +118,8 @@ mod tests {
     #[test]
     fn flush_does_not_change_memory() {
         let v: Vec<u8> = (0..1000).map(|i| i as u8).collect();
-        FlushInsn::detect().flush(v.as_ptr().wrapping_add(3), 700);
+        // SAFETY: `v` is a live allocation covering the range.
+        unsafe { FlushInsn::detect().flush(v.as_ptr().wrapping_add(3), 700) };
         sfence();
         assert!(v.iter().enumerate().all(|(i, &b)| b == i as u8));
     }

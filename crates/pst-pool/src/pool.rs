@@ -56,6 +56,14 @@ pub enum PoolError {
         /// The process holding it, when `/proc/locks` names it.
         holder: Option<Holder>,
     },
+    /// A partition claim was refused.
+    #[error("cannot claim buffers {range:?}: {why}")]
+    Claim {
+        /// The range asked for.
+        range: std::ops::Range<u32>,
+        /// Why not.
+        why: &'static str,
+    },
     /// mmap failed.
     #[error("mmap of {len} bytes failed: {source}")]
     Map {
@@ -128,6 +136,8 @@ pub struct Pool {
     poisoned: AtomicBool,
     /// Set once a store claimed the log region ([`Pool::claim_log`]).
     pub(crate) log_claimed: AtomicBool,
+    /// Buffer ranges claimed by live partitions ([`Pool::claim`]).
+    pub(crate) claims: std::sync::Mutex<Vec<std::ops::Range<u32>>>,
 }
 
 impl Pool {
@@ -223,9 +233,16 @@ impl Pool {
         let scratch_count = opts
             .scratch_buffers
             .unwrap_or((g.buf_count / 8).clamp(8, 16384));
-        let scratch = map::Mapping::anonymous(scratch_count as u64 * g.buf_size as u64)
-            .or_else(|_| map::Mapping::anonymous(g.buf_size as u64))
-            .expect("a small anonymous mapping");
+        // If the scratch area cannot be mapped, fall back to one buffer — and say so in the
+        // count, which bounds every scratch index handed out.
+        let (scratch, scratch_count) =
+            match map::Mapping::anonymous(scratch_count as u64 * g.buf_size as u64) {
+                Ok(m) => (m, scratch_count),
+                Err(_) => (
+                    map::Mapping::anonymous(g.buf_size as u64).expect("one anonymous buffer"),
+                    1,
+                ),
+            };
         let pool = Pool {
             map,
             scratch,
@@ -238,6 +255,7 @@ impl Pool {
             flush: FlushInsn::detect(),
             poisoned: AtomicBool::new(false),
             log_claimed: AtomicBool::new(false),
+            claims: std::sync::Mutex::new(Vec::new()),
         };
         tracing::debug!(
             path = ?pool.path,
@@ -381,11 +399,6 @@ impl Pool {
         )
     }
 
-    /// File offset of a pointer inside the mapping.
-    pub fn offset_of(&self, p: *const u8) -> u64 {
-        p as u64 - self.map.ptr_at(0) as u64
-    }
-
     /// Read `len` bytes of buffer `b` from `off`.
     ///
     /// # Safety
@@ -420,9 +433,15 @@ impl Pool {
     /// Start persisting `[ptr, ptr+len)` (a range in this pool). In `Pmem` mode this flushes its
     /// cache lines now, so the flushes overlap with the rest of the batch; the other modes do
     /// their work in [`Pool::barrier`].
-    pub fn flush(&self, ptr: *const u8, len: usize) {
+    ///
+    /// # Safety
+    /// The range must lie inside this pool's mapping (as pointers from [`Pool::buf_ptr`] and
+    /// [`Pool::log_region`] do).
+    #[allow(unsafe_code)]
+    pub unsafe fn flush(&self, ptr: *const u8, len: usize) {
         if self.persist == PersistMode::Pmem {
-            self.flush.flush(ptr, len);
+            // SAFETY: inside our mapping (this function's contract), which `&self` keeps alive.
+            unsafe { self.flush.flush(ptr, len) };
         }
     }
 
@@ -522,7 +541,8 @@ mod tests {
                 mode,
             )
             .unwrap();
-            p.flush(p.buf_ptr(BufIdx(1)), 512);
+            // SAFETY: buffer 1 of this pool, inside its mapping.
+            unsafe { p.flush(p.buf_ptr(BufIdx(1)), 512) };
             p.barrier().unwrap();
         }
     }

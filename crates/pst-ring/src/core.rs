@@ -207,6 +207,15 @@ impl Core {
     }
 
     /// The allocator owning buffer `b`.
+    /// References held on buffer `b` (pool or TX scratch); 0 for a buffer not of this core.
+    pub fn refs(&self, b: BufIdx) -> u16 {
+        let a = match &self.tx_alloc {
+            Some(t) if t.range().contains(&b.0) => t,
+            _ => &self.alloc,
+        };
+        a.refs(b).unwrap_or(0)
+    }
+
     fn owner(&mut self, b: BufIdx) -> &mut BufAlloc {
         match &mut self.tx_alloc {
             Some(t) if t.range().contains(&b.0) => t,
@@ -243,8 +252,14 @@ impl Core {
         self.open_conns
     }
 
-    /// Add a listening socket; a multishot accept is queued.
-    pub fn add_listener(&mut self, fd: i32) -> u32 {
+    /// Add a listening socket; an accept is queued.
+    ///
+    /// # Safety
+    /// `fd` must be an open listening socket whose ownership passes to the core: the driver
+    /// that runs this core's ops will accept on it and, at [`Core::close_listeners`] or
+    /// [`Core::forget_all`], close it. Nothing else may close it meanwhile.
+    #[allow(unsafe_code)] // declares the caller's promise; the core itself does no I/O
+    pub unsafe fn add_listener(&mut self, fd: i32) -> u32 {
         let idx = self.listeners.len() as u32;
         self.listeners.push(Listener { fd, open: true });
         self.arm_accept(idx);
@@ -278,7 +293,18 @@ impl Core {
     }
 
     /// Register a connected socket; a multishot recv is queued.
-    pub fn register(&mut self, fd: i32) -> ConnId {
+    ///
+    /// # Safety
+    /// `fd` must be an open stream socket whose ownership passes to the core: the driver that
+    /// runs this core's ops receives and sends on it and closes it when the connection ends.
+    /// Nothing else may use or close it meanwhile.
+    #[allow(unsafe_code)] // declares the caller's promise; the core itself does no I/O
+    pub unsafe fn register(&mut self, fd: i32) -> ConnId {
+        self.adopt_conn(fd)
+    }
+
+    /// Register a socket the core owns (one an accept completion handed it).
+    fn adopt_conn(&mut self, fd: i32) -> ConnId {
         let conn = Conn {
             fd,
             recv_armed: false,
@@ -463,7 +489,8 @@ impl Core {
     fn on_accept(&mut self, idx: u32, res: i32, more: bool) {
         if res >= 0 {
             if self.listeners.get(idx as usize).is_some_and(|l| l.open) {
-                let id = self.register(res);
+                // The kernel created this socket for this accept: ours to own.
+                let id = self.adopt_conn(res);
                 self.stats.accepted += 1;
                 self.push_slot(id, SlotKind::Accepted);
             } else {
@@ -915,6 +942,9 @@ impl Core {
 }
 
 #[cfg(test)]
+// SAFETY (every `register`/`add_listener` below): the fds are simulated; no driver runs
+// these ops, so no I/O is ever done on them.
+#[allow(unsafe_code, clippy::undocumented_unsafe_blocks)]
 mod tests {
     use super::*;
 
@@ -982,7 +1012,7 @@ mod tests {
                 buf_size: 2048,
             },
         );
-        let id = c.register(5);
+        let id = unsafe { c.register(5) };
         c.pop_op();
         let free0 = c.alloc().free_count();
         // One 2 KiB extent: below the threshold, a plain send released on its result.
@@ -1027,7 +1057,7 @@ mod tests {
     #[test]
     fn a_bundle_becomes_one_slot_per_buffer() {
         let mut c = core(8, 8);
-        let id = c.register(5);
+        let id = unsafe { c.register(5) };
         let rop = c.pop_op().unwrap();
         let posted = refill(&mut c);
         // 2048 + 2048 + 100 bytes in the first three ring entries.
@@ -1052,7 +1082,7 @@ mod tests {
     #[test]
     fn lending_follows_what_the_kernel_used() {
         let mut c = core(4096, 4096);
-        let id = c.register(5);
+        let id = unsafe { c.register(5) };
         let rop = c.pop_op().unwrap();
         let posted = refill(&mut c);
         assert_eq!(posted.len(), 256, "a quiet port lends 256");
@@ -1070,7 +1100,7 @@ mod tests {
     #[test]
     fn accept_registers_and_arms_recv() {
         let mut c = core(8, 4);
-        c.add_listener(3);
+        unsafe { c.add_listener(3) };
         let Some(op @ Op::Accept { fd: 3, .. }) = c.pop_op() else {
             panic!()
         };
@@ -1100,7 +1130,7 @@ mod tests {
     #[test]
     fn recv_maps_bid_to_buffer_and_recycles_unkept() {
         let mut c = core(8, 4);
-        let id = c.register(5);
+        let id = unsafe { c.register(5) };
         let rop = c.pop_op().unwrap();
         let posted = refill(&mut c);
         let (bid, buf) = posted[2];
@@ -1133,7 +1163,7 @@ mod tests {
     #[test]
     fn enobufs_pauses_then_rearms_after_refill() {
         let mut c = core(3, 4);
-        let id = c.register(5);
+        let id = unsafe { c.register(5) };
         let rop = c.pop_op().unwrap();
         let posted = refill(&mut c);
         assert_eq!(posted.len(), 2);
@@ -1158,8 +1188,8 @@ mod tests {
     #[test]
     fn eof_and_reset_become_slots_once() {
         let mut c = core(8, 4);
-        let a = c.register(5);
-        let b = c.register(6);
+        let a = unsafe { c.register(5) };
+        let b = unsafe { c.register(6) };
         let ra = c.pop_op().unwrap();
         let rb = c.pop_op().unwrap();
         c.complete(ud(ra), 0, 0);
@@ -1172,7 +1202,7 @@ mod tests {
     #[test]
     fn sends_are_ordered_partial_and_release_buffers() {
         let mut c = core(8, 1);
-        let id = c.register(5);
+        let id = unsafe { c.register(5) };
         c.pop_op();
         let free0 = c.alloc().free_count();
         let mut e1 = c.alloc_extent().unwrap();
@@ -1214,7 +1244,7 @@ mod tests {
     #[test]
     fn close_waits_for_tx_and_stale_completions_are_dropped() {
         let mut c = core(8, 4);
-        let id = c.register(5);
+        let id = unsafe { c.register(5) };
         let rop = c.pop_op().unwrap();
         let posted = refill(&mut c);
         let e = c.alloc_extent().unwrap();
@@ -1234,7 +1264,7 @@ mod tests {
         assert!(c.rx().is_empty());
         assert_eq!(c.stats().stale, 1);
         // The table slot is reused with a new generation; the old id stays dead.
-        let id2 = c.register(7);
+        let id2 = unsafe { c.register(7) };
         assert_eq!(id2.index(), id.index());
         assert_ne!(id2, id);
         assert_eq!(c.fd(id), None);
@@ -1244,7 +1274,7 @@ mod tests {
     #[test]
     fn lingering_close_sends_fin_after_tx_then_closes_on_peer_eof() {
         let mut c = core(8, 4);
-        let id = c.register(5);
+        let id = unsafe { c.register(5) };
         let rop = c.pop_op().unwrap();
         let posted = refill(&mut c);
         let e = c.alloc_extent().unwrap();

@@ -10,15 +10,17 @@
 //! Buffer lifecycle: free (in the partition's [`BufAlloc`]) → lent to the kernel (in the
 //! [`BidTable`]) → an RX [`Slot`] owned by the app until the next sync → either recycled, or
 //! kept as an [`Extent`] → sent and/or logged → released back to the free list.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)] // two `unsafe fn`s state a caller's promise (fd ownership); no unsafe code
 
 mod bid;
+mod buffers;
 mod core;
 mod slot;
 mod userdata;
 
 pub use bid::BidTable;
+pub use buffers::Buffers;
 pub use core::{Core, CoreConfig, CoreStats, Op, SendError};
-pub use pst_pool::{BufAlloc, BufIdx};
+pub use pst_pool::{BufAlloc, BufIdx, Partition};
 pub use slot::{ConnId, Extent, Slot, SlotKind};
 pub use userdata::{OpKind, UserData};

@@ -174,7 +174,7 @@ pub(crate) mod testing {
         pub(crate) fn new(data: &[u8]) -> ScriptIo {
             let g = Geometry::for_size(4 << 20, 2048).expect("geometry");
             let pool = Arc::new(Pool::anonymous(g, PersistMode::None).expect("anonymous pool"));
-            let bufs = Buffers::new(pool.clone(), 0..g.buf_count, |_| 0);
+            let bufs = Buffers::new(pool.claim(0..g.buf_count).expect("unclaimed"), |_| 0);
             ScriptIo {
                 data: data.to_vec(),
                 bufs,

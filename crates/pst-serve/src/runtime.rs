@@ -195,7 +195,11 @@ pub fn serve_until<P: Protocol>(
                         crate::uring::serve(port, listener, &ctx, proto, store, retention, limits)
                     }
                     Engine::Epoll => {
-                        let bufs = pst::Buffers::new(pool, part, |b| {
+                        let claim = pool.claim(part).map_err(|e| ServeError::Io {
+                            what: "claiming the worker's buffers",
+                            source: std::io::Error::other(e),
+                        })?;
+                        let bufs = pst::Buffers::new(claim, |b| {
                             store.as_ref().is_some_and(|s| s.holds(b)) as u16
                         });
                         let _ = ready_tx.send(());

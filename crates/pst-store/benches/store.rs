@@ -46,7 +46,7 @@ fn run(mode: PersistMode, size: usize, batch: usize, budget: Duration) -> Result
         h.log_off..h.log_off + h.geometry.log_len,
     )
     .unwrap();
-    let mut bufs = Buffers::new(pool.clone(), 0..h.geometry.buf_count, |_| 0);
+    let mut bufs = Buffers::new(pool.claim(0..h.geometry.buf_count).unwrap(), |_| 0);
     let payload: Vec<u8> = (0..size).map(|i| (i * 7) as u8).collect();
     let mut commits = Histogram::<u64>::new_with_bounds(1, 10_000_000, 3).unwrap();
     let mut append_time = Duration::ZERO;
@@ -123,7 +123,7 @@ fn recovery(keys: u64) -> (Duration, u64) {
             h.log_off..h.log_off + h.geometry.log_len,
         )
         .unwrap();
-        let mut bufs = Buffers::new(pool.clone(), 0..h.geometry.buf_count, |_| 0);
+        let mut bufs = Buffers::new(pool.claim(0..h.geometry.buf_count).unwrap(), |_| 0);
         let mut k = 0u64;
         while k < keys {
             let mut whole = bufs.alloc().unwrap();

@@ -70,7 +70,15 @@ impl BufRing {
     /// Write the next entry (not visible to the kernel until [`BufRing::publish`]). The caller
     /// never has more than `entries` buffers lent (the core's id table enforces it), so this
     /// never overwrites an entry the kernel has not consumed.
-    pub fn push(&mut self, bid: u16, addr: *mut u8, len: u32) {
+    ///
+    /// # Safety
+    /// Once published, the kernel may write `len` bytes at `addr` during any `io_uring_enter`
+    /// of the ring this buffer ring is registered with, until the completion that consumes
+    /// `bid`. So `addr..addr + len` must stay mapped that long, and no Rust reference to those
+    /// bytes may be live during an enter of the ring (with `DEFER_TASKRUN`, the kernel writes
+    /// only inside an enter of the issuing thread).
+    #[allow(unsafe_code)]
+    pub unsafe fn push(&mut self, bid: u16, addr: *mut u8, len: u32) {
         let i = (self.tail & (self.entries - 1)) as usize;
         // SAFETY: `i < entries`, inside our mapping; the kernel only reads entries between its
         // head and our published tail, and this index is beyond the published tail.

@@ -37,7 +37,7 @@ pub fn set_nodelay(s: &TcpStream) -> io::Result<()> {
 /// `shutdown()` first: the socket may be shared with other ports (threads) through duplicated
 /// fds, and shutting it down takes it out of the listening state for all of them at once, so
 /// no connection is accepted into a queue that nobody will read.
-pub fn close_listener(fd: i32) -> io::Result<()> {
+pub(crate) fn close_listener(fd: i32) -> io::Result<()> {
     use std::os::fd::{FromRawFd, OwnedFd};
     // SAFETY: callers pass a listener fd the port owns (adopted with `Driver::adopt`) and that
     // nothing else will close.

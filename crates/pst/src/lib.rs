@@ -43,7 +43,7 @@
 //! }
 //! # }
 //! ```
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -52,8 +52,9 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use pst_pool::Partition;
 pub use pst_pool::{BufIdx, Geometry, PersistError, PersistMode, Pool, PoolError, PoolOptions};
-pub use pst_ring::{ConnId, CoreStats, Extent, SendError, Slot, SlotKind};
+pub use pst_ring::{Buffers, ConnId, CoreStats, Extent, SendError, Slot, SlotKind};
 pub use pst_uring::{DriverConfig, DriverStats};
 
 use pst_ring::{BufAlloc, Core, CoreConfig};
@@ -133,8 +134,13 @@ impl Port {
             .driver
             .ring_entries
             .min(len.next_power_of_two().min(32768) as u16);
+        // The buffers become this port's alone (a second port or `Buffers` over any of them
+        // is refused): the ring writes the ones it lends, the application the ones it keeps.
+        let claim = pool
+            .claim(part.clone())
+            .map_err(|e| io::Error::new(io::ErrorKind::AddrInUse, e))?;
         let driver = Driver::new(
-            pool.clone(),
+            claim,
             DriverConfig {
                 ring_entries,
                 ..cfg.driver
@@ -193,21 +199,13 @@ impl Port {
     /// io_uring request on it, so the socket closes with the process even after `kill -9`.
     pub fn add_listener(&mut self, l: TcpListener) -> io::Result<SocketAddr> {
         let local = l.local_addr()?;
-        self.core.add_listener(Driver::adopt(OwnedFd::from(l)));
+        self.driver.add_listener(&mut self.core, OwnedFd::from(l));
         Ok(local)
     }
 
-    /// Stop accepting new connections.
+    /// Stop accepting new connections (the listening sockets are shut down and closed).
     pub fn stop_listening(&mut self) {
-        for fd in self.core.close_listeners() {
-            self.driver.forget_listener(fd);
-            match pst_uring::close_listener(fd) {
-                // Another port sharing the listening socket already shut it down.
-                Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {}
-                Err(e) => tracing::warn!(error = %e, "shutting down a listener"),
-                Ok(()) => {}
-            }
-        }
+        self.driver.stop_listening(&mut self.core);
     }
 
     /// Shut the port down cleanly: stop accepting, close every connection after its queued
@@ -231,7 +229,7 @@ impl Port {
     /// Register a connected socket the application made (a client connection).
     pub fn register(&mut self, stream: TcpStream) -> io::Result<ConnId> {
         pst_uring::set_nodelay(&stream)?;
-        Ok(self.core.register(Driver::adopt(OwnedFd::from(stream))))
+        Ok(self.driver.register(&mut self.core, OwnedFd::from(stream)))
     }
 
     /// One `io_uring_enter`: submit queued TX and re-arms, wait per `timeout` (`None`: until
@@ -252,12 +250,8 @@ impl Port {
         if !self.core.is_current(slot) {
             return &[];
         }
-        #[allow(unsafe_code)]
-        // SAFETY: a data slot of the current RX ring owns its buffer until the next sync, which
-        // needs `&mut self`, so no kernel write or recycle can happen while this borrow lives.
-        unsafe {
-            self.pool.bytes(slot.buf, slot.off, slot.len)
-        }
+        // A data slot of the current RX ring owns its buffer until the next sync.
+        self.driver.bytes(slot.buf, slot.off, slot.len)
     }
 
     /// Keep a data slot's buffer (netmap's swap with a spare buffer): the returned extent is
@@ -268,22 +262,14 @@ impl Port {
 
     /// Read an extent in place.
     pub fn bytes(&self, ext: &Extent) -> &[u8] {
-        #[allow(unsafe_code)]
-        // SAFETY: an `Extent` is the unique handle on its byte range; the kernel only writes
-        // buffers lent to it, and a buffer with a live extent is never lent.
-        unsafe {
-            self.pool.bytes(ext.buf(), ext.off(), ext.len())
-        }
+        self.driver.bytes(ext.buf(), ext.off(), ext.len())
     }
 
-    /// Write an extent in place (e.g. fill a reply buffer).
+    /// Write an extent in place (e.g. fill a reply buffer). Panics if the extent's buffer has
+    /// other references (a buffer shared with a store, or with a send in flight, is never
+    /// written).
     pub fn bytes_mut(&mut self, ext: &mut Extent) -> &mut [u8] {
-        #[allow(unsafe_code)]
-        // SAFETY: as in `bytes`, and `&mut Extent` makes this the only access to the range
-        // (extents sharing a buffer cover disjoint ranges).
-        unsafe {
-            self.pool.bytes_mut(ext.buf(), ext.off(), ext.len())
-        }
+        self.driver.bytes_mut(&self.core, ext)
     }
 
     /// A whole free buffer to fill; `None` when the pool is exhausted (back-pressure).
@@ -385,65 +371,6 @@ impl Port {
             core: self.core.stats(),
             driver: self.driver.stats(),
         }
-    }
-}
-
-/// Pool buffers of one partition for code that moves bytes itself (the epoll baseline engine):
-/// allocate, fill, read, release — no kernel ring. Same `Extent` ownership rules as a port.
-#[derive(Debug)]
-pub struct Buffers {
-    pool: Arc<Pool>,
-    alloc: BufAlloc,
-}
-
-impl Buffers {
-    /// The buffers `part` of `pool`, with `live(b)` references already held (recovery).
-    pub fn new(pool: Arc<Pool>, part: Range<u32>, live: impl FnMut(BufIdx) -> u16) -> Buffers {
-        let alloc = BufAlloc::with_live(part.start, part.end - part.start, live);
-        Buffers { pool, alloc }
-    }
-
-    /// A whole free buffer; `None` when exhausted.
-    pub fn alloc(&mut self) -> Option<Extent> {
-        let b = self.alloc.alloc()?;
-        Some(Extent::from_raw(b, 0, self.pool.buf_size()))
-    }
-
-    /// Read an extent.
-    pub fn bytes(&self, ext: &Extent) -> &[u8] {
-        #[allow(unsafe_code)]
-        // SAFETY: these buffers are never lent to the kernel; an `Extent` is the unique handle
-        // on its range.
-        unsafe {
-            self.pool.bytes(ext.buf(), ext.off(), ext.len())
-        }
-    }
-
-    /// Write an extent.
-    pub fn bytes_mut(&mut self, ext: &mut Extent) -> &mut [u8] {
-        #[allow(unsafe_code)]
-        // SAFETY: as in `bytes`; `&mut Extent` is exclusive access to the range.
-        unsafe {
-            self.pool.bytes_mut(ext.buf(), ext.off(), ext.len())
-        }
-    }
-
-    /// Give a reference back.
-    pub fn release(&mut self, ext: Extent) {
-        let (b, _, _) = ext.into_raw();
-        if let Err(e) = self.alloc.release(b) {
-            tracing::error!(error = %e, "buffer release refused");
-        }
-    }
-
-    /// Free buffers.
-    pub fn free_count(&self) -> usize {
-        self.alloc.free_count()
-    }
-
-    /// Buffers in the partition.
-    pub fn capacity(&self) -> usize {
-        self.alloc.capacity()
     }
 }
 
