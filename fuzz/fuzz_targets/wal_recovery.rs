@@ -11,6 +11,9 @@
 //! Without damage (crash or not, pmem or fsync): recovery starts, and the recovered state is
 //! exactly the state after some prefix of the operations that includes every committed one.
 #![no_main]
+// SAFETY (every `Extent::from_raw` here): the test allocates these buffers itself (a fresh
+// pool or simulated PM, no port) and hands each reference to the store exactly once.
+#![allow(unsafe_code, clippy::undocumented_unsafe_blocks)]
 
 use std::collections::BTreeMap;
 
@@ -102,7 +105,7 @@ fuzz_target!(|input: Input| {
                     let part =
                         &value[(c * BUF as usize).min(len)..((c + 1) * BUF as usize).min(len)];
                     media.write(h.data_off + b.0 as u64 * BUF as u64, part);
-                    exts.push(Extent::from_raw(b, 0, part.len() as u32));
+                    exts.push(unsafe { Extent::from_raw(b, 0, part.len() as u32) });
                 }
                 st.put(&key(k), exts)
                     .map(|seq| history.push((seq, k, Some(value))))
@@ -249,7 +252,7 @@ fuzz_target!(|input: Input| {
     let Some(b) = b else { return };
     media.write(h.data_off + b.0 as u64 * BUF as u64, fresh);
     let put = st
-        .put(b"fresh", vec![Extent::from_raw(b, 0, fresh.len() as u32)])
+        .put(b"fresh", vec![unsafe { Extent::from_raw(b, 0, fresh.len() as u32) }])
         .and_then(|_| st.commit());
     if put.is_err() {
         return; // log full of live data: refused cleanly

@@ -30,7 +30,7 @@ impl Buffers {
     /// A whole free buffer; `None` when exhausted.
     pub fn alloc(&mut self) -> Option<Extent> {
         let b = self.alloc.alloc()?;
-        Some(Extent::from_raw(b, 0, self.buf_size))
+        Some(Extent::owned(b, 0, self.buf_size))
     }
 
     /// Read an extent.

@@ -227,7 +227,7 @@ impl Core {
     /// has them, else from the pool. `None` when exhausted.
     pub fn alloc_tx_extent(&mut self) -> Option<Extent> {
         match self.tx_alloc.as_mut().and_then(|t| t.alloc()) {
-            Some(b) => Some(Extent::from_raw(b, 0, self.cfg.buf_size)),
+            Some(b) => Some(Extent::owned(b, 0, self.cfg.buf_size)),
             None => self.alloc_extent(),
         }
     }
@@ -776,7 +776,7 @@ impl Core {
             return None;
         }
         self.kept[p] = true;
-        Some(Extent::from_raw(slot.buf, slot.off, slot.len))
+        Some(Extent::owned(slot.buf, slot.off, slot.len))
     }
 
     /// Split `ext` at `at` bytes: both halves share the buffer (one more reference).
@@ -787,8 +787,8 @@ impl Core {
             .retain(b)
             .expect("an extent holds a reference");
         (
-            Extent::from_raw(b, off, at),
-            Extent::from_raw(b, off + at, len - at),
+            Extent::owned(b, off, at),
+            Extent::owned(b, off + at, len - at),
         )
     }
 
@@ -797,7 +797,7 @@ impl Core {
         self.owner(ext.buf())
             .retain(ext.buf())
             .expect("an extent holds a reference");
-        let mut e = Extent::from_raw(ext.buf(), ext.off(), ext.len());
+        let mut e = Extent::owned(ext.buf(), ext.off(), ext.len());
         e.narrow(skip, len);
         e
     }
@@ -808,7 +808,7 @@ impl Core {
             return None;
         }
         self.owner(b).retain(b).ok()?;
-        Some(Extent::from_raw(b, off, len))
+        Some(Extent::owned(b, off, len))
     }
 
     /// A whole free buffer for the application to fill (e.g. a reply). `None` when the pool is
@@ -816,7 +816,7 @@ impl Core {
     pub fn alloc_extent(&mut self) -> Option<Extent> {
         self.alloc
             .alloc()
-            .map(|b| Extent::from_raw(b, 0, self.cfg.buf_size))
+            .map(|b| Extent::owned(b, 0, self.cfg.buf_size))
     }
 
     /// Give an extent's reference back.

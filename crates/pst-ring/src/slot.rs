@@ -66,9 +66,21 @@ pub struct Extent {
 impl Extent {
     /// Take over one existing reference on `buf` as the range `off..off + len`.
     ///
-    /// For layers that rebuild ownership (recovery) or split ranges; the caller guarantees it
-    /// holds the reference it hands over.
-    pub fn from_raw(buf: BufIdx, off: u32, len: u32) -> Extent {
+    /// For layers that rebuild ownership (recovery) or account for references themselves.
+    ///
+    /// # Safety
+    /// The caller must hold the reference it hands over, in the allocator that owns `buf`,
+    /// and give it up: an extent is what entitles its holder to the buffer's bytes, and write
+    /// access is granted to an extent whose buffer has one reference
+    /// ([`crate::Core::refs`]). A forged extent could write a buffer that a store is reading
+    /// on another thread.
+    #[allow(unsafe_code)] // declares the caller's promise; constructing is plain code
+    pub unsafe fn from_raw(buf: BufIdx, off: u32, len: u32) -> Extent {
+        Extent { buf, off, len }
+    }
+
+    /// An extent on a reference the calling allocator code (this crate) just accounted for.
+    pub(crate) fn owned(buf: BufIdx, off: u32, len: u32) -> Extent {
         Extent { buf, off, len }
     }
 

@@ -4,6 +4,9 @@
 //! `cargo bench -p pst-store --bench store` (add `-- --quick` for a short run, `-- --json` for
 //! JSON lines). Pools live in `$PST_BENCH_DIR` (default: the system temp dir, which is ext4
 //! here, so `fsync` is a real device flush) — recovery uses /dev/shm when present.
+// SAFETY (every `Extent::from_raw` here): the test allocates these buffers itself (a fresh
+// pool or simulated PM, no port) and hands each reference to the store exactly once.
+#![allow(unsafe_code, clippy::undocumented_unsafe_blocks)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -135,7 +138,7 @@ fn recovery(keys: u64) -> (Duration, u64) {
                 if k >= keys {
                     break;
                 }
-                let e = pst::Extent::from_raw(b, (slot * 16) as u32, 16);
+                let e = unsafe { pst::Extent::from_raw(b, (slot * 16) as u32, 16) };
                 st.put(format!("key{k:08}").as_bytes(), vec![e]).unwrap();
                 k += 1;
             }

@@ -1,6 +1,9 @@
 //! A pool written by log format version 1 is checked in (`tests/fixtures/pool-v1.bin`); this
 //! build must recover it exactly. Regenerate only when deliberately creating a new version's
 //! fixture: `cargo test -p pst-store --test format_v1_fixture -- --ignored write_fixture`.
+// SAFETY (every `Extent::from_raw` here): the test allocates these buffers itself (a fresh
+// pool or simulated PM, no port) and hands each reference to the store exactly once.
+#![allow(unsafe_code, clippy::undocumented_unsafe_blocks)]
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -47,7 +50,7 @@ fn land(pool: &Pool, alloc: &mut BufAlloc, data: &[u8]) -> Vec<Extent> {
                 .open(pool.path().unwrap())
                 .and_then(|f| std::os::unix::fs::FileExt::write_all_at(&f, c, off))
                 .unwrap();
-            Extent::from_raw(b, 0, c.len() as u32)
+            unsafe { Extent::from_raw(b, 0, c.len() as u32) }
         })
         .collect()
 }

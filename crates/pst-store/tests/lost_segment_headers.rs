@@ -2,6 +2,9 @@
 //! (damaged), recovery starts an empty log. Epochs must not restart from 1 then: records of the
 //! old life (epoch 1, sequence 1, 2, ...) still sit in the segments, and a new write with epoch
 //! 1 and sequence 1 would make them look like its successors on the next recovery.
+// SAFETY (every `Extent::from_raw` here): the test allocates these buffers itself (a fresh
+// pool or simulated PM, no port) and hands each reference to the store exactly once.
+#![allow(unsafe_code, clippy::undocumented_unsafe_blocks)]
 
 use pst_pool::{BufAlloc, Geometry, Header, Media, PersistMode, SimPm};
 use pst_ring::Extent;
@@ -25,7 +28,7 @@ fn stale_records_stay_dead_after_all_headers_are_lost() {
         media.write(h.data_off + b.0 as u64 * 512, val.as_bytes());
         st.put(
             key.as_bytes(),
-            vec![Extent::from_raw(b, 0, val.len() as u32)],
+            vec![unsafe { Extent::from_raw(b, 0, val.len() as u32) }],
         )
         .unwrap();
     };

@@ -2,6 +2,9 @@
 //! its earlier life. When equal-sized records make one of them sit exactly where the next
 //! record would be, recovery must read it as the end of the segment's data — not as a torn or
 //! corrupt record — and carry on into the next segment.
+// SAFETY (every `Extent::from_raw` here): the test allocates these buffers itself (a fresh
+// pool or simulated PM, no port) and hands each reference to the store exactly once.
+#![allow(unsafe_code, clippy::undocumented_unsafe_blocks)]
 
 use pst_pool::{BufAlloc, Geometry, Header, Media, PersistMode, SimPm};
 use pst_ring::Extent;
@@ -30,7 +33,7 @@ fn equal_sized_records_over_many_segment_reuses() {
             media.write(h.data_off + b.0 as u64 * 512, val.as_bytes());
             st.put(
                 key.as_bytes(),
-                vec![Extent::from_raw(b, 0, val.len() as u32)],
+                vec![unsafe { Extent::from_raw(b, 0, val.len() as u32) }],
             )
             .unwrap();
             expect.insert(key, val);

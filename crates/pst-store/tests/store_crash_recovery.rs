@@ -2,6 +2,9 @@
 //! overwrites, deletes, WAL appends and truncations, compactions, multi-buffer values, values
 //! sharing a buffer): after every crash and recovery, every acknowledged write is present with
 //! its exact bytes, no value fails its checksum, and buffer accounting is exact.
+// SAFETY (every `Extent::from_raw` here): the test allocates these buffers itself (a fresh
+// pool or simulated PM, no port) and hands each reference to the store exactly once.
+#![allow(unsafe_code, clippy::undocumented_unsafe_blocks)]
 
 use std::collections::{HashMap, HashSet};
 
@@ -43,7 +46,7 @@ impl Landing {
             if rng.gen_bool(0.5) && used < BUF && !rest.is_empty() && self.alloc.retain(b).is_ok() {
                 let n = rest.len().min((BUF - used) as usize);
                 m.write(off(b, used), &rest[..n]);
-                out.push(Extent::from_raw(b, used, n as u32));
+                out.push(unsafe { Extent::from_raw(b, used, n as u32) });
                 rest = &rest[n..];
                 if used + (n as u32) < BUF {
                     self.open = Some((b, used + n as u32));
@@ -59,7 +62,7 @@ impl Landing {
             };
             let n = rest.len().min(BUF as usize);
             m.write(off(b, 0), &rest[..n]);
-            out.push(Extent::from_raw(b, 0, n as u32));
+            out.push(unsafe { Extent::from_raw(b, 0, n as u32) });
             rest = &rest[n..];
             if (n as u32) < BUF {
                 self.alloc.retain(b).unwrap(); // the landing zone keeps it open for sharing
