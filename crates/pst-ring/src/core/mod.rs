@@ -1,0 +1,413 @@
+//! The port state machine: connection table, RX ring, TX queues, buffer provisioning.
+//!
+//! Split by concern, each an `impl Core` block: this file holds the types and the connection
+//! table; [`rx`] the receive side (refill, completions, the RX ring); [`tx`] the send side
+//! (queues, send and notification completions, closing); [`extents`] the buffer references the
+//! application holds.
+
+use std::collections::{HashMap, VecDeque};
+
+use pst_pool::{BufAlloc, BufIdx};
+
+use crate::bid::BidTable;
+use crate::slot::{ConnId, Extent, Slot, SlotKind};
+use crate::userdata::{OpKind, UserData, GEN_MASK};
+
+/// Completion flag: a provided buffer was used; its id is in the upper 16 bits.
+pub const CQE_F_BUFFER: u32 = 1;
+/// Completion flag: the multishot request stays armed; on a zero-copy send's result, a
+/// notification completion follows.
+pub const CQE_F_MORE: u32 = 2;
+/// `EINVAL`: what accepting on a socket that stopped listening returns.
+const EINVAL: i32 = 22;
+/// Completion flag: a zero-copy send's notification (the kernel no longer reads its buffers).
+pub const CQE_F_NOTIF: u32 = 8;
+
+const ENOBUFS: i32 = 105;
+const ECANCELED: i32 = 125;
+
+/// Core parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct CoreConfig {
+    /// Entries in the provided-buffer ring (power of two, <= 32768).
+    pub ring_entries: u16,
+    /// Free buffers kept back from the kernel for the application (TX, keeping).
+    pub reserve: usize,
+    /// Most chunks gathered into one send.
+    pub max_iov: usize,
+    /// Pool buffer size.
+    pub buf_size: u32,
+}
+
+/// An operation the driver must submit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// Accept connections on listener `fd` until told otherwise: each accepted socket is a
+    /// completion of `ud` with `CQE_F_MORE` (a multishot accept, or the driver's own accept
+    /// loop); a completion without it ends the accepting and the core re-arms.
+    Accept {
+        /// Listener socket.
+        fd: i32,
+        /// Encoded [`UserData`].
+        ud: u64,
+    },
+    /// Arm a multishot recv on `fd` drawing from the provided-buffer ring.
+    Recv {
+        /// Connection socket.
+        fd: i32,
+        /// Encoded [`UserData`].
+        ud: u64,
+    },
+    /// Send the chunks [`Core::tx_chunks`] returns for `conn`.
+    Send {
+        /// The connection.
+        conn: ConnId,
+        /// Its socket.
+        fd: i32,
+        /// Encoded [`UserData`].
+        ud: u64,
+    },
+    /// Shut down the sending side of `fd` (FIN after the queued data); receiving continues.
+    ShutdownWrite {
+        /// The socket.
+        fd: i32,
+        /// Encoded [`UserData`] (a `Close` kind; its completion is ignored).
+        ud: u64,
+    },
+    /// Shut down and close `fd`; the connection is already gone from the table.
+    Close {
+        /// The socket.
+        fd: i32,
+        /// Encoded [`UserData`].
+        ud: u64,
+    },
+}
+
+/// Why a send was refused. The extent was released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The connection is closed, closing or failed.
+    #[error("connection is closed")]
+    Closed,
+}
+
+/// Counters kept by the core.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CoreStats {
+    /// Data slots delivered.
+    pub rx_slots: u64,
+    /// Receive completions that carried data (fewer than `rx_slots` when bundles fill several
+    /// buffers per completion).
+    pub rx_completions: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Multishot recvs ended by an empty buffer ring (back-pressure events).
+    pub enobufs: u64,
+    /// Completions for connections that were already closed.
+    pub stale: u64,
+    /// Completions that could not be decoded or named an unknown buffer id.
+    pub bad_cqes: u64,
+    /// Zero-copy sends completed (results with a notification to follow).
+    pub zc_sends: u64,
+    /// Zero-copy notifications received.
+    pub zc_notifs: u64,
+    /// Of those, how many report that the kernel copied after all (always on loopback/veth).
+    pub zc_copied: u64,
+}
+
+#[derive(Debug)]
+struct Conn {
+    fd: i32,
+    recv_armed: bool,
+    rx_done: bool,
+    close_requested: bool,
+    /// Lingering close: FIN once the queued data is sent, keep reading (and discarding) until
+    /// the peer closes, so the peer sees our last reply instead of a reset.
+    linger: bool,
+    fin_sent: bool,
+    broken: bool,
+    tx_inflight: bool,
+    /// Chunks covered by the in-flight send.
+    inflight_chunks: usize,
+    /// Data queued behind the in-flight send (counted in `Core::backlog`).
+    behind: bool,
+    txq: VecDeque<Extent>,
+    /// Bytes of `txq[0]` already sent.
+    tx_sent: u32,
+}
+
+#[derive(Debug)]
+struct Entry {
+    gen: u32,
+    conn: Option<Conn>,
+}
+
+#[derive(Debug)]
+struct Listener {
+    fd: i32,
+    open: bool,
+}
+
+/// The I/O-free state of one port.
+#[derive(Debug)]
+pub struct Core {
+    cfg: CoreConfig,
+    alloc: BufAlloc,
+    /// Transient TX buffers (anonymous memory), if any: never lent to the kernel for RX.
+    tx_alloc: Option<BufAlloc>,
+    bids: BidTable,
+    conns: Vec<Entry>,
+    free_conns: Vec<u32>,
+    open_conns: usize,
+    listeners: Vec<Listener>,
+    rx: Vec<Slot>,
+    kept: Vec<bool>,
+    ops: VecDeque<Op>,
+    starved: Vec<ConnId>,
+    backlog: usize,
+    /// Scratch buffer list: one completion's buffers, or one refill batch.
+    scratch: Vec<BufIdx>,
+    /// Buffers the kernel filled since the last refill.
+    consumed: usize,
+    /// Extents of zero-copy sends whose result came back but whose notification has not: the
+    /// kernel may still read them. Per send user data, oldest send first (TCP frees a socket's
+    /// sent data in sequence order, so its notifications arrive in that order). Outlives the
+    /// connection: a notification can arrive after the close.
+    zc_held: HashMap<u64, VecDeque<Vec<Extent>>>,
+    stats: CoreStats,
+}
+
+mod extents;
+mod rx;
+#[cfg(test)]
+mod tests;
+mod tx;
+
+impl Core {
+    /// A core owning the buffers of `alloc`.
+    pub fn new(alloc: BufAlloc, cfg: CoreConfig) -> Core {
+        Core {
+            cfg,
+            alloc,
+            tx_alloc: None,
+            bids: BidTable::new(cfg.ring_entries),
+            conns: Vec::new(),
+            free_conns: Vec::new(),
+            open_conns: 0,
+            listeners: Vec::new(),
+            rx: Vec::new(),
+            kept: Vec::new(),
+            ops: VecDeque::new(),
+            starved: Vec::new(),
+            backlog: 0,
+            scratch: Vec::new(),
+            consumed: 0,
+            zc_held: HashMap::new(),
+            stats: CoreStats::default(),
+        }
+    }
+
+    /// Add transient TX buffers (see [`Core::alloc_tx_extent`]).
+    pub fn with_tx_buffers(mut self, tx: BufAlloc) -> Core {
+        self.tx_alloc = Some(tx);
+        self
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> CoreStats {
+        self.stats
+    }
+
+    /// The buffer allocator (read-only view, e.g. for free-space figures).
+    pub fn alloc(&self) -> &BufAlloc {
+        &self.alloc
+    }
+
+    /// Buffers currently lent to the kernel.
+    pub fn lent(&self) -> usize {
+        self.bids.lent()
+    }
+
+    /// Open connections.
+    pub fn open_conns(&self) -> usize {
+        self.open_conns
+    }
+
+    /// Add a listening socket; an accept is queued.
+    ///
+    /// # Safety
+    /// `fd` must be an open listening socket whose ownership passes to the core: the driver
+    /// that runs this core's ops will accept on it and, at [`Core::close_listeners`] or
+    /// [`Core::forget_all`], close it. Nothing else may close it meanwhile.
+    #[allow(unsafe_code)] // declares the caller's promise; the core itself does no I/O
+    pub unsafe fn add_listener(&mut self, fd: i32) -> u32 {
+        let idx = self.listeners.len() as u32;
+        self.listeners.push(Listener { fd, open: true });
+        self.arm_accept(idx);
+        idx
+    }
+
+    fn arm_accept(&mut self, idx: u32) {
+        let l = &self.listeners[idx as usize];
+        if l.open {
+            let ud = UserData {
+                kind: OpKind::Accept,
+                gen: 0,
+                idx,
+            }
+            .encode();
+            self.ops.push_back(Op::Accept { fd: l.fd, ud });
+        }
+    }
+
+    /// Stop accepting on every listener (the driver closes the listener sockets). Returns their
+    /// fds.
+    pub fn close_listeners(&mut self) -> Vec<i32> {
+        self.listeners
+            .iter_mut()
+            .filter(|l| l.open)
+            .map(|l| {
+                l.open = false;
+                l.fd
+            })
+            .collect()
+    }
+
+    /// Register a connected socket; a multishot recv is queued.
+    ///
+    /// # Safety
+    /// `fd` must be an open stream socket whose ownership passes to the core: the driver that
+    /// runs this core's ops receives and sends on it and closes it when the connection ends.
+    /// Nothing else may use or close it meanwhile.
+    #[allow(unsafe_code)] // declares the caller's promise; the core itself does no I/O
+    pub unsafe fn register(&mut self, fd: i32) -> ConnId {
+        self.adopt_conn(fd)
+    }
+
+    /// Register a socket the core owns (one an accept completion handed it).
+    fn adopt_conn(&mut self, fd: i32) -> ConnId {
+        let conn = Conn {
+            fd,
+            recv_armed: false,
+            rx_done: false,
+            close_requested: false,
+            linger: false,
+            fin_sent: false,
+            broken: false,
+            tx_inflight: false,
+            inflight_chunks: 0,
+            behind: false,
+            txq: VecDeque::new(),
+            tx_sent: 0,
+        };
+        let idx = match self.free_conns.pop() {
+            Some(i) => i,
+            None => {
+                self.conns.push(Entry { gen: 0, conn: None });
+                self.conns.len() as u32 - 1
+            }
+        };
+        let e = &mut self.conns[idx as usize];
+        e.conn = Some(conn);
+        let id = ConnId { idx, gen: e.gen };
+        self.open_conns += 1;
+        self.arm_recv(id);
+        id
+    }
+
+    fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
+        let e = self.conns.get_mut(id.idx as usize)?;
+        if e.gen & GEN_MASK != id.gen & GEN_MASK {
+            return None;
+        }
+        e.conn.as_mut()
+    }
+
+    /// The socket of an open connection.
+    pub fn fd(&self, id: ConnId) -> Option<i32> {
+        let e = self.conns.get(id.idx as usize)?;
+        (e.gen == id.gen).then_some(())?;
+        e.conn.as_ref().map(|c| c.fd)
+    }
+
+    fn arm_recv(&mut self, id: ConnId) {
+        let Some(c) = self.conn_mut(id) else { return };
+        if c.recv_armed || c.rx_done || c.close_requested {
+            return;
+        }
+        c.recv_armed = true;
+        let fd = c.fd;
+        let ud = UserData {
+            kind: OpKind::Recv,
+            gen: id.gen,
+            idx: id.idx,
+        }
+        .encode();
+        self.ops.push_back(Op::Recv { fd, ud });
+    }
+
+    /// Close `conn` once its queued data is sent. Slots for it stop; a stale id is ignored.
+    pub fn close(&mut self, conn: ConnId) {
+        let Some(c) = self.conn_mut(conn) else { return };
+        if c.close_requested {
+            return;
+        }
+        c.close_requested = true;
+        self.kick_tx(conn);
+    }
+
+    /// Lingering close: send what is queued, then FIN; discard whatever the peer still sends
+    /// and close when it closes. No more slots are reported for `conn`. Use after a final
+    /// (error) reply so that unread request bytes do not turn the close into a reset that
+    /// could destroy the reply.
+    pub fn close_lingering(&mut self, conn: ConnId) {
+        let Some(c) = self.conn_mut(conn) else { return };
+        if c.close_requested || c.linger {
+            return;
+        }
+        if c.rx_done || c.broken {
+            return self.close(conn);
+        }
+        c.linger = true;
+        self.kick_tx(conn);
+    }
+
+    /// Close every connection (shutdown).
+    /// Forget every connection and listener at once and hand back their fds, for the driver
+    /// to close when the port is dropped without a clean shutdown. Their buffers are not
+    /// returned: the pool is going away with the port, or its owner recovers it from the store.
+    pub fn forget_all(&mut self) -> Vec<i32> {
+        let mut fds: Vec<i32> = self
+            .conns
+            .iter_mut()
+            .filter_map(|e| e.conn.take().map(|c| c.fd))
+            .collect();
+        fds.extend(self.listeners.iter_mut().filter(|l| l.open).map(|l| {
+            l.open = false;
+            l.fd
+        }));
+        self.open_conns = 0;
+        fds
+    }
+
+    /// Close every connection (as [`Core::close`]).
+    pub fn close_all(&mut self) {
+        let ids: Vec<ConnId> = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.conn.is_some())
+            .map(|(i, e)| ConnId {
+                idx: i as u32,
+                gen: e.gen,
+            })
+            .collect();
+        for id in ids {
+            self.close(id);
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! The receive side: lending buffers to the kernel, turning completions into RX slots.
+
+use super::*;
+
+impl Core {
+    /// Start of a sync: recycle RX buffers the application did not keep, and clear the RX ring.
+    pub fn begin_sync(&mut self) {
+        for (slot, kept) in self.rx.iter().zip(&self.kept) {
+            if slot.kind == SlotKind::Data && !kept {
+                self.alloc
+                    .release(slot.buf)
+                    .expect("an RX slot holds a reference");
+            }
+        }
+        self.rx.clear();
+        self.kept.clear();
+    }
+
+    /// Lend free buffers to the kernel — up to twice what it filled since the last refill (at
+    /// least 256), never more than the ring holds or beyond the reserve; `post(bid, buf)`
+    /// writes each ring entry. Then re-arm receives that starved. Returns the
+    /// number posted.
+    pub fn refill(&mut self, mut post: impl FnMut(u16, BufIdx)) -> usize {
+        // Post each batch in ascending buffer order: buffers freed together (a message's, in a
+        // run) then sit next to each other in the ring, a bundle receive fills a run adjacent
+        // in memory, and the driver sends it as one iovec. The free list stays LIFO, so the
+        // buffers posted are the most recently used (cache-warm) ones.
+        let mut batch = std::mem::take(&mut self.scratch);
+        batch.clear();
+        // Lend only about what the kernel used lately (twice the last interval's buffers, at
+        // least 256): the ring then cycles through few buffers, which stay cache-warm, instead
+        // of every entry the ring has.
+        let target = (2 * self.consumed + 256).min(self.bids.entries());
+        self.consumed = 0;
+        while self.alloc.free_count() > self.cfg.reserve && self.bids.lent() + batch.len() < target
+        {
+            let Some(buf) = self.alloc.alloc() else { break };
+            batch.push(buf);
+        }
+        batch.sort_unstable();
+        let n = batch.len();
+        for &buf in &batch {
+            let bid = self.bids.lend(buf).expect("checked that an id is free");
+            post(bid, buf);
+        }
+        batch.clear();
+        self.scratch = batch;
+        if self.bids.lent() > 0 && !self.starved.is_empty() {
+            for id in std::mem::take(&mut self.starved) {
+                self.arm_recv(id);
+            }
+        }
+        n
+    }
+
+    /// Feed one completion (`user_data`, `res`, `flags` as the kernel reported them).
+    ///
+    /// A receive may be a *bundle*: `res` bytes in consecutive ring entries starting at the
+    /// buffer id in `flags`, every buffer full but the last. It becomes one slot per buffer.
+    pub fn complete(&mut self, user_data: u64, res: i32, flags: u32) {
+        if flags & CQE_F_NOTIF != 0 {
+            return self.on_notif(user_data, res);
+        }
+        // Provided buffers must be accounted for whatever else is wrong with the completion.
+        let mut bufs = std::mem::take(&mut self.scratch);
+        bufs.clear();
+        if flags & CQE_F_BUFFER != 0 {
+            let n = if res > 0 {
+                (res as u32).div_ceil(self.cfg.buf_size) as usize
+            } else {
+                1
+            };
+            if !self.bids.take_run((flags >> 16) as u16, n, &mut bufs) {
+                self.stats.bad_cqes += 1;
+                tracing::error!(flags, res, "completion names buffers that are not lent");
+            }
+        }
+        let more = flags & CQE_F_MORE != 0;
+        let ud = UserData::decode(user_data);
+        match ud {
+            Some(ud) if ud.kind == OpKind::Recv => {
+                let id = ConnId {
+                    idx: ud.idx,
+                    gen: ud.gen,
+                };
+                self.on_recv(id, res, more, &bufs);
+                bufs.clear();
+            }
+            Some(ud) if ud.kind == OpKind::Accept => self.on_accept(ud.idx, res, more),
+            Some(ud) if ud.kind == OpKind::Send => {
+                let id = ConnId {
+                    idx: ud.idx,
+                    gen: ud.gen,
+                };
+                self.on_send(id, res, more.then_some(user_data))
+            }
+            Some(_) => {}
+            None => self.stats.bad_cqes += 1,
+        }
+        // Buffers on anything but a receive carry no data for anyone.
+        self.release_lent(&bufs);
+        bufs.clear();
+        self.scratch = bufs;
+    }
+
+    pub(super) fn on_accept(&mut self, idx: u32, res: i32, more: bool) {
+        if res >= 0 {
+            if self.listeners.get(idx as usize).is_some_and(|l| l.open) {
+                // The kernel created this socket for this accept: ours to own.
+                let id = self.adopt_conn(res);
+                self.stats.accepted += 1;
+                self.push_slot(id, SlotKind::Accepted);
+            } else {
+                // Accepted after the listener was closed: close it right away.
+                let ud = UserData {
+                    kind: OpKind::Close,
+                    gen: 0,
+                    idx: u32::MAX,
+                }
+                .encode();
+                self.ops.push_back(Op::Close { fd: res, ud });
+            }
+        } else if res == -EINVAL {
+            // The socket is no longer listening: shut down, by this port or by another one
+            // sharing it (a server stopping). It will not listen again, so accepting ends
+            // here; `close_listeners` still hands the fd back to be closed.
+            tracing::debug!(listener = idx, "listener shut down");
+            return;
+        } else if self.listeners.get(idx as usize).is_some_and(|l| l.open) {
+            tracing::warn!(errno = -res, "accept failed");
+        }
+        if !more && (idx as usize) < self.listeners.len() {
+            self.arm_accept(idx);
+        }
+    }
+
+    pub(super) fn release_lent(&mut self, bufs: &[BufIdx]) {
+        for &b in bufs {
+            self.alloc
+                .release(b)
+                .expect("lent buffer holds a reference");
+        }
+    }
+
+    pub(super) fn on_recv(&mut self, id: ConnId, res: i32, more: bool, bufs: &[BufIdx]) {
+        let Some(c) = self.conn_mut(id) else {
+            self.stats.stale += 1;
+            self.release_lent(bufs);
+            return;
+        };
+        if !more {
+            c.recv_armed = false;
+        }
+        let id = ConnId {
+            idx: id.idx,
+            gen: self.conns[id.idx as usize].gen,
+        };
+        let lingering = self.conns[id.idx as usize]
+            .conn
+            .as_ref()
+            .is_some_and(|c| c.linger);
+        if lingering {
+            self.release_lent(bufs);
+            let c = self.conn_mut(id).expect("looked up above");
+            if res > 0 && !more {
+                self.arm_recv(id);
+            } else if res <= 0 && res != -ENOBUFS && !more {
+                c.rx_done = true;
+                self.close(id);
+            } else if res == -ENOBUFS {
+                self.starved.push(id);
+            }
+            return;
+        }
+        match res {
+            n if n > 0 && !bufs.is_empty() => {
+                self.stats.rx_slots += bufs.len() as u64;
+                self.consumed += bufs.len();
+                self.stats.rx_completions += 1;
+                self.stats.rx_bytes += n as u64;
+                let size = self.cfg.buf_size;
+                let mut left = n as u32;
+                for &b in bufs {
+                    let len = left.min(size);
+                    left -= len;
+                    let pos = self.rx.len() as u32;
+                    self.rx.push(Slot {
+                        conn: id,
+                        buf: b,
+                        off: 0,
+                        len,
+                        kind: SlotKind::Data,
+                        pos,
+                    });
+                    self.kept.push(false);
+                }
+                if !more {
+                    self.arm_recv(id);
+                }
+            }
+            n => {
+                // A buffer with a non-positive result carries no data.
+                self.release_lent(bufs);
+                if n == -ENOBUFS {
+                    self.stats.enobufs += 1;
+                    self.starved.push(id);
+                } else if n == -ECANCELED {
+                } else if more {
+                    // Still armed: nothing ended.
+                } else {
+                    let c = self.conn_mut(id).expect("looked up above");
+                    c.rx_done = true;
+                    let kind = if n == 0 {
+                        SlotKind::End
+                    } else if n > 0 {
+                        SlotKind::Error(0)
+                    } else {
+                        SlotKind::Error(-n)
+                    };
+                    if !c.close_requested {
+                        self.push_slot(id, kind);
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn push_slot(&mut self, conn: ConnId, kind: SlotKind) {
+        let pos = self.rx.len() as u32;
+        self.rx.push(Slot {
+            conn,
+            buf: BufIdx(0),
+            off: 0,
+            len: 0,
+            kind,
+            pos,
+        });
+        self.kept.push(false);
+    }
+
+    /// The RX ring filled by the last sync.
+    pub fn rx(&self) -> &[Slot] {
+        &self.rx
+    }
+
+    /// True when `slot` is a data slot of the current RX ring (its buffer is the app's until
+    /// the next sync).
+    pub fn is_current(&self, slot: &Slot) -> bool {
+        slot.kind == SlotKind::Data && self.rx.get(slot.pos as usize) == Some(slot)
+    }
+
+    /// Keep a data slot's buffer: it will not be recycled, and the returned extent owns it.
+    /// `None` if the slot is not a data slot of the current RX ring or was already kept.
+    pub fn keep(&mut self, slot: &Slot) -> Option<Extent> {
+        let p = slot.pos as usize;
+        if slot.kind != SlotKind::Data || self.rx.get(p) != Some(slot) || self.kept[p] {
+            return None;
+        }
+        self.kept[p] = true;
+        Some(Extent::owned(slot.buf, slot.off, slot.len))
+    }
+}

@@ -1,0 +1,390 @@
+//! Deterministic unit tests of the core against hand-written kernel completions.
+// SAFETY (every `register`/`add_listener` below): the fds are simulated; no driver runs
+// these ops, so no I/O is ever done on them.
+#![allow(unsafe_code, clippy::undocumented_unsafe_blocks)]
+
+use super::*;
+
+fn core(bufs: u32, entries: u16) -> Core {
+    Core::new(
+        BufAlloc::new(100, bufs),
+        CoreConfig {
+            ring_entries: entries,
+            reserve: 1,
+            max_iov: 4,
+            buf_size: 2048,
+        },
+    )
+}
+
+fn ud(op: Op) -> u64 {
+    match op {
+        Op::Accept { ud, .. }
+        | Op::Recv { ud, .. }
+        | Op::Send { ud, .. }
+        | Op::Close { ud, .. }
+        | Op::ShutdownWrite { ud, .. } => ud,
+    }
+}
+
+/// Refill, returning the posted (bid, buf) pairs.
+fn refill(c: &mut Core) -> Vec<(u16, BufIdx)> {
+    let mut v = Vec::new();
+    c.refill(|bid, b| v.push((bid, b)));
+    v
+}
+
+fn recv_flags(bid: u16, more: bool) -> u32 {
+    (bid as u32) << 16 | CQE_F_BUFFER | if more { CQE_F_MORE } else { 0 }
+}
+
+/// Found by fuzzing (`ring_core`): sharing an extent of a transient TX buffer retained it
+/// in the pool's allocator instead of the TX buffers' one, and panicked.
+#[test]
+fn share_and_split_work_on_tx_buffers() {
+    let mut c = core(8, 4).with_tx_buffers(BufAlloc::new(1000, 2));
+    let e = c.alloc_tx_extent().unwrap();
+    assert_eq!(e.buf(), BufIdx(1000));
+    let s = c.share(&e, 10, 20);
+    let (a, b) = c.split(e, 5);
+    for x in [s, a, b] {
+        c.release(x);
+    }
+    // All three references are gone: both TX buffers can be allocated again.
+    let x = c.alloc_tx_extent().unwrap();
+    let y = c.alloc_tx_extent().unwrap();
+    assert!(x.buf().0 >= 1000 && y.buf().0 >= 1000);
+    c.release(x);
+    c.release(y);
+}
+
+#[test]
+fn zero_copy_sends_hold_buffers_until_the_notification() {
+    let mut c = Core::new(
+        BufAlloc::new(100, 8),
+        CoreConfig {
+            ring_entries: 4,
+            reserve: 1,
+            max_iov: 4,
+            buf_size: 2048,
+        },
+    );
+    let id = unsafe { c.register(5) };
+    c.pop_op();
+    let free0 = c.alloc().free_count();
+    // One 2 KiB extent: below the threshold, a plain send released on its result.
+    // The driver decides per send; the core learns it from the result's F_MORE.
+    let e = c.alloc_extent().unwrap();
+    c.send(id, e).unwrap();
+    let Some(Op::Send { ud, .. }) = c.pop_op() else {
+        panic!("expected a send")
+    };
+    for _ in 0..2 {
+        let e = c.alloc_extent().unwrap();
+        c.send(id, e).unwrap();
+    }
+    c.complete(ud, 2048, 0);
+    assert_eq!(c.alloc().free_count(), free0 - 2, "plain send released");
+    let Some(Op::Send { ud, .. }) = c.pop_op() else {
+        panic!("expected a send")
+    };
+    c.complete(ud, 4096, CQE_F_MORE);
+    assert_eq!(c.zc_pending(), 1);
+    assert_eq!(
+        c.alloc().free_count(),
+        free0 - 2,
+        "held until the notification"
+    );
+    c.complete(ud, 1 << 31, CQE_F_NOTIF);
+    assert_eq!(c.zc_pending(), 0);
+    assert_eq!(
+        c.alloc().free_count(),
+        free0,
+        "released on the notification"
+    );
+    assert_eq!(
+        (c.stats().zc_sends, c.stats().zc_notifs, c.stats().zc_copied),
+        (1, 1, 1)
+    );
+    // A notification nobody is waiting for is counted, not trusted.
+    c.complete(ud, 0, CQE_F_NOTIF);
+    assert_eq!(c.stats().bad_cqes, 1);
+}
+
+#[test]
+fn a_bundle_becomes_one_slot_per_buffer() {
+    let mut c = core(8, 8);
+    let id = unsafe { c.register(5) };
+    let rop = c.pop_op().unwrap();
+    let posted = refill(&mut c);
+    // 2048 + 2048 + 100 bytes in the first three ring entries.
+    c.complete(ud(rop), 4196, recv_flags(posted[0].0, true));
+    let lens: Vec<u32> = c.rx().iter().map(|s| s.len).collect();
+    assert_eq!(lens, vec![2048, 2048, 100]);
+    let bufs: Vec<BufIdx> = c.rx().iter().map(|s| s.buf).collect();
+    assert_eq!(bufs, vec![posted[0].1, posted[1].1, posted[2].1]);
+    assert!(c.rx().iter().all(|s| s.conn == id));
+    assert_eq!(c.lent(), posted.len() - 3);
+    assert_eq!(c.stats().rx_slots, 3);
+    // The next single-buffer completion continues at the fourth entry.
+    c.complete(ud(rop), 10, recv_flags(posted[3].0, true));
+    assert_eq!(c.rx()[3].buf, posted[3].1);
+    // A bundle claiming more entries than are lent is refused and takes nothing.
+    let lent = c.lent();
+    c.complete(ud(rop), 2048 * 8, recv_flags(posted[4].0, true));
+    assert_eq!(c.stats().bad_cqes, 1);
+    assert_eq!(c.lent(), lent);
+}
+
+#[test]
+fn lending_follows_what_the_kernel_used() {
+    let mut c = core(4096, 4096);
+    let id = unsafe { c.register(5) };
+    let rop = c.pop_op().unwrap();
+    let posted = refill(&mut c);
+    assert_eq!(posted.len(), 256, "a quiet port lends 256");
+    // The kernel fills 200 buffers (in bundles of 4); the next refill lends up to 2 x 200.
+    for run in posted[..200].chunks(4) {
+        c.complete(ud(rop), 4 * 2048, recv_flags(run[0].0, true));
+    }
+    assert_eq!(c.lent(), 56);
+    c.begin_sync();
+    refill(&mut c);
+    assert_eq!(c.lent(), 400 + 256);
+    assert!(c.rx().is_empty() && c.open_conns() == 1 && id.index() == 0);
+}
+
+#[test]
+fn accept_registers_and_arms_recv() {
+    let mut c = core(8, 4);
+    unsafe { c.add_listener(3) };
+    let Some(op @ Op::Accept { fd: 3, .. }) = c.pop_op() else {
+        panic!()
+    };
+    c.complete(ud(op), 9, CQE_F_MORE);
+    assert_eq!(c.rx().len(), 1);
+    assert_eq!(c.rx()[0].kind, SlotKind::Accepted);
+    assert!(matches!(c.pop_op(), Some(Op::Recv { fd: 9, .. })));
+    assert_eq!(c.pop_op(), None, "accept still armed (F_MORE)");
+    c.begin_sync();
+    c.complete(ud(op), 10, 0);
+    assert!(matches!(c.pop_op(), Some(Op::Recv { fd: 10, .. })));
+    assert!(
+        matches!(c.pop_op(), Some(Op::Accept { fd: 3, .. })),
+        "re-armed without F_MORE"
+    );
+}
+
+#[test]
+fn refill_respects_ring_size_and_reserve() {
+    let mut c = core(8, 4);
+    assert_eq!(refill(&mut c).len(), 4);
+    assert_eq!(c.lent(), 4);
+    let mut c = core(4, 8);
+    assert_eq!(refill(&mut c).len(), 3, "one buffer stays in reserve");
+}
+
+#[test]
+fn recv_maps_bid_to_buffer_and_recycles_unkept() {
+    let mut c = core(8, 4);
+    let id = unsafe { c.register(5) };
+    let rop = c.pop_op().unwrap();
+    let posted = refill(&mut c);
+    let (bid, buf) = posted[2];
+    c.complete(ud(rop), 100, recv_flags(bid, true));
+    let s = c.rx()[0];
+    assert_eq!(
+        (s.conn, s.buf, s.len, s.kind),
+        (id, buf, 100, SlotKind::Data)
+    );
+    let free_before = c.alloc().free_count();
+    c.begin_sync();
+    assert_eq!(
+        c.alloc().free_count(),
+        free_before + 1,
+        "unkept slot recycled"
+    );
+    // Kept slot stays out of the free list until released.
+    let (bid, _) = refill(&mut c)[0];
+    c.complete(ud(rop), 7, recv_flags(bid, true));
+    let s = c.rx()[0];
+    let e = c.keep(&s).unwrap();
+    assert!(c.keep(&s).is_none(), "a slot is kept once");
+    let free = c.alloc().free_count();
+    c.begin_sync();
+    assert_eq!(c.alloc().free_count(), free);
+    c.release(e);
+    assert_eq!(c.alloc().free_count(), free + 1);
+}
+
+#[test]
+fn enobufs_pauses_then_rearms_after_refill() {
+    let mut c = core(3, 4);
+    let id = unsafe { c.register(5) };
+    let rop = c.pop_op().unwrap();
+    let posted = refill(&mut c);
+    assert_eq!(posted.len(), 2);
+    c.complete(ud(rop), 10, recv_flags(posted[0].0, true));
+    c.complete(ud(rop), 10, recv_flags(posted[1].0, true));
+    c.complete(ud(rop), -ENOBUFS, 0);
+    assert_eq!(c.stats().enobufs, 1);
+    assert_eq!(c.pop_op(), None, "no re-arm while starved");
+    let s0 = c.rx()[0];
+    let kept = c.keep(&s0).unwrap();
+    c.begin_sync();
+    assert_eq!(
+        refill(&mut c).len(),
+        1,
+        "one recycled buffer lent, one kept, one reserve"
+    );
+    assert!(matches!(c.pop_op(), Some(Op::Recv { fd: 5, .. })));
+    assert_eq!(c.fd(id), Some(5));
+    c.release(kept);
+}
+
+#[test]
+fn eof_and_reset_become_slots_once() {
+    let mut c = core(8, 4);
+    let a = unsafe { c.register(5) };
+    let b = unsafe { c.register(6) };
+    let ra = c.pop_op().unwrap();
+    let rb = c.pop_op().unwrap();
+    c.complete(ud(ra), 0, 0);
+    c.complete(ud(rb), -104, 0);
+    let kinds: Vec<_> = c.rx().iter().map(|s| (s.conn, s.kind)).collect();
+    assert_eq!(kinds, vec![(a, SlotKind::End), (b, SlotKind::Error(104))]);
+    assert_eq!(c.pop_op(), None, "no re-arm after end of stream");
+}
+
+#[test]
+fn sends_are_ordered_partial_and_release_buffers() {
+    let mut c = core(8, 1);
+    let id = unsafe { c.register(5) };
+    c.pop_op();
+    let free0 = c.alloc().free_count();
+    let mut e1 = c.alloc_extent().unwrap();
+    e1.narrow(0, 10);
+    let mut e2 = c.alloc_extent().unwrap();
+    e2.narrow(5, 20);
+    c.send(id, e1).unwrap();
+    c.send(id, e2).unwrap();
+    let Some(op @ Op::Send { .. }) = c.pop_op() else {
+        panic!()
+    };
+    assert_eq!(c.pop_op(), None, "one send in flight per connection");
+    let mut ch = Vec::new();
+    c.tx_chunks(id, &mut ch);
+    assert_eq!(ch.iter().map(|x| x.2).collect::<Vec<_>>(), vec![10, 20]);
+    c.complete(ud(op), 13, 0); // short send: first chunk + 3 bytes of the second
+    assert_eq!(c.alloc().free_count(), free0 - 1);
+    let Some(op2 @ Op::Send { .. }) = c.pop_op() else {
+        panic!("remainder resubmitted")
+    };
+    c.tx_chunks(id, &mut ch);
+    assert_eq!(ch.len(), 1);
+    assert_eq!((ch[0].1, ch[0].2), (5 + 3, 17));
+    assert_eq!(c.tx_queued(id), 17);
+    assert_eq!(c.tx_backlog(), 0);
+    let e3 = c.alloc_extent().unwrap();
+    c.send(id, e3).unwrap();
+    assert_eq!(c.tx_backlog(), 1, "queued behind the in-flight send");
+    c.complete(ud(op2), 17, 0);
+    assert_eq!(c.tx_backlog(), 0);
+    let Some(op3 @ Op::Send { .. }) = c.pop_op() else {
+        panic!()
+    };
+    c.complete(ud(op3), 2048, 0);
+    assert_eq!(c.alloc().free_count(), free0);
+    assert_eq!(c.stats().tx_bytes, 30 + 2048);
+}
+
+#[test]
+fn close_waits_for_tx_and_stale_completions_are_dropped() {
+    let mut c = core(8, 4);
+    let id = unsafe { c.register(5) };
+    let rop = c.pop_op().unwrap();
+    let posted = refill(&mut c);
+    let e = c.alloc_extent().unwrap();
+    c.send(id, e).unwrap();
+    let sop = c.pop_op().unwrap();
+    c.close(id);
+    assert_eq!(c.pop_op(), None, "close waits for the send");
+    let e2 = c.alloc_extent().unwrap();
+    assert_eq!(c.send(id, e2), Err(SendError::Closed));
+    c.complete(ud(sop), 2048, 0);
+    assert!(matches!(c.pop_op(), Some(Op::Close { fd: 5, .. })));
+    assert_eq!(c.open_conns(), 0);
+    // A late recv completion for the closed connection returns its buffer.
+    let free = c.alloc().free_count();
+    c.complete(ud(rop), 50, recv_flags(posted[0].0, false));
+    assert_eq!(c.alloc().free_count(), free + 1);
+    assert!(c.rx().is_empty());
+    assert_eq!(c.stats().stale, 1);
+    // The table slot is reused with a new generation; the old id stays dead.
+    let id2 = unsafe { c.register(7) };
+    assert_eq!(id2.index(), id.index());
+    assert_ne!(id2, id);
+    assert_eq!(c.fd(id), None);
+    assert_eq!(c.fd(id2), Some(7));
+}
+
+#[test]
+fn lingering_close_sends_fin_after_tx_then_closes_on_peer_eof() {
+    let mut c = core(8, 4);
+    let id = unsafe { c.register(5) };
+    let rop = c.pop_op().unwrap();
+    let posted = refill(&mut c);
+    let e = c.alloc_extent().unwrap();
+    c.send(id, e).unwrap();
+    let sop = c.pop_op().unwrap();
+    c.close_lingering(id);
+    assert_eq!(c.pop_op(), None, "FIN waits for the queued reply");
+    c.complete(ud(sop), 2048, 0);
+    assert!(matches!(c.pop_op(), Some(Op::ShutdownWrite { fd: 5, .. })));
+    // Peer data after our FIN is discarded, not reported.
+    let free = c.alloc().free_count();
+    c.complete(ud(rop), 100, recv_flags(posted[0].0, true));
+    assert!(c.rx().is_empty());
+    assert_eq!(c.alloc().free_count(), free + 1);
+    c.complete(ud(rop), 0, 0);
+    assert!(matches!(c.pop_op(), Some(Op::Close { fd: 5, .. })));
+    assert_eq!(c.open_conns(), 0);
+}
+
+#[test]
+fn garbage_completions_do_not_leak_or_panic() {
+    let mut c = core(8, 4);
+    let posted = refill(&mut c);
+    let free = c.alloc().free_count();
+    c.complete(0xdead, 5, recv_flags(posted[0].0, false));
+    c.complete(0xdead, 5, recv_flags(posted[0].0, false)); // bid no longer lent
+    c.complete(
+        ud(Op::Recv {
+            fd: 0,
+            ud: UserData {
+                kind: OpKind::Recv,
+                gen: 3,
+                idx: 77,
+            }
+            .encode(),
+        }),
+        5,
+        0,
+    );
+    assert_eq!(c.alloc().free_count(), free + 1);
+    assert_eq!(c.stats().bad_cqes, 3, "undecodable twice, unknown bid once");
+    assert_eq!(c.stats().stale, 1);
+}
+
+#[test]
+fn split_shares_one_buffer() {
+    let mut c = core(8, 4);
+    let e = c.alloc_extent().unwrap();
+    let b = e.buf();
+    let (x, y) = c.split(e, 100);
+    assert_eq!((x.off(), x.len(), y.off(), y.len()), (0, 100, 100, 1948));
+    assert_eq!(c.alloc().refs(b), Ok(2));
+    c.release(x);
+    c.release(y);
+    assert_eq!(c.alloc().refs(b), Ok(0));
+}

@@ -1,0 +1,215 @@
+//! The send side: per-connection TX queues, send and zero-copy notification completions,
+//! and the close sequence that waits for them.
+
+use super::*;
+
+impl Core {
+    /// A zero-copy send's notification: the kernel is done with its buffers.
+    pub(super) fn on_notif(&mut self, user_data: u64, res: i32) {
+        let group = match self.zc_held.get_mut(&user_data) {
+            Some(q) => {
+                let g = q.pop_front();
+                if q.is_empty() {
+                    self.zc_held.remove(&user_data);
+                }
+                g
+            }
+            None => None,
+        };
+        let Some(group) = group else {
+            self.stats.bad_cqes += 1;
+            tracing::error!(user_data, "zero-copy notification for no pending send");
+            return;
+        };
+        self.stats.zc_notifs += 1;
+        // IORING_NOTIF_USAGE_ZC_COPIED (with IORING_SEND_ZC_REPORT_USAGE): the kernel copied.
+        self.stats.zc_copied += (res as u32 >> 31) as u64;
+        for e in group {
+            self.release(e);
+        }
+    }
+
+    /// A send's result. `notif`: the user data under which a zero-copy notification will
+    /// follow (the result had `CQE_F_MORE`); the sent extents are held until it arrives.
+    pub(super) fn on_send(&mut self, id: ConnId, res: i32, notif: Option<u64>) {
+        let Some(c) = self.conn_mut(id) else {
+            self.stats.stale += 1;
+            return;
+        };
+        c.tx_inflight = false;
+        let was_behind = std::mem::take(&mut c.behind);
+        let mut released = Vec::new();
+        if res >= 0 {
+            let mut n = res as u32;
+            while n > 0 {
+                let Some(head) = c.txq.front() else { break };
+                let left = head.len() - c.tx_sent;
+                if n >= left {
+                    n -= left;
+                    c.tx_sent = 0;
+                    released.push(c.txq.pop_front().expect("front exists"));
+                } else {
+                    c.tx_sent += n;
+                    n = 0;
+                }
+            }
+        } else {
+            c.broken = true;
+            c.tx_sent = 0;
+            released.extend(c.txq.drain(..));
+        }
+        let notify = res < 0 && !c.rx_done && !c.close_requested;
+        self.backlog -= was_behind as usize;
+        self.stats.tx_bytes += res.max(0) as u64;
+        match notif {
+            Some(ud) => {
+                self.stats.zc_sends += 1;
+                // The kernel may still read these (and, after a short send, the sent part of
+                // the head extent, which stays queued and referenced anyway).
+                self.zc_held.entry(ud).or_default().push_back(released);
+            }
+            None => {
+                for e in released {
+                    self.release(e);
+                }
+            }
+        }
+        if notify {
+            // The recv side will usually report the same failure; mark it so only one slot goes up.
+            let c = self.conn_mut(id).expect("looked up above");
+            c.rx_done = true;
+            self.push_slot(id, SlotKind::Error(-res));
+        }
+        self.kick_tx(id);
+    }
+
+    /// Queue a send if the connection has data and none in flight; finish a requested close.
+    pub(super) fn kick_tx(&mut self, id: ConnId) {
+        let max_iov = self.cfg.max_iov;
+        let Some(c) = self.conn_mut(id) else { return };
+        if c.tx_inflight {
+            return;
+        }
+        if !c.txq.is_empty() && !c.broken {
+            c.tx_inflight = true;
+            c.inflight_chunks = c.txq.len().min(max_iov);
+            let newly_behind = c.txq.len() > c.inflight_chunks && !c.behind;
+            c.behind |= newly_behind;
+            let fd = c.fd;
+            self.backlog += newly_behind as usize;
+            let ud = UserData {
+                kind: OpKind::Send,
+                gen: id.gen,
+                idx: id.idx,
+            }
+            .encode();
+            self.ops.push_back(Op::Send { conn: id, fd, ud });
+        } else if c.close_requested {
+            self.finish_close(id);
+        } else if c.linger && !c.fin_sent {
+            c.fin_sent = true;
+            let fd = c.fd;
+            let ud = UserData {
+                kind: OpKind::Close,
+                gen: id.gen,
+                idx: id.idx,
+            }
+            .encode();
+            self.ops.push_back(Op::ShutdownWrite { fd, ud });
+        }
+    }
+
+    pub(super) fn finish_close(&mut self, id: ConnId) {
+        let e = &mut self.conns[id.idx as usize];
+        let c = e.conn.take().expect("closing an open connection");
+        if c.behind {
+            self.backlog -= 1;
+        }
+        e.gen = (e.gen + 1) & GEN_MASK;
+        self.free_conns.push(id.idx);
+        self.open_conns -= 1;
+        for x in c.txq {
+            self.release(x);
+        }
+        let ud = UserData {
+            kind: OpKind::Close,
+            gen: id.gen,
+            idx: id.idx,
+        }
+        .encode();
+        self.ops.push_back(Op::Close { fd: c.fd, ud });
+    }
+
+    /// Queue `ext` for sending on `conn`, after everything queued before it.
+    pub fn send(&mut self, conn: ConnId, ext: Extent) -> Result<(), SendError> {
+        let ok = matches!(self.conn_mut(conn), Some(c) if !c.close_requested && !c.broken);
+        if !ok {
+            self.release(ext);
+            return Err(SendError::Closed);
+        }
+        if ext.is_empty() {
+            self.release(ext);
+            return Ok(());
+        }
+        let c = self.conn_mut(conn).expect("checked");
+        c.txq.push_back(ext);
+        let newly_behind = c.tx_inflight && !c.behind;
+        if newly_behind {
+            c.behind = true;
+            self.backlog += 1;
+        }
+        self.kick_tx(conn);
+        Ok(())
+    }
+
+    /// Bytes queued but not yet sent on `conn`.
+    pub fn tx_queued(&self, conn: ConnId) -> usize {
+        let Some(c) = self
+            .conns
+            .get(conn.idx as usize)
+            .filter(|e| e.gen == conn.gen)
+            .and_then(|e| e.conn.as_ref())
+        else {
+            return 0;
+        };
+        c.txq.iter().map(|e| e.len() as usize).sum::<usize>() - c.tx_sent as usize
+    }
+
+    /// The chunks `(buf, off, len)` the in-flight send of `conn` covers (at most `max_iov`).
+    pub fn tx_chunks(&self, conn: ConnId, out: &mut Vec<(BufIdx, u32, u32)>) {
+        out.clear();
+        let Some(c) = self
+            .conns
+            .get(conn.idx as usize)
+            .filter(|e| e.gen == conn.gen)
+            .and_then(|e| e.conn.as_ref())
+        else {
+            return;
+        };
+        for (i, e) in c.txq.iter().take(self.cfg.max_iov).enumerate() {
+            let skip = if i == 0 { c.tx_sent } else { 0 };
+            out.push((e.buf(), e.off() + skip, e.len() - skip));
+        }
+    }
+
+    /// Connections with data queued behind their in-flight send: their send completion is
+    /// needed promptly, so a sync should not wait for extra completions past it.
+    pub fn tx_backlog(&self) -> usize {
+        self.backlog
+    }
+
+    /// Zero-copy sends whose notification has not arrived yet (their buffers are still held).
+    pub fn zc_pending(&self) -> usize {
+        self.zc_held.values().map(VecDeque::len).sum()
+    }
+
+    /// Operations waiting to be submitted.
+    pub fn pending_ops(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Next operation to submit.
+    pub fn pop_op(&mut self) -> Option<Op> {
+        self.ops.pop_front()
+    }
+}
