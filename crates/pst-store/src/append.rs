@@ -1,0 +1,228 @@
+//! Writing: records appended into the open segment, group commit, and the references records
+//! hold on their buffers.
+
+use super::*;
+
+impl<M: Media> Store<M> {
+    pub(super) fn check_writable(&self) -> Result<(), StoreError> {
+        match &self.poisoned {
+            Some(e) => Err(StoreError::Poisoned(e.clone())),
+            None => Ok(()),
+        }
+    }
+
+    pub(super) fn free_segments(&self) -> usize {
+        self.segs.iter().filter(|s| **s == SegState::Free).count()
+    }
+
+    /// Open a fresh head segment. Normal appends leave one free segment for compaction.
+    pub(super) fn open_segment(&mut self, for_compaction: bool) -> Result<(), StoreError> {
+        let need = if for_compaction { 1 } else { 2 };
+        if self.free_segments() < need {
+            return Err(StoreError::LogFull);
+        }
+        let s = self
+            .segs
+            .iter()
+            .position(|s| *s == SegState::Free)
+            .expect("counted") as u32;
+        let h = SegHeader {
+            size: self.seg_size as u32,
+            epoch: self.next_epoch,
+            first_seq: self.next_seq,
+        };
+        let off = self.seg_off(s);
+        self.media.write(off, &h.encode());
+        self.media.flush(off, SEG_HEADER as u64);
+        self.segs[s as usize] = SegState::Active;
+        self.order.push_back(s);
+        self.head_epoch = self.next_epoch;
+        self.next_epoch += 1;
+        self.head_pos = SEG_HEADER as u64;
+        Ok(())
+    }
+
+    pub(super) fn write_record(
+        &mut self,
+        kind: Kind,
+        key: Option<Arc<[u8]>>,
+        extents: Box<[RawExtent]>,
+        payload_len: u32,
+        payload_crc: u32,
+        for_compaction: bool,
+    ) -> Result<u64, StoreError> {
+        let klen = key.as_ref().map(|k| k.len()).unwrap_or(0);
+        if klen > format::MAX_KEY {
+            return Err(StoreError::TooLarge("key longer than 4096 bytes"));
+        }
+        if extents.len() > format::MAX_EXTENTS {
+            return Err(StoreError::TooLarge("more than 4096 extents"));
+        }
+        let len = format::record_len(klen, extents.len()) as u64;
+        if len + SEG_HEADER as u64 > self.seg_size {
+            return Err(StoreError::TooLarge("record larger than a log segment"));
+        }
+        if self.order.is_empty() || self.head_pos + len > self.seg_size {
+            self.open_segment(for_compaction)?;
+        }
+        let seq = self.next_seq;
+        let mut buf = std::mem::take(&mut self.scratch);
+        format::RecordFields {
+            seq,
+            epoch: self.head_epoch as u32,
+            kind,
+            key: key.as_deref().unwrap_or_default(),
+            extents: &extents,
+            payload_len,
+            payload_crc,
+            durable_before: self.durable_seq,
+        }
+        .encode(&mut buf);
+        let head = *self.order.back().expect("a head segment exists");
+        let off = self.seg_off(head) + self.head_pos;
+        self.media.write(off, &buf);
+        self.media.flush(off, len);
+        self.scratch = buf;
+        self.head_pos += len;
+        self.next_seq += 1;
+        self.pending += 1;
+        let meta = RecMeta {
+            seq,
+            seg: head,
+            kind,
+            key,
+            extents,
+            payload_len,
+            payload_crc,
+        };
+        self.track(meta);
+        Ok(seq)
+    }
+
+    /// Append a record naming `payload` (each extent is one buffer reference the store takes
+    /// over; on error they are released). Flushes the payload's cache lines now (Pmem); it is
+    /// durable after the next [`Store::commit`]. Returns the sequence number (the ticket).
+    pub fn append(&mut self, payload: Vec<Extent>) -> Result<u64, StoreError> {
+        self.add(Kind::Append, None, payload)
+    }
+
+    /// Put `key` → `value` (extents as in [`Store::append`]).
+    pub fn put(&mut self, key: &[u8], value: Vec<Extent>) -> Result<u64, StoreError> {
+        self.add(Kind::Put, Some(Arc::from(key)), value)
+    }
+
+    /// Delete `key`; `Ok(None)` when it was absent (nothing logged).
+    pub fn delete(&mut self, key: &[u8]) -> Result<Option<u64>, StoreError> {
+        if !self.index.contains_key(key) {
+            return Ok(None);
+        }
+        self.add(Kind::Delete, Some(Arc::from(key)), Vec::new())
+            .map(Some)
+    }
+
+    pub(super) fn add(
+        &mut self,
+        kind: Kind,
+        key: Option<Arc<[u8]>>,
+        payload: Vec<Extent>,
+    ) -> Result<u64, StoreError> {
+        if let Err(e) = self.check_writable() {
+            self.released.extend(payload);
+            return Err(e);
+        }
+        let extents: Box<[RawExtent]> = payload
+            .iter()
+            .map(|e| (e.buf().0, e.off(), e.len()))
+            .collect();
+        let len: u64 = extents.iter().map(|e| e.2 as u64).sum();
+        let Ok(len) = u32::try_from(len) else {
+            self.released.extend(payload);
+            return Err(StoreError::TooLarge("payload over 4 GiB"));
+        };
+        let crc = self.payload_crc(&extents);
+        for &(b, o, l) in extents.iter() {
+            self.media.flush(self.buf_off(b, o), l as u64);
+        }
+        match self.write_record(kind, key, extents, len, crc, false) {
+            Ok(seq) => {
+                for e in payload {
+                    let b = e.buf().0;
+                    self.bufs
+                        .get_mut(&b)
+                        .expect("write_record counted it")
+                        .handles
+                        .push(e);
+                }
+                Ok(seq)
+            }
+            Err(e) => {
+                self.released.extend(payload);
+                Err(e)
+            }
+        }
+    }
+
+    /// Group commit: one persist barrier makes every record appended so far durable. Then
+    /// retire compacted segments (see the crate docs for the ordering). Returns the durable
+    /// sequence bound: every seq below it is durable.
+    pub fn commit(&mut self) -> Result<u64, StoreError> {
+        self.check_writable()?;
+        if !self.needs_commit() {
+            return Ok(self.durable_seq);
+        }
+        if let Err(e) = self.media.barrier() {
+            tracing::error!(error = %e, "persist barrier failed; store poisoned");
+            self.poisoned = Some(e.clone());
+            return Err(StoreError::Poisoned(e));
+        }
+        self.commits += 1;
+        self.pending = 0;
+        self.durable_seq = self.next_seq;
+        // The invalidation written before this barrier is durable: release its buffers.
+        if let Some(r) = self.invalidating.take() {
+            for rec in &r.recs {
+                self.drop_refs(rec);
+            }
+            self.segs[r.seg as usize] = SegState::Free;
+        }
+        // Next in line: zero its header (durable at the next barrier). Anything it depends on
+        // (a compacted segment's re-appended live records) was written before the barrier above.
+        if let Some(r) = self.retire.pop_front() {
+            self.invalidate_header(r.seg);
+            self.invalidating = Some(r);
+        }
+        Ok(self.durable_seq)
+    }
+
+    pub(super) fn invalidate_header(&mut self, s: u32) {
+        let off = self.seg_off(s);
+        self.media.write(off, &[0u8; SEG_HEADER]);
+        self.media.flush(off, SEG_HEADER as u64);
+    }
+
+    pub(super) fn drop_refs(&mut self, r: &RecMeta) {
+        for &(b, _, _) in r.extents.iter() {
+            let e = self.bufs.get_mut(&b).expect("record holds a reference");
+            e.refs -= 1;
+            if e.refs == 0 {
+                let e = self.bufs.remove(&b).expect("present");
+                self.released.extend(e.handles);
+            }
+        }
+    }
+
+    /// True when a commit would do anything (appends pending, or segments to retire).
+    pub fn needs_commit(&self) -> bool {
+        self.pending > 0 || self.invalidating.is_some() || !self.retire.is_empty()
+    }
+
+    /// Every sequence number below this is durable.
+    pub fn durable_seq(&self) -> u64 {
+        self.durable_seq
+    }
+
+    /// Extents whose buffers the store no longer needs: give them back to the allocator.
+    pub fn take_released(&mut self) -> Vec<Extent> {
+        std::mem::take(&mut self.released)
+    }
+}

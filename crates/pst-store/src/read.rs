@@ -1,0 +1,73 @@
+//! Reading: the KV index, stored values (checksum-verified), and the WAL from a sequence number.
+
+use super::*;
+
+impl<M: Media> Store<M> {
+    /// The current value of `key`.
+    pub fn get(&self, key: &[u8]) -> Option<ValueRef<'_>> {
+        let seq = *self.index.get(key)?;
+        let r = self.rec(seq)?;
+        Some(ValueRef {
+            extents: &r.extents,
+            len: r.payload_len,
+            crc: r.payload_crc,
+            seq,
+        })
+    }
+
+    /// True when the value's bytes still match its checksum (never serve one that does not).
+    pub fn verify(&self, v: &ValueRef<'_>) -> bool {
+        self.payload_crc(v.extents) == v.crc
+    }
+
+    /// Copy the value of `key` into `out` after verifying its checksum. `Ok(false)` if absent.
+    pub fn read_value(&self, key: &[u8], out: &mut Vec<u8>) -> Result<bool, StoreError> {
+        out.clear();
+        let Some(v) = self.get(key) else {
+            return Ok(false);
+        };
+        for &(b, o, l) in v.extents {
+            self.media
+                .with_bytes(self.buf_off(b, o), l as usize, |x| out.extend_from_slice(x));
+        }
+        if crc32c::crc32c(out) != v.crc {
+            out.clear();
+            return Err(StoreError::ValueCorrupt { seq: v.seq });
+        }
+        Ok(true)
+    }
+
+    /// Live keys.
+    pub fn keys(&self) -> impl Iterator<Item = &[u8]> {
+        self.index.keys().map(|k| &k[..])
+    }
+
+    /// Number of live keys.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// True when no key is live.
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// Records from `seq` on (WAL consumers), skipping truncated ones.
+    pub fn read_from(&self, seq: u64) -> impl Iterator<Item = RecordView<'_>> {
+        let from = seq.max(self.trunc_seq).saturating_sub(self.base_seq()) as usize;
+        self.records
+            .range(from.min(self.records.len())..)
+            .map(|r| RecordView {
+                seq: r.seq,
+                kind: r.kind,
+                key: r.key.as_deref().unwrap_or(&[]),
+                extents: &r.extents,
+            })
+    }
+
+    /// True when the store holds a reference on buffer `b` (recovery: the port must treat it
+    /// as allocated).
+    pub fn holds(&self, b: BufIdx) -> bool {
+        self.bufs.contains_key(&b.0)
+    }
+}

@@ -1,0 +1,295 @@
+//! Recovery: scan the segments in epoch order, replay records up to the first that fails a
+//! check, tell a torn tail from damage to acknowledged records, rebuild index and references.
+
+use super::*;
+
+/// What recovery may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Recovery {
+    /// Read and verify only; write nothing (`pst inspect`).
+    Inspect,
+    /// Recover and make the recovered end durable; refuse a log with damaged acknowledged
+    /// records.
+    Open,
+    /// As `Open`, but start from the last intact record of a damaged log (an operator's
+    /// decision: what follows the damage is dropped).
+    Salvage,
+}
+
+impl<M: Media> Store<M> {
+    pub(super) fn open_inner(
+        media: M,
+        log: Range<u64>,
+        mode: Recovery,
+    ) -> Result<(Store<M>, RecoveryReport), StoreError> {
+        let header = media.header();
+        let len = log.end.saturating_sub(log.start);
+        let seg_size = format::segment_size(len);
+        let n = len / seg_size;
+        if n < 3 {
+            return Err(StoreError::Layout(format!(
+                "{len} bytes give {n} segments; at least 3 are needed"
+            )));
+        }
+        let mut st = Store {
+            media,
+            header,
+            log: log.start..log.start + n * seg_size,
+            seg_size,
+            segs: (0..n).map(|_| SegState::Free).collect(),
+            order: VecDeque::new(),
+            head_pos: 0,
+            next_seq: 1,
+            next_epoch: 1,
+            head_epoch: 0,
+            records: VecDeque::new(),
+            index: HashMap::new(),
+            trunc_seq: 0,
+            retire: VecDeque::new(),
+            invalidating: None,
+            bufs: HashMap::new(),
+            released: Vec::new(),
+            pending: 0,
+            durable_seq: 0,
+            poisoned: None,
+            scratch: Vec::new(),
+            live_bytes: 0,
+            compactions: 0,
+            commits: 0,
+        };
+        let report = st.recover(mode)?;
+        Ok((st, report))
+    }
+
+    pub(super) fn recover(&mut self, mode: Recovery) -> Result<RecoveryReport, StoreError> {
+        let mut report = RecoveryReport::default();
+        let mut found: Vec<(u64, u32, SegHeader)> = Vec::new();
+        let mut hb = [0u8; SEG_HEADER];
+        for s in 0..self.segs.len() as u32 {
+            self.media.read(self.seg_off(s), &mut hb);
+            if let Some(h) = SegHeader::decode(&hb, self.seg_size) {
+                found.push((h.epoch, s, h));
+            }
+        }
+        found.sort_by_key(|f| f.0);
+        let (count, size) = (
+            self.header.geometry.buf_count,
+            self.header.geometry.buf_size,
+        );
+        let mut seg_bytes = vec![0u8; self.seg_size as usize];
+        // New segments must get an epoch no record anywhere in the log carries, or stale
+        // records of an earlier life could pass for new ones. Headers alone do not tell: a
+        // segment without a valid header (free, or its header damaged) may hold records of any
+        // epoch (found by fuzzing: with every header lost, epochs restarted at 1 and stale
+        // records with matching sequence numbers came back after the next write). So every
+        // decodable record counts; the scan checks the magic first and costs one read of the
+        // log region.
+        let mut max_epoch = found.last().map_or(0, |f| f.0);
+        for s in 0..self.segs.len() as u32 {
+            self.media.read(self.seg_off(s), &mut seg_bytes);
+            let mut pos = SEG_HEADER;
+            while pos + REC_HEADER <= seg_bytes.len() {
+                if seg_bytes[pos..pos + 4] == format::REC_MAGIC.to_le_bytes() {
+                    if let Ok(r) = Record::decode(&seg_bytes[pos..], count, size) {
+                        max_epoch = max_epoch.max(r.epoch as u64);
+                    }
+                }
+                pos += 8;
+            }
+        }
+        self.next_epoch = max_epoch + 1;
+        let mut expected: Option<u64> = None;
+        let mut chain: Vec<u32> = Vec::new();
+        let mut stopped = false;
+        for (i, &(epoch, s, h)) in found.iter().enumerate() {
+            // A gap can only follow a torn batch that opened a new segment: stop there.
+            if stopped || expected.is_some_and(|e| e != h.first_seq) {
+                break;
+            }
+            let mut next = h.first_seq;
+            chain.push(s);
+            self.media.read(self.seg_off(s), &mut seg_bytes);
+            let mut pos = SEG_HEADER;
+            // Why this segment's data ended, when not at a clean end.
+            let mut end_reason = None;
+            // A record of this segment's life whose payload fails its checksum: always a stop.
+            let mut torn_payload = false;
+            while pos + REC_HEADER <= seg_bytes.len() {
+                let rec = match Record::decode(&seg_bytes[pos..], count, size) {
+                    Ok(r) if r.epoch == epoch as u32 && r.seq == next => r,
+                    // A record of an earlier life of this segment: this life's data ends here.
+                    Ok(r) if r.epoch != epoch as u32 => break,
+                    Ok(r) => {
+                        end_reason = Some(format!(
+                            "record seq {} (epoch {}) where seq {next} was expected in segment {s}",
+                            r.seq, r.epoch
+                        ));
+                        break;
+                    }
+                    Err(format::RecordError::NoRecord) => break,
+                    Err(e) => {
+                        end_reason = Some(format!("{e:?} at segment {s} offset {pos}"));
+                        break;
+                    }
+                };
+                if self.payload_crc(&rec.extents) != rec.payload_crc {
+                    end_reason = Some(format!(
+                        "payload checksum mismatch for seq {} (segment {s} offset {pos})",
+                        rec.seq
+                    ));
+                    torn_payload = true;
+                    break;
+                }
+                let len = format::record_len(rec.key.len(), rec.extents.len());
+                self.replay(rec, s);
+                report.records += 1;
+                next += 1;
+                pos += len;
+            }
+            // A segment that filled up ends in whatever an earlier life left there (records of
+            // another epoch, fragments): that is a clean end when the next segment carries on
+            // from `next`. Anything else ends the log here: a torn tail, or corruption if a
+            // later record says `next` had already been committed (and possibly acknowledged).
+            let continues = found.get(i + 1).is_some_and(|f| f.2.first_seq == next);
+            if let Some(why) = end_reason.filter(|_| torn_payload || !continues) {
+                let later = found[i + 1..]
+                    .iter()
+                    .map(|f| (f.0, f.1))
+                    .collect::<Vec<_>>();
+                if let Some(ev) = self.committed_evidence(next, epoch, &seg_bytes, pos + 8, &later)
+                {
+                    report.corrupt = Some(format!("{why}; but {ev} says it was committed"));
+                }
+                report.torn = Some(why);
+                stopped = true;
+            }
+            self.head_pos = pos as u64;
+            self.head_epoch = epoch;
+            expected = Some(next);
+        }
+        self.next_seq = expected.unwrap_or(1);
+        self.durable_seq = self.next_seq;
+        report.last_seq = self.next_seq - 1;
+        for &s in &chain {
+            self.segs[s as usize] = SegState::Active;
+            self.order.push_back(s);
+        }
+        // Buffers referenced by replayed records: one allocator reference each, as a handle.
+        let bs = self.header.geometry.buf_size;
+        for (&b, r) in self.bufs.iter_mut() {
+            // SAFETY: recovery rebuilds the references its records hold; the port allocators
+            // are created with these counted as live (`holds`), so each handle stands for
+            // exactly one reference that nothing else claims.
+            #[allow(unsafe_code)]
+            r.handles
+                .push(unsafe { Extent::from_raw(BufIdx(b), 0, bs) });
+        }
+        report.live_keys = self.index.len() as u64;
+        report.segments = (self.segs.len(), chain.len());
+        if mode != Recovery::Inspect {
+            if let Some(c) = &report.corrupt {
+                // Never drop acknowledged data silently: refuse, unless the operator asked to
+                // salvage (start from the last intact record, losing what follows it).
+                if mode == Recovery::Salvage {
+                    tracing::warn!(%c, "log damaged: salvaging from the last intact record; later records are dropped");
+                } else {
+                    return Err(StoreError::Corrupt(c.clone()));
+                }
+            }
+            // Make the recovered end the durable end: zero the head's tail (a torn record there
+            // must never come back) and invalidate valid segments outside the chain.
+            if let Some(&h) = self.order.back() {
+                let from = self.seg_off(h) + self.head_pos;
+                let to = self.seg_off(h) + self.seg_size;
+                let zeros = vec![0u8; (to - from) as usize];
+                self.media.write(from, &zeros);
+                self.media.flush(from, to - from);
+            }
+            for &(_, s, _) in &found {
+                if !chain.contains(&s) {
+                    self.invalidate_header(s);
+                }
+            }
+            self.media.barrier().map_err(StoreError::Poisoned)?;
+        }
+        tracing::debug!(records = report.records, keys = report.live_keys, last_seq = report.last_seq, torn = ?report.torn, "store recovered");
+        Ok(report)
+    }
+
+    /// Look for a record written after sequence `seq` was committed: in the rest of the current
+    /// segment (any 8-byte aligned offset from `from`), then in the later segments.
+    pub(super) fn committed_evidence(
+        &self,
+        seq: u64,
+        epoch: u64,
+        seg_bytes: &[u8],
+        from: usize,
+        later: &[(u64, u32)],
+    ) -> Option<String> {
+        let (count, size) = (
+            self.header.geometry.buf_count,
+            self.header.geometry.buf_size,
+        );
+        let mut pos = from.next_multiple_of(8);
+        while pos + REC_HEADER <= seg_bytes.len() {
+            if let Ok(r) = Record::decode(&seg_bytes[pos..], count, size) {
+                if r.epoch == epoch as u32 && r.durable_before > seq {
+                    return Some(format!(
+                        "record seq {} (durable bound {})",
+                        r.seq, r.durable_before
+                    ));
+                }
+            }
+            pos += 8;
+        }
+        let mut buf = vec![0u8; self.seg_size as usize];
+        for &(ep, s) in later {
+            self.media.read(self.seg_off(s), &mut buf);
+            let mut pos = SEG_HEADER;
+            while let Ok(r) = Record::decode(&buf[pos.min(buf.len())..], count, size) {
+                if r.epoch != ep as u32 {
+                    break;
+                }
+                if r.durable_before > seq {
+                    return Some(format!(
+                        "record seq {} in segment {s} (durable bound {})",
+                        r.seq, r.durable_before
+                    ));
+                }
+                pos += format::record_len(r.key.len(), r.extents.len());
+            }
+        }
+        None
+    }
+
+    pub(super) fn replay(&mut self, rec: Record, seg: u32) {
+        let key: Option<Arc<[u8]>> =
+            (rec.kind != Kind::Append).then(|| Arc::from(rec.key.as_slice()));
+        let meta = RecMeta {
+            seq: rec.seq,
+            seg,
+            kind: rec.kind,
+            key,
+            extents: rec.extents.into_boxed_slice(),
+            payload_len: rec.payload_len,
+            payload_crc: rec.payload_crc,
+        };
+        self.track(meta);
+    }
+
+    /// Add a record to the in-memory log: one store reference per extent on its buffer, the
+    /// index updated, the record appended (replay and new appends alike).
+    pub(super) fn track(&mut self, meta: RecMeta) {
+        for &(b, _, _) in meta.extents.iter() {
+            self.bufs
+                .entry(b)
+                .or_insert(BufRef {
+                    refs: 0,
+                    handles: Vec::new(),
+                })
+                .refs += 1;
+        }
+        self.index_apply(&meta);
+        self.records.push_back(meta);
+    }
+}
