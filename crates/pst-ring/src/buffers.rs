@@ -60,6 +60,11 @@ impl Buffers {
         self.alloc.free_count()
     }
 
+    /// Bytes per buffer.
+    pub fn buf_size(&self) -> u32 {
+        self.buf_size
+    }
+
     /// Buffers in the partition.
     pub fn capacity(&self) -> usize {
         self.alloc.capacity()

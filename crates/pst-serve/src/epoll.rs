@@ -421,6 +421,15 @@ impl Io for EpollIo<'_> {
     fn zero_copy(&mut self, _: &[(u32, u32, u32)]) -> Option<Vec<Extent>> {
         None
     }
+
+    fn has_room(&self, bytes: u64) -> bool {
+        crate::protocol::has_room(
+            self.bufs.free_count(),
+            self.bufs.capacity(),
+            self.bufs.buf_size(),
+            bytes,
+        )
+    }
 }
 
 impl<P: Protocol> StreamApp for EpollService<P> {

@@ -160,8 +160,15 @@ impl HttpService {
                 } else {
                     None
                 };
+                // Full: refuse the write, keep serving (the buffers left keep receiving).
+                let full = |reply: &mut Vec<Piece>| {
+                    Self::respond(reply, 507, b"insufficient storage: the store is full\n", ka)
+                };
+                if !io.has_room(req.body.end - req.body.start) {
+                    return full(reply);
+                }
                 let Some(exts) = io.extents(req.body.clone()) else {
-                    return Self::respond(reply, 503, b"buffer pool exhausted, retry\n", ka);
+                    return full(reply);
                 };
                 let r = match key {
                     Some(k) => store.put(k.as_bytes(), exts),
@@ -174,6 +181,7 @@ impl HttpService {
                         b"",
                         ka,
                     ),
+                    Err(pst_store::StoreError::LogFull) => full(reply),
                     Err(e) => {
                         tracing::warn!(error = %e, "store refused a write");
                         Self::respond(reply, 503, format!("{e}\n").as_bytes(), ka)

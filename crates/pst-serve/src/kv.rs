@@ -54,6 +54,10 @@ impl Out<'_> {
     }
 }
 
+/// What Redis answers a write it has no memory for; `pst kv` answers it when the pool or the
+/// log is full (DESIGN §4), and keeps serving reads, deletes and `FLUSHALL`.
+const OOM: &str = "OOM command not allowed when used memory > 'maxmemory'.";
+
 fn arity_error(out: &mut Vec<u8>, name: &str) {
     reply::error(
         out,
@@ -137,9 +141,11 @@ impl KvService {
                 return true;
             }
         }
-        let write_err = |out: &mut Out<'_>, e: pst_store::StoreError| {
-            reply::error(&mut out.buf, &format!("ERR {e}"))
+        let write_err = |out: &mut Out<'_>, e: pst_store::StoreError| match e {
+            pst_store::StoreError::LogFull => reply::error(&mut out.buf, OOM),
+            e => reply::error(&mut out.buf, &format!("ERR {e}")),
         };
+        let len = |r: &Range<u64>| r.end - r.start;
         match name.as_str() {
             "PING" => match n {
                 1 => reply::simple(&mut out.buf, "PONG"),
@@ -152,10 +158,15 @@ impl KvService {
                 return false;
             }
             "AUTH" => reply::error(&mut out.buf, "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?"),
+            "SET" | "MSET" | "INCR" | "DECR" | "INCRBY" | "DECRBY"
+                if !io.has_room(args[1..].iter().map(len).sum()) =>
+            {
+                reply::error(&mut out.buf, OOM)
+            }
             "SET" if n == 3 => {
                 let key = arg(&*io, 1);
                 match io.extents(args[2].clone()) {
-                    None => reply::error(&mut out.buf, "ERR buffer pool exhausted, retry"),
+                    None => reply::error(&mut out.buf, OOM),
                     Some(exts) => match store.put(&key, exts) {
                         Ok(_) => reply::simple(&mut out.buf, "OK"),
                         Err(e) => write_err(out, e),
@@ -239,7 +250,7 @@ impl KvService {
                     return true;
                 };
                 match io.copy_in(new.to_string().as_bytes()) {
-                    None => reply::error(&mut out.buf, "ERR buffer pool exhausted, retry"),
+                    None => reply::error(&mut out.buf, OOM),
                     Some(exts) => match store.put(&key, exts) {
                         Ok(_) => reply::int(&mut out.buf, new),
                         Err(e) => write_err(out, e),

@@ -40,6 +40,12 @@ pub trait Io {
     /// not possible (epoll, or buffers of another thread's partition): copy instead.
     fn zero_copy(&mut self, extents: &[(u32, u32, u32)]) -> Option<Vec<Extent>>;
 
+    /// Whether a write of `bytes` may be stored: after it, at least a sixteenth of this
+    /// worker's buffers would still be free ([`has_room`]). Below that, writes are refused
+    /// with the protocol's "out of space" answer, so that the buffers left keep receiving
+    /// requests — reads, deletes, `FLUSHALL` — instead of the whole server starving.
+    fn has_room(&self, bytes: u64) -> bool;
+
     /// Copy the stream bytes `r` into `out` (small things: keys, commands).
     fn gather(&self, r: Range<u64>, out: &mut Vec<u8>) {
         out.clear();
@@ -70,6 +76,13 @@ pub trait Protocol: Send + Sync + 'static {
     fn requests(&self) -> u64;
     /// What a connection beyond `--max-conns` is told before it is closed.
     fn busy_reply(&self) -> &'static [u8];
+}
+
+/// Whether `free` of `capacity` buffers of `buf_size` bytes leave room for a write of
+/// `bytes`: at least a sixteenth of the buffers stay free after it.
+pub fn has_room(free: usize, capacity: usize, buf_size: u32, bytes: u64) -> bool {
+    let need = bytes.div_ceil(buf_size.max(1) as u64) as usize;
+    free.saturating_sub(need) * 16 >= capacity
 }
 
 /// Connection limits shared by both engines.
@@ -222,6 +235,15 @@ pub(crate) mod testing {
 
         fn zero_copy(&mut self, _: &[(u32, u32, u32)]) -> Option<Vec<Extent>> {
             None
+        }
+
+        fn has_room(&self, bytes: u64) -> bool {
+            super::has_room(
+                self.bufs.free_count(),
+                self.bufs.capacity(),
+                self.pool.buf_size(),
+                bytes,
+            )
         }
     }
 }

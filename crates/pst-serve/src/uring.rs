@@ -96,6 +96,15 @@ impl Io for UringIo<'_> {
                 .collect(),
         )
     }
+
+    fn has_room(&self, bytes: u64) -> bool {
+        crate::protocol::has_room(
+            self.port.free_buffers(),
+            self.port.capacity(),
+            self.port.pool().buf_size(),
+            bytes,
+        )
+    }
 }
 
 /// How long a stopping worker lets queued replies go out before it closes what is left.

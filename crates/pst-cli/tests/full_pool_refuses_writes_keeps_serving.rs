@@ -1,0 +1,177 @@
+//! A pool full of live data refuses writes and keeps serving (DESIGN §4): `pst kv` answers
+//! `-OOM …` to a write it cannot hold, while PING, GET, DBSIZE, DEL, INFO and FLUSHALL keep
+//! working on new connections, and deleted space is writable again; a restart on the full pool
+//! serves too. `pst httpd --store kv` answers 507. Both engines.
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+const OOM: &str = "OOM command not allowed when used memory > 'maxmemory'.";
+
+fn con(addr: std::net::SocketAddr) -> redis::Connection {
+    let c = redis::Client::open(format!("redis://{addr}/")).unwrap();
+    let con = c.get_connection().unwrap();
+    con.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    con
+}
+
+/// SET 3,000-byte values until the server refuses; returns how many were stored.
+fn fill(c: &mut redis::Connection) -> usize {
+    let v = vec![b'x'; 3000];
+    for i in 0..20_000 {
+        let r: redis::RedisResult<String> = redis::cmd("SET").arg(format!("k{i}")).arg(&v).query(c);
+        match r {
+            Ok(ok) => assert_eq!(ok, "OK"),
+            Err(e) => {
+                assert!(e.to_string().contains("OOM"), "refused with {e}");
+                return i;
+            }
+        }
+    }
+    panic!("a 16 MiB pool took 20,000 values of 3,000 bytes");
+}
+
+fn still_serves(addr: std::net::SocketAddr, stored: usize) {
+    let mut c = con(addr);
+    let pong: String = redis::cmd("PING").query(&mut c).unwrap();
+    assert_eq!(pong, "PONG");
+    let v: Vec<u8> = redis::cmd("GET").arg("k0").query(&mut c).unwrap();
+    assert_eq!(v.len(), 3000);
+    let n: usize = redis::cmd("DBSIZE").query(&mut c).unwrap();
+    assert_eq!(n, stored);
+    let info: String = redis::cmd("INFO").query(&mut c).unwrap();
+    assert!(info.contains("# Keyspace"));
+}
+
+#[test]
+fn kv_full_pool() {
+    for engine in ["uring", "epoll"] {
+        let dir = common::tmpdir(&format!("full-kv-{engine}"));
+        let pool = dir.join("pool");
+        let p = pool.to_str().unwrap();
+        let args = [
+            "kv",
+            "--engine",
+            engine,
+            "--pool",
+            p,
+            "--pool-size",
+            "16MiB",
+        ];
+        let addr = common::free_addr();
+        let mut s = common::ServerProc::start(&args, addr);
+        let mut c = con(addr);
+        let stored = fill(&mut c);
+        assert!(stored > 1000, "{engine}: only {stored} values fit");
+        // The refusal is the Redis OOM error, verbatim.
+        let mut raw = TcpStream::connect(addr).unwrap();
+        raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        raw.write_all(format!("SET extra {}\r\n", "y".repeat(3000)).as_bytes())
+            .unwrap();
+        let mut buf = [0u8; 128];
+        let n = raw.read(&mut buf).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&buf[..n]).unwrap(),
+            format!("-{OOM}\r\n"),
+            "{engine}"
+        );
+        still_serves(addr, stored);
+
+        // Restart on the full pool: it comes up and serves.
+        assert!(s.term().success());
+        let addr = common::free_addr();
+        let mut s = common::ServerProc::start(&args, addr);
+        still_serves(addr, stored);
+
+        // Deleting makes room again (space comes back as the cleaner retires old segments).
+        let mut c = con(addr);
+        for i in 0..stored / 2 {
+            let _: i64 = redis::cmd("DEL")
+                .arg(format!("k{i}"))
+                .query(&mut c)
+                .unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r: redis::RedisResult<String> = redis::cmd("SET")
+                .arg("again")
+                .arg(vec![b'z'; 3000])
+                .query(&mut c);
+            match r {
+                Ok(ok) => {
+                    assert_eq!(ok, "OK");
+                    break;
+                }
+                Err(e) => {
+                    assert!(e.to_string().contains("OOM"), "{e}");
+                    assert!(
+                        Instant::now() < deadline,
+                        "{engine}: deleted space never came back"
+                    );
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+        let ok: String = redis::cmd("FLUSHALL").query(&mut c).unwrap();
+        assert_eq!(ok, "OK");
+        let ok: String = redis::cmd("SET")
+            .arg("after")
+            .arg("flush")
+            .query(&mut c)
+            .unwrap();
+        assert_eq!(ok, "OK");
+        assert!(s.term().success());
+        common::assert_inspect_ok(p);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+#[test]
+fn httpd_full_pool_is_507() {
+    for engine in ["uring", "epoll"] {
+        let dir = common::tmpdir(&format!("full-http-{engine}"));
+        let pool = dir.join("pool");
+        let p = pool.to_str().unwrap();
+        let addr = common::free_addr();
+        let _s = common::ServerProc::start(
+            &[
+                "httpd",
+                "--engine",
+                engine,
+                "--store",
+                "kv",
+                "--pool",
+                p,
+                "--pool-size",
+                "16MiB",
+            ],
+            addr,
+        );
+        let body = "b".repeat(3000);
+        let agent = ureq::Agent::new_with_defaults();
+        let mut refused = false;
+        for i in 0..20_000 {
+            let r = agent
+                .post(&format!("http://{addr}/k{i}"))
+                .config()
+                .http_status_as_error(false)
+                .build()
+                .send(&body)
+                .unwrap();
+            match r.status().as_u16() {
+                201 => {}
+                507 => {
+                    refused = true;
+                    break;
+                }
+                s => panic!("{engine}: unexpected status {s}"),
+            }
+        }
+        assert!(refused, "{engine}: never refused");
+        let r = agent.get(&format!("http://{addr}/k0")).call().unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{engine}: reads keep working");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
