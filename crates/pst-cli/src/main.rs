@@ -139,10 +139,10 @@ fn serve_http(a: HttpArgs) -> anyhow::Result<()> {
 fn serve_kv(a: KvArgs) -> anyhow::Result<()> {
     let pool = a.server.open_pool()?;
     let store = a.server.open_store(&pool)?;
-    let proto = Arc::new(pst_serve::kv::KvService::new(
-        a.max_value,
-        a.requirepass.clone(),
-    ));
+    let proto = Arc::new(
+        pst_serve::kv::KvService::new(a.max_value, a.requirepass.clone())
+            .with_persist(a.server.persist),
+    );
     let cfg = a.server.serve_config("127.0.0.1:6380");
     Ok(pst_serve::serve(
         &cfg,

@@ -20,7 +20,7 @@ mod userdata;
 
 pub use bid::BidTable;
 pub use buffers::Buffers;
-pub use core::{Core, CoreConfig, CoreStats, Op, SendError};
+pub use core::{Core, CoreConfig, CoreStats, Op, SendError, LINGER_MAX};
 pub use pst_pool::{BufAlloc, BufIdx, Partition};
 pub use slot::{ConnId, Extent, Slot, SlotKind};
 pub use userdata::{OpKind, UserData};

@@ -71,6 +71,8 @@ struct Conn<C> {
     peer_done: bool,
     /// We sent FIN after a final reply and discard input until the peer closes.
     lingering: bool,
+    /// Bytes discarded while lingering.
+    lingered: u64,
     last_rx: std::time::Instant,
     partial_since: Option<std::time::Instant>,
 }
@@ -214,6 +216,7 @@ fn run<A: StreamApp>(
                                 want_write: false,
                                 peer_done: false,
                                 lingering: false,
+                                lingered: 0,
                                 last_rx: std::time::Instant::now(),
                                 partial_since: None,
                             });
@@ -261,7 +264,15 @@ fn run<A: StreamApp>(
                     c.peer_done = true;
                     dirty.push(i);
                 }
-                Ok(_) if c.lingering => {} // discarded after our final reply
+                // Discarded after our final reply, up to a bound (as the port does).
+                Ok(n) if c.lingering => {
+                    c.lingered += n as u64;
+                    if c.lingered > pst::LINGER_MAX {
+                        c.peer_done = true;
+                        c.close_after = true;
+                        dirty.push(i);
+                    }
+                }
                 Ok(n) => {
                     if app.on_data(&mut c.app, &buf[..n], &mut c.out) == Verdict::Close {
                         c.close_after = true;

@@ -16,6 +16,11 @@ pub struct KvService {
     limits: Limits,
     password: Option<String>,
     requests: AtomicU64,
+    /// What `CONFIG GET appendonly`/`appendfsync` truthfully say.
+    persist: pst::PersistMode,
+    /// Tuning parameters set with `CONFIG SET` (accepted, remembered, without effect).
+    tuning: std::sync::Mutex<Vec<(String, Vec<u8>)>>,
+    next_client_id: AtomicU64,
 }
 
 /// Per-connection state.
@@ -23,6 +28,121 @@ pub struct KvService {
 pub struct KvConn {
     framer: CommandFramer,
     authed: bool,
+    /// The selected database (0..16).
+    db: u8,
+    id: u64,
+    name: Option<Vec<u8>>,
+}
+
+/// Databases `SELECT` can choose from.
+const DATABASES: u8 = 16;
+/// Keys of databases 1..16 are stored under this prefix and the database number; database 0
+/// keys are stored as they are (so pools written before databases existed read the same).
+const DB_PREFIX: &[u8] = b"\xffpst:db";
+
+/// The stored form of `key` in database `db`.
+fn db_key(db: u8, key: &[u8]) -> Vec<u8> {
+    if db == 0 {
+        return key.to_vec();
+    }
+    let mut k = Vec::with_capacity(DB_PREFIX.len() + 1 + key.len());
+    k.extend_from_slice(DB_PREFIX);
+    k.push(db);
+    k.extend_from_slice(key);
+    k
+}
+
+/// The database a stored key belongs to.
+fn key_db(stored: &[u8]) -> u8 {
+    match stored.strip_prefix(DB_PREFIX) {
+        Some([db, ..]) => *db,
+        _ => 0,
+    }
+}
+
+/// Redis's integer syntax (`string2ll`): optional `-`, no `+`, no leading zeros, no `-0`,
+/// at most 20 characters, within `i64`.
+fn parse_int(b: &[u8]) -> Option<i64> {
+    if b.is_empty() || b.len() > 20 {
+        return None;
+    }
+    if b == b"0" {
+        return Some(0);
+    }
+    let (neg, digits) = match b.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, b),
+    };
+    if !matches!(digits.first(), Some(b'1'..=b'9')) || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let mut v: u64 = 0;
+    for &d in digits {
+        v = v.checked_mul(10)?.checked_add((d - b'0') as u64)?;
+    }
+    if neg {
+        (v <= 1 << 63).then(|| (v as i64).wrapping_neg())
+    } else {
+        i64::try_from(v).ok()
+    }
+}
+
+/// Redis-style glob match (`*`, `?`, case-insensitive as CONFIG GET is).
+fn glob(pat: &[u8], s: &[u8]) -> bool {
+    match pat.split_first() {
+        None => s.is_empty(),
+        Some((b'*', rest)) => (0..=s.len()).any(|i| glob(rest, &s[i..])),
+        Some((b'?', rest)) => !s.is_empty() && glob(rest, &s[1..]),
+        Some((c, rest)) => s
+            .split_first()
+            .is_some_and(|(d, tail)| c.eq_ignore_ascii_case(d) && glob(rest, tail)),
+    }
+}
+
+/// `CONFIG SET` parameters accepted without effect: encoding and tuning knobs of Redis that
+/// have no meaning for this store (clients and test suites set them routinely).
+fn harmless_knob(name: &str) -> bool {
+    const SUFFIXES: [&str; 6] = [
+        "-max-listpack-entries",
+        "-max-listpack-value",
+        "-max-ziplist-entries",
+        "-max-ziplist-value",
+        "-max-intset-entries",
+        "-max-listpack-size",
+    ];
+    SUFFIXES.iter().any(|s| name.ends_with(s))
+        || matches!(
+            name,
+            "list-compress-depth"
+                | "lua-time-limit"
+                | "busy-reply-threshold"
+                | "latency-tracking"
+                | "slowlog-log-slower-than"
+                | "slowlog-max-len"
+                | "lazyfree-lazy-user-del"
+                | "lazyfree-lazy-user-flush"
+                | "lazyfree-lazy-expire"
+                | "lazyfree-lazy-server-del"
+                | "activedefrag"
+                | "hz"
+                | "dynamic-hz"
+                | "latency-monitor-threshold"
+        )
+}
+
+/// An error reply as Redis formats them: CR and LF become spaces (an argument echoed in an
+/// error can never split it into two replies).
+fn error_line(out: &mut Vec<u8>, msg: &str) {
+    let clean: String = msg
+        .chars()
+        .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
+        .collect();
+    reply::error(out, &clean);
+}
+
+/// At most `n` bytes of `b`, as text.
+fn cap(b: &[u8], n: usize) -> String {
+    String::from_utf8_lossy(&b[..b.len().min(n)]).into_owned()
 }
 
 impl KvService {
@@ -35,7 +155,58 @@ impl KvService {
             },
             password,
             requests: AtomicU64::new(0),
+            persist: pst::PersistMode::None,
+            tuning: std::sync::Mutex::new(Vec::new()),
+            next_client_id: AtomicU64::new(1),
         }
+    }
+
+    /// Report `persist` as the persistence mode (`CONFIG GET appendonly`, `INFO`).
+    pub fn with_persist(mut self, persist: pst::PersistMode) -> KvService {
+        self.persist = persist;
+        self
+    }
+
+    /// Every `CONFIG GET` parameter with its value.
+    fn config(&self) -> Vec<(String, Vec<u8>)> {
+        let durable = self.persist != pst::PersistMode::None;
+        let mut all = vec![
+            (
+                "appendonly".to_owned(),
+                if durable {
+                    b"yes".to_vec()
+                } else {
+                    b"no".to_vec()
+                },
+            ),
+            (
+                "appendfsync".to_owned(),
+                if durable {
+                    b"always".to_vec()
+                } else {
+                    b"no".to_vec()
+                },
+            ),
+            ("save".to_owned(), Vec::new()),
+            ("maxmemory".to_owned(), b"0".to_vec()),
+            ("databases".to_owned(), DATABASES.to_string().into_bytes()),
+            (
+                "requirepass".to_owned(),
+                self.password.clone().unwrap_or_default().into_bytes(),
+            ),
+            (
+                "proto-max-bulk-len".to_owned(),
+                self.limits.max_bulk.to_string().into_bytes(),
+            ),
+        ];
+        all.extend(
+            self.tuning
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .cloned(),
+        );
+        all
     }
 }
 
@@ -53,6 +224,13 @@ impl Out<'_> {
         }
     }
 }
+
+/// The commands `pst kv` implements (`COMMAND COUNT`).
+const COMMANDS: [&str; 24] = [
+    "AUTH", "CLIENT", "COMMAND", "CONFIG", "DBSIZE", "DECR", "DECRBY", "DEL", "ECHO", "EXISTS",
+    "FLUSHALL", "FLUSHDB", "FUNCTION", "GET", "INCR", "INCRBY", "INFO", "MGET", "MSET", "PING",
+    "QUIT", "SELECT", "SET", "UNLINK",
+];
 
 /// What Redis answers a write it has no memory for; `pst kv` answers it when the pool or the
 /// log is full (DESIGN §4), and keeps serving reads, deletes and `FLUSHALL`.
@@ -114,26 +292,28 @@ impl KvService {
             io.gather(args[i].clone(), &mut v);
             v
         };
+        let db = c.db;
+        // Argument `i` as a key of the selected database.
+        let key = |io: &dyn Io, i: usize| db_key(db, &arg(io, i));
         if let Some(pw) = &self.password {
             if !c.authed && !matches!(name.as_str(), "AUTH" | "PING" | "QUIT" | "HELLO") {
                 reply::error(&mut out.buf, "NOAUTH Authentication required.");
                 return true;
             }
             if name == "AUTH" {
-                let given = if n == 2 {
-                    Some(arg(&*io, 1))
-                } else if n == 3 {
-                    Some(arg(&*io, 2))
-                } else {
-                    None
+                // `AUTH password`, or `AUTH default password` (the only user there is).
+                let ok = match n {
+                    2 => Some(arg(&*io, 1) == pw.as_bytes()),
+                    3 => Some(arg(&*io, 1) == b"default" && arg(&*io, 2) == pw.as_bytes()),
+                    _ => None,
                 };
-                match given {
+                match ok {
                     None => arity_error(&mut out.buf, &name),
-                    Some(g) if g == pw.as_bytes() => {
+                    Some(true) => {
                         c.authed = true;
                         reply::simple(&mut out.buf, "OK");
                     }
-                    Some(_) => reply::error(
+                    Some(false) => reply::error(
                         &mut out.buf,
                         "WRONGPASS invalid username-password pair or user is disabled.",
                     ),
@@ -157,14 +337,20 @@ impl KvService {
                 reply::simple(&mut out.buf, "OK");
                 return false;
             }
-            "AUTH" => reply::error(&mut out.buf, "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?"),
+            // No password: the default user takes any password; other users do not exist.
+            "AUTH" if n == 3 && arg(&*io, 1) == b"default" => reply::simple(&mut out.buf, "OK"),
+            "AUTH" if n == 3 => reply::error(
+                &mut out.buf,
+                "WRONGPASS invalid username-password pair or user is disabled.",
+            ),
+            "AUTH" if n == 2 => reply::error(&mut out.buf, "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?"),
             "SET" | "MSET" | "INCR" | "DECR" | "INCRBY" | "DECRBY"
                 if !io.has_room(args[1..].iter().map(len).sum()) =>
             {
                 reply::error(&mut out.buf, OOM)
             }
             "SET" if n == 3 => {
-                let key = arg(&*io, 1);
+                let key = key(&*io, 1);
                 match io.extents(args[2].clone()) {
                     None => reply::error(&mut out.buf, OOM),
                     Some(exts) => match store.put(&key, exts) {
@@ -174,17 +360,17 @@ impl KvService {
                 }
             }
             "SET" if n > 3 => reply::error(&mut out.buf, "ERR syntax error"),
-            "GET" if n == 2 => bulk_value(store, &arg(&*io, 1), io, out),
+            "GET" if n == 2 => bulk_value(store, &key(&*io, 1), io, out),
             "MGET" if n >= 2 => {
                 reply::array(&mut out.buf, n - 1);
                 for i in 1..n {
-                    bulk_value(store, &arg(&*io, i), io, out);
+                    bulk_value(store, &key(&*io, i), io, out);
                 }
             }
             "MSET" if n >= 3 && n % 2 == 1 => {
                 let mut err = None;
                 for i in (1..n).step_by(2) {
-                    let key = arg(&*io, i);
+                    let key = key(&*io, i);
                     let r = match io.extents(args[i + 1].clone()) {
                         None => Err(pst_store::StoreError::LogFull),
                         Some(exts) => store.put(&key, exts),
@@ -202,7 +388,7 @@ impl KvService {
             "DEL" | "UNLINK" if n >= 2 => {
                 let mut count = 0;
                 for i in 1..n {
-                    match store.delete(&arg(&*io, i)) {
+                    match store.delete(&key(&*io, i)) {
                         Ok(Some(_)) => count += 1,
                         Ok(None) => {}
                         Err(e) => {
@@ -214,7 +400,7 @@ impl KvService {
                 reply::int(&mut out.buf, count);
             }
             "EXISTS" if n >= 2 => {
-                let count = (1..n).filter(|&i| store.get(&arg(&*io, i)).is_some()).count();
+                let count = (1..n).filter(|&i| store.get(&key(&*io, i)).is_some()).count();
                 reply::int(&mut out.buf, count as i64);
             }
             "INCR" | "DECR" | "INCRBY" | "DECRBY" => {
@@ -222,7 +408,7 @@ impl KvService {
                     ("INCR", 2) => Some(1),
                     ("DECR", 2) => Some(-1),
                     ("INCRBY", 3) | ("DECRBY", 3) => {
-                        let v = std::str::from_utf8(&arg(&*io, 2)).ok().and_then(|s| s.parse::<i64>().ok());
+                        let v = parse_int(&arg(&*io, 2));
                         match v {
                             Some(v) if name == "DECRBY" => v.checked_neg(),
                             v => v,
@@ -238,10 +424,10 @@ impl KvService {
                     }
                 };
                 let Some(by) = by else { return true };
-                let key = arg(&*io, 1);
+                let key = key(&*io, 1);
                 let mut cur = Vec::new();
                 let old = match store.read_value(&key, &mut cur) {
-                    Ok(true) => std::str::from_utf8(&cur).ok().and_then(|s| s.parse::<i64>().ok()),
+                    Ok(true) => parse_int(&cur),
                     Ok(false) => Some(0),
                     Err(_) => None,
                 };
@@ -257,58 +443,186 @@ impl KvService {
                     },
                 }
             }
-            "DBSIZE" if n == 1 => reply::int(&mut out.buf, store.len() as i64),
-            "FLUSHALL" | "FLUSHDB" => match store.clear() {
+            "DBSIZE" if n == 1 => {
+                let count = store.keys().filter(|k| key_db(k) == db).count();
+                reply::int(&mut out.buf, count as i64)
+            }
+            "FLUSHALL" | "FLUSHDB" if n > 2 || (n == 2 && !matches!(arg(&*io, 1).to_ascii_uppercase().as_slice(), b"ASYNC" | b"SYNC")) => {
+                reply::error(&mut out.buf, "ERR syntax error")
+            }
+            "FLUSHALL" => match store.clear() {
                 Ok(_) => reply::simple(&mut out.buf, "OK"),
                 Err(e) => write_err(out, e),
             },
-            "SELECT" if n == 2 => {
-                if arg(&*io, 1) == b"0" {
-                    reply::simple(&mut out.buf, "OK")
-                } else {
-                    reply::error(&mut out.buf, "ERR DB index is out of range")
+            "FLUSHDB" => {
+                let keys: Vec<Vec<u8>> =
+                    store.keys().filter(|k| key_db(k) == db).map(<[u8]>::to_vec).collect();
+                for k in keys {
+                    if let Err(e) = store.delete(&k) {
+                        write_err(out, e);
+                        return true;
+                    }
                 }
+                reply::simple(&mut out.buf, "OK")
             }
+            "SELECT" if n == 2 => match parse_int(&arg(&*io, 1)) {
+                Some(i) if (0..DATABASES as i64).contains(&i) => {
+                    c.db = i as u8;
+                    reply::simple(&mut out.buf, "OK")
+                }
+                Some(_) => reply::error(&mut out.buf, "ERR DB index is out of range"),
+                None => reply::error(&mut out.buf, "ERR value is not an integer or out of range"),
+            },
             "INFO" => {
                 let st = store.stats();
+                let mut per_db = [0u64; DATABASES as usize];
+                for k in store.keys() {
+                    per_db[key_db(k) as usize % DATABASES as usize] += 1;
+                }
+                let mut keyspace = String::new();
+                for (i, &count) in per_db.iter().enumerate().filter(|(_, &c)| c > 0) {
+                    keyspace += &format!("db{i}:keys={count},expires=0,avg_ttl=0\r\n");
+                }
+                let durable = self.persist != pst::PersistMode::None;
                 let text = format!(
-                    "# Server\r\nredis_version:7.0.0\r\npst_version:{}\r\nredis_mode:standalone\r\n\r\n# Persistence\r\naof_enabled:1\r\npst_log_records:{}\r\npst_log_segments_free:{}/{}\r\npst_commits:{}\r\npst_compactions:{}\r\npst_buffers_held:{}\r\n\r\n# Keyspace\r\ndb0:keys={},expires=0,avg_ttl=0\r\n",
+                    "# Server\r\nredis_version:7.0.0\r\npst_version:{}\r\nredis_mode:standalone\r\n\r\n# Persistence\r\naof_enabled:{}\r\npst_persist:{}\r\npst_log_records:{}\r\npst_log_segments_free:{}/{}\r\npst_commits:{}\r\npst_compactions:{}\r\npst_buffers_held:{}\r\n\r\n# Keyspace\r\n{keyspace}",
                     env!("CARGO_PKG_VERSION"),
+                    durable as u8,
+                    self.persist,
                     st.records,
                     st.free_segments,
                     st.segments,
                     st.commits,
                     st.compactions,
                     st.buffers_held,
-                    st.live_keys
                 );
                 reply::bulk(&mut out.buf, text.as_bytes());
             }
-            // redis-cli asks for COMMAND DOCS at start; redis-benchmark for CONFIG GET: empty
-            // answers are what a minimal server gives and both clients accept them.
-            "COMMAND" => reply::array(&mut out.buf, 0),
-            "CONFIG" if n == 3 && arg(&*io, 1).eq_ignore_ascii_case(b"GET") => {
-                let param = arg(&*io, 2).to_ascii_lowercase();
-                let value: &[u8] = match &param[..] {
-                    b"appendonly" => b"yes",
-                    b"appendfsync" => b"always",
-                    _ => b"",
-                };
-                reply::array(&mut out.buf, 2);
-                reply::bulk(&mut out.buf, &param);
-                reply::bulk(&mut out.buf, value);
+            // There are no functions; flushing them is truthfully a no-op.
+            "FUNCTION" if n >= 2 => {
+                let sub = arg(&*io, 1).to_ascii_uppercase();
+                match sub.as_slice() {
+                    b"FLUSH" if n <= 3 => reply::simple(&mut out.buf, "OK"),
+                    b"LIST" => reply::array(&mut out.buf, 0),
+                    _ => error_line(
+                        &mut out.buf,
+                        &format!("ERR unknown subcommand '{}'. Try FUNCTION HELP.", cap(&sub, 128)),
+                    ),
+                }
             }
-            "CONFIG" => reply::error(&mut out.buf, "ERR CONFIG subcommand not supported (only CONFIG GET)"),
-            "CLIENT" => reply::simple(&mut out.buf, "OK"),
-            "ECHO" | "SET" | "GET" | "MGET" | "MSET" | "DEL" | "UNLINK" | "EXISTS" | "DBSIZE" | "SELECT" => {
+            // redis-cli asks for COMMAND DOCS at start: an empty answer is accepted.
+            "COMMAND" if n == 1 => reply::array(&mut out.buf, 0),
+            "COMMAND" => {
+                let sub = arg(&*io, 1).to_ascii_uppercase();
+                match sub.as_slice() {
+                    b"DOCS" => reply::array(&mut out.buf, 0),
+                    b"COUNT" => reply::int(&mut out.buf, COMMANDS.len() as i64),
+                    _ => error_line(
+                        &mut out.buf,
+                        &format!("ERR unknown subcommand '{}'. Try COMMAND HELP.", cap(&sub, 128)),
+                    ),
+                }
+            }
+            "CONFIG" if n >= 3 && arg(&*io, 1).eq_ignore_ascii_case(b"GET") => {
+                let all = self.config();
+                let mut hits: Vec<&(String, Vec<u8>)> = Vec::new();
+                for i in 2..n {
+                    let pat = arg(&*io, i);
+                    for p in &all {
+                        if glob(&pat, p.0.as_bytes()) && !hits.iter().any(|h| h.0 == p.0) {
+                            hits.push(p);
+                        }
+                    }
+                }
+                reply::array(&mut out.buf, hits.len() * 2);
+                for (name, value) in hits {
+                    reply::bulk(&mut out.buf, name.as_bytes());
+                    reply::bulk(&mut out.buf, value);
+                }
+            }
+            "CONFIG" if n >= 4 && n.is_multiple_of(2) && arg(&*io, 1).eq_ignore_ascii_case(b"SET") => {
+                let mut set = Vec::new();
+                for i in (2..n).step_by(2) {
+                    let name = String::from_utf8_lossy(&arg(&*io, i)).to_ascii_lowercase();
+                    if !harmless_knob(&name) {
+                        error_line(
+                            &mut out.buf,
+                            &format!("ERR Unknown option or number of arguments for CONFIG SET - '{}'", cap(name.as_bytes(), 128)),
+                        );
+                        return true;
+                    }
+                    set.push((name, arg(&*io, i + 1)));
+                }
+                let mut tuning = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
+                for (name, value) in set {
+                    tuning.retain(|t| t.0 != name);
+                    tuning.push((name, value));
+                }
+                reply::simple(&mut out.buf, "OK")
+            }
+            "CONFIG" if n == 2 && arg(&*io, 1).eq_ignore_ascii_case(b"RESETSTAT") => {
+                reply::simple(&mut out.buf, "OK")
+            }
+            "CONFIG" => {
+                let sub = if n > 1 { arg(&*io, 1) } else { Vec::new() };
+                error_line(
+                    &mut out.buf,
+                    &format!("ERR unknown subcommand or wrong number of arguments for '{}'. Try CONFIG HELP.", cap(&sub, 128)),
+                )
+            }
+            "CLIENT" if n >= 2 => {
+                let sub = arg(&*io, 1).to_ascii_uppercase();
+                match (sub.as_slice(), n) {
+                    (b"ID", 2) => reply::int(&mut out.buf, c.id as i64),
+                    (b"GETNAME", 2) => match &c.name {
+                        Some(name) => reply::bulk(&mut out.buf, name),
+                        None => reply::null(&mut out.buf),
+                    },
+                    (b"SETNAME", 3) => {
+                        let name = arg(&*io, 2);
+                        if name.iter().any(|&b| b <= b' ' || b > b'~') {
+                            reply::error(&mut out.buf, "ERR Client names cannot contain spaces, newlines or special characters.");
+                        } else {
+                            c.name = (!name.is_empty()).then_some(name);
+                            reply::simple(&mut out.buf, "OK");
+                        }
+                    }
+                    (b"INFO", 2) => {
+                        let line = format!(
+                            "id={} name={} db={}\n",
+                            c.id,
+                            String::from_utf8_lossy(c.name.as_deref().unwrap_or_default()),
+                            c.db
+                        );
+                        reply::bulk(&mut out.buf, line.as_bytes());
+                    }
+                    _ => error_line(
+                        &mut out.buf,
+                        &format!("ERR unknown subcommand or wrong number of arguments for '{}'. Try CLIENT HELP.", cap(&sub, 128)),
+                    ),
+                }
+            }
+            "ECHO" | "SET" | "GET" | "MGET" | "MSET" | "DEL" | "UNLINK" | "EXISTS" | "DBSIZE" | "SELECT" | "FUNCTION" | "CLIENT" => {
                 arity_error(&mut out.buf, &name)
             }
             _ => {
-                let mut msg = format!("ERR unknown command '{}', with args beginning with: ", String::from_utf8_lossy(&arg(&*io, 0)));
-                for i in 1..n.min(4) {
-                    msg.push_str(&format!("'{}' ", String::from_utf8_lossy(&arg(&*io, i))));
+                // As Redis: the name and the first arguments, at most 128 bytes each and in
+                // all, CR/LF turned into spaces (an echo must never split the reply).
+                let mut args_text = String::new();
+                for i in 1..n {
+                    if args_text.len() >= 128 {
+                        break;
+                    }
+                    let room = 128 - args_text.len();
+                    args_text += &format!("'{}' ", cap(&arg(&*io, i), room));
                 }
-                reply::error(&mut out.buf, msg.trim_end());
+                error_line(
+                    &mut out.buf,
+                    &format!(
+                        "ERR unknown command '{}', with args beginning with: {args_text}",
+                        cap(&arg(&*io, 0), 128)
+                    ),
+                );
             }
         }
         true
@@ -322,6 +636,10 @@ impl Protocol for KvService {
         KvConn {
             framer: CommandFramer::new(self.limits),
             authed: self.password.is_none(),
+            db: 0,
+            // Relaxed: a unique number is all that is needed.
+            id: self.next_client_id.fetch_add(1, Ordering::Relaxed),
+            name: None,
         }
     }
 
@@ -466,5 +784,120 @@ mod tests {
     fn busy_reply_is_one_resp_error() {
         let svc = KvService::new(1024, None);
         assert_eq!(svc.busy_reply(), b"-ERR max number of clients reached\r\n");
+    }
+
+    #[test]
+    fn databases_are_separate() {
+        let mut c = conv(None);
+        assert_eq!(c.say(&cmd(&["SET", "k", "zero"])), "+OK\r\n");
+        assert_eq!(c.say(&cmd(&["SELECT", "9"])), "+OK\r\n");
+        assert_eq!(c.say(&cmd(&["GET", "k"])), "$-1\r\n");
+        assert_eq!(c.say(&cmd(&["SET", "k", "nine"])), "+OK\r\n");
+        assert_eq!(c.say(&cmd(&["DBSIZE"])), ":1\r\n");
+        assert_eq!(c.say(&cmd(&["FLUSHDB"])), "+OK\r\n");
+        assert_eq!(c.say(&cmd(&["DBSIZE"])), ":0\r\n");
+        assert_eq!(c.say(&cmd(&["SELECT", "0"])), "+OK\r\n");
+        assert_eq!(c.say(&cmd(&["GET", "k"])), "$4\r\nzero\r\n");
+        assert_eq!(
+            c.say(&cmd(&["SELECT", "16"])),
+            "-ERR DB index is out of range\r\n"
+        );
+        assert_eq!(
+            c.say(&cmd(&["SELECT", "x"])),
+            "-ERR value is not an integer or out of range\r\n"
+        );
+        assert_eq!(c.say(&cmd(&["FLUSHALL", "junk"])), "-ERR syntax error\r\n");
+        assert_eq!(c.say(&cmd(&["FUNCTION", "FLUSH"])), "+OK\r\n");
+    }
+
+    #[test]
+    fn unknown_command_echo_cannot_split_the_reply() {
+        let mut c = conv(None);
+        let evil = c.say(&cmd(&["NOPE", "a\r\n+OK", &"z".repeat(500)]));
+        assert_eq!(evil.matches("\r\n").count(), 1, "{evil:?}");
+        assert!(
+            evil.starts_with("-ERR unknown command 'NOPE', with args beginning with: 'a  +OK' ")
+        );
+        assert!(evil.len() < 300, "echo is capped: {}", evil.len());
+        assert_eq!(c.say(&cmd(&["PING"])), "+PONG\r\n", "replies stay in step");
+    }
+
+    #[test]
+    fn integers_follow_redis_syntax() {
+        for bad in ["+1", "007", "-0", " 1", "1 ", "", "99999999999999999999"] {
+            assert_eq!(parse_int(bad.as_bytes()), None, "{bad:?}");
+        }
+        assert_eq!(parse_int(b"0"), Some(0));
+        assert_eq!(parse_int(b"-9223372036854775808"), Some(i64::MIN));
+        assert_eq!(parse_int(b"9223372036854775807"), Some(i64::MAX));
+        assert_eq!(parse_int(b"9223372036854775808"), None);
+        let mut c = conv(None);
+        assert_eq!(c.say(&cmd(&["SET", "n", "007"])), "+OK\r\n");
+        assert_eq!(
+            c.say(&cmd(&["INCR", "n"])),
+            "-ERR value is not an integer or out of range\r\n"
+        );
+        assert_eq!(
+            c.say(&cmd(&["INCRBY", "m", "+1"])),
+            "-ERR value is not an integer or out of range\r\n"
+        );
+    }
+
+    #[test]
+    fn config_get_is_truthful_and_set_takes_only_harmless_knobs() {
+        let mut c = Conversation::new(
+            KvService::new(1 << 20, None).with_persist(pst::PersistMode::None),
+            true,
+        );
+        assert_eq!(
+            c.say(&cmd(&["CONFIG", "GET", "appendonly"])),
+            "*2\r\n$10\r\nappendonly\r\n$2\r\nno\r\n"
+        );
+        assert_eq!(c.say(&cmd(&["CONFIG", "GET", "no-such-thing"])), "*0\r\n");
+        let both = c.say(&cmd(&["CONFIG", "GET", "append*"]));
+        assert!(both.starts_with("*4\r\n"), "{both}");
+        assert_eq!(
+            c.say(&cmd(&["CONFIG", "SET", "hash-max-listpack-entries", "0"])),
+            "+OK\r\n"
+        );
+        assert_eq!(
+            c.say(&cmd(&["CONFIG", "GET", "hash-max-listpack-entries"])),
+            "*2\r\n$25\r\nhash-max-listpack-entries\r\n$1\r\n0\r\n"
+        );
+        let refused = c.say(&cmd(&["CONFIG", "SET", "appendonly", "yes"]));
+        assert!(refused.starts_with("-ERR Unknown option"), "{refused}");
+        let durable = Conversation::new(
+            KvService::new(1 << 20, None).with_persist(pst::PersistMode::Fsync),
+            true,
+        )
+        .say(&cmd(&["CONFIG", "GET", "appendonly"]));
+        assert!(durable.ends_with("$3\r\nyes\r\n"), "{durable}");
+    }
+
+    #[test]
+    fn client_and_command_answer_what_they_are_asked() {
+        let mut c = conv(None);
+        assert!(c.say(&cmd(&["CLIENT", "ID"])).starts_with(':'));
+        assert_eq!(c.say(&cmd(&["CLIENT", "GETNAME"])), "$-1\r\n");
+        assert_eq!(c.say(&cmd(&["CLIENT", "SETNAME", "app"])), "+OK\r\n");
+        assert_eq!(c.say(&cmd(&["CLIENT", "GETNAME"])), "$3\r\napp\r\n");
+        assert!(c
+            .say(&cmd(&["CLIENT", "KILL", "x"]))
+            .starts_with("-ERR unknown subcommand"));
+        assert_eq!(
+            c.say(&cmd(&["COMMAND", "COUNT"])),
+            format!(":{}\r\n", COMMANDS.len())
+        );
+        assert_eq!(c.say(&cmd(&["AUTH", "default", "anything"])), "+OK\r\n");
+        assert!(c.say(&cmd(&["AUTH", "bob", "x"])).starts_with("-WRONGPASS"));
+    }
+
+    #[test]
+    fn auth_default_user_with_a_password() {
+        let mut c = conv(Some("pw"));
+        assert!(c
+            .say(&cmd(&["AUTH", "default", "nope"]))
+            .starts_with("-WRONGPASS"));
+        assert_eq!(c.say(&cmd(&["AUTH", "default", "pw"])), "+OK\r\n");
     }
 }

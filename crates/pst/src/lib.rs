@@ -54,7 +54,7 @@ use std::time::Duration;
 
 pub use pst_pool::Partition;
 pub use pst_pool::{BufIdx, Geometry, PersistError, PersistMode, Pool, PoolError, PoolOptions};
-pub use pst_ring::{Buffers, ConnId, CoreStats, Extent, SendError, Slot, SlotKind};
+pub use pst_ring::{Buffers, ConnId, CoreStats, Extent, SendError, Slot, SlotKind, LINGER_MAX};
 pub use pst_uring::{DriverConfig, DriverStats};
 
 use pst_ring::{BufAlloc, Core, CoreConfig};

@@ -24,6 +24,10 @@ const EINVAL: i32 = 22;
 pub const CQE_F_NOTIF: u32 = 8;
 
 const ENOBUFS: i32 = 105;
+/// Most bytes a lingering connection may still send before it is closed outright: enough for
+/// requests already in flight when the final reply left, not a channel for a client that
+/// keeps sending after a protocol error.
+pub const LINGER_MAX: u64 = 64 << 10;
 const ECANCELED: i32 = 125;
 
 /// Core parameters.
@@ -128,6 +132,8 @@ struct Conn {
     /// Lingering close: FIN once the queued data is sent, keep reading (and discarding) until
     /// the peer closes, so the peer sees our last reply instead of a reset.
     linger: bool,
+    /// Bytes discarded while lingering; past [`LINGER_MAX`] the connection is closed outright.
+    lingered: u64,
     fin_sent: bool,
     broken: bool,
     tx_inflight: bool,
@@ -296,6 +302,7 @@ impl Core {
             rx_done: false,
             close_requested: false,
             linger: false,
+            lingered: 0,
             fin_sent: false,
             broken: false,
             tx_inflight: false,

@@ -162,7 +162,11 @@ impl Core {
         if lingering {
             self.release_lent(bufs);
             let c = self.conn_mut(id).expect("looked up above");
-            if res > 0 && !more {
+            c.lingered += res.max(0) as u64;
+            if c.lingered > LINGER_MAX {
+                c.rx_done = true;
+                self.close(id);
+            } else if res > 0 && !more {
                 self.arm_recv(id);
             } else if res <= 0 && res != -ENOBUFS && !more {
                 c.rx_done = true;
