@@ -17,6 +17,8 @@ pub struct BidTable {
     lent: Vec<Option<BufIdx>>,
     free: Vec<u16>,
     order: VecDeque<u16>,
+    /// The lent buffers, for [`BidTable::is_lent`].
+    lent_bufs: std::collections::HashSet<u32>,
 }
 
 impl BidTable {
@@ -26,6 +28,7 @@ impl BidTable {
             lent: vec![None; entries as usize],
             free: (0..entries).rev().collect(),
             order: VecDeque::with_capacity(entries as usize),
+            lent_bufs: std::collections::HashSet::with_capacity(entries as usize),
         }
     }
 
@@ -43,6 +46,7 @@ impl BidTable {
     pub fn lend(&mut self, buf: BufIdx) -> Option<u16> {
         let bid = self.free.pop()?;
         self.lent[bid as usize] = Some(buf);
+        self.lent_bufs.insert(buf.0);
         self.order.push_back(bid);
         Some(bid)
     }
@@ -73,6 +77,7 @@ impl BidTable {
                 .take()
                 .expect("ids in the order are lent");
             self.free.push(bid);
+            self.lent_bufs.remove(&buf.0);
             out.push(buf);
         }
         true
@@ -88,7 +93,13 @@ impl BidTable {
             }
         }
         self.order.clear();
+        self.lent_bufs.clear();
         out
+    }
+
+    /// Whether `buf` is lent to the kernel right now (it may write it at the next enter).
+    pub fn is_lent(&self, buf: BufIdx) -> bool {
+        self.lent_bufs.contains(&buf.0)
     }
 }
 

@@ -21,8 +21,9 @@ pub enum Piece {
     /// A pool extent to send without copying (a stored value).
     Ext(Extent),
     /// The connection's own stream bytes in this range, sent back as they are (echo): from
-    /// the pool buffers they landed in on the port, copied on epoll. The range must still be
-    /// needed ([`Protocol::needed_from`]) when `on_chunk` returns; the engine resolves it then.
+    /// the pool buffers they landed in on the port, copied on epoll. The range must be part of
+    /// what `on_chunk` was handed or still held (not before the `needed_from` of the call's
+    /// start); the engine resolves it right after `on_chunk`, before releasing anything.
     Input(Range<u64>),
 }
 

@@ -22,7 +22,6 @@ mod append;
 pub mod format;
 mod read;
 mod recovery;
-use recovery::Recovery;
 mod space;
 
 use std::collections::{HashMap, VecDeque};
@@ -67,6 +66,19 @@ pub enum StoreError {
     /// The log region is too small or misaligned for a store.
     #[error("log region unusable: {0}")]
     Layout(String),
+}
+
+/// What recovery may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recovery {
+    /// Read and verify only; write nothing (`pst inspect`).
+    Inspect,
+    /// Recover and make the recovered end durable; refuse a log with damaged acknowledged
+    /// records.
+    Open,
+    /// As `Open`, but start from the last intact record of a damaged log (an operator's
+    /// decision: what follows the damage is dropped).
+    Salvage,
 }
 
 /// What recovery found.

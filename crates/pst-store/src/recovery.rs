@@ -3,19 +3,6 @@
 
 use super::*;
 
-/// What recovery may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Recovery {
-    /// Read and verify only; write nothing (`pst inspect`).
-    Inspect,
-    /// Recover and make the recovered end durable; refuse a log with damaged acknowledged
-    /// records.
-    Open,
-    /// As `Open`, but start from the last intact record of a damaged log (an operator's
-    /// decision: what follows the damage is dropped).
-    Salvage,
-}
-
 impl<M: Media> Store<M> {
     pub(super) fn open_inner(
         media: M,

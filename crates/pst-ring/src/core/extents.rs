@@ -54,7 +54,9 @@ impl Core {
 
     /// A new reference on part of an already referenced buffer of this partition.
     pub fn retain(&mut self, b: BufIdx, off: u32, len: u32) -> Option<Extent> {
-        if off as u64 + len as u64 > self.cfg.buf_size as u64 {
+        // A buffer lent to the kernel has a reference too (the core's, for the kernel), but
+        // it is no one's to read: the kernel may write it at the next enter.
+        if off as u64 + len as u64 > self.cfg.buf_size as u64 || self.bids.is_lent(b) {
             return None;
         }
         self.owner(b).retain(b).ok()?;

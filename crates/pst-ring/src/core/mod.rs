@@ -383,7 +383,6 @@ impl Core {
         self.kick_tx(conn);
     }
 
-    /// Close every connection (shutdown).
     /// Forget every connection and listener at once and hand back their fds, for the driver
     /// to close when the port is dropped without a clean shutdown. Their buffers are not
     /// returned: the pool is going away with the port, or its owner recovers it from the store.
@@ -396,6 +395,11 @@ impl Core {
         fds.extend(self.listeners.iter_mut().filter(|l| l.open).map(|l| {
             l.open = false;
             l.fd
+        }));
+        // Connections already gone from the table whose close was queued but never submitted.
+        fds.extend(self.ops.drain(..).filter_map(|op| match op {
+            Op::Close { fd, .. } => Some(fd),
+            _ => None,
         }));
         self.open_conns = 0;
         fds

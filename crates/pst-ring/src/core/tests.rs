@@ -388,3 +388,33 @@ fn split_shares_one_buffer() {
     c.release(y);
     assert_eq!(c.alloc().refs(b), Ok(0));
 }
+
+#[test]
+fn a_lent_buffer_cannot_be_retained() {
+    let mut c = core(8, 4);
+    let lent = refill(&mut c);
+    let (_, b) = lent[0];
+    assert!(
+        c.retain(b, 0, 16).is_none(),
+        "the kernel may write a lent buffer: no extent on it"
+    );
+    let mine = c.alloc_extent().expect("a free buffer");
+    let shared = c
+        .retain(mine.buf(), 0, 16)
+        .expect("an owned buffer can be shared");
+    c.release(shared);
+    c.release(mine);
+}
+
+#[test]
+fn forget_all_hands_back_queued_closes() {
+    let mut c = core(8, 4);
+    let id = unsafe { c.register(5) };
+    c.close(id);
+    let fds = c.forget_all();
+    assert!(
+        fds.contains(&5),
+        "a close queued but not submitted is handed back: {fds:?}"
+    );
+    assert!(c.pop_op().is_none());
+}
