@@ -87,6 +87,17 @@ fn parse_int(b: &[u8]) -> Option<i64> {
     }
 }
 
+/// `GETRANGE`'s slice: negative indices count from the end, both ends inclusive and clamped.
+fn redis_range(v: &[u8], start: i64, end: i64) -> &[u8] {
+    let len = v.len() as i64;
+    let fix = |i: i64| if i < 0 { (len + i).max(0) } else { i };
+    let (s, e) = (fix(start), fix(end).min(len - 1));
+    if len == 0 || s > e || s >= len {
+        return &[];
+    }
+    &v[s as usize..=e as usize]
+}
+
 /// Redis-style glob match (`*`, `?`, case-insensitive as CONFIG GET is).
 fn glob(pat: &[u8], s: &[u8]) -> bool {
     match pat.split_first() {
@@ -226,10 +237,11 @@ impl Out<'_> {
 }
 
 /// The commands `pst kv` implements (`COMMAND COUNT`).
-const COMMANDS: [&str; 24] = [
-    "AUTH", "CLIENT", "COMMAND", "CONFIG", "DBSIZE", "DECR", "DECRBY", "DEL", "ECHO", "EXISTS",
-    "FLUSHALL", "FLUSHDB", "FUNCTION", "GET", "INCR", "INCRBY", "INFO", "MGET", "MSET", "PING",
-    "QUIT", "SELECT", "SET", "UNLINK",
+const COMMANDS: [&str; 32] = [
+    "APPEND", "AUTH", "CLIENT", "COMMAND", "CONFIG", "DBSIZE", "DECR", "DECRBY", "DEL", "ECHO",
+    "EXISTS", "FLUSHALL", "FLUSHDB", "FUNCTION", "GET", "GETDEL", "GETRANGE", "GETSET", "INCR",
+    "INCRBY", "INFO", "MGET", "MSET", "MSETNX", "PING", "QUIT", "SELECT", "SET", "SETNX", "STRLEN",
+    "SUBSTR", "UNLINK",
 ];
 
 /// What Redis answers a write it has no memory for; `pst kv` answers it when the pool or the
@@ -344,7 +356,7 @@ impl KvService {
                 "WRONGPASS invalid username-password pair or user is disabled.",
             ),
             "AUTH" if n == 2 => reply::error(&mut out.buf, "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?"),
-            "SET" | "MSET" | "INCR" | "DECR" | "INCRBY" | "DECRBY"
+            "SET" | "MSET" | "INCR" | "DECR" | "INCRBY" | "DECRBY" | "GETSET" | "SETNX" | "MSETNX"
                 if !io.has_room(args[1..].iter().map(len).sum()) =>
             {
                 reply::error(&mut out.buf, OOM)
@@ -359,7 +371,152 @@ impl KvService {
                     },
                 }
             }
-            "SET" if n > 3 => reply::error(&mut out.buf, "ERR syntax error"),
+            "SET" if n > 3 => {
+                // SET key value [NX|XX] [GET] [KEEPTTL]; expiries are not supported (yet), and
+                // are refused rather than ignored.
+                let (mut nx, mut xx, mut get) = (false, false, false);
+                for i in 3..n {
+                    match arg(&*io, i).to_ascii_uppercase().as_slice() {
+                        b"NX" if !xx => nx = true,
+                        b"XX" if !nx => xx = true,
+                        b"GET" => get = true,
+                        b"KEEPTTL" => {}
+                        b"EX" | b"PX" | b"EXAT" | b"PXAT" => {
+                            reply::error(&mut out.buf, "ERR SET with an expiry is not supported by pst");
+                            return true;
+                        }
+                        _ => {
+                            reply::error(&mut out.buf, "ERR syntax error");
+                            return true;
+                        }
+                    }
+                }
+                let key = key(&*io, 1);
+                // The old value (for GET) is read before the write, replied after it: one
+                // reply per command, whatever happens.
+                let mut old = Vec::new();
+                let exists = match store.read_value(&key, &mut old) {
+                    Ok(e) => e,
+                    Err(_) => {
+                        reply::error(&mut out.buf, "ERR stored value is corrupt");
+                        return true;
+                    }
+                };
+                let old_reply = |out: &mut Out<'_>| match exists {
+                    true => reply::bulk(&mut out.buf, &old),
+                    false => reply::null(&mut out.buf),
+                };
+                if (nx && exists) || (xx && !exists) {
+                    match get {
+                        true => old_reply(out),
+                        false => reply::null(&mut out.buf),
+                    }
+                    return true;
+                }
+                match io.extents(args[2].clone()) {
+                    None => reply::error(&mut out.buf, OOM),
+                    Some(exts) => match store.put(&key, exts) {
+                        Ok(_) if get => old_reply(out),
+                        Ok(_) => reply::simple(&mut out.buf, "OK"),
+                        Err(e) => write_err(out, e),
+                    },
+                }
+            }
+            "GETSET" if n == 3 => {
+                let key = key(&*io, 1);
+                let mut old = Vec::new();
+                let Ok(exists) = store.read_value(&key, &mut old) else {
+                    reply::error(&mut out.buf, "ERR stored value is corrupt");
+                    return true;
+                };
+                match io.extents(args[2].clone()) {
+                    None => reply::error(&mut out.buf, OOM),
+                    Some(exts) => match store.put(&key, exts) {
+                        Ok(_) if exists => reply::bulk(&mut out.buf, &old),
+                        Ok(_) => reply::null(&mut out.buf),
+                        Err(e) => write_err(out, e),
+                    },
+                }
+            }
+            "SETNX" if n == 3 => {
+                let key = key(&*io, 1);
+                if store.get(&key).is_some() {
+                    reply::int(&mut out.buf, 0);
+                } else {
+                    match io.extents(args[2].clone()) {
+                        None => reply::error(&mut out.buf, OOM),
+                        Some(exts) => match store.put(&key, exts) {
+                            Ok(_) => reply::int(&mut out.buf, 1),
+                            Err(e) => write_err(out, e),
+                        },
+                    }
+                }
+            }
+            "MSETNX" if n >= 3 && !n.is_multiple_of(2) => {
+                if (1..n).step_by(2).any(|i| store.get(&key(&*io, i)).is_some()) {
+                    reply::int(&mut out.buf, 0);
+                    return true;
+                }
+                for i in (1..n).step_by(2) {
+                    let r = match io.extents(args[i + 1].clone()) {
+                        None => Err(pst_store::StoreError::LogFull),
+                        Some(exts) => store.put(&key(&*io, i), exts),
+                    };
+                    if let Err(e) = r {
+                        write_err(out, e);
+                        return true;
+                    }
+                }
+                reply::int(&mut out.buf, 1);
+            }
+            "GETDEL" if n == 2 => {
+                let key = key(&*io, 1);
+                let mut val = Vec::new();
+                match store.read_value(&key, &mut val) {
+                    Ok(false) => reply::null(&mut out.buf),
+                    Ok(true) => match store.delete(&key) {
+                        Ok(_) => reply::bulk(&mut out.buf, &val),
+                        Err(e) => write_err(out, e),
+                    },
+                    Err(_) => reply::error(&mut out.buf, "ERR stored value is corrupt"),
+                }
+            }
+            "STRLEN" if n == 2 => {
+                let len = store.get(&key(&*io, 1)).map_or(0, |v| v.len);
+                reply::int(&mut out.buf, len as i64);
+            }
+            "APPEND" if n == 3 => {
+                let key = key(&*io, 1);
+                let mut val = Vec::new();
+                if store.read_value(&key, &mut val).is_err() {
+                    reply::error(&mut out.buf, "ERR stored value is corrupt");
+                    return true;
+                }
+                io.with_bytes(args[2].clone(), &mut |b| val.extend_from_slice(b));
+                if !io.has_room(val.len() as u64) {
+                    reply::error(&mut out.buf, OOM);
+                    return true;
+                }
+                match io.copy_in(&val) {
+                    None => reply::error(&mut out.buf, OOM),
+                    Some(exts) => match store.put(&key, exts) {
+                        Ok(_) => reply::int(&mut out.buf, val.len() as i64),
+                        Err(e) => write_err(out, e),
+                    },
+                }
+            }
+            "GETRANGE" | "SUBSTR" if n == 4 => {
+                let (Some(start), Some(end)) = (parse_int(&arg(&*io, 2)), parse_int(&arg(&*io, 3))) else {
+                    reply::error(&mut out.buf, "ERR value is not an integer or out of range");
+                    return true;
+                };
+                let mut val = Vec::new();
+                if store.read_value(&key(&*io, 1), &mut val).is_err() {
+                    reply::error(&mut out.buf, "ERR stored value is corrupt");
+                    return true;
+                }
+                reply::bulk(&mut out.buf, redis_range(&val, start, end));
+            }
             "GET" if n == 2 => bulk_value(store, &key(&*io, 1), io, out),
             "MGET" if n >= 2 => {
                 reply::array(&mut out.buf, n - 1);
@@ -602,7 +759,9 @@ impl KvService {
                     ),
                 }
             }
-            "ECHO" | "SET" | "GET" | "MGET" | "MSET" | "DEL" | "UNLINK" | "EXISTS" | "DBSIZE" | "SELECT" | "FUNCTION" | "CLIENT" => {
+            "ECHO" | "SET" | "GET" | "MGET" | "MSET" | "DEL" | "UNLINK" | "EXISTS" | "DBSIZE"
+            | "SELECT" | "FUNCTION" | "CLIENT" | "GETSET" | "SETNX" | "MSETNX" | "GETDEL"
+            | "STRLEN" | "APPEND" | "GETRANGE" | "SUBSTR" => {
                 arity_error(&mut out.buf, &name)
             }
             _ => {
@@ -899,5 +1058,42 @@ mod tests {
             .say(&cmd(&["AUTH", "default", "nope"]))
             .starts_with("-WRONGPASS"));
         assert_eq!(c.say(&cmd(&["AUTH", "default", "pw"])), "+OK\r\n");
+    }
+
+    #[test]
+    fn string_commands() {
+        let mut c = conv(None);
+        assert_eq!(c.say(&cmd(&["SET", "k", "v1", "NX"])), "+OK\r\n");
+        assert_eq!(c.say(&cmd(&["SET", "k", "v2", "NX"])), "$-1\r\n");
+        assert_eq!(
+            c.say(&cmd(&["SET", "k", "v3", "XX", "GET"])),
+            "$2\r\nv1\r\n"
+        );
+        assert_eq!(c.say(&cmd(&["SET", "nope", "x", "XX"])), "$-1\r\n");
+        assert_eq!(
+            c.say(&cmd(&["SET", "k", "x", "NX", "XX"])),
+            "-ERR syntax error\r\n"
+        );
+        assert!(c
+            .say(&cmd(&["SET", "k", "x", "EX", "10"]))
+            .starts_with("-ERR SET with an expiry"));
+        assert_eq!(c.say(&cmd(&["GETSET", "k", "v4"])), "$2\r\nv3\r\n");
+        assert_eq!(c.say(&cmd(&["SETNX", "k", "v5"])), ":0\r\n");
+        assert_eq!(c.say(&cmd(&["SETNX", "n", "v5"])), ":1\r\n");
+        assert_eq!(c.say(&cmd(&["STRLEN", "k"])), ":2\r\n");
+        assert_eq!(c.say(&cmd(&["STRLEN", "missing"])), ":0\r\n");
+        assert_eq!(c.say(&cmd(&["APPEND", "k", "-more"])), ":7\r\n");
+        assert_eq!(c.say(&cmd(&["GET", "k"])), "$7\r\nv4-more\r\n");
+        assert_eq!(c.say(&cmd(&["GETRANGE", "k", "0", "1"])), "$2\r\nv4\r\n");
+        assert_eq!(
+            c.say(&cmd(&["GETRANGE", "k", "-4", "-1"])),
+            "$4\r\nmore\r\n"
+        );
+        assert_eq!(c.say(&cmd(&["GETRANGE", "k", "5", "2"])), "$0\r\n\r\n");
+        assert_eq!(c.say(&cmd(&["GETDEL", "k"])), "$7\r\nv4-more\r\n");
+        assert_eq!(c.say(&cmd(&["GET", "k"])), "$-1\r\n");
+        assert_eq!(c.say(&cmd(&["MSETNX", "a", "1", "n", "2"])), ":0\r\n");
+        assert_eq!(c.say(&cmd(&["MSETNX", "a", "1", "b", "2"])), ":1\r\n");
+        assert_eq!(c.say(&cmd(&["GET", "b"])), "$1\r\n2\r\n");
     }
 }
