@@ -87,6 +87,32 @@ fn parse_int(b: &[u8]) -> Option<i64> {
     }
 }
 
+/// This process's user and system CPU seconds (`/proc/self/stat`), for `INFO cpu`.
+fn process_cpu() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rfind(')')
+        .map(|i| stat[i + 1..].split_whitespace().collect())
+        .unwrap_or_default();
+    // Fields 14 and 15 of the file (utime, stime), in clock ticks of 1/100 s on Linux.
+    let tick = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 100.0
+    };
+    (tick(11), tick(12))
+}
+
+/// This process's resident memory in bytes (`/proc/self/statm`), for `INFO memory`.
+fn process_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
+}
+
 /// `GETRANGE`'s slice: negative indices count from the end, both ends inclusive and clamped.
 fn redis_range(v: &[u8], start: i64, end: i64) -> &[u8] {
     let len = v.len() as i64;
@@ -98,15 +124,69 @@ fn redis_range(v: &[u8], start: i64, end: i64) -> &[u8] {
     &v[s as usize..=e as usize]
 }
 
-/// Redis-style glob match (`*`, `?`, case-insensitive as CONFIG GET is).
+/// Redis-style glob match (`*`, `?`, `[abc]`, `[a-z]`, `[^a]`, `\\x`), case-insensitive as
+/// `CONFIG GET` is.
 fn glob(pat: &[u8], s: &[u8]) -> bool {
+    glob_with(pat, s, true)
+}
+
+/// [`glob`], case-sensitive, as `KEYS` is.
+fn glob_case(pat: &[u8], s: &[u8]) -> bool {
+    glob_with(pat, s, false)
+}
+
+fn glob_with(pat: &[u8], s: &[u8], nocase: bool) -> bool {
+    let eq = |a: u8, b: u8| {
+        if nocase {
+            a.eq_ignore_ascii_case(&b)
+        } else {
+            a == b
+        }
+    };
     match pat.split_first() {
         None => s.is_empty(),
-        Some((b'*', rest)) => (0..=s.len()).any(|i| glob(rest, &s[i..])),
-        Some((b'?', rest)) => !s.is_empty() && glob(rest, &s[1..]),
+        Some((b'*', rest)) => (0..=s.len()).any(|i| glob_with(rest, &s[i..], nocase)),
+        Some((b'?', rest)) => !s.is_empty() && glob_with(rest, &s[1..], nocase),
+        Some((b'[', rest)) => {
+            let Some((&c, tail)) = s.split_first() else {
+                return false;
+            };
+            let (neg, mut p) = match rest.split_first() {
+                Some((b'^', r)) => (true, r),
+                _ => (false, rest),
+            };
+            let mut hit = false;
+            loop {
+                match p {
+                    [] => return false, // unterminated class: no match
+                    [b']', r @ ..] => {
+                        p = r;
+                        break;
+                    }
+                    [b'\\', x, r @ ..] => {
+                        hit |= eq(*x, c);
+                        p = r;
+                    }
+                    [a, b'-', z, r @ ..] if *z != b']' => {
+                        let (lo, hi) = if a <= z { (*a, *z) } else { (*z, *a) };
+                        hit |= (lo..=hi).contains(&c)
+                            || (nocase && (lo..=hi).contains(&c.to_ascii_lowercase()));
+                        p = r;
+                    }
+                    [a, r @ ..] => {
+                        hit |= eq(*a, c);
+                        p = r;
+                    }
+                }
+            }
+            hit != neg && glob_with(p, tail, nocase)
+        }
+        Some((b'\\', rest)) if !rest.is_empty() => s
+            .split_first()
+            .is_some_and(|(d, tail)| eq(rest[0], *d) && glob_with(&rest[1..], tail, nocase)),
         Some((c, rest)) => s
             .split_first()
-            .is_some_and(|(d, tail)| c.eq_ignore_ascii_case(d) && glob(rest, tail)),
+            .is_some_and(|(d, tail)| eq(*c, *d) && glob_with(rest, tail, nocase)),
     }
 }
 
@@ -237,11 +317,43 @@ impl Out<'_> {
 }
 
 /// The commands `pst kv` implements (`COMMAND COUNT`).
-const COMMANDS: [&str; 32] = [
-    "APPEND", "AUTH", "CLIENT", "COMMAND", "CONFIG", "DBSIZE", "DECR", "DECRBY", "DEL", "ECHO",
-    "EXISTS", "FLUSHALL", "FLUSHDB", "FUNCTION", "GET", "GETDEL", "GETRANGE", "GETSET", "INCR",
-    "INCRBY", "INFO", "MGET", "MSET", "MSETNX", "PING", "QUIT", "SELECT", "SET", "SETNX", "STRLEN",
-    "SUBSTR", "UNLINK",
+const COMMANDS: [&str; 36] = [
+    "APPEND",
+    "AUTH",
+    "CLIENT",
+    "COMMAND",
+    "CONFIG",
+    "DBSIZE",
+    "DECR",
+    "DECRBY",
+    "DEL",
+    "ECHO",
+    "EXISTS",
+    "FLUSHALL",
+    "FLUSHDB",
+    "FUNCTION",
+    "GET",
+    "GETDEL",
+    "GETRANGE",
+    "GETSET",
+    "INCR",
+    "INCRBY",
+    "INFO",
+    "KEYS",
+    "MGET",
+    "MSET",
+    "MSETNX",
+    "PING",
+    "QUIT",
+    "RANDOMKEY",
+    "RENAME",
+    "RENAMENX",
+    "SELECT",
+    "SET",
+    "SETNX",
+    "STRLEN",
+    "SUBSTR",
+    "UNLINK",
 ];
 
 /// What Redis answers a write it has no memory for; `pst kv` answers it when the pool or the
@@ -481,6 +593,62 @@ impl KvService {
                     Err(_) => reply::error(&mut out.buf, "ERR stored value is corrupt"),
                 }
             }
+            "KEYS" if n == 2 => {
+                let pat = arg(&*io, 1);
+                let keys: Vec<&[u8]> = store
+                    .keys()
+                    .filter(|k| key_db(k) == db)
+                    .map(|k| if db == 0 { k } else { &k[DB_PREFIX.len() + 1..] })
+                    .filter(|k| glob_case(&pat, k))
+                    .collect();
+                reply::array(&mut out.buf, keys.len());
+                for k in keys {
+                    reply::bulk(&mut out.buf, k);
+                }
+            }
+            "RANDOMKEY" if n == 1 => {
+                let k = store
+                    .keys()
+                    .find(|k| key_db(k) == db)
+                    .map(|k| if db == 0 { k.to_vec() } else { k[DB_PREFIX.len() + 1..].to_vec() });
+                match k {
+                    Some(k) => reply::bulk(&mut out.buf, &k),
+                    None => reply::null(&mut out.buf),
+                }
+            }
+            "RENAME" | "RENAMENX" if n == 3 => {
+                let (from, to) = (key(&*io, 1), key(&*io, 2));
+                let mut val = Vec::new();
+                match store.read_value(&from, &mut val) {
+                    Ok(false) => {
+                        reply::error(&mut out.buf, "ERR no such key");
+                        return true;
+                    }
+                    Err(_) => {
+                        reply::error(&mut out.buf, "ERR stored value is corrupt");
+                        return true;
+                    }
+                    Ok(true) => {}
+                }
+                if name == "RENAMENX" && store.get(&to).is_some() {
+                    reply::int(&mut out.buf, 0);
+                    return true;
+                }
+                if from != to {
+                    let Some(exts) = io.copy_in(&val).filter(|_| io.has_room(val.len() as u64)) else {
+                        reply::error(&mut out.buf, OOM);
+                        return true;
+                    };
+                    if let Err(e) = store.put(&to, exts).and_then(|_| store.delete(&from)) {
+                        write_err(out, e);
+                        return true;
+                    }
+                }
+                match name.as_str() {
+                    "RENAME" => reply::simple(&mut out.buf, "OK"),
+                    _ => reply::int(&mut out.buf, 1),
+                }
+            }
             "STRLEN" if n == 2 => {
                 let len = store.get(&key(&*io, 1)).map_or(0, |v| v.len);
                 reply::int(&mut out.buf, len as i64);
@@ -641,18 +809,32 @@ impl KvService {
                     keyspace += &format!("db{i}:keys={count},expires=0,avg_ttl=0\r\n");
                 }
                 let durable = self.persist != pst::PersistMode::None;
-                let text = format!(
-                    "# Server\r\nredis_version:7.0.0\r\npst_version:{}\r\nredis_mode:standalone\r\n\r\n# Persistence\r\naof_enabled:{}\r\npst_persist:{}\r\npst_log_records:{}\r\npst_log_segments_free:{}/{}\r\npst_commits:{}\r\npst_compactions:{}\r\npst_buffers_held:{}\r\n\r\n# Keyspace\r\n{keyspace}",
-                    env!("CARGO_PKG_VERSION"),
-                    durable as u8,
-                    self.persist,
-                    st.records,
-                    st.free_segments,
-                    st.segments,
-                    st.commits,
-                    st.compactions,
-                    st.buffers_held,
-                );
+                let (user, sys) = process_cpu();
+                let sections = [
+                    ("server", format!("redis_version:7.0.0\r\npst_version:{}\r\nredis_mode:standalone\r\nprocess_id:{}\r\n", env!("CARGO_PKG_VERSION"), std::process::id())),
+                    ("memory", format!("used_memory:{}\r\nused_memory_rss:{}\r\npst_buffers_held:{}\r\n", st.buffers_held * pst_pool::Media::header(store.media()).geometry.buf_size as u64, process_rss(), st.buffers_held)),
+                    ("persistence", format!("aof_enabled:{}\r\npst_persist:{}\r\npst_log_records:{}\r\npst_log_segments_free:{}/{}\r\npst_commits:{}\r\npst_compactions:{}\r\n", durable as u8, self.persist, st.records, st.free_segments, st.segments, st.commits, st.compactions)),
+                    ("stats", format!("total_commands_processed:{}\r\n", self.requests())),
+                    ("cpu", format!("used_cpu_sys:{sys:.6}\r\nused_cpu_user:{user:.6}\r\n")),
+                    ("keyspace", keyspace),
+                ];
+                let wanted: Vec<Vec<u8>> = (1..n).map(|i| arg(&*io, i).to_ascii_lowercase()).collect();
+                let all = wanted.is_empty()
+                    || wanted.iter().any(|w| matches!(w.as_slice(), b"all" | b"everything" | b"default"));
+                let mut text = String::new();
+                for (name, body) in sections {
+                    if all || wanted.iter().any(|w| w.as_slice() == name.as_bytes()) {
+                        if !text.is_empty() {
+                            text += "\r\n";
+                        }
+                        let mut title = name.to_owned();
+                        title[..1].make_ascii_uppercase();
+                        if name == "cpu" {
+                            title = "CPU".to_owned();
+                        }
+                        text += &format!("# {title}\r\n{body}");
+                    }
+                }
                 reply::bulk(&mut out.buf, text.as_bytes());
             }
             // There are no functions; flushing them is truthfully a no-op.
@@ -761,7 +943,8 @@ impl KvService {
             }
             "ECHO" | "SET" | "GET" | "MGET" | "MSET" | "DEL" | "UNLINK" | "EXISTS" | "DBSIZE"
             | "SELECT" | "FUNCTION" | "CLIENT" | "GETSET" | "SETNX" | "MSETNX" | "GETDEL"
-            | "STRLEN" | "APPEND" | "GETRANGE" | "SUBSTR" => {
+            | "STRLEN" | "APPEND" | "GETRANGE" | "SUBSTR" | "KEYS" | "RANDOMKEY" | "RENAME"
+            | "RENAMENX" => {
                 arity_error(&mut out.buf, &name)
             }
             _ => {
@@ -1095,5 +1278,53 @@ mod tests {
         assert_eq!(c.say(&cmd(&["MSETNX", "a", "1", "n", "2"])), ":0\r\n");
         assert_eq!(c.say(&cmd(&["MSETNX", "a", "1", "b", "2"])), ":1\r\n");
         assert_eq!(c.say(&cmd(&["GET", "b"])), "$1\r\n2\r\n");
+    }
+
+    #[test]
+    fn keyspace_commands() {
+        let mut c = conv(None);
+        for k in ["foo_a", "foo_b", "foo_c", "key_x", "key_y"] {
+            assert_eq!(c.say(&cmd(&["SET", k, "v"])), "+OK\r\n");
+        }
+        let keys = c.say(&cmd(&["KEYS", "foo*"]));
+        assert!(keys.starts_with("*3\r\n"), "{keys}");
+        assert!(c.say(&cmd(&["KEYS", "key_[xy]"])).starts_with("*2\r\n"));
+        assert!(c.say(&cmd(&["KEYS", "key_[^x]"])).starts_with("*1\r\n"));
+        assert_eq!(c.say(&cmd(&["RENAME", "foo_a", "bar"])), "+OK\r\n");
+        assert_eq!(c.say(&cmd(&["GET", "bar"])), "$1\r\nv\r\n");
+        assert_eq!(c.say(&cmd(&["EXISTS", "foo_a"])), ":0\r\n");
+        assert_eq!(c.say(&cmd(&["RENAMENX", "bar", "foo_b"])), ":0\r\n");
+        assert_eq!(
+            c.say(&cmd(&["RENAME", "nope", "x"])),
+            "-ERR no such key\r\n"
+        );
+        assert!(c.say(&cmd(&["RANDOMKEY"])).starts_with('$'));
+        assert!(glob(b"a[b-d]e", b"ACE"));
+        assert!(!glob_case(b"a[b-d]e", b"ACE"));
+        assert!(glob_case(b"a\\*", b"a*"));
+        assert!(!glob_case(b"a\\*", b"ab"));
+    }
+
+    #[test]
+    fn info_sections() {
+        let mut c = conv(None);
+        let all = c.say(&cmd(&["INFO"]));
+        for field in [
+            "redis_version:",
+            "used_memory:",
+            "used_cpu_user:",
+            "aof_enabled:",
+            "# Keyspace",
+        ] {
+            assert!(all.contains(field), "{field} in {all}");
+        }
+        let cpu = c.say(&cmd(&["INFO", "cpu"]));
+        assert!(
+            cpu.contains("# CPU") && cpu.contains("used_cpu_sys:"),
+            "{cpu}"
+        );
+        assert!(!cpu.contains("# Server"), "only the asked section: {cpu}");
+        let none = c.say(&cmd(&["INFO", "nosuchsection"]));
+        assert_eq!(none, "$0\r\n\r\n");
     }
 }
