@@ -112,12 +112,15 @@ fn run<A: StreamApp>(
     let mut next_sweep = std::time::Instant::now() + std::time::Duration::from_secs(1);
     listener.set_nonblocking(true)?;
     let ep = epoll::create(epoll::CreateFlags::CLOEXEC)?;
-    epoll::add(
-        &ep,
-        &listener,
-        epoll::EventData::new_u64(LISTENER),
-        epoll::EventFlags::IN,
-    )?;
+    let watch_listener = || {
+        epoll::add(
+            &ep,
+            &listener,
+            epoll::EventData::new_u64(LISTENER),
+            epoll::EventFlags::IN,
+        )
+    };
+    watch_listener()?;
     let mut conns: Vec<Option<Conn<A::Conn>>> = Vec::new();
     let mut free: Vec<usize> = Vec::new();
     let mut events = Vec::with_capacity(1024);
@@ -157,12 +160,7 @@ fn run<A: StreamApp>(
         let wait = match paused_since {
             Some(t) if now - t >= ACCEPT_BACKOFF => {
                 syscalls += 1;
-                epoll::add(
-                    &ep,
-                    &listener,
-                    epoll::EventData::new_u64(LISTENER),
-                    epoll::EventFlags::IN,
-                )?;
+                watch_listener()?;
                 paused_since = None;
                 timeout
             }

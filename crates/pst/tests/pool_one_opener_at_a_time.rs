@@ -5,18 +5,14 @@ use std::path::PathBuf;
 
 use pst::{Pool, PoolError, PoolOptions};
 
+mod common;
+
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("pst-lock-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d.join("pool")
+    common::tmp_pool(&format!("lock-{name}"))
 }
 
 fn opts() -> PoolOptions {
-    PoolOptions {
-        geometry: pst::Geometry::for_size(1 << 20, 2048).unwrap(),
-        ..PoolOptions::default()
-    }
+    common::small_pool_opts()
 }
 
 fn assert_in_use_by_us(err: PoolError, path: &std::path::Path) {

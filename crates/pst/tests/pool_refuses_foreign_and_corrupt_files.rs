@@ -4,18 +4,14 @@ use std::path::PathBuf;
 
 use pst::{Pool, PoolError, PoolOptions};
 
+mod common;
+
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("pst-refuse-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d.join("pool")
+    common::tmp_pool(&format!("refuse-{name}"))
 }
 
 fn opts() -> PoolOptions {
-    PoolOptions {
-        geometry: pst::Geometry::for_size(1 << 20, 2048).unwrap(),
-        ..PoolOptions::default()
-    }
+    common::small_pool_opts()
 }
 
 #[test]

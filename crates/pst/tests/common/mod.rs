@@ -74,3 +74,19 @@ impl EchoServer {
 pub fn pattern(conn: usize, i: usize) -> u8 {
     (conn.wrapping_mul(131) ^ i.wrapping_mul(7) ^ (i >> 8)) as u8
 }
+
+/// A fresh temp directory for test `name`; returns the pool path inside it.
+pub fn tmp_pool(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("pst-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d.join("pool")
+}
+
+/// Options for a small (1 MiB) file pool.
+pub fn small_pool_opts() -> pst::PoolOptions {
+    pst::PoolOptions {
+        geometry: Geometry::for_size(1 << 20, 2048).unwrap(),
+        ..pst::PoolOptions::default()
+    }
+}
