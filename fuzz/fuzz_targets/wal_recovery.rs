@@ -252,7 +252,10 @@ fuzz_target!(|input: Input| {
     let Some(b) = b else { return };
     media.write(h.data_off + b.0 as u64 * BUF as u64, fresh);
     let put = st
-        .put(b"fresh", vec![unsafe { Extent::from_raw(b, 0, fresh.len() as u32) }])
+        .put(
+            b"fresh",
+            vec![unsafe { Extent::from_raw(b, 0, fresh.len() as u32) }],
+        )
         .and_then(|_| st.commit());
     if put.is_err() {
         return; // log full of live data: refused cleanly

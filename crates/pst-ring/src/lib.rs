@@ -10,7 +10,7 @@
 //! Buffer lifecycle: free (in the partition's [`BufAlloc`]) → lent to the kernel (in the
 //! [`BidTable`]) → an RX [`Slot`] owned by the app until the next sync → either recycled, or
 //! kept as an [`Extent`] → sent and/or logged → released back to the free list.
-#![deny(unsafe_code)] // allowed where stated: three `unsafe fn`s (fd ownership, Extent::from_raw) and `Buffers`' byte access
+#![deny(unsafe_code)] // allowed where stated: four `unsafe fn`s (fd ownership, completions, Extent::from_raw) and `Buffers`' byte access
 
 mod bid;
 mod buffers;

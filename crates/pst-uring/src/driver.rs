@@ -339,7 +339,8 @@ impl Driver {
                 self.acceptor.armed = false;
                 continue;
             }
-            core.complete(cqe.user_data(), cqe.result(), cqe.flags());
+            // SAFETY: a completion our ring produced for an op this core issued.
+            unsafe { core.complete(cqe.user_data(), cqe.result(), cqe.flags()) };
         }
         if accept_ready {
             let calls = self.acceptor.calls;
@@ -355,7 +356,9 @@ impl Driver {
             }
         }
         for (ud, res, flags) in self.accepted.drain(..) {
-            core.complete(ud, res, flags);
+            // SAFETY: results of the accept4 calls the acceptor made for this core's listeners
+            // (or their failures): new sockets ours to own.
+            unsafe { core.complete(ud, res, flags) };
         }
         self.stats.cqes += n as u64;
         self.last_reaped = n;

@@ -57,7 +57,14 @@ impl Core {
     ///
     /// A receive may be a *bundle*: `res` bytes in consecutive ring entries starting at the
     /// buffer id in `flags`, every buffer full but the last. It becomes one slot per buffer.
-    pub fn complete(&mut self, user_data: u64, res: i32, flags: u32) {
+    ///
+    /// # Safety
+    /// The completion must be one the kernel produced for an op this core issued (or, with
+    /// simulated fds, one no driver will act on): an accept's result is a new socket the core
+    /// takes ownership of and will have the driver close, so a forged one would make the
+    /// driver close an fd someone else owns.
+    #[allow(unsafe_code)] // declares the caller's promise; the core itself does no I/O
+    pub unsafe fn complete(&mut self, user_data: u64, res: i32, flags: u32) {
         if flags & CQE_F_NOTIF != 0 {
             return self.on_notif(user_data, res);
         }
