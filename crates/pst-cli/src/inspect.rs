@@ -59,7 +59,7 @@ pub fn run(a: InspectArgs) -> std::process::ExitCode {
                     println!(
                         "tail:         {}",
                         rep.torn
-                            .as_deref()
+                            .as_ref()
                             .map(|t| format!("torn ({t}), unacknowledged"))
                             .unwrap_or_else(|| "clean".into())
                     );

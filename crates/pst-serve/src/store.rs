@@ -39,7 +39,7 @@ pub fn open_store(
     tracing::info!(
         records = report.records,
         keys = report.live_keys,
-        torn_tail = report.torn.as_deref().unwrap_or("none"),
+        torn_tail = %report.torn.as_ref().map_or("none".to_owned(), ToString::to_string),
         ms = t0.elapsed().as_millis() as u64,
         "store recovered"
     );

@@ -53,7 +53,7 @@ pub enum StoreError {
     Poisoned(PersistError),
     /// An acknowledged record is damaged: recovery refuses to drop it silently.
     #[error("log corruption: {0}")]
-    Corrupt(String),
+    Corrupt(Damage),
     /// A stored value's bytes fail the checksum its record carries: it is not served.
     #[error("stored value of record {seq} fails its checksum")]
     ValueCorrupt {
@@ -81,6 +81,88 @@ enum Recovery {
     Salvage,
 }
 
+/// Why recovery's scan of the log stopped before a clean end of data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LogEnd {
+    /// A record of this segment's life with the wrong sequence number.
+    OutOfOrder {
+        /// The segment.
+        segment: u32,
+        /// The sequence number found.
+        seq: u64,
+        /// Its epoch.
+        epoch: u32,
+        /// The sequence number expected.
+        expected: u64,
+    },
+    /// Bytes that are not a valid record header where one was expected.
+    BadRecord {
+        /// The segment.
+        segment: u32,
+        /// Byte offset in the segment.
+        offset: usize,
+        /// What is wrong with them.
+        error: format::RecordError,
+    },
+    /// A valid record header whose payload fails its checksum.
+    PayloadChecksum {
+        /// The segment.
+        segment: u32,
+        /// Byte offset in the segment.
+        offset: usize,
+        /// The record's sequence number.
+        seq: u64,
+    },
+}
+
+impl std::fmt::Display for LogEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LogEnd::OutOfOrder { segment, seq, epoch, expected } => write!(
+                f,
+                "record seq {seq} (epoch {epoch}) where seq {expected} was expected in segment {segment}"
+            ),
+            LogEnd::BadRecord { segment, offset, error } => {
+                write!(f, "{error:?} at segment {segment} offset {offset}")
+            }
+            LogEnd::PayloadChecksum { segment, offset, seq } => write!(
+                f,
+                "payload checksum mismatch for seq {seq} (segment {segment} offset {offset})"
+            ),
+        }
+    }
+}
+
+/// Damage to acknowledged data: the log ended early, but a later record proves that what
+/// followed had been committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    /// Where and why the log ended.
+    pub end: LogEnd,
+    /// The later record that says the data was committed: its sequence number, its durable
+    /// bound, and its segment when it is in another one.
+    pub evidence: (u64, u64, Option<u32>),
+}
+
+impl std::fmt::Display for Damage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (seq, bound, seg) = self.evidence;
+        match seg {
+            Some(s) => write!(
+                f,
+                "{}; but record seq {seq} in segment {s} (durable bound {bound}) says it was committed",
+                self.end
+            ),
+            None => write!(
+                f,
+                "{}; but record seq {seq} (durable bound {bound}) says it was committed",
+                self.end
+            ),
+        }
+    }
+}
+
 /// What recovery found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
@@ -91,10 +173,10 @@ pub struct RecoveryReport {
     /// Sequence number of the last record replayed (0 if none).
     pub last_seq: u64,
     /// Why the scan stopped, if not at clean end of data: a torn tail.
-    pub torn: Option<String>,
-    /// A record whose header was valid but whose payload checksum failed, followed by more
-    /// valid-looking data: corruption rather than a torn tail.
-    pub corrupt: Option<String>,
+    pub torn: Option<LogEnd>,
+    /// The log ended early although a later record says the data past that point had been
+    /// committed (and possibly acknowledged): corruption rather than a torn tail.
+    pub corrupt: Option<Damage>,
     /// Segments in the log, and how many hold records.
     pub segments: (usize, usize),
 }

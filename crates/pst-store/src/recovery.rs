@@ -107,23 +107,30 @@ impl<M: Media> Store<M> {
                     // A record of an earlier life of this segment: this life's data ends here.
                     Ok(r) if r.epoch != epoch as u32 => break,
                     Ok(r) => {
-                        end_reason = Some(format!(
-                            "record seq {} (epoch {}) where seq {next} was expected in segment {s}",
-                            r.seq, r.epoch
-                        ));
+                        end_reason = Some(LogEnd::OutOfOrder {
+                            segment: s,
+                            seq: r.seq,
+                            epoch: r.epoch,
+                            expected: next,
+                        });
                         break;
                     }
                     Err(format::RecordError::NoRecord) => break,
                     Err(e) => {
-                        end_reason = Some(format!("{e:?} at segment {s} offset {pos}"));
+                        end_reason = Some(LogEnd::BadRecord {
+                            segment: s,
+                            offset: pos,
+                            error: e,
+                        });
                         break;
                     }
                 };
                 if self.payload_crc(&rec.extents) != rec.payload_crc {
-                    end_reason = Some(format!(
-                        "payload checksum mismatch for seq {} (segment {s} offset {pos})",
-                        rec.seq
-                    ));
+                    end_reason = Some(LogEnd::PayloadChecksum {
+                        segment: s,
+                        offset: pos,
+                        seq: rec.seq,
+                    });
                     torn_payload = true;
                     break;
                 }
@@ -145,7 +152,10 @@ impl<M: Media> Store<M> {
                     .collect::<Vec<_>>();
                 if let Some(ev) = self.committed_evidence(next, epoch, &seg_bytes, pos + 8, &later)
                 {
-                    report.corrupt = Some(format!("{why}; but {ev} says it was committed"));
+                    report.corrupt = Some(Damage {
+                        end: why.clone(),
+                        evidence: ev,
+                    });
                 }
                 report.torn = Some(why);
                 stopped = true;
@@ -212,7 +222,7 @@ impl<M: Media> Store<M> {
         seg_bytes: &[u8],
         from: usize,
         later: &[(u64, u32)],
-    ) -> Option<String> {
+    ) -> Option<(u64, u64, Option<u32>)> {
         let (count, size) = (
             self.header.geometry.buf_count,
             self.header.geometry.buf_size,
@@ -221,10 +231,7 @@ impl<M: Media> Store<M> {
         while pos + REC_HEADER <= seg_bytes.len() {
             if let Ok(r) = Record::decode(&seg_bytes[pos..], count, size) {
                 if r.epoch == epoch as u32 && r.durable_before > seq {
-                    return Some(format!(
-                        "record seq {} (durable bound {})",
-                        r.seq, r.durable_before
-                    ));
+                    return Some((r.seq, r.durable_before, None));
                 }
             }
             pos += 8;
@@ -238,10 +245,7 @@ impl<M: Media> Store<M> {
                     break;
                 }
                 if r.durable_before > seq {
-                    return Some(format!(
-                        "record seq {} in segment {s} (durable bound {})",
-                        r.seq, r.durable_before
-                    ));
+                    return Some((r.seq, r.durable_before, Some(s)));
                 }
                 pos += format::record_len(r.key.len(), r.extents.len());
             }
