@@ -136,6 +136,38 @@ fn glob_case(pat: &[u8], s: &[u8]) -> bool {
 }
 
 fn glob_with(pat: &[u8], s: &[u8], nocase: bool) -> bool {
+    // Linear-time wildcard matching (backtrack only to the last `*`), so that a hostile
+    // pattern like `a*a*a*…b` costs O(pattern × key), never exponential time.
+    let (mut p, mut i) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while i < s.len() {
+        if p < pat.len() && pat[p] == b'*' {
+            star = Some((p + 1, i));
+            p += 1;
+            continue;
+        }
+        if let Some(next) = (p < pat.len())
+            .then(|| one_char(pat, p, s[i], nocase))
+            .flatten()
+        {
+            p = next;
+            i += 1;
+            continue;
+        }
+        match star {
+            Some((sp, si)) => {
+                p = sp;
+                i = si + 1;
+                star = Some((sp, si + 1));
+            }
+            None => return false,
+        }
+    }
+    pat[p..].iter().all(|&c| c == b'*')
+}
+
+/// Whether the pattern element at `p` (not `*`) matches `c`: the position after it, if so.
+fn one_char(pat: &[u8], p: usize, c: u8, nocase: bool) -> Option<usize> {
     let eq = |a: u8, b: u8| {
         if nocase {
             a.eq_ignore_ascii_case(&b)
@@ -143,50 +175,42 @@ fn glob_with(pat: &[u8], s: &[u8], nocase: bool) -> bool {
             a == b
         }
     };
-    match pat.split_first() {
-        None => s.is_empty(),
-        Some((b'*', rest)) => (0..=s.len()).any(|i| glob_with(rest, &s[i..], nocase)),
-        Some((b'?', rest)) => !s.is_empty() && glob_with(rest, &s[1..], nocase),
-        Some((b'[', rest)) => {
-            let Some((&c, tail)) = s.split_first() else {
-                return false;
-            };
-            let (neg, mut p) = match rest.split_first() {
-                Some((b'^', r)) => (true, r),
-                _ => (false, rest),
-            };
+    match pat[p] {
+        b'?' => Some(p + 1),
+        b'\\' if p + 1 < pat.len() => eq(pat[p + 1], c).then_some(p + 2),
+        b'[' => {
+            let mut q = p + 1;
+            let neg = pat.get(q) == Some(&b'^');
+            if neg {
+                q += 1;
+            }
             let mut hit = false;
             loop {
-                match p {
-                    [] => return false, // unterminated class: no match
-                    [b']', r @ ..] => {
-                        p = r;
+                match pat.get(q..)? {
+                    [] => return None, // unterminated class: no match
+                    [b']', ..] => {
+                        q += 1;
                         break;
                     }
-                    [b'\\', x, r @ ..] => {
+                    [b'\\', x, ..] => {
                         hit |= eq(*x, c);
-                        p = r;
+                        q += 2;
                     }
-                    [a, b'-', z, r @ ..] if *z != b']' => {
+                    [a, b'-', z, ..] if *z != b']' => {
                         let (lo, hi) = if a <= z { (*a, *z) } else { (*z, *a) };
                         hit |= (lo..=hi).contains(&c)
                             || (nocase && (lo..=hi).contains(&c.to_ascii_lowercase()));
-                        p = r;
+                        q += 3;
                     }
-                    [a, r @ ..] => {
+                    [a, ..] => {
                         hit |= eq(*a, c);
-                        p = r;
+                        q += 1;
                     }
                 }
             }
-            hit != neg && glob_with(p, tail, nocase)
+            (hit != neg).then_some(q)
         }
-        Some((b'\\', rest)) if !rest.is_empty() => s
-            .split_first()
-            .is_some_and(|(d, tail)| eq(rest[0], *d) && glob_with(&rest[1..], tail, nocase)),
-        Some((c, rest)) => s
-            .split_first()
-            .is_some_and(|(d, tail)| eq(*c, *d) && glob_with(rest, tail, nocase)),
+        a => eq(a, c).then_some(p + 1),
     }
 }
 
@@ -1303,6 +1327,12 @@ mod tests {
         assert!(!glob_case(b"a[b-d]e", b"ACE"));
         assert!(glob_case(b"a\\*", b"a*"));
         assert!(!glob_case(b"a\\*", b"ab"));
+        assert!(glob_case(b"*", b""));
+        assert!(glob_case(b"a*b*c", b"aXXbYYc"));
+        assert!(!glob_case(b"a*b*c", b"aXXbYY"));
+        // A pattern that backtracks exponentially in a naive matcher: must answer at once.
+        let evil = b"a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*b";
+        assert!(!glob_case(evil, &[b'a'; 60]));
     }
 
     #[test]
