@@ -94,6 +94,10 @@ pub struct Port {
     driver: Driver,
     core: Core,
     pool: Arc<Pool>,
+    /// Deliberately `!Send` and `!Sync`: the ring is `SINGLE_ISSUER | DEFER_TASKRUN`, bound to
+    /// the thread that created it, and only that thread may enter it (create a port on the
+    /// thread that will drive it).
+    _thread_bound: std::marker::PhantomData<*const ()>,
 }
 
 impl Drop for Port {
@@ -160,7 +164,12 @@ impl Port {
         // the pool file they would be dirty pages for the next fdatasync to write.
         let tx = pool.scratch_part(&part);
         let core = core.with_tx_buffers(BufAlloc::new(tx.start, tx.end - tx.start));
-        Ok(Port { driver, core, pool })
+        Ok(Port {
+            driver,
+            core,
+            pool,
+            _thread_bound: std::marker::PhantomData,
+        })
     }
 
     /// A port over the whole pool.
