@@ -121,6 +121,8 @@ struct SimInner {
     /// what the write-back carries even if the line is written again before the fence.
     flushed: BTreeMap<usize, Vec<u8>>,
     barriers: u64,
+    /// Barriers still to fail (fault injection), persisting nothing.
+    failing: u32,
 }
 
 impl SimPm {
@@ -136,6 +138,7 @@ impl SimPm {
                 dirty: BTreeSet::new(),
                 flushed: BTreeMap::new(),
                 barriers: 0,
+                failing: 0,
             })),
         }
     }
@@ -167,6 +170,7 @@ impl SimPm {
                 dirty: BTreeSet::new(),
                 flushed: BTreeMap::new(),
                 barriers: 0,
+                failing: 0,
             })),
         }
     }
@@ -174,6 +178,11 @@ impl SimPm {
     /// Barriers issued so far.
     pub fn barriers(&self) -> u64 {
         self.lock().barriers
+    }
+
+    /// Make the next `n` barriers fail (fault injection for tests); they persist nothing.
+    pub fn fail_barriers(&self, n: u32) {
+        self.lock().failing = n;
     }
 
     /// Lines written but not yet durable.
@@ -230,6 +239,11 @@ impl Media for SimPm {
     fn barrier(&self) -> Result<(), PersistError> {
         let mut s = self.lock();
         s.barriers += 1;
+        if s.failing > 0 {
+            // Like a failed fdatasync: nothing is known to have reached the media.
+            s.failing -= 1;
+            return Err(PersistError::Sync("injected barrier failure".into()));
+        }
         let lines: Vec<(usize, Vec<u8>)> = match s.mode {
             PersistMode::None => Vec::new(),
             PersistMode::Pmem => std::mem::take(&mut s.flushed).into_iter().collect(),
