@@ -175,3 +175,59 @@ fn httpd_full_pool_is_507() {
         let _ = std::fs::remove_dir_all(dir);
     }
 }
+
+#[test]
+fn kv_full_log_still_deletes() {
+    // Small values, pipelined: the log fills before the buffers (uring packs them).
+    for engine in ["uring", "epoll"] {
+        let dir = common::tmpdir(&format!("full-log-{engine}"));
+        let pool = dir.join("pool");
+        let p = pool.to_str().unwrap();
+        let addr = common::free_addr();
+        let _s = common::ServerProc::start(
+            &[
+                "kv",
+                "--engine",
+                engine,
+                "--pool",
+                p,
+                "--pool-size",
+                "16MiB",
+            ],
+            addr,
+        );
+        let mut c = con(addr);
+        let mut stored = 0;
+        'fill: for batch in 0..1000 {
+            let mut pipe = redis::pipe();
+            for i in 0..100 {
+                pipe.cmd("SET")
+                    .arg(format!("k{}", batch * 100 + i))
+                    .arg("v");
+            }
+            let replies: Vec<redis::Value> = pipe.query(&mut c).unwrap_or_default();
+            for r in replies {
+                match r {
+                    redis::Value::Okay => stored += 1,
+                    redis::Value::ServerError(e) => {
+                        assert!(format!("{e:?}").contains("OOM"), "{engine}: {e:?}");
+                        break 'fill;
+                    }
+                    other => panic!("{engine}: {other:?}"),
+                }
+            }
+        }
+        assert!(stored > 1000, "{engine}: {stored}");
+        // Refused writes, but deletes go through and space comes back.
+        let n: i64 = redis::cmd("DEL")
+            .arg("k0")
+            .arg("k1")
+            .arg("k2")
+            .query(&mut c)
+            .unwrap();
+        assert_eq!(n, 3, "{engine}: DEL on a full store");
+        let pong: String = redis::cmd("PING").query(&mut c).unwrap();
+        assert_eq!(pong, "PONG");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -40,9 +40,10 @@ const DATABASES: u8 = 16;
 /// keys are stored as they are (so pools written before databases existed read the same).
 const DB_PREFIX: &[u8] = b"\xffpst:db";
 
-/// The stored form of `key` in database `db`.
+/// The stored form of `key` in database `db`. A database-0 key that itself begins with the
+/// reserved `\xff` byte is prefixed too, so that no key of one database can pose as another's.
 fn db_key(db: u8, key: &[u8]) -> Vec<u8> {
-    if db == 0 {
+    if db == 0 && key.first() != Some(&0xff) {
         return key.to_vec();
     }
     let mut k = Vec::with_capacity(DB_PREFIX.len() + 1 + key.len());
@@ -52,11 +53,21 @@ fn db_key(db: u8, key: &[u8]) -> Vec<u8> {
     k
 }
 
-/// The database a stored key belongs to.
+/// The database a stored key belongs to (`DATABASES` for a key no database can name: a
+/// `\xff` key stored before databases existed).
 fn key_db(stored: &[u8]) -> u8 {
     match stored.strip_prefix(DB_PREFIX) {
-        Some([db, ..]) => *db,
+        Some([db, ..]) if *db < DATABASES => *db,
+        _ if stored.first() == Some(&0xff) => DATABASES,
         _ => 0,
+    }
+}
+
+/// The key as its database's clients name it.
+fn user_key(stored: &[u8]) -> &[u8] {
+    match stored.strip_prefix(DB_PREFIX) {
+        Some([_, rest @ ..]) => rest,
+        _ => stored,
     }
 }
 
@@ -85,6 +96,21 @@ fn parse_int(b: &[u8]) -> Option<i64> {
     } else {
         i64::try_from(v).ok()
     }
+}
+
+/// A pseudo-random index below `n` (RANDOMKEY): a xorshift of the clock and a counter —
+/// spread, not secret.
+fn random_index(n: usize) -> usize {
+    static SEQ: AtomicU64 = AtomicU64::new(0x9e37_79b9_7f4a_7c15);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    // Relaxed: only variety matters.
+    let mut x = t ^ SEQ.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    (x % n as u64) as usize
 }
 
 /// This process's user and system CPU seconds (`/proc/self/stat`), for `INFO cpu`.
@@ -217,15 +243,20 @@ fn one_char(pat: &[u8], p: usize, c: u8, nocase: bool) -> Option<usize> {
 /// `CONFIG SET` parameters accepted without effect: encoding and tuning knobs of Redis that
 /// have no meaning for this store (clients and test suites set them routinely).
 fn harmless_knob(name: &str) -> bool {
-    const SUFFIXES: [&str; 6] = [
+    const TYPES: [&str; 5] = ["hash", "list", "set", "zset", "stream-node"];
+    const SUFFIXES: [&str; 7] = [
         "-max-listpack-entries",
         "-max-listpack-value",
         "-max-ziplist-entries",
         "-max-ziplist-value",
         "-max-intset-entries",
         "-max-listpack-size",
+        "-max-bytes",
     ];
-    SUFFIXES.iter().any(|s| name.ends_with(s))
+    // A fixed set of names, so that the remembered settings stay bounded.
+    TYPES
+        .iter()
+        .any(|t| SUFFIXES.iter().any(|s| name.strip_prefix(t) == Some(s)))
         || matches!(
             name,
             "list-compress-depth"
@@ -622,7 +653,7 @@ impl KvService {
                 let keys: Vec<&[u8]> = store
                     .keys()
                     .filter(|k| key_db(k) == db)
-                    .map(|k| if db == 0 { k } else { &k[DB_PREFIX.len() + 1..] })
+                    .map(user_key)
                     .filter(|k| glob_case(&pat, k))
                     .collect();
                 reply::array(&mut out.buf, keys.len());
@@ -631,13 +662,12 @@ impl KvService {
                 }
             }
             "RANDOMKEY" if n == 1 => {
-                let k = store
-                    .keys()
-                    .find(|k| key_db(k) == db)
-                    .map(|k| if db == 0 { k.to_vec() } else { k[DB_PREFIX.len() + 1..].to_vec() });
-                match k {
-                    Some(k) => reply::bulk(&mut out.buf, &k),
-                    None => reply::null(&mut out.buf),
+                let keys: Vec<&[u8]> = store.keys().filter(|k| key_db(k) == db).collect();
+                if keys.is_empty() {
+                    reply::null(&mut out.buf);
+                } else {
+                    let pick = random_index(keys.len());
+                    reply::bulk(&mut out.buf, user_key(keys[pick]));
                 }
             }
             "RENAME" | "RENAMENX" if n == 3 => {
@@ -659,7 +689,9 @@ impl KvService {
                     return true;
                 }
                 if from != to {
-                    let Some(exts) = io.copy_in(&val).filter(|_| io.has_room(val.len() as u64)) else {
+                    // Room first: a copy made and then dropped would leak its buffers.
+                    let exts = if io.has_room(val.len() as u64) { io.copy_in(&val) } else { None };
+                    let Some(exts) = exts else {
                         reply::error(&mut out.buf, OOM);
                         return true;
                     };
@@ -826,7 +858,9 @@ impl KvService {
                 let st = store.stats();
                 let mut per_db = [0u64; DATABASES as usize];
                 for k in store.keys() {
-                    per_db[key_db(k) as usize % DATABASES as usize] += 1;
+                    if let Some(c) = per_db.get_mut(key_db(k) as usize) {
+                        *c += 1;
+                    }
                 }
                 let mut keyspace = String::new();
                 for (i, &count) in per_db.iter().enumerate().filter(|(_, &c)| c > 0) {
@@ -907,6 +941,14 @@ impl KvService {
                 let mut set = Vec::new();
                 for i in (2..n).step_by(2) {
                     let name = String::from_utf8_lossy(&arg(&*io, i)).to_ascii_lowercase();
+                    let value = arg(&*io, i + 1);
+                    if harmless_knob(&name) && (value.len() > 64 || !value.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-')) {
+                        error_line(
+                            &mut out.buf,
+                            &format!("ERR Invalid argument '{}' for CONFIG SET '{}'", cap(&value, 64), cap(name.as_bytes(), 64)),
+                        );
+                        return true;
+                    }
                     if !harmless_knob(&name) {
                         error_line(
                             &mut out.buf,
@@ -1356,5 +1398,36 @@ mod tests {
         assert!(!cpu.contains("# Server"), "only the asked section: {cpu}");
         let none = c.say(&cmd(&["INFO", "nosuchsection"]));
         assert_eq!(none, "$0\r\n\r\n");
+    }
+
+    #[test]
+    fn a_db0_key_cannot_pose_as_another_databases() {
+        let mut c = conv(None);
+        // SET "\xffpst:db\x05foo" leaked, in database 0, as raw bytes.
+        let mut bytes = b"*3\r\n$3\r\nSET\r\n$11\r\n".to_vec();
+        bytes.extend_from_slice(b"\xffpst:db\x05foo\r\n$6\r\nleaked\r\n");
+        assert_eq!(c.send(&bytes).0, b"+OK\r\n");
+        assert_eq!(c.say(&cmd(&["SELECT", "5"])), "+OK\r\n");
+        assert_eq!(c.say(&cmd(&["GET", "foo"])), "$-1\r\n");
+        assert_eq!(c.say(&cmd(&["DBSIZE"])), ":0\r\n");
+        assert_eq!(c.say(&cmd(&["SELECT", "0"])), "+OK\r\n");
+        assert_eq!(c.say(&cmd(&["DBSIZE"])), ":1\r\n");
+    }
+
+    #[test]
+    fn randomkey_varies_and_config_set_is_bounded() {
+        let mut c = conv(None);
+        for i in 0..8 {
+            c.say(&cmd(&["SET", &format!("k{i}"), "v"]));
+        }
+        let seen: std::collections::HashSet<String> =
+            (0..64).map(|_| c.say(&cmd(&["RANDOMKEY"]))).collect();
+        assert!(seen.len() > 2, "RANDOMKEY gave {seen:?}");
+        assert!(c
+            .say(&cmd(&["CONFIG", "SET", "x-max-listpack-entries", "1"]))
+            .starts_with("-ERR Unknown option"));
+        assert!(c
+            .say(&cmd(&["CONFIG", "SET", "hz", &"9".repeat(100)]))
+            .starts_with("-ERR Invalid argument"));
     }
 }

@@ -16,8 +16,19 @@ impl<M: Media> Store<M> {
     }
 
     /// Open a fresh head segment. Normal appends leave one free segment for compaction.
-    pub(super) fn open_segment(&mut self, for_compaction: bool) -> Result<(), StoreError> {
-        let need = if for_compaction { 1 } else { 2 };
+    /// Open a fresh segment for records of `kind`. Free segments are kept back in tiers, so
+    /// that a log full of live data can still be emptied: new data (puts, appends) needs three
+    /// free segments, deletes two, compaction one.
+    pub(super) fn open_segment(
+        &mut self,
+        for_compaction: bool,
+        kind: Kind,
+    ) -> Result<(), StoreError> {
+        let need = match (for_compaction, kind) {
+            (true, _) => 1,
+            (false, Kind::Delete) => 2,
+            (false, _) => 3,
+        };
         if self.free_segments() < need {
             return Err(StoreError::LogFull);
         }
@@ -63,7 +74,7 @@ impl<M: Media> Store<M> {
             return Err(StoreError::TooLarge("record larger than a log segment"));
         }
         if self.order.is_empty() || self.head_pos + len > self.seg_size {
-            self.open_segment(for_compaction)?;
+            self.open_segment(for_compaction, kind)?;
         }
         let seq = self.next_seq;
         let mut buf = std::mem::take(&mut self.scratch);
