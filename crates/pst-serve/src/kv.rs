@@ -522,6 +522,8 @@ impl KvService {
                 &mut out.buf,
                 "WRONGPASS invalid username-password pair or user is disabled.",
             ),
+            "AUTH" if n > 3 => reply::error(&mut out.buf, "ERR syntax error"),
+            "AUTH" if n == 1 => arity_error(&mut out.buf, &name),
             "AUTH" if n == 2 => reply::error(&mut out.buf, "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?"),
             "SET" | "MSET" | "INCR" | "DECR" | "INCRBY" | "DECRBY" | "GETSET" | "SETNX" | "MSETNX"
                 if !io.has_room(args[1..].iter().map(len).sum()) =>
@@ -812,8 +814,12 @@ impl KvService {
                     Ok(false) => Some(0),
                     Err(_) => None,
                 };
-                let Some(new) = old.and_then(|o| o.checked_add(by)) else {
+                let Some(old) = old else {
                     reply::error(&mut out.buf, "ERR value is not an integer or out of range");
+                    return true;
+                };
+                let Some(new) = old.checked_add(by) else {
+                    reply::error(&mut out.buf, "ERR increment or decrement would overflow");
                     return true;
                 };
                 match io.copy_in(new.to_string().as_bytes()) {
@@ -1429,5 +1435,23 @@ mod tests {
         assert!(c
             .say(&cmd(&["CONFIG", "SET", "hz", &"9".repeat(100)]))
             .starts_with("-ERR Invalid argument"));
+    }
+
+    #[test]
+    fn overflow_and_auth_arity_texts() {
+        let mut c = conv(None);
+        assert_eq!(c.say(&cmd(&["SET", "n", "9223372036854775807"])), "+OK\r\n");
+        assert_eq!(
+            c.say(&cmd(&["INCR", "n"])),
+            "-ERR increment or decrement would overflow\r\n"
+        );
+        assert_eq!(
+            c.say(&cmd(&["AUTH"])),
+            "-ERR wrong number of arguments for 'auth' command\r\n"
+        );
+        assert_eq!(
+            c.say(&cmd(&["AUTH", "a", "b", "c"])),
+            "-ERR syntax error\r\n"
+        );
     }
 }

@@ -219,7 +219,7 @@ pub fn serve_until<P: Protocol>(
     for _ in 0..threads {
         let _ = ready_rx.recv();
     }
-    tracing::info!(addr = %cfg.addr, engine = %cfg.engine, threads, pool = ?pool.path(), persist = %pool.persist_mode(), "serving; Ctrl-C to stop");
+    tracing::info!(addr = %cfg.addr, engine = %cfg.engine, threads, pool = %pool.path().map_or("(anonymous)".into(), |p| p.display().to_string()), persist = %pool.persist_mode(), "serving; Ctrl-C to stop");
     let mut result = Ok(());
     for h in handles {
         match h.join() {
