@@ -42,14 +42,15 @@ const DB_PREFIX: &[u8] = b"\xffpst:db";
 
 /// The stored form of `key` in database `db`. A database-0 key that itself begins with the
 /// reserved `\xff` byte is prefixed too, so that no key of one database can pose as another's.
-fn db_key(db: u8, key: &[u8]) -> Vec<u8> {
+fn db_key(db: u8, key: Vec<u8>) -> Vec<u8> {
+    // The common case (database 0) hands the gathered key back as it is: no second copy.
     if db == 0 && key.first() != Some(&0xff) {
-        return key.to_vec();
+        return key;
     }
     let mut k = Vec::with_capacity(DB_PREFIX.len() + 1 + key.len());
     k.extend_from_slice(DB_PREFIX);
     k.push(db);
-    k.extend_from_slice(key);
+    k.extend_from_slice(&key);
     k
 }
 
@@ -473,7 +474,7 @@ impl KvService {
         };
         let db = c.db;
         // Argument `i` as a key of the selected database.
-        let key = |io: &dyn Io, i: usize| db_key(db, &arg(io, i));
+        let key = |io: &dyn Io, i: usize| db_key(db, arg(io, i));
         if let Some(pw) = &self.password {
             if !c.authed && !matches!(name.as_str(), "AUTH" | "PING" | "QUIT" | "HELLO") {
                 reply::error(&mut out.buf, "NOAUTH Authentication required.");
