@@ -3,7 +3,7 @@
 //! Input: byte 0 seeds how the stream is cut into chunks, byte 1 picks the limits, the rest is
 //! the byte stream a client sent. Checked: no panic; cutting the stream differently never
 //! changes what is framed; at most one error and nothing after it; bodies lie inside the stream,
-//! after the previous request, within the body limit; `needed_from` never passes the position.
+//! after the previous request, within the body limit (chunk data in order inside its body); `needed_from` never passes the position.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -61,9 +61,16 @@ fuzz_target!(|input: &[u8]| {
             Event::Request(r) => {
                 assert!(r.body.start <= r.body.end && r.body.end <= data.len() as u64);
                 assert!(r.body.start >= prev_end, "bodies overlap or go backwards");
-                assert!(r.body.end - r.body.start <= lim.max_body);
+                assert!(r.body_len() <= lim.max_body);
+                let mut at = r.body.start;
+                for d in &r.chunks {
+                    assert!(r.chunked, "chunk ranges without a chunked body");
+                    assert!(at <= d.start && d.start < d.end && d.end <= r.body.end, "chunk data outside its body or out of order");
+                    at = d.end;
+                }
                 prev_end = r.body.end;
             }
+            Event::Continue => {}
             Event::Error(_) => assert_eq!(i, whole.len() - 1, "events after an error"),
         }
     }

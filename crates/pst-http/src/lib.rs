@@ -59,8 +59,28 @@ pub struct Request {
     pub keep_alive: bool,
     /// Value of `Authorization: Bearer <token>`, if any.
     pub bearer: Option<String>,
-    /// Body bytes as stream positions (empty when there is no body).
+    /// The body as sent, as stream positions (empty when there is no body). For a chunked
+    /// body this span includes the chunk framing and trailers; its content is [`Request::data`].
     pub body: Range<u64>,
+    /// Chunked body (`Transfer-Encoding: chunked`): the chunk-data ranges in order, framing
+    /// excluded. Empty for a `Content-Length` body (no allocation on that path).
+    pub chunks: Vec<Range<u64>>,
+    /// Whether the body was sent chunked.
+    pub chunked: bool,
+}
+
+impl Request {
+    /// The body's content as stream ranges, in order: the whole body for `Content-Length`,
+    /// each chunk's data for a chunked body.
+    pub fn data(&self) -> impl Iterator<Item = Range<u64>> + '_ {
+        let whole = (!self.chunked && !self.body.is_empty()).then(|| self.body.clone());
+        whole.into_iter().chain(self.chunks.iter().cloned())
+    }
+
+    /// Length of the body's content (chunk framing excluded).
+    pub fn body_len(&self) -> u64 {
+        self.data().map(|r| r.end - r.start).sum()
+    }
 }
 
 /// A request the framer refuses; the connection must answer with the status and close.
@@ -69,7 +89,7 @@ pub enum FrameError {
     /// Malformed request line or header.
     #[error("400 Bad Request")]
     BadRequest,
-    /// A body-carrying method without `Content-Length` (chunked bodies are not supported).
+    /// A body-carrying method with neither `Content-Length` nor a chunked body.
     #[error("411 Length Required")]
     LengthRequired,
     /// Body larger than the limit.
@@ -81,6 +101,9 @@ pub enum FrameError {
     /// Not HTTP/1.0 or HTTP/1.1.
     #[error("505 HTTP Version Not Supported")]
     Version,
+    /// An `Expect` other than `100-continue`.
+    #[error("417 Expectation Failed")]
+    Expectation,
 }
 
 impl FrameError {
@@ -92,6 +115,7 @@ impl FrameError {
             FrameError::TooLarge => 413,
             FrameError::HeadTooLarge => 431,
             FrameError::Version => 505,
+            FrameError::Expectation => 417,
         }
     }
 }
@@ -101,6 +125,9 @@ impl FrameError {
 pub enum Event {
     /// A complete request (head and whole body received).
     Request(Request),
+    /// A request head asked `Expect: 100-continue` and its body is acceptable so far: the
+    /// server should send `100 Continue` now (the request follows as [`Event::Request`]).
+    Continue,
     /// The stream is unusable from here on; answer with this error and close.
     Error(FrameError),
 }
@@ -111,9 +138,30 @@ enum State {
     Head,
     /// Waiting for the body of `req` to end at `req.body.end`.
     Body(Request),
+    /// Inside a chunked body of `req` (`req.body.start` is where it began).
+    Chunked(Request, Chunk),
     /// After an error: ignore everything.
     Dead,
 }
+
+/// Where a chunked body's parser is (RFC 9112 §7.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// Collecting a `chunk-size [chunk-ext] CRLF` line in `carry`.
+    Size,
+    /// Inside chunk data: this many bytes left.
+    Data(u64),
+    /// After chunk data: the CRLF that ends it; this many of its bytes seen.
+    DataEnd(u8),
+    /// Collecting trailer lines (dropped) in `carry`; this many trailer bytes so far.
+    Trailer(usize),
+}
+
+/// Longest chunk-size line (size plus extensions) accepted; beyond it the request is a 400.
+pub const MAX_CHUNK_LINE: usize = 1024;
+
+/// Most chunks one body may have (each is a range the server keeps); beyond: 413.
+pub const MAX_CHUNKS: usize = 1 << 16;
 
 /// Per-connection request framer.
 #[derive(Debug)]
@@ -148,7 +196,7 @@ impl RequestFramer {
     pub fn needed_from(&self) -> u64 {
         match &self.state {
             State::Head => self.carry_pos,
-            State::Body(r) => r.body.start,
+            State::Body(r) | State::Chunked(r, _) => r.body.start,
             State::Dead => self.pos,
         }
     }
@@ -177,6 +225,12 @@ impl RequestFramer {
                     self.carry.clear();
                     self.carry_pos = chunk_pos + at as u64;
                 }
+                State::Chunked(..) => {
+                    if let Err(e) = self.chunked(chunk, chunk_pos, &mut at, out) {
+                        self.fail(e, out);
+                        return;
+                    }
+                }
                 State::Head => {
                     if self.carry.is_empty() {
                         self.carry_pos = chunk_pos + at as u64;
@@ -194,11 +248,16 @@ impl RequestFramer {
                             }
                             at += take;
                         }
-                        Ok(Some((req, head_len))) => {
+                        Ok(Some((req, head_len, expect))) => {
                             // Bytes of this chunk consumed by the head.
                             at += head_len - before;
                             self.carry.clear();
-                            if req.body.is_empty() {
+                            if expect && (req.chunked || !req.body.is_empty()) {
+                                out.push(Event::Continue);
+                            }
+                            if req.chunked {
+                                self.state = State::Chunked(req, Chunk::Size);
+                            } else if req.body.is_empty() {
                                 out.push(Event::Request(req));
                                 self.carry_pos = chunk_pos + at as u64;
                             } else {
@@ -215,14 +274,120 @@ impl RequestFramer {
         }
     }
 
+    /// Advance through a chunked body from `chunk[*at..]`; emits the request when its
+    /// trailer section ends. Lines (sizes, trailers) are collected in `carry`, bounded.
+    fn chunked(
+        &mut self,
+        chunk: &[u8],
+        chunk_pos: u64,
+        at: &mut usize,
+        out: &mut Vec<Event>,
+    ) -> Result<(), FrameError> {
+        let State::Chunked(req, phase) = &mut self.state else {
+            unreachable!("called in the chunked state")
+        };
+        while *at < chunk.len() {
+            match *phase {
+                Chunk::Data(left) => {
+                    let here = chunk_pos + *at as u64;
+                    let take = left.min((chunk.len() - *at) as u64);
+                    match req.chunks.last_mut() {
+                        Some(r) if r.end == here => r.end += take,
+                        _ => req.chunks.push(here..here + take),
+                    }
+                    *at += take as usize;
+                    *phase = if take == left {
+                        Chunk::DataEnd(0)
+                    } else {
+                        Chunk::Data(left - take)
+                    };
+                }
+                Chunk::DataEnd(seen) => {
+                    let want = b"\r\n"[seen as usize];
+                    if chunk[*at] != want {
+                        return Err(FrameError::BadRequest);
+                    }
+                    *at += 1;
+                    *phase = if seen == 1 {
+                        Chunk::Size
+                    } else {
+                        Chunk::DataEnd(1)
+                    };
+                }
+                Chunk::Size | Chunk::Trailer(_) => {
+                    let Some(line) = take_line(&mut self.carry, chunk, at) else {
+                        // Incomplete line: bound what is collected.
+                        let limit = match *phase {
+                            Chunk::Trailer(n) => self.limits.max_head.saturating_sub(n),
+                            _ => MAX_CHUNK_LINE,
+                        };
+                        if self.carry.len() > limit {
+                            return Err(match *phase {
+                                Chunk::Trailer(_) => FrameError::HeadTooLarge,
+                                _ => FrameError::BadRequest,
+                            });
+                        }
+                        continue;
+                    };
+                    let line = line?;
+                    if let Chunk::Trailer(n) = *phase {
+                        let n = n + line.len() + 2;
+                        self.carry.clear();
+                        if n > self.limits.max_head {
+                            return Err(FrameError::HeadTooLarge);
+                        }
+                        if !line.is_empty() {
+                            *phase = Chunk::Trailer(n);
+                            continue;
+                        }
+                        // The empty line: the message ends here.
+                        let end = chunk_pos + *at as u64;
+                        let State::Chunked(mut req, _) =
+                            std::mem::replace(&mut self.state, State::Head)
+                        else {
+                            unreachable!()
+                        };
+                        req.body.end = end;
+                        out.push(Event::Request(req));
+                        self.carry_pos = end;
+                        return Ok(());
+                    }
+                    if line.len() > MAX_CHUNK_LINE {
+                        return Err(FrameError::BadRequest);
+                    }
+                    let size = chunk_size(&line)?;
+                    self.carry.clear();
+                    let total = req.body_len();
+                    if size > self.limits.max_body.saturating_sub(total) {
+                        return Err(FrameError::TooLarge);
+                    }
+                    if req.chunks.len() >= MAX_CHUNKS {
+                        return Err(FrameError::TooLarge);
+                    }
+                    *phase = if size == 0 {
+                        Chunk::Trailer(0)
+                    } else {
+                        Chunk::Data(size)
+                    };
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn fail(&mut self, e: FrameError, out: &mut Vec<Event>) {
         self.state = State::Dead;
         self.carry = Vec::new();
         out.push(Event::Error(e));
     }
 
-    /// Parse `carry` as a head. `Ok(None)`: incomplete.
-    fn parse_head(&self) -> Result<Option<(Request, usize)>, FrameError> {
+    /// Parse `carry` as a head. `Ok(None)`: incomplete. Also says whether the head asked
+    /// `Expect: 100-continue`.
+    ///
+    /// Request-smuggling defences (RFC 9112 §6.1–6.3): both `Transfer-Encoding` and
+    /// `Content-Length`, a transfer coding other than a final `chunked`, differing
+    /// `Content-Length`s, an obs-fold line and a bare CR are all refused with 400.
+    fn parse_head(&self) -> Result<Option<(Request, usize, bool)>, FrameError> {
         let mut headers = vec![httparse::EMPTY_HEADER; self.limits.max_headers];
         let mut r = httparse::Request::new(&mut headers);
         let head_len = match r.parse(&self.carry) {
@@ -235,6 +400,20 @@ impl RequestFramer {
         if head_len > self.limits.max_head {
             return Err(FrameError::HeadTooLarge);
         }
+        // httparse accepts a bare LF as a line end and skips an obs-fold; both let two parsers
+        // disagree on where a header ends, so refuse a CR not followed by LF and a header line
+        // starting with whitespace.
+        let head = &self.carry[..head_len];
+        if head
+            .iter()
+            .enumerate()
+            .any(|(i, &b)| b == b'\r' && head.get(i + 1) != Some(&b'\n'))
+            || head
+                .windows(2)
+                .any(|w| w[0] == b'\n' && (w[1] == b' ' || w[1] == b'\t'))
+        {
+            return Err(FrameError::BadRequest);
+        }
         let version = r.version.ok_or(FrameError::BadRequest)?;
         let method = match r.method.ok_or(FrameError::BadRequest)? {
             "GET" => Method::Get,
@@ -246,7 +425,8 @@ impl RequestFramer {
         };
         let path = r.path.ok_or(FrameError::BadRequest)?.to_owned();
         let mut content_length: Option<u64> = None;
-        let mut chunked = false;
+        let mut codings: Vec<String> = Vec::new();
+        let mut expect = false;
         let mut conn_close = false;
         let mut conn_keep = false;
         let mut bearer = None;
@@ -262,7 +442,21 @@ impl RequestFramer {
                 }
                 content_length = Some(n);
             } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                chunked = true;
+                let v = std::str::from_utf8(h.value).map_err(|_| FrameError::BadRequest)?;
+                codings.extend(
+                    v.split(',')
+                        .map(|t| t.trim().to_ascii_lowercase())
+                        .filter(|t| !t.is_empty()),
+                );
+                if codings.is_empty() {
+                    return Err(FrameError::BadRequest);
+                }
+            } else if name.eq_ignore_ascii_case("expect") {
+                if h.value.eq_ignore_ascii_case(b"100-continue") {
+                    expect = true;
+                } else {
+                    return Err(FrameError::Expectation);
+                }
             } else if name.eq_ignore_ascii_case("connection") {
                 let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
                 conn_close |= v.split(',').any(|t| t.trim() == "close");
@@ -274,10 +468,17 @@ impl RequestFramer {
                 }
             }
         }
+        let chunked = !codings.is_empty();
         if chunked {
-            return Err(FrameError::LengthRequired);
+            // Only `chunked` is implemented, and it must be the final coding; any other
+            // coding, or a length beside it, is a smuggling attempt or something we cannot
+            // frame (RFC 9112 §6.1, §6.3).
+            if content_length.is_some() || version == 0 || codings != ["chunked"] {
+                return Err(FrameError::BadRequest);
+            }
         }
         let body_len = match (method, content_length) {
+            _ if chunked => 0,
             (Method::Post | Method::Put, None) => return Err(FrameError::LengthRequired),
             (_, Some(n)) => n,
             (_, None) => 0,
@@ -298,8 +499,11 @@ impl RequestFramer {
                 keep_alive,
                 bearer,
                 body: start..start + body_len,
+                chunks: Vec::new(),
+                chunked,
             },
             head_len,
+            expect,
         )))
     }
 
@@ -319,6 +523,51 @@ impl RequestFramer {
     }
 }
 
+/// Take one CRLF-terminated line, collecting partial lines in `carry` across feeds. `None`:
+/// the line is not complete yet (what there is went into `carry`). A bare CR or LF inside the
+/// line is an error.
+fn take_line(
+    carry: &mut Vec<u8>,
+    chunk: &[u8],
+    at: &mut usize,
+) -> Option<Result<Vec<u8>, FrameError>> {
+    let rest = &chunk[*at..];
+    match rest.iter().position(|&b| b == b'\n') {
+        None => {
+            carry.extend_from_slice(rest);
+            *at = chunk.len();
+            None
+        }
+        Some(i) => {
+            carry.extend_from_slice(&rest[..=i]);
+            *at += i + 1;
+            let mut line = std::mem::take(carry);
+            line.pop(); // LF
+            if line.pop() != Some(b'\r') || line.contains(&b'\r') {
+                return Some(Err(FrameError::BadRequest));
+            }
+            Some(Ok(line))
+        }
+    }
+}
+
+/// Parse a chunk-size line: hex digits, then optional extensions after `;` (ignored).
+fn chunk_size(line: &[u8]) -> Result<u64, FrameError> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 15 {
+        return Err(FrameError::BadRequest);
+    }
+    let rest = &line[digits..];
+    let ext = rest.iter().position(|&b| b != b' ' && b != b'\t');
+    if let Some(i) = ext {
+        if rest[i] != b';' {
+            return Err(FrameError::BadRequest);
+        }
+    }
+    let s = std::str::from_utf8(&line[..digits]).map_err(|_| FrameError::BadRequest)?;
+    u64::from_str_radix(s, 16).map_err(|_| FrameError::BadRequest)
+}
+
 /// The reason phrase for the statuses the servers send.
 pub fn reason(status: u16) -> &'static str {
     match status {
@@ -331,6 +580,7 @@ pub fn reason(status: u16) -> &'static str {
         405 => "Method Not Allowed",
         411 => "Length Required",
         413 => "Content Too Large",
+        417 => "Expectation Failed",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         503 => "Service Unavailable",
@@ -371,7 +621,7 @@ mod tests {
     fn req(e: &Event) -> &Request {
         match e {
             Event::Request(r) => r,
-            Event::Error(e) => panic!("unexpected {e}"),
+            other => panic!("unexpected {other:?}"),
         }
     }
 
@@ -431,8 +681,8 @@ mod tests {
         assert_eq!(st(b"GARBAGE\r\n\r\n"), 400);
         assert_eq!(st(b"POST / HTTP/1.1\r\n\r\n"), 411);
         assert_eq!(
-            st(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
-            411
+            st(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"),
+            400
         );
         assert_eq!(
             st(b"POST / HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n"),
@@ -483,6 +733,111 @@ mod tests {
         f.feed(b"cdGET", &mut out);
         assert_eq!(out.len(), 1);
         assert_eq!(f.needed_from(), 43, "start of the partial next head");
+    }
+
+    fn body(s: &[u8], r: &Request) -> Vec<u8> {
+        r.data()
+            .flat_map(|d| s[d.start as usize..d.end as usize].to_vec())
+            .collect()
+    }
+
+    #[test]
+    fn chunked_body_is_its_chunk_data_however_cut() {
+        let s: &[u8] = b"POST /k HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;name=v\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: y\r\n\r\nGET / HTTP/1.1\r\n\r\n";
+        let whole = feed_all(&[s]);
+        assert_eq!(whole.len(), 2, "{whole:?}");
+        let r = req(&whole[0]);
+        assert!(r.chunked);
+        assert_eq!(body(s, r), b"hello world");
+        assert_eq!(r.body_len(), 11);
+        assert_eq!(
+            r.body.end as usize,
+            s.len() - b"GET / HTTP/1.1\r\n\r\n".len()
+        );
+        assert_eq!(req(&whole[1]).path, "/");
+        for i in 0..s.len() {
+            for j in i..s.len() {
+                let cut = feed_all(&[&s[..i], &s[i..j], &s[j..]]);
+                assert_eq!(cut.len(), 2, "split at {i},{j}");
+                assert_eq!(body(s, req(&cut[0])), b"hello world", "split at {i},{j}");
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_limits_and_malformed_chunks() {
+        let st = |s: &[u8]| match feed_all(&[s]).pop() {
+            Some(Event::Error(e)) => e.status(),
+            other => panic!("{other:?}"),
+        };
+        let te = "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let big = format!("{te}100001\r\n");
+        assert_eq!(st(big.as_bytes()), 413, "over max_body");
+        assert_eq!(st(format!("{te}zz\r\n").as_bytes()), 400);
+        assert_eq!(
+            st(format!("{te}5\r\nhelloXX").as_bytes()),
+            400,
+            "no CRLF after data"
+        );
+        assert_eq!(st(format!("{te}5\nhello").as_bytes()), 400, "bare LF");
+        assert_eq!(
+            st(format!("{te}5 x\r\n").as_bytes()),
+            400,
+            "junk after size"
+        );
+        let long = format!("{te}5;{}", "e".repeat(2000));
+        assert_eq!(st(long.as_bytes()), 400, "endless chunk extension");
+        let trailers = format!("{te}0\r\n{}", "X: y\r\n".repeat(4000));
+        assert_eq!(st(trailers.as_bytes()), 431, "endless trailers");
+    }
+
+    /// RFC 9112 §6.1–6.3: every way two parsers could disagree on where a body ends is 400.
+    #[test]
+    fn smuggling_attempts_are_refused() {
+        let st = |s: &str| match feed_all(&[s.as_bytes()]).pop() {
+            Some(Event::Error(e)) => e.status(),
+            other => panic!("{s:?}: {other:?}"),
+        };
+        let cases = [
+            "POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: xchunked\r\n\r\n",
+            "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 1, 2\r\n\r\n",
+            "POST / HTTP/1.1\r\nX: a\r\n b\r\nContent-Length: 1\r\n\r\n",
+            "POST / HTTP/1.1\r\nX: a\rContent-Length: 1\r\n\r\n",
+        ];
+        for c in cases {
+            assert_eq!(st(c), 400, "{c:?}");
+        }
+        // The same length twice is allowed (RFC 9112 §6.3 item 5).
+        let ok = feed_all(&[b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx"]);
+        assert_eq!(req(&ok[0]).body_len(), 1);
+        assert_eq!(
+            st("POST / HTTP/1.1\r\nExpect: something\r\nContent-Length: 1\r\n\r\n"),
+            417
+        );
+    }
+
+    #[test]
+    fn expect_100_continue_is_announced_before_the_body() {
+        let mut f = RequestFramer::new(Limits::default());
+        let mut out = Vec::new();
+        f.feed(
+            b"POST /k HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n",
+            &mut out,
+        );
+        assert_eq!(out, vec![Event::Continue]);
+        f.feed(b"abc", &mut out);
+        assert!(matches!(out[1], Event::Request(_)));
+        // An oversized body gets its 413 instead of a 100.
+        let ev = feed_all(&[
+            b"POST /k HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 99999999\r\n\r\n",
+        ]);
+        assert_eq!(ev, vec![Event::Error(FrameError::TooLarge)]);
     }
 
     proptest::proptest! {

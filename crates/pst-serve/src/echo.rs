@@ -11,6 +11,7 @@ use crate::store::PoolStore;
 #[derive(Debug, Default)]
 pub struct EchoService {
     requests: AtomicU64,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 impl Protocol for EchoService {
@@ -46,6 +47,10 @@ impl Protocol for EchoService {
 
     fn busy_reply(&self) -> &'static [u8] {
         b""
+    }
+
+    fn metrics(&self) -> &std::sync::Arc<crate::metrics::Metrics> {
+        &self.metrics
     }
 }
 

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use pst::{Buffers, Extent};
 
 use crate::error::ServeError;
-use crate::protocol::{Io, Limits, Piece, Protocol};
+use crate::protocol::{Io, Limits, Piece, Protocol, PARKED_TICK};
 use crate::store::{end_batch, pool_pressure, PoolStore, Retention, SharedStore};
 use crate::worker::WorkerCtx;
 
@@ -57,6 +57,18 @@ trait StreamApp {
     /// What a connection beyond the limit is told before it is closed.
     fn busy_reply(&self) -> &'static [u8] {
         b""
+    }
+    /// Whether `conn` waits in a long poll ([`Protocol::parked`]).
+    fn parked(&self, _conn: &Self::Conn) -> bool {
+        false
+    }
+    /// Give a parked connection another chance ([`Protocol::resume`]).
+    fn resume(&mut self, _conn: &mut Self::Conn, _out: &mut Vec<u8>) -> Verdict {
+        Verdict::Continue
+    }
+    /// Free and total pool buffers of this worker (metrics).
+    fn buffers(&self) -> (usize, usize) {
+        (0, 0)
     }
 }
 
@@ -128,6 +140,12 @@ fn run<A: StreamApp>(
     let mut syscalls = 0u64;
     // Connections that got reply bytes this batch: written after the batch commit.
     let mut dirty: Vec<usize> = Vec::new();
+    // Connections parked in a long poll.
+    let mut parked: Vec<usize> = Vec::new();
+    let tick = rustix::time::Timespec {
+        tv_sec: 0,
+        tv_nsec: PARKED_TICK.as_nanos() as i64,
+    };
     let timeout = rustix::time::Timespec {
         tv_sec: 0,
         tv_nsec: 100_000_000,
@@ -165,6 +183,7 @@ fn run<A: StreamApp>(
                 timeout
             }
             Some(_) => backoff,
+            None if !parked.is_empty() => tick,
             None => timeout,
         };
         events.clear();
@@ -272,8 +291,12 @@ fn run<A: StreamApp>(
                     }
                 }
                 Ok(n) => {
+                    ctx.metrics().received(n as u64);
                     if app.on_data(&mut c.app, &buf[..n], &mut c.out) == Verdict::Close {
                         c.close_after = true;
+                    }
+                    if app.parked(&c.app) {
+                        parked.push(i);
                     }
                     c.last_rx = std::time::Instant::now();
                     c.partial_since = if app.has_partial(&c.app) {
@@ -285,6 +308,25 @@ fn run<A: StreamApp>(
                 }
             }
         }
+        parked.sort_unstable();
+        parked.dedup();
+        parked.retain(|&i| {
+            let Some(c) = conns
+                .get_mut(i)
+                .and_then(|c| c.as_mut())
+                .filter(|c| !c.close_after && app.parked(&c.app))
+            else {
+                return false;
+            };
+            let before = c.out.len();
+            if app.resume(&mut c.app, &mut c.out) == Verdict::Close {
+                c.close_after = true;
+            }
+            if c.close_after || c.out.len() != before {
+                dirty.push(i);
+            }
+            app.parked(&c.app)
+        });
         if dirty.is_empty() {
             continue;
         }
@@ -304,7 +346,10 @@ fn run<A: StreamApp>(
                     &c.out[c.out_off..],
                     rustix::net::SendFlags::NOSIGNAL,
                 ) {
-                    Ok(n) => c.out_off += n,
+                    Ok(n) => {
+                        c.out_off += n;
+                        ctx.metrics().sent(n as u64);
+                    }
                     Err(Errno::AGAIN) => break,
                     Err(_) => {
                         c.out.clear();
@@ -345,6 +390,8 @@ fn run<A: StreamApp>(
             }
         }
         ctx.publish(syscalls + app.extra_syscalls(), app.requests());
+        let (free_bufs, capacity) = app.buffers();
+        ctx.metrics().gauges(open, free_bufs, capacity);
     }
     ctx.publish(syscalls + app.extra_syscalls(), app.requests());
     Ok(())
@@ -390,6 +437,66 @@ impl<P: Protocol> EpollService<P> {
     }
 }
 
+impl<P: Protocol> EpollService<P> {
+    /// Hand `data` (new bytes), or nothing (resuming a parked connection), to the protocol
+    /// with the store locked; copy its reply pieces into `out`; drop bytes no longer needed.
+    fn handle(
+        &mut self,
+        c: &mut EConn<P::Conn>,
+        data: Option<&[u8]>,
+        out: &mut Vec<u8>,
+    ) -> Verdict {
+        let proto = c.proto.get_or_insert_with(|| self.proto.conn());
+        let start = c.base + c.data.len() as u64;
+        let data = data.unwrap_or_default();
+        c.data.extend_from_slice(data);
+        let mut pieces = Vec::new();
+        let mut guard = self.store.as_ref().map(|s| s.lock());
+        let keep = {
+            let mut io = EpollIo {
+                data: &c.data,
+                base: c.base,
+                bufs: &mut self.bufs,
+            };
+            let st: Option<&mut PoolStore> = guard.as_mut().map(|g| &mut g.store);
+            if data.is_empty() {
+                self.proto.resume(proto, &mut io, st, &mut pieces)
+            } else {
+                self.proto.on_chunk(
+                    proto,
+                    start..start + data.len() as u64,
+                    &mut io,
+                    st,
+                    &mut pieces,
+                )
+            }
+        };
+        drop(guard);
+        self.wrote = true;
+        for p in pieces {
+            match p {
+                Piece::Bytes(b) => out.extend_from_slice(&b),
+                Piece::Ext(e) => {
+                    out.extend_from_slice(self.bufs.bytes(&e));
+                    self.bufs.release(e);
+                }
+                Piece::Input(r) => out.extend_from_slice(
+                    &c.data[(r.start - c.base) as usize..(r.end - c.base) as usize],
+                ),
+            }
+        }
+        let needed = self.proto.needed_from(proto);
+        let drop_n = (needed.saturating_sub(c.base) as usize).min(c.data.len());
+        c.data.drain(..drop_n);
+        c.base += drop_n as u64;
+        if keep {
+            Verdict::Continue
+        } else {
+            Verdict::Close
+        }
+    }
+}
+
 /// Per-connection state of the epoll engine.
 struct EConn<C> {
     proto: Option<C>,
@@ -431,6 +538,10 @@ impl Io for EpollIo<'_> {
         None
     }
 
+    fn release(&mut self, e: Extent) {
+        self.bufs.release(e);
+    }
+
     fn has_room(&self, bytes: u64) -> bool {
         crate::protocol::has_room(
             self.bufs.free_count(),
@@ -445,49 +556,19 @@ impl<P: Protocol> StreamApp for EpollService<P> {
     type Conn = EConn<P::Conn>;
 
     fn on_data(&mut self, c: &mut EConn<P::Conn>, data: &[u8], out: &mut Vec<u8>) -> Verdict {
-        let proto = c.proto.get_or_insert_with(|| self.proto.conn());
-        let start = c.base + c.data.len() as u64;
-        c.data.extend_from_slice(data);
-        let mut pieces = Vec::new();
-        let mut guard = self.store.as_ref().map(|s| s.lock());
-        let keep = {
-            let mut io = EpollIo {
-                data: &c.data,
-                base: c.base,
-                bufs: &mut self.bufs,
-            };
-            let st: Option<&mut PoolStore> = guard.as_mut().map(|g| &mut g.store);
-            self.proto.on_chunk(
-                proto,
-                start..start + data.len() as u64,
-                &mut io,
-                st,
-                &mut pieces,
-            )
-        };
-        drop(guard);
-        self.wrote = true;
-        for p in pieces {
-            match p {
-                Piece::Bytes(b) => out.extend_from_slice(&b),
-                Piece::Ext(e) => {
-                    out.extend_from_slice(self.bufs.bytes(&e));
-                    self.bufs.release(e);
-                }
-                Piece::Input(r) => out.extend_from_slice(
-                    &c.data[(r.start - c.base) as usize..(r.end - c.base) as usize],
-                ),
-            }
-        }
-        let needed = self.proto.needed_from(proto);
-        let drop_n = (needed.saturating_sub(c.base) as usize).min(c.data.len());
-        c.data.drain(..drop_n);
-        c.base += drop_n as u64;
-        if keep {
-            Verdict::Continue
-        } else {
-            Verdict::Close
-        }
+        self.handle(c, Some(data), out)
+    }
+
+    fn parked(&self, c: &EConn<P::Conn>) -> bool {
+        c.proto.as_ref().is_some_and(|p| self.proto.parked(p))
+    }
+
+    fn resume(&mut self, c: &mut EConn<P::Conn>, out: &mut Vec<u8>) -> Verdict {
+        self.handle(c, None, out)
+    }
+
+    fn buffers(&self) -> (usize, usize) {
+        (self.bufs.free_count(), self.bufs.capacity())
     }
 
     fn commit(&mut self) -> bool {
@@ -498,7 +579,13 @@ impl<P: Protocol> StreamApp for EpollService<P> {
         let mut ok = true;
         if self.wrote || g.store.needs_commit() {
             let pressure = pool_pressure(self.bufs.free_count(), self.bufs.capacity());
-            let (committed, barriers) = end_batch(&shared, &mut g, self.retention, pressure);
+            let (committed, barriers) = end_batch(
+                &shared,
+                &mut g,
+                self.retention,
+                pressure,
+                self.proto.metrics(),
+            );
             ok = committed;
             self.syncs += if self.fsync { barriers } else { 0 };
             self.wrote = false;

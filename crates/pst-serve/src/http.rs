@@ -3,11 +3,17 @@
 //! `GET /key` sends it from the pool without copying). Other GETs return a fixed 64-byte body
 //! (the RPC workload). Replies leave only after the batch's group commit.
 
+use std::collections::VecDeque;
+use std::io::Write as _;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use pst::Extent;
 use pst_http::{write_head, Event, FrameError, Limits, Method, Request, RequestFramer};
 
+use crate::metrics::Metrics;
 use crate::protocol::{Io, Piece, Protocol};
 use crate::store::PoolStore;
 
@@ -48,6 +54,17 @@ impl std::fmt::Display for StoreMode {
 pub const RPC_BODY: &[u8; 64] =
     b"pst rpc reply: a fixed 64-byte body for the RPC benchmark.....\r\n";
 
+/// Most records one `GET /log` returns (`max` is capped to it).
+pub const LOG_MAX_RECORDS: usize = 10_000;
+/// Payload bytes after which a `GET /log` reply stops adding records (at least one record is
+/// always returned).
+pub const LOG_MAX_BYTES: u64 = 8 << 20;
+/// Longest long poll (`wait`, milliseconds, is capped to it): below the slow-request timeout.
+pub const LOG_MAX_WAIT_MS: u64 = 25_000;
+/// A chunked body split into more chunks than this is gathered into fresh pool buffers when
+/// stored (a few long extents instead of one per tiny chunk).
+pub const GATHER_CHUNKS: usize = 256;
+
 /// The HTTP service.
 #[derive(Debug)]
 pub struct HttpService {
@@ -55,6 +72,68 @@ pub struct HttpService {
     limits: Limits,
     token: Option<String>,
     requests: AtomicU64,
+    metrics: Arc<Metrics>,
+}
+
+/// A `GET /log` waiting for records (a long poll).
+#[derive(Debug, Clone)]
+struct LogPoll {
+    query: LogQuery,
+    deadline: Instant,
+    keep_alive: bool,
+    head: bool,
+}
+
+/// Per-connection state: the framer, and a long poll with the requests queued behind it.
+#[derive(Debug)]
+pub struct HttpConn {
+    framer: RequestFramer,
+    parked: Option<LogPoll>,
+    /// Requests (pipelined) framed while parked, handled in order once the poll ends.
+    queued: VecDeque<Event>,
+}
+
+/// `GET /log` parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LogQuery {
+    from: u64,
+    max: usize,
+    wait_ms: u64,
+}
+
+/// What handling one request did.
+enum Handled {
+    /// Answered with this status.
+    Status(u16),
+    /// Parked (a long poll); answered later.
+    Parked(LogPoll),
+}
+
+fn method_index(m: Method) -> usize {
+    match m {
+        Method::Get => 0,
+        Method::Head => 1,
+        Method::Post => 2,
+        Method::Put => 3,
+        Method::Delete => 4,
+        Method::Other => 5,
+    }
+}
+
+/// The value of `name` in the request target's query string.
+fn query<'a>(path: &'a str, name: &str) -> Option<&'a str> {
+    path.split_once('?')?
+        .1
+        .split('&')
+        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+fn query_u64(path: &str, name: &str) -> Result<Option<u64>, ()> {
+    query(path, name)
+        .map(|v| v.parse().map_err(|_| ()))
+        .transpose()
 }
 
 impl HttpService {
@@ -69,14 +148,34 @@ impl HttpService {
             },
             token,
             requests: AtomicU64::new(0),
+            metrics: Arc::default(),
         }
     }
 
-    fn respond(reply: &mut Vec<Piece>, status: u16, body: &[u8], keep_alive: bool) {
+    fn respond(reply: &mut Vec<Piece>, status: u16, body: &[u8], keep_alive: bool) -> Handled {
         let mut out = Vec::with_capacity(96 + body.len());
         write_head(&mut out, status, body.len(), keep_alive);
         out.extend_from_slice(body);
         reply.push(Piece::Bytes(out));
+        Handled::Status(status)
+    }
+
+    /// A response with extra header lines (each ending in CRLF).
+    fn respond_with(
+        reply: &mut Vec<Piece>,
+        status: u16,
+        extra: &str,
+        body: &[u8],
+        keep_alive: bool,
+    ) -> Handled {
+        let mut out = Vec::with_capacity(128 + extra.len() + body.len());
+        write_head(&mut out, status, body.len(), keep_alive);
+        out.truncate(out.len() - 2); // before the blank line
+        out.extend_from_slice(extra.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(body);
+        reply.push(Piece::Bytes(out));
+        Handled::Status(status)
     }
 
     fn key(req: &Request) -> Option<&str> {
@@ -89,13 +188,17 @@ impl HttpService {
         (!k.is_empty()).then_some(k)
     }
 
+    fn route(req: &Request) -> &str {
+        req.path.split('?').next().unwrap_or("")
+    }
+
     fn handle(
         &self,
         req: &Request,
         io: &mut dyn Io,
         store: Option<&mut PoolStore>,
         reply: &mut Vec<Piece>,
-    ) {
+    ) -> Handled {
         let ka = req.keep_alive;
         let write = matches!(req.method, Method::Post | Method::Put | Method::Delete);
         if write {
@@ -104,6 +207,73 @@ impl HttpService {
                     return Self::respond(reply, 401, b"bearer token required for writes\n", ka);
                 }
             }
+        }
+        let route = Self::route(req);
+        if route == "/metrics" {
+            return match req.method {
+                Method::Get | Method::Head => {
+                    let stats = store.as_ref().map(|s| s.stats());
+                    let buf_size = store
+                        .as_ref()
+                        .map_or(0, |s| pst_pool::Media::header(s.media()).geometry.buf_size);
+                    let text = self.metrics.prometheus(stats.as_ref(), buf_size);
+                    let ct = "Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n";
+                    let h = Self::respond_with(reply, 200, ct, text.as_bytes(), ka);
+                    if req.method == Method::Head {
+                        strip_body(reply, text.len());
+                    }
+                    h
+                }
+                _ => Self::respond(reply, 405, b"/metrics is read-only\n", ka),
+            };
+        }
+        if route == "/log" && self.mode == StoreMode::Wal {
+            let Some(store) = store else {
+                return Self::respond(reply, 503, b"no store\n", ka);
+            };
+            return match req.method {
+                Method::Get | Method::Head => {
+                    let (Ok(from), Ok(max), Ok(wait)) = (
+                        query_u64(&req.path, "from"),
+                        query_u64(&req.path, "max"),
+                        query_u64(&req.path, "wait"),
+                    ) else {
+                        return Self::respond(
+                            reply,
+                            400,
+                            b"from, max and wait must be unsigned integers\n",
+                            ka,
+                        );
+                    };
+                    let q = LogQuery {
+                        from: from.unwrap_or(0),
+                        max: max.unwrap_or(1000).clamp(1, LOG_MAX_RECORDS as u64) as usize,
+                        wait_ms: wait.unwrap_or(0).min(LOG_MAX_WAIT_MS),
+                    };
+                    let poll = LogPoll {
+                        query: q,
+                        deadline: Instant::now() + Duration::from_millis(q.wait_ms),
+                        keep_alive: ka,
+                        head: req.method == Method::Head,
+                    };
+                    self.log_read(&poll, io, store, reply)
+                }
+                Method::Delete => match query_u64(&req.path, "before") {
+                    Ok(Some(before)) => {
+                        store.truncate_before(before);
+                        let first = first_seq(store);
+                        Self::respond_with(
+                            reply,
+                            200,
+                            &format!("Pst-First-Seq: {first}\r\n"),
+                            b"",
+                            ka,
+                        )
+                    }
+                    _ => Self::respond(reply, 400, b"DELETE /log needs ?before=SEQ\n", ka),
+                },
+                _ => Self::respond(reply, 405, b"method not allowed on /log\n", ka),
+            };
         }
         match (req.method, self.mode, store) {
             (Method::Get | Method::Head, StoreMode::Kv, Some(store))
@@ -125,12 +295,13 @@ impl HttpService {
                 write_head(&mut head, 200, v.len as usize, ka);
                 if req.method == Method::Head {
                     reply.push(Piece::Bytes(head));
-                    return;
+                    return Handled::Status(200);
                 }
                 match io.zero_copy(v.extents) {
                     Some(exts) => {
                         reply.push(Piece::Bytes(head));
                         reply.extend(exts.into_iter().map(Piece::Ext));
+                        Handled::Status(200)
                     }
                     None => {
                         let mut body = Vec::new();
@@ -138,6 +309,7 @@ impl HttpService {
                             Ok(true) => {
                                 head.extend_from_slice(&body);
                                 reply.push(Piece::Bytes(head));
+                                Handled::Status(200)
                             }
                             _ => Self::respond(reply, 500, b"stored value is corrupt\n", ka),
                         }
@@ -149,6 +321,7 @@ impl HttpService {
                 let mut head = Vec::new();
                 write_head(&mut head, 200, RPC_BODY.len(), ka);
                 reply.push(Piece::Bytes(head));
+                Handled::Status(200)
             }
             (Method::Post | Method::Put, StoreMode::None, _) => Self::respond(reply, 200, b"", ka),
             (Method::Post | Method::Put, mode, Some(store)) => {
@@ -164,10 +337,10 @@ impl HttpService {
                 let full = |reply: &mut Vec<Piece>| {
                     Self::respond(reply, 507, b"insufficient storage: the store is full\n", ka)
                 };
-                if !io.has_room(req.body.end - req.body.start) {
+                if !io.has_room(req.body_len()) {
                     return full(reply);
                 }
-                let Some(exts) = io.extents(req.body.clone()) else {
+                let Some(exts) = body_extents(req, io) else {
                     return full(reply);
                 };
                 let r = match key {
@@ -175,13 +348,17 @@ impl HttpService {
                     None => store.append(exts),
                 };
                 match r {
-                    Ok(_) => Self::respond(
+                    Ok(seq) => Self::respond_with(
                         reply,
                         if mode == StoreMode::Kv { 201 } else { 200 },
+                        &format!("Pst-Seq: {seq}\r\n"),
                         b"",
                         ka,
                     ),
                     Err(pst_store::StoreError::LogFull) => full(reply),
+                    Err(e @ pst_store::StoreError::TooLarge(_)) => {
+                        Self::respond(reply, 413, format!("{e}\n").as_bytes(), ka)
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "store refused a write");
                         Self::respond(reply, 503, format!("{e}\n").as_bytes(), ka)
@@ -199,41 +376,124 @@ impl HttpService {
             _ => Self::respond(reply, 405, b"method not allowed\n", ka),
         }
     }
-}
 
-impl Protocol for HttpService {
-    type Conn = RequestFramer;
-
-    fn conn(&self) -> RequestFramer {
-        RequestFramer::new(self.limits)
-    }
-
-    fn needed_from(&self, c: &RequestFramer) -> u64 {
-        c.needed_from()
-    }
-
-    fn on_chunk(
+    /// Answer a `GET /log` from the store, or park it when it may wait and nothing is there.
+    ///
+    /// Reply body: for each record, `SEQ LEN\r\n`, the LEN payload bytes (sent from the pool
+    /// without copying where the record's buffers belong to this worker), then `\r\n`.
+    /// Headers: `Pst-Records` (how many), `Pst-Next-Seq` (the `from` of the next read),
+    /// `Pst-First-Seq` (the oldest record still held: a consumer whose `from` is below it has
+    /// missed records dropped by retention or truncation).
+    fn log_read(
         &self,
-        c: &mut RequestFramer,
-        chunk: Range<u64>,
+        poll: &LogPoll,
+        io: &mut dyn Io,
+        store: &mut PoolStore,
+        reply: &mut Vec<Piece>,
+    ) -> Handled {
+        let q = poll.query;
+        let mut picked = Vec::new();
+        let mut bytes = 0u64;
+        for r in store.read_from(q.from) {
+            if picked.len() >= q.max || (bytes >= LOG_MAX_BYTES && !picked.is_empty()) {
+                break;
+            }
+            if r.kind != pst_store::RecordKind::Append {
+                continue;
+            }
+            bytes += r.len as u64;
+            picked.push(r.value());
+        }
+        if picked.is_empty() && Instant::now() < poll.deadline {
+            return Handled::Parked(poll.clone());
+        }
+        let first = first_seq(store);
+        let next = picked.last().map_or(q.from.max(first), |v| v.seq + 1);
+        let mut body_len = 0usize;
+        let mut parts: Vec<Piece> = Vec::with_capacity(picked.len() * 3);
+        let mut text = Vec::new();
+        for v in &picked {
+            if !store.verify(v) {
+                tracing::error!(seq = v.seq, "log record fails its checksum; not served");
+                release_pieces(io, parts);
+                return Self::respond(reply, 500, b"a log record is corrupt\n", poll.keep_alive);
+            }
+            let _ = write!(text, "{} {}\r\n", v.seq, v.len);
+            body_len += text.len() + v.len as usize + 2;
+            if poll.head {
+                text.clear();
+                continue;
+            }
+            match io.zero_copy(v.extents) {
+                Some(exts) => {
+                    parts.push(Piece::Bytes(std::mem::take(&mut text)));
+                    parts.extend(exts.into_iter().map(Piece::Ext));
+                    text.extend_from_slice(b"\r\n");
+                }
+                None => {
+                    if store.read_payload(v, &mut text).is_err() {
+                        release_pieces(io, parts);
+                        return Self::respond(
+                            reply,
+                            500,
+                            b"a log record is corrupt\n",
+                            poll.keep_alive,
+                        );
+                    }
+                    text.extend_from_slice(b"\r\n");
+                }
+            }
+        }
+        if !text.is_empty() {
+            parts.push(Piece::Bytes(text));
+        }
+        let mut head = Vec::with_capacity(256);
+        write_head(&mut head, 200, body_len, poll.keep_alive);
+        head.truncate(head.len() - 2);
+        let _ = write!(
+            head,
+            "Content-Type: application/octet-stream\r\nPst-Records: {}\r\nPst-Next-Seq: {next}\r\nPst-First-Seq: {first}\r\n\r\n",
+            picked.len()
+        );
+        reply.push(Piece::Bytes(head));
+        reply.extend(parts);
+        Handled::Status(200)
+    }
+
+    /// Handle framed events in order; a long poll parks the connection and queues the rest.
+    fn run_events(
+        &self,
+        c: &mut HttpConn,
+        events: impl IntoIterator<Item = Event>,
         io: &mut dyn Io,
         mut store: Option<&mut PoolStore>,
         reply: &mut Vec<Piece>,
     ) -> bool {
-        let mut events = Vec::new();
-        io.with_bytes(chunk, &mut |b| c.feed(b, &mut events));
-        for ev in events {
+        let mut events = events.into_iter();
+        while let Some(ev) = events.next() {
+            if c.parked.is_some() {
+                c.queued.push_back(ev);
+                c.queued.extend(events);
+                return true;
+            }
             match ev {
+                Event::Continue => reply.push(Piece::Bytes(CONTINUE.to_vec())),
                 Event::Request(req) => {
                     self.requests.fetch_add(1, Ordering::Relaxed);
-                    self.handle(&req, io, store.as_deref_mut(), reply);
-                    if !req.keep_alive {
-                        return false;
+                    match self.handle(&req, io, store.as_deref_mut(), reply) {
+                        Handled::Status(status) => {
+                            self.metrics.http_response(method_index(req.method), status);
+                            if !req.keep_alive {
+                                return false;
+                            }
+                        }
+                        Handled::Parked(poll) => c.parked = Some(poll),
                     }
                 }
                 Event::Error(e) => {
                     let msg = format!("{e}\n");
                     Self::respond(reply, e.status(), msg.as_bytes(), false);
+                    self.metrics.http_response(5, e.status());
                     if e == FrameError::TooLarge {
                         tracing::debug!("request body over the limit");
                     }
@@ -243,6 +503,127 @@ impl Protocol for HttpService {
         }
         true
     }
+}
+
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// The oldest record the log still holds (or the next sequence number when it is empty).
+fn first_seq(store: &PoolStore) -> u64 {
+    store
+        .read_from(0)
+        .next()
+        .map_or(store.next_seq(), |r| r.seq)
+}
+
+/// Drop the last `len` body bytes of the reply's last piece (HEAD: headers only).
+fn strip_body(reply: &mut [Piece], len: usize) {
+    if let Some(Piece::Bytes(b)) = reply.last_mut() {
+        b.truncate(b.len() - len);
+    }
+}
+
+/// Give back the buffer references of pieces that will not be sent.
+fn release_pieces(io: &mut dyn Io, parts: Vec<Piece>) {
+    for p in parts {
+        if let Piece::Ext(e) = p {
+            io.release(e);
+        }
+    }
+}
+
+/// The pool extents of a request's body content, one buffer reference each: zero copy on the
+/// port; a body cut into many small chunks is gathered into fresh buffers instead (fewer,
+/// fuller extents for the log record). `None` when the pool is out of buffers.
+fn body_extents(req: &Request, io: &mut dyn Io) -> Option<Vec<Extent>> {
+    if req.chunks.len() > GATHER_CHUNKS {
+        let mut body = Vec::with_capacity(req.body_len() as usize);
+        for r in req.data() {
+            io.with_bytes(r, &mut |b| body.extend_from_slice(b));
+        }
+        return io.copy_in(&body);
+    }
+    let mut out = Vec::new();
+    for r in req.data() {
+        match io.extents(r) {
+            Some(e) => out.extend(e),
+            None => {
+                for e in out {
+                    io.release(e);
+                }
+                return None;
+            }
+        }
+    }
+    Some(out)
+}
+
+impl Protocol for HttpService {
+    type Conn = HttpConn;
+
+    fn conn(&self) -> HttpConn {
+        HttpConn {
+            framer: RequestFramer::new(self.limits),
+            parked: None,
+            queued: VecDeque::new(),
+        }
+    }
+
+    fn needed_from(&self, c: &HttpConn) -> u64 {
+        c.queued
+            .iter()
+            .filter_map(|e| match e {
+                Event::Request(r) => Some(r.body.start),
+                _ => None,
+            })
+            .fold(c.framer.needed_from(), u64::min)
+    }
+
+    fn on_chunk(
+        &self,
+        c: &mut HttpConn,
+        chunk: Range<u64>,
+        io: &mut dyn Io,
+        store: Option<&mut PoolStore>,
+        reply: &mut Vec<Piece>,
+    ) -> bool {
+        let mut events = Vec::new();
+        let framer = &mut c.framer;
+        io.with_bytes(chunk, &mut |b| framer.feed(b, &mut events));
+        self.run_events(c, events, io, store, reply)
+    }
+
+    fn parked(&self, c: &HttpConn) -> bool {
+        c.parked.is_some()
+    }
+
+    fn resume(
+        &self,
+        c: &mut HttpConn,
+        io: &mut dyn Io,
+        mut store: Option<&mut PoolStore>,
+        reply: &mut Vec<Piece>,
+    ) -> bool {
+        let Some(poll) = c.parked.take() else {
+            return true;
+        };
+        let Some(st) = store.as_deref_mut() else {
+            return false;
+        };
+        match self.log_read(&poll, io, st, reply) {
+            Handled::Parked(p) => {
+                c.parked = Some(p);
+                return true;
+            }
+            Handled::Status(status) => {
+                self.metrics.http_response(0, status);
+                if !poll.keep_alive {
+                    return false;
+                }
+            }
+        }
+        let queued: Vec<Event> = c.queued.drain(..).collect();
+        self.run_events(c, queued, io, store, reply)
+    }
 
     fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
@@ -250,6 +631,10 @@ impl Protocol for HttpService {
 
     fn busy_reply(&self) -> &'static [u8] {
         b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 25\r\nConnection: close\r\n\r\ntoo many connections, bye"
+    }
+
+    fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 }
 

@@ -21,6 +21,7 @@ pub struct KvService {
     /// Tuning parameters set with `CONFIG SET` (accepted, remembered, without effect).
     tuning: std::sync::Mutex<Vec<(String, Vec<u8>)>>,
     next_client_id: AtomicU64,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 /// Per-connection state.
@@ -305,6 +306,7 @@ impl KvService {
             persist: pst::PersistMode::None,
             tuning: std::sync::Mutex::new(Vec::new()),
             next_client_id: AtomicU64::new(1),
+            metrics: Default::default(),
         }
     }
 
@@ -875,11 +877,18 @@ impl KvService {
                 }
                 let durable = self.persist != pst::PersistMode::None;
                 let (user, sys) = process_cpu();
+                let m = self.metrics.totals();
                 let sections = [
-                    ("server", format!("redis_version:7.0.0\r\npst_version:{}\r\nredis_mode:standalone\r\nprocess_id:{}\r\n", env!("CARGO_PKG_VERSION"), std::process::id())),
+                    ("server", format!("redis_version:7.0.0\r\npst_version:{}\r\nredis_mode:standalone\r\nprocess_id:{}\r\nuptime_in_seconds:{}\r\n", env!("CARGO_PKG_VERSION"), std::process::id(), self.metrics.uptime() as u64)),
                     ("memory", format!("used_memory:{}\r\nused_memory_rss:{}\r\npst_buffers_held:{}\r\n", st.buffers_held * pst_pool::Media::header(store.media()).geometry.buf_size as u64, process_rss(), st.buffers_held)),
                     ("persistence", format!("aof_enabled:{}\r\npst_persist:{}\r\npst_log_records:{}\r\npst_log_segments_free:{}/{}\r\npst_commits:{}\r\npst_compactions:{}\r\n", durable as u8, self.persist, st.records, st.free_segments, st.segments, st.commits, st.compactions)),
-                    ("stats", format!("total_commands_processed:{}\r\n", self.requests())),
+                    ("clients", format!("connected_clients:{}\r\n", m.conns)),
+                    ("stats", format!(
+                        "total_commands_processed:{}\r\ntotal_net_input_bytes:{}\r\ntotal_net_output_bytes:{}\r\npst_syscalls:{}\r\npst_syscalls_per_request:{:.3}\r\npst_pool_capacity_buffers:{}\r\npst_pool_free_buffers:{}\r\npst_commit_latency_avg_us:{:.1}\r\n",
+                        self.requests(), m.bytes_in, m.bytes_out, m.syscalls,
+                        if m.requests > 0 { m.syscalls as f64 / m.requests as f64 } else { 0.0 },
+                        m.capacity_bufs, m.free_bufs,
+                        if m.commits > 0 { m.commit_ns as f64 / m.commits as f64 / 1e3 } else { 0.0 })),
                     ("cpu", format!("used_cpu_sys:{sys:.6}\r\nused_cpu_user:{user:.6}\r\n")),
                     ("keyspace", keyspace),
                 ];
@@ -1104,6 +1113,10 @@ impl Protocol for KvService {
 
     fn busy_reply(&self) -> &'static [u8] {
         b"-ERR max number of clients reached\r\n"
+    }
+
+    fn metrics(&self) -> &std::sync::Arc<crate::metrics::Metrics> {
+        &self.metrics
     }
 }
 

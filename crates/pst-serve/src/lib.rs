@@ -17,6 +17,7 @@ pub mod epoll;
 pub mod error;
 pub mod http;
 pub mod kv;
+pub mod metrics;
 pub mod protocol;
 pub mod runtime;
 pub mod stats;

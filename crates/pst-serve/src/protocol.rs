@@ -47,6 +47,9 @@ pub trait Io {
     /// requests — reads, deletes, `FLUSHALL` — instead of the whole server starving.
     fn has_room(&self, bytes: u64) -> bool;
 
+    /// Give back an extent obtained from this `Io` that will not be stored or sent.
+    fn release(&mut self, e: Extent);
+
     /// Copy the stream bytes `r` into `out` (small things: keys, commands).
     fn gather(&self, r: Range<u64>, out: &mut Vec<u8>) {
         out.clear();
@@ -77,7 +80,34 @@ pub trait Protocol: Send + Sync + 'static {
     fn requests(&self) -> u64;
     /// What a connection beyond `--max-conns` is told before it is closed.
     fn busy_reply(&self) -> &'static [u8];
+    /// The server's metrics, which the engines update and the service may render.
+    fn metrics(&self) -> &std::sync::Arc<crate::metrics::Metrics>;
+
+    /// Whether the connection is parked waiting for something other than its own bytes (a
+    /// long poll for new log records). While any connection is, the engine calls
+    /// [`Protocol::resume`] on it once per batch, with the store locked, and lets at most
+    /// [`PARKED_TICK`] pass between batches.
+    fn parked(&self, _c: &Self::Conn) -> bool {
+        false
+    }
+
+    /// Give a parked connection another chance: answer it if what it waits for arrived or
+    /// its deadline passed, then handle requests that queued up behind it. Same contract as
+    /// [`Protocol::on_chunk`] (no new bytes).
+    fn resume(
+        &self,
+        _c: &mut Self::Conn,
+        _io: &mut dyn Io,
+        _store: Option<&mut PoolStore>,
+        _reply: &mut Vec<Piece>,
+    ) -> bool {
+        true
+    }
 }
+
+/// Longest an engine sleeps while a connection is parked (how late a long poll may notice a
+/// record another worker appended).
+pub const PARKED_TICK: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Whether `free` of `capacity` buffers of `buf_size` bytes leave room for a write of
 /// `bytes`: at least a sixteenth of the buffers stay free after it.
@@ -236,6 +266,10 @@ pub(crate) mod testing {
 
         fn zero_copy(&mut self, _: &[(u32, u32, u32)]) -> Option<Vec<Extent>> {
             None
+        }
+
+        fn release(&mut self, e: Extent) {
+            self.bufs.release(e);
         }
 
         fn has_room(&self, bytes: u64) -> bool {

@@ -170,6 +170,7 @@ pub fn serve_until<P: Protocol>(
             index: t,
             stop: stop.clone(),
             stats: stats.clone(),
+            metrics: proto.metrics().clone(),
         };
         let listener = listener.try_clone().map_err(|source| ServeError::Io {
             what: "sharing the listener",

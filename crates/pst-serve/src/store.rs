@@ -58,12 +58,14 @@ pub enum Retention {
 
 /// End-of-batch store work: reclaim space if needed, group commit, route released buffers.
 /// Returns whether the commit succeeded (else the store is poisoned) and how many persist
-/// barriers it issued (each an `fdatasync` in Fsync mode).
+/// barriers it issued (each an `fdatasync` in Fsync mode). A commit that issued one is timed
+/// into `metrics`.
 pub fn end_batch(
     shared: &SharedStore,
     g: &mut SharedInner,
     retention: Retention,
     pressure: bool,
+    metrics: &crate::metrics::Metrics,
 ) -> (bool, u64) {
     let commits_before = g.store.stats().commits;
     let (free, total) = g.store.segment_space();
@@ -80,7 +82,12 @@ pub fn end_batch(
     if let Err(e) = res {
         tracing::error!(error = %e, "store maintenance failed");
     }
-    let ok = match g.store.commit() {
+    let t0 = Instant::now();
+    let committed = g.store.commit();
+    if g.store.stats().commits != commits_before {
+        metrics.commit(t0.elapsed());
+    }
+    let ok = match committed {
         Ok(_) => true,
         Err(e) => {
             tracing::error!(error = %e, "group commit failed: replies withheld, connections closed");

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use pst::{ConnId, Extent, Port, SlotKind};
 
 use crate::error::ServeError;
-use crate::protocol::{Io, Limits, Piece, Protocol};
+use crate::metrics::WorkerMetrics;
+use crate::protocol::{Io, Limits, Piece, Protocol, PARKED_TICK};
 use crate::store::{end_batch, pool_pressure, PoolStore, Retention, SharedStore};
 use crate::worker::WorkerCtx;
 
@@ -97,6 +98,10 @@ impl Io for UringIo<'_> {
         )
     }
 
+    fn release(&mut self, e: Extent) {
+        self.port.release(e);
+    }
+
     fn has_room(&self, bytes: u64) -> bool {
         crate::protocol::has_room(
             self.port.free_buffers(),
@@ -128,11 +133,17 @@ pub fn serve<P: Protocol>(
     let mut next_sweep = Instant::now() + Duration::from_secs(1);
     let mut dirty: Vec<usize> = Vec::new();
     let mut waiting: Vec<usize> = Vec::new();
+    // Connections parked in a long poll (see `Protocol::parked`).
+    let mut parked: Vec<usize> = Vec::new();
     let fsync = port.pool().persist_mode() == pst::PersistMode::Fsync;
     let mut syncs = 0u64;
     while !ctx.stopping() {
-        port.sync(Some(Duration::from_millis(100)))
-            .map_err(io("io_uring_enter"))?;
+        let tick = if parked.is_empty() {
+            Duration::from_millis(100)
+        } else {
+            PARKED_TICK
+        };
+        port.sync(Some(tick)).map_err(io("io_uring_enter"))?;
         let mut guard = store.as_ref().map(|s| s.lock());
         let mut wrote = false;
         for i in 0..port.rx().len() {
@@ -174,6 +185,7 @@ pub fn serve<P: Protocol>(
                         continue;
                     };
                     let Some(ext) = port.keep(&s) else { continue };
+                    ctx.metrics().received(ext.len() as u64);
                     let start = c.pos;
                     c.pos += ext.len() as u64;
                     c.chunks.push_back((start, ext));
@@ -185,31 +197,12 @@ pub fn serve<P: Protocol>(
                     let st: Option<&mut PoolStore> = guard.as_mut().map(|g| &mut g.store);
                     let keep =
                         proto.on_chunk(&mut c.proto, start..c.pos, &mut io, st, &mut c.pending);
-                    resolve_input(&mut port, &c.chunks, &mut c.pending, before);
                     wrote = true;
-                    if !keep {
-                        c.close_after = true;
-                        c.dead = true;
-                    }
-                    if c.pending.len() != before || !keep {
-                        dirty.push(ix);
-                    }
-                    // Release kept buffers the framer no longer needs.
-                    let needed = proto.needed_from(&c.proto);
-                    while c
-                        .chunks
-                        .front()
-                        .is_some_and(|(st, e)| st + e.len() as u64 <= needed)
-                    {
-                        let (_, e) = c.chunks.pop_front().expect("front");
-                        port.release(e);
-                    }
                     c.last_rx = Instant::now();
-                    c.partial_since = if needed < c.pos {
-                        c.partial_since.or(Some(c.last_rx))
-                    } else {
-                        None
-                    };
+                    after_handling(&mut port, &*proto, c, keep, before, ix, &mut dirty);
+                    if proto.parked(&c.proto) {
+                        parked.push(ix);
+                    }
                 }
                 SlotKind::End | SlotKind::Error(_) => {
                     tracing::debug!(conn = ?s.conn, kind = ?s.kind, "peer closed");
@@ -225,11 +218,33 @@ pub fn serve<P: Protocol>(
                 }
             }
         }
+        // Parked connections (long polls): answer those whose wait is over.
+        parked.sort_unstable();
+        parked.dedup();
+        parked.retain(|&ix| {
+            let Some(c) = conns
+                .get_mut(ix)
+                .and_then(|c| c.as_mut())
+                .filter(|c| !c.dead && proto.parked(&c.proto))
+            else {
+                return false;
+            };
+            let before = c.pending.len();
+            let mut io = UringIo {
+                port: &mut port,
+                chunks: &c.chunks,
+            };
+            let st: Option<&mut PoolStore> = guard.as_mut().map(|g| &mut g.store);
+            let keep = proto.resume(&mut c.proto, &mut io, st, &mut c.pending);
+            wrote = true;
+            after_handling(&mut port, &*proto, c, keep, before, ix, &mut dirty);
+            proto.parked(&c.proto)
+        });
         let mut committed = true;
         if let (Some(shared), Some(g)) = (store.as_ref(), guard.as_mut()) {
             if wrote || g.store.needs_commit() {
                 let pressure = pool_pressure(port.free_buffers(), port.capacity());
-                let (ok, barriers) = end_batch(shared, g, retention, pressure);
+                let (ok, barriers) = end_batch(shared, g, retention, pressure, &ctx.metrics);
                 committed = ok;
                 syncs += if fsync { barriers } else { 0 };
             }
@@ -253,7 +268,7 @@ pub fn serve<P: Protocol>(
                 }
                 c.close_after = true;
             }
-            send_pending(&mut port, c);
+            send_pending(&mut port, c, ctx.metrics());
             if !c.pending.is_empty() {
                 waiting.push(ix); // replies wait for buffers: retried next batch
             } else if c.close_after {
@@ -271,6 +286,8 @@ pub fn serve<P: Protocol>(
             }
         }
         ctx.publish(port.stats().driver.syscalls() + syncs, proto.requests());
+        ctx.metrics()
+            .gauges(open, port.free_buffers(), port.capacity());
         // Once a second: close idle connections and those stuck in a slow request.
         let now = Instant::now();
         if now >= next_sweep {
@@ -298,6 +315,42 @@ pub fn serve<P: Protocol>(
         }
     }
     port.shutdown(DRAIN).map_err(io("draining the port"))
+}
+
+/// After the protocol handled bytes (or resumed a parked connection): resolve echoed input,
+/// mark the connection for sending or closing, release kept buffers the framer no longer
+/// needs, and track an incomplete request for the slow-request timeout.
+fn after_handling<P: Protocol>(
+    port: &mut Port,
+    proto: &P,
+    c: &mut UConn<P::Conn>,
+    keep: bool,
+    before: usize,
+    ix: usize,
+    dirty: &mut Vec<usize>,
+) {
+    resolve_input(port, &c.chunks, &mut c.pending, before);
+    if !keep {
+        c.close_after = true;
+        c.dead = true;
+    }
+    if c.pending.len() != before || !keep {
+        dirty.push(ix);
+    }
+    let needed = proto.needed_from(&c.proto);
+    while c
+        .chunks
+        .front()
+        .is_some_and(|(st, e)| st + e.len() as u64 <= needed)
+    {
+        let (_, e) = c.chunks.pop_front().expect("front");
+        port.release(e);
+    }
+    c.partial_since = if needed < c.pos {
+        c.partial_since.or(Some(c.last_rx))
+    } else {
+        None
+    };
 }
 
 /// Turn the `Piece::Input` ranges among `pending[from..]` into references on the kept chunks
@@ -329,7 +382,7 @@ fn resolve_input(
 
 /// Queue a connection's pending reply pieces on the port (small byte pieces coalesced into one
 /// buffer copy). Pieces that do not fit for lack of buffers stay pending.
-fn send_pending<C>(port: &mut Port, c: &mut UConn<C>) {
+fn send_pending<C>(port: &mut Port, c: &mut UConn<C>, m: &WorkerMetrics) {
     let mut bytes: Vec<u8> = Vec::new();
     let mut pieces = std::mem::take(&mut c.pending).into_iter().peekable();
     while let Some(p) = pieces.next() {
@@ -340,7 +393,10 @@ fn send_pending<C>(port: &mut Port, c: &mut UConn<C>) {
                     continue;
                 }
                 match port.send_copy(c.id, &bytes) {
-                    Ok(()) => bytes.clear(),
+                    Ok(()) => {
+                        m.sent(bytes.len() as u64);
+                        bytes.clear();
+                    }
                     Err(pst::SendCopyError::PoolExhausted) => {
                         c.pending.push(Piece::Bytes(std::mem::take(&mut bytes)));
                         c.pending.extend(pieces);
@@ -353,6 +409,7 @@ fn send_pending<C>(port: &mut Port, c: &mut UConn<C>) {
                 }
             }
             Piece::Ext(e) => {
+                m.sent(e.len() as u64);
                 if port.send(c.id, e).is_err() {
                     release_rest(port, pieces);
                     return;

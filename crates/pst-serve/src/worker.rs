@@ -3,6 +3,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use crate::metrics::{Metrics, WorkerMetrics};
 use crate::stats::StatsFile;
 
 /// A worker's identity, stop flag and counters.
@@ -14,6 +15,8 @@ pub struct WorkerCtx {
     pub stop: Arc<AtomicBool>,
     /// Counter publication for `pst bench`.
     pub stats: Option<Arc<StatsFile>>,
+    /// The server's metrics (`GET /metrics`, `INFO`).
+    pub metrics: Arc<Metrics>,
 }
 
 impl WorkerCtx {
@@ -23,7 +26,13 @@ impl WorkerCtx {
             index: 0,
             stop,
             stats: None,
+            metrics: Arc::default(),
         }
+    }
+
+    /// This worker's metrics slot.
+    pub fn metrics(&self) -> &WorkerMetrics {
+        self.metrics.worker(self.index)
     }
 
     /// Whether the worker should stop.
@@ -36,5 +45,6 @@ impl WorkerCtx {
         if let Some(st) = &self.stats {
             st.set(self.index, syscalls, requests);
         }
+        self.metrics().publish(syscalls, requests);
     }
 }

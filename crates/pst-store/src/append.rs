@@ -67,7 +67,7 @@ impl<M: Media> Store<M> {
             return Err(StoreError::TooLarge("key longer than 4096 bytes"));
         }
         if extents.len() > format::MAX_EXTENTS {
-            return Err(StoreError::TooLarge("more than 4096 extents"));
+            return Err(StoreError::TooLarge("more than 65535 extents"));
         }
         let len = format::record_len(klen, extents.len()) as u64;
         if len + SEG_HEADER as u64 > self.seg_size {

@@ -56,8 +56,9 @@ pub const SEG_MAGIC: [u8; 8] = *b"PSTSEG01";
 pub const REC_MAGIC: u32 = 0x5053_5452;
 /// Log format version.
 pub const VERSION: u32 = 1;
-/// Most extents one record may name.
-pub const MAX_EXTENTS: usize = 4096;
+/// Most extents one record may name (the record's extent count is a u16). A 10 MiB body that
+/// landed in 2 KiB buffers names over 5,000; the record must still fit in one log segment.
+pub const MAX_EXTENTS: usize = u16::MAX as usize;
 /// Longest key.
 pub const MAX_KEY: usize = 4096;
 

@@ -260,6 +260,22 @@ pub struct RecordView<'a> {
     pub key: &'a [u8],
     /// Payload extents.
     pub extents: &'a [RawExtent],
+    /// Payload length.
+    pub len: u32,
+    /// Payload CRC32C.
+    pub crc: u32,
+}
+
+impl<'a> RecordView<'a> {
+    /// The record's payload as a [`ValueRef`] (to verify or send it).
+    pub fn value(&self) -> ValueRef<'a> {
+        ValueRef {
+            extents: self.extents,
+            len: self.len,
+            crc: self.crc,
+            seq: self.seq,
+        }
+    }
 }
 
 /// The write-ahead log and KV index of one pool partition.

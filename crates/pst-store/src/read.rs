@@ -62,7 +62,28 @@ impl<M: Media> Store<M> {
                 kind: r.kind,
                 key: r.key.as_deref().unwrap_or(&[]),
                 extents: &r.extents,
+                len: r.payload_len,
+                crc: r.payload_crc,
             })
+    }
+
+    /// Copy a value's payload into `out` after verifying its checksum.
+    pub fn read_payload(&self, v: &ValueRef<'_>, out: &mut Vec<u8>) -> Result<(), StoreError> {
+        let from = out.len();
+        for &(b, o, l) in v.extents {
+            self.media
+                .with_bytes(self.buf_off(b, o), l as usize, |x| out.extend_from_slice(x));
+        }
+        if crc32c::crc32c(&out[from..]) != v.crc {
+            out.truncate(from);
+            return Err(StoreError::ValueCorrupt { seq: v.seq });
+        }
+        Ok(())
+    }
+
+    /// Sequence number the next record will get (one past the newest).
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
     }
 
     /// True when the store holds a reference on buffer `b` (recovery: the port must treat it
