@@ -57,6 +57,9 @@ pub struct Request {
     pub path: String,
     /// Whether the connection stays open after the response.
     pub keep_alive: bool,
+    /// An HTTP/1.0 request (a kept-alive 1.0 connection must be told so in the response:
+    /// [`write_head_for`]).
+    pub http10: bool,
     /// Value of `Authorization: Bearer <token>`, if any.
     pub bearer: Option<String>,
     /// The body as sent, as stream positions (empty when there is no body). For a chunked
@@ -497,6 +500,7 @@ impl RequestFramer {
                 method,
                 path,
                 keep_alive,
+                http10: version == 0,
                 bearer,
                 body: start..start + body_len,
                 chunks: Vec::new(),
@@ -587,6 +591,21 @@ pub fn reason(status: u16) -> &'static str {
         507 => "Insufficient Storage",
         505 => "HTTP Version Not Supported",
         _ => "Unknown",
+    }
+}
+
+/// Write a response head for a body of `len` bytes, for a request of `http10` (an HTTP/1.0
+/// client keeps the connection only when the response says `Connection: keep-alive`).
+pub fn write_head_for(out: &mut Vec<u8>, status: u16, len: usize, keep_alive: bool, http10: bool) {
+    if keep_alive && http10 {
+        use std::io::Write;
+        let _ = write!(
+            out,
+            "HTTP/1.1 {status} {}\r\nContent-Length: {len}\r\nConnection: keep-alive\r\n\r\n",
+            reason(status)
+        );
+    } else {
+        write_head(out, status, len, keep_alive);
     }
 }
 

@@ -237,6 +237,8 @@ fn run<A: StreamApp>(
                                 last_rx: std::time::Instant::now(),
                                 partial_since: None,
                             });
+                            let (free_bufs, capacity) = app.buffers();
+                            ctx.metrics().gauges(open, free_bufs, capacity);
                         }
                         Err(Errno::AGAIN) => break,
                         // Out of fds or memory: the connection stays queued and the listener

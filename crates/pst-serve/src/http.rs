@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pst::Extent;
-use pst_http::{write_head, Event, FrameError, Limits, Method, Request, RequestFramer};
+use pst_http::{write_head_for, Event, FrameError, Limits, Method, Request, RequestFramer};
 
 use crate::metrics::Metrics;
 use crate::protocol::{Io, Piece, Protocol};
@@ -80,7 +80,7 @@ pub struct HttpService {
 struct LogPoll {
     query: LogQuery,
     deadline: Instant,
-    keep_alive: bool,
+    keep_alive: Ka,
     head: bool,
 }
 
@@ -99,6 +99,25 @@ struct LogQuery {
     from: u64,
     max: usize,
     wait_ms: u64,
+}
+
+/// How a response ends its connection: kept alive or not, and whether the request was
+/// HTTP/1.0 (which needs `Connection: keep-alive` said).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Ka {
+    keep: bool,
+    http10: bool,
+}
+
+impl Ka {
+    const CLOSE: Ka = Ka {
+        keep: false,
+        http10: false,
+    };
+}
+
+fn write_head(out: &mut Vec<u8>, status: u16, len: usize, ka: Ka) {
+    write_head_for(out, status, len, ka.keep, ka.http10);
 }
 
 /// What handling one request did.
@@ -152,7 +171,7 @@ impl HttpService {
         }
     }
 
-    fn respond(reply: &mut Vec<Piece>, status: u16, body: &[u8], keep_alive: bool) -> Handled {
+    fn respond(reply: &mut Vec<Piece>, status: u16, body: &[u8], keep_alive: Ka) -> Handled {
         let mut out = Vec::with_capacity(96 + body.len());
         write_head(&mut out, status, body.len(), keep_alive);
         out.extend_from_slice(body);
@@ -166,7 +185,7 @@ impl HttpService {
         status: u16,
         extra: &str,
         body: &[u8],
-        keep_alive: bool,
+        keep_alive: Ka,
     ) -> Handled {
         let mut out = Vec::with_capacity(128 + extra.len() + body.len());
         write_head(&mut out, status, body.len(), keep_alive);
@@ -199,7 +218,10 @@ impl HttpService {
         store: Option<&mut PoolStore>,
         reply: &mut Vec<Piece>,
     ) -> Handled {
-        let ka = req.keep_alive;
+        let ka = Ka {
+            keep: req.keep_alive,
+            http10: req.http10,
+        };
         let write = matches!(req.method, Method::Post | Method::Put | Method::Delete);
         if write {
             if let Some(t) = &self.token {
@@ -492,7 +514,7 @@ impl HttpService {
                 }
                 Event::Error(e) => {
                     let msg = format!("{e}\n");
-                    Self::respond(reply, e.status(), msg.as_bytes(), false);
+                    Self::respond(reply, e.status(), msg.as_bytes(), Ka::CLOSE);
                     self.metrics.http_response(5, e.status());
                     if e == FrameError::TooLarge {
                         tracing::debug!("request body over the limit");
@@ -616,7 +638,7 @@ impl Protocol for HttpService {
             }
             Handled::Status(status) => {
                 self.metrics.http_response(0, status);
-                if !poll.keep_alive {
+                if !poll.keep_alive.keep {
                     return false;
                 }
             }

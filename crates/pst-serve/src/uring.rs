@@ -175,6 +175,8 @@ pub fn serve<P: Protocol>(
                         last_rx: Instant::now(),
                         partial_since: None,
                     });
+                    ctx.metrics()
+                        .gauges(open, port.free_buffers(), port.capacity());
                 }
                 SlotKind::Data => {
                     let Some(c) = conns
