@@ -440,12 +440,12 @@ impl HttpService {
                 release_pieces(io, parts);
                 return Self::respond(reply, 500, b"a log record is corrupt\n", poll.keep_alive);
             }
-            let _ = write!(text, "{} {}\r\n", v.seq, v.len);
-            body_len += text.len() + v.len as usize + 2;
+            let line = format!("{} {}\r\n", v.seq, v.len);
+            body_len += line.len() + v.len as usize + 2;
             if poll.head {
-                text.clear();
                 continue;
             }
+            text.extend_from_slice(line.as_bytes());
             match io.zero_copy(v.extents) {
                 Some(exts) => {
                     parts.push(Piece::Bytes(std::mem::take(&mut text)));
@@ -757,6 +757,110 @@ mod tests {
         let (out, keep) = c.send(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
         assert_eq!(parse(&String::from_utf8(out).unwrap()).0, 200);
         assert!(!keep);
+    }
+
+    #[test]
+    fn wal_log_reads_back_records_with_their_seqs() {
+        let mut c = conv(StoreMode::Wal, None);
+        let mut seqs = Vec::new();
+        for body in ["one", "two", "three"] {
+            let raw = c.say(&format!(
+                "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ));
+            assert_eq!(parse(&raw).0, 200);
+            let seq = raw
+                .lines()
+                .find_map(|l| l.strip_prefix("Pst-Seq: "))
+                .expect("Pst-Seq header");
+            seqs.push(seq.parse::<u64>().unwrap());
+        }
+        assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+        let raw = c.say(&format!(
+            "GET /log?from={}&max=2 HTTP/1.1\r\nHost: x\r\n\r\n",
+            seqs[1]
+        ));
+        let (status, body) = parse(&raw);
+        assert_eq!(status, 200);
+        assert_eq!(
+            body,
+            format!("{} 3\r\ntwo\r\n{} 5\r\nthree\r\n", seqs[1], seqs[2])
+        );
+        assert!(raw.contains(&format!("Pst-Next-Seq: {}\r\n", seqs[2] + 1)));
+        // Nothing new and no wait: an empty answer at once.
+        let raw = c.say(&format!(
+            "GET /log?from={} HTTP/1.1\r\nHost: x\r\n\r\n",
+            seqs[2] + 1
+        ));
+        assert_eq!(parse(&raw), (200, String::new()));
+        // Truncation moves the first seq.
+        let raw = c.say(&format!(
+            "DELETE /log?before={} HTTP/1.1\r\nHost: x\r\n\r\n",
+            seqs[2]
+        ));
+        assert!(
+            raw.contains(&format!("Pst-First-Seq: {}", seqs[2])),
+            "{raw}"
+        );
+        let raw = c.say("GET /log?from=0 HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(parse(&raw).1, format!("{} 5\r\nthree\r\n", seqs[2]));
+        assert_eq!(
+            parse(&c.say("GET /log?from=x HTTP/1.1\r\nHost: x\r\n\r\n")).0,
+            400
+        );
+    }
+
+    #[test]
+    fn a_long_poll_parks_and_holds_later_requests_back() {
+        let mut c = conv(StoreMode::Wal, None);
+        let (out, keep) = c.send(
+            b"GET /log?from=1&wait=20000 HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        );
+        assert!(
+            out.is_empty() && keep,
+            "parked: no reply yet, not even to the GET behind it"
+        );
+        assert!(c.parked());
+    }
+
+    #[test]
+    fn chunked_post_stores_only_the_chunk_data() {
+        let mut c = conv(StoreMode::Kv, None);
+        let raw = c.say(
+            "POST /k HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;e=1\r\nde\r\n0\r\nT: 1\r\n\r\n",
+        );
+        assert_eq!(parse(&raw).0, 201);
+        assert_eq!(
+            parse(&c.say("GET /k HTTP/1.1\r\nHost: x\r\n\r\n")),
+            (200, "abcde".to_owned())
+        );
+        // Many tiny chunks are gathered into fresh buffers; the value is the same.
+        let mut req =
+            String::from("POST /many HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n");
+        for i in 0..600 {
+            req += &format!("1\r\n{}\r\n", (b'a' + (i % 26) as u8) as char);
+        }
+        req += "0\r\n\r\n";
+        assert_eq!(parse(&c.say(&req)).0, 201);
+        let want: String = (0..600).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+        assert_eq!(
+            parse(&c.say("GET /many HTTP/1.1\r\nHost: x\r\n\r\n")),
+            (200, want)
+        );
+    }
+
+    #[test]
+    fn metrics_are_prometheus_text() {
+        let mut c = conv(StoreMode::Kv, None);
+        c.say("GET /nope HTTP/1.1\r\nHost: x\r\n\r\n");
+        let (status, body) = parse(&c.say("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert_eq!(status, 200);
+        assert!(body.contains("# TYPE pst_http_requests_total counter\n"));
+        assert!(body.contains("pst_http_requests_total{method=\"GET\",code=\"404\"} 1\n"));
+        assert_eq!(
+            parse(&c.say("POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx")).0,
+            405
+        );
     }
 
     #[test]

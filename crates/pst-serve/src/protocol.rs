@@ -201,6 +201,11 @@ pub(crate) mod testing {
             (out, keep)
         }
 
+        /// Whether the connection is parked (a long poll).
+        pub(crate) fn parked(&self) -> bool {
+            self.svc.parked(&self.conn)
+        }
+
         /// [`Conversation::send`] as text, for protocols that are text.
         pub(crate) fn say(&mut self, s: &str) -> String {
             String::from_utf8_lossy(&self.send(s.as_bytes()).0).into_owned()
