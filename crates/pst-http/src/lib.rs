@@ -333,6 +333,16 @@ impl RequestFramer {
                         continue;
                     };
                     let line = line?;
+                    // Size limits first, then the line's form: the same error however the
+                    // stream was cut (the incomplete-line check above sees only sizes).
+                    if let Chunk::Trailer(n) = *phase {
+                        if line.len() > self.limits.max_head.saturating_sub(n) {
+                            return Err(FrameError::HeadTooLarge);
+                        }
+                    } else if line.len() > MAX_CHUNK_LINE {
+                        return Err(FrameError::BadRequest);
+                    }
+                    let line = crlf_line(line)?;
                     if let Chunk::Trailer(n) = *phase {
                         let n = n + line.len() + 2;
                         self.carry.clear();
@@ -527,9 +537,8 @@ impl RequestFramer {
     }
 }
 
-/// Take one CRLF-terminated line, collecting partial lines in `carry` across feeds. `None`:
-/// the line is not complete yet (what there is went into `carry`). A bare CR or LF inside the
-/// line is an error.
+/// Take one LF-terminated line (returned without the LF), collecting partial lines in `carry`
+/// across feeds. `None`: the line is not complete yet (what there is went into `carry`).
 fn take_line(
     carry: &mut Vec<u8>,
     chunk: &[u8],
@@ -547,12 +556,18 @@ fn take_line(
             *at += i + 1;
             let mut line = std::mem::take(carry);
             line.pop(); // LF
-            if line.pop() != Some(b'\r') || line.contains(&b'\r') {
-                return Some(Err(FrameError::BadRequest));
-            }
             Some(Ok(line))
         }
     }
+}
+
+/// A line must end in CR (before its LF) and hold no other CR (RFC 9112 §2.2: a bare CR is an
+/// error); returns it without the CR.
+fn crlf_line(mut line: Vec<u8>) -> Result<Vec<u8>, FrameError> {
+    if line.pop() != Some(b'\r') || line.contains(&b'\r') {
+        return Err(FrameError::BadRequest);
+    }
+    Ok(line)
 }
 
 /// Parse a chunk-size line: hex digits, then optional extensions after `;` (ignored).
