@@ -112,7 +112,11 @@ impl Core {
 
     pub(super) fn on_accept(&mut self, idx: u32, res: i32, more: bool) {
         if res >= 0 {
-            if self.listeners.get(idx as usize).is_some_and(|l| l.open) {
+            if self
+                .listeners
+                .get(idx as usize)
+                .is_some_and(|l| l.fd.is_some())
+            {
                 // The kernel created this socket for this accept: ours to own.
                 let id = self.adopt_conn(res);
                 self.stats.accepted += 1;
@@ -133,7 +137,11 @@ impl Core {
             // here; `close_listeners` still hands the fd back to be closed.
             tracing::debug!(listener = idx, "listener shut down");
             return;
-        } else if self.listeners.get(idx as usize).is_some_and(|l| l.open) {
+        } else if self
+            .listeners
+            .get(idx as usize)
+            .is_some_and(|l| l.fd.is_some())
+        {
             tracing::warn!(errno = -res, "accept failed");
         }
         if !more && (idx as usize) < self.listeners.len() {
@@ -155,28 +163,25 @@ impl Core {
             self.release_lent(bufs);
             return;
         };
-        if !more {
-            c.recv_armed = false;
+        if !more && c.rx == Rx::Armed {
+            c.rx = Rx::Idle;
         }
+        let lingering = c.discards_rx();
         let id = ConnId {
             idx: id.idx,
             gen: self.conns[id.idx as usize].gen,
         };
-        let lingering = self.conns[id.idx as usize]
-            .conn
-            .as_ref()
-            .is_some_and(|c| c.linger);
         if lingering {
             self.release_lent(bufs);
             let c = self.conn_mut(id).expect("looked up above");
             c.lingered += res.max(0) as u64;
             if c.lingered > LINGER_MAX {
-                c.rx_done = true;
+                c.rx = Rx::Done;
                 self.close(id);
             } else if res > 0 && !more {
                 self.arm_recv(id);
             } else if res <= 0 && res != -ENOBUFS && !more {
-                c.rx_done = true;
+                c.rx = Rx::Done;
                 self.close(id);
             } else if res == -ENOBUFS {
                 self.starved.push(id);
@@ -220,7 +225,7 @@ impl Core {
                     // Still armed: nothing ended.
                 } else {
                     let c = self.conn_mut(id).expect("looked up above");
-                    c.rx_done = true;
+                    c.rx = Rx::Done;
                     let kind = if n == 0 {
                         SlotKind::End
                     } else if n > 0 {
@@ -228,7 +233,7 @@ impl Core {
                     } else {
                         SlotKind::Error(-n)
                     };
-                    if !c.close_requested {
+                    if !c.closing() {
                         self.push_slot(id, kind);
                     }
                 }
