@@ -14,12 +14,14 @@
 
 mod bid;
 mod buffers;
+mod completion;
 mod core;
 mod slot;
 mod userdata;
 
 pub use bid::BidTable;
 pub use buffers::Buffers;
+pub use completion::{Completion, Errno};
 pub use core::{Core, CoreConfig, CoreStats, Op, SendError, LINGER_MAX};
 pub use pst_pool::{BufAlloc, BufIdx, Partition};
 pub use slot::{ConnId, Extent, Slot, SlotKind};

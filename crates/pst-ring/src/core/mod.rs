@@ -10,25 +10,14 @@ use std::collections::{HashMap, VecDeque};
 use pst_pool::{BufAlloc, BufIdx};
 
 use crate::bid::BidTable;
+use crate::completion::{Completion, Errno};
 use crate::slot::{ConnId, Extent, Slot, SlotKind};
 use crate::userdata::{OpKind, UserData, GEN_MASK};
 
-/// Completion flag: a provided buffer was used; its id is in the upper 16 bits.
-pub const CQE_F_BUFFER: u32 = 1;
-/// Completion flag: the multishot request stays armed; on a zero-copy send's result, a
-/// notification completion follows.
-pub const CQE_F_MORE: u32 = 2;
-/// `EINVAL`: what accepting on a socket that stopped listening returns.
-const EINVAL: i32 = 22;
-/// Completion flag: a zero-copy send's notification (the kernel no longer reads its buffers).
-pub const CQE_F_NOTIF: u32 = 8;
-
-const ENOBUFS: i32 = 105;
 /// Most bytes a lingering connection may still send before it is closed outright: enough for
 /// requests already in flight when the final reply left, not a channel for a client that
 /// keeps sending after a protocol error.
 pub const LINGER_MAX: u64 = 64 << 10;
-const ECANCELED: i32 = 125;
 
 /// Core parameters.
 #[derive(Debug, Clone, Copy)]
@@ -47,7 +36,7 @@ pub struct CoreConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
     /// Accept connections on listener `fd` until told otherwise: each accepted socket is a
-    /// completion of `ud` with `CQE_F_MORE` (a multishot accept, or the driver's own accept
+    /// completion of `ud` with `more` set (a multishot accept, or the driver's own accept
     /// loop); a completion without it ends the accepting and the core re-arms.
     Accept {
         /// Listener socket.

@@ -5,7 +5,7 @@ use super::*;
 
 impl Core {
     /// A zero-copy send's notification: the kernel is done with its buffers.
-    pub(super) fn on_notif(&mut self, user_data: u64, res: i32) {
+    pub(super) fn on_notif(&mut self, user_data: u64, copied: bool) {
         let group = match self.zc_held.get_mut(&user_data) {
             Some(q) => {
                 let g = q.pop_front();
@@ -22,30 +22,28 @@ impl Core {
             return;
         };
         self.stats.zc_notifs += 1;
-        // IORING_NOTIF_USAGE_ZC_COPIED (with IORING_SEND_ZC_REPORT_USAGE): the kernel copied.
-        self.stats.zc_copied += (res as u32 >> 31) as u64;
+        self.stats.zc_copied += copied as u64;
         for e in group {
             self.release(e);
         }
     }
 
     /// A send's result. `notif`: the user data under which a zero-copy notification will
-    /// follow (the result had `CQE_F_MORE`); the sent extents are held until it arrives.
-    pub(super) fn on_send(&mut self, id: ConnId, res: i32, notif: Option<u64>) {
+    /// follow (the result had `more`); the sent extents are held until it arrives.
+    pub(super) fn on_send(&mut self, id: ConnId, result: Result<u32, Errno>, notif: Option<u64>) {
         let Some(c) = self.conn_mut(id) else {
             self.stats.stale += 1;
             return;
         };
         let was_behind = c.tx == Tx::InFlight { behind: true };
         // A result for no send in flight (a forged completion) leaves a failed side failed.
-        c.tx = if res < 0 || c.tx == Tx::Failed {
+        c.tx = if result.is_err() || c.tx == Tx::Failed {
             Tx::Failed
         } else {
             Tx::Idle
         };
         let mut released = Vec::new();
-        if res >= 0 {
-            let mut n = res as u32;
+        if let Ok(mut n) = result {
             while n > 0 {
                 let Some(head) = c.txq.front() else { break };
                 let left = head.len() - c.tx_sent;
@@ -62,9 +60,12 @@ impl Core {
             c.tx_sent = 0;
             released.extend(c.txq.drain(..));
         }
-        let notify = res < 0 && c.rx != Rx::Done && !c.closing();
+        let notify = match result {
+            Err(e) if c.rx != Rx::Done && !c.closing() => Some(e),
+            _ => None,
+        };
         self.backlog -= was_behind as usize;
-        self.stats.tx_bytes += res.max(0) as u64;
+        self.stats.tx_bytes += result.unwrap_or(0) as u64;
         match notif {
             Some(ud) => {
                 self.stats.zc_sends += 1;
@@ -78,11 +79,11 @@ impl Core {
                 }
             }
         }
-        if notify {
+        if let Some(e) = notify {
             // The recv side will usually report the same failure; mark it so only one slot goes up.
             let c = self.conn_mut(id).expect("looked up above");
             c.rx = Rx::Done;
-            self.push_slot(id, SlotKind::Error(-res));
+            self.push_slot(id, SlotKind::Error(e.0));
         }
         self.kick_tx(id);
     }
