@@ -1,4 +1,6 @@
-//! Deterministic unit tests of the core against hand-written kernel completions.
+//! Deterministic unit tests of the core: first against hand-written completions (where a test
+//! checks the exact ops, or feeds what no kernel would), then scenarios run through the model
+//! kernel [`crate::sim::Kernel`].
 // SAFETY (every `register`/`add_listener`/`complete` below): the fds are simulated; no driver runs
 // these ops, so no I/O is ever done on them.
 #![allow(unsafe_code, clippy::undocumented_unsafe_blocks)]
@@ -263,20 +265,6 @@ fn enobufs_pauses_then_rearms_after_refill() {
 }
 
 #[test]
-fn eof_and_reset_become_slots_once() {
-    let mut c = core(8, 4);
-    let a = unsafe { c.register(5) };
-    let b = unsafe { c.register(6) };
-    let ra = c.pop_op().unwrap();
-    let rb = c.pop_op().unwrap();
-    unsafe { c.complete(completion(ud(ra), 0, None, false)) };
-    unsafe { c.complete(completion(ud(rb), -104, None, false)) };
-    let kinds: Vec<_> = c.rx().iter().map(|s| (s.conn, s.kind)).collect();
-    assert_eq!(kinds, vec![(a, SlotKind::End), (b, SlotKind::Error(104))]);
-    assert_eq!(c.pop_op(), None, "no re-arm after end of stream");
-}
-
-#[test]
 fn sends_are_ordered_partial_and_release_buffers() {
     let mut c = core(8, 1);
     let id = unsafe { c.register(5) };
@@ -440,4 +428,168 @@ fn forget_all_hands_back_queued_closes() {
         "a close queued but not submitted is handed back: {fds:?}"
     );
     assert!(c.pop_op().is_none());
+}
+
+// Scenarios driven through the model kernel (`crate::sim`), shared with the `ring_core` fuzz
+// target: the test says what the kernel does, `Kernel::sync` runs the core against it.
+
+use crate::sim::{Kernel, SendOutcome};
+
+const BUF: u32 = 2048;
+
+/// A core with one listener on fd 3, and a model kernel that numbers accepted sockets from 10.
+fn port(bufs: u32, zero_copy: u8) -> (Core, Kernel) {
+    let mut c = core(bufs, 8);
+    let mut k = unsafe { Kernel::new(BUF, 10) }.with_zero_copy(zero_copy);
+    unsafe { c.add_listener(3) };
+    k.sync(&mut c);
+    (c, k)
+}
+
+/// Accept one connection: its id and socket.
+fn connect(c: &mut Core, k: &mut Kernel) -> (ConnId, i32) {
+    let fd = k.accept(0, true).expect("an armed accept");
+    k.sync(c);
+    let s = *c.rx().last().expect("an accepted slot");
+    assert_eq!(s.kind, SlotKind::Accepted);
+    assert_eq!(c.fd(s.conn), Some(fd));
+    k.sync(c); // the receive is armed
+    assert!(k.receiving().contains(&fd));
+    (s.conn, fd)
+}
+
+/// Every buffer is free or lent, and nothing is held for the kernel.
+fn assert_all_back(c: &Core, bufs: u32) {
+    assert_eq!(c.zc_pending(), 0);
+    assert_eq!(c.alloc().free_count() + c.lent(), bufs as usize);
+}
+
+#[test]
+fn sim_echo_returns_every_buffer() {
+    let (mut c, mut k) = port(16, 0);
+    let (id, fd) = connect(&mut c, &mut k);
+    assert!(k.receive(fd, 100, true));
+    k.sync(&mut c);
+    let s = c.rx()[0];
+    assert_eq!((s.conn, s.len, s.kind), (id, 100, SlotKind::Data));
+    let e = c.keep(&s).unwrap();
+    c.send(id, e).unwrap();
+    k.sync(&mut c);
+    assert_eq!(k.sending(), vec![(fd, 100)]);
+    assert!(k.complete_send(fd, SendOutcome::Full));
+    c.close(id);
+    k.sync(&mut c);
+    k.sync(&mut c);
+    assert_eq!(c.open_conns(), 0);
+    assert!(k.receiving().is_empty(), "the close cancelled the receive");
+    assert_eq!(c.stats().tx_bytes, 100);
+    assert_all_back(&c, 16);
+}
+
+#[test]
+fn sim_eof_and_reset_become_slots_once() {
+    let (mut c, mut k) = port(16, 0);
+    let (a, fa) = connect(&mut c, &mut k);
+    let (b, fb) = connect(&mut c, &mut k);
+    assert!(k.end(fa));
+    assert!(k.fail_recv(fb, Errno::CONNRESET));
+    k.sync(&mut c);
+    let kinds: Vec<_> = c.rx().iter().map(|s| (s.conn, s.kind)).collect();
+    assert_eq!(kinds, vec![(a, SlotKind::End), (b, SlotKind::Error(104))]);
+    k.sync(&mut c);
+    assert!(k.receiving().is_empty(), "no re-arm after end of stream");
+    // A connection whose peer is done can still send.
+    let e = c.alloc_extent().unwrap();
+    c.send(a, e).unwrap();
+    k.sync(&mut c);
+    assert_eq!(k.sending(), vec![(fa, BUF)]);
+}
+
+#[test]
+fn sim_zero_copy_buffers_return_on_the_notification() {
+    let (mut c, mut k) = port(16, 0xff);
+    let (id, fd) = connect(&mut c, &mut k);
+    let free0 = c.alloc().free_count();
+    let e = c.alloc_extent().unwrap();
+    c.send(id, e).unwrap();
+    k.sync(&mut c);
+    assert!(k.complete_send(fd, SendOutcome::Full));
+    k.sync(&mut c);
+    assert_eq!((c.zc_pending(), k.notifs_owed()), (1, 1));
+    assert_eq!(c.alloc().free_count(), free0 - 1, "held for the kernel");
+    assert!(k.notify(0, true));
+    k.sync(&mut c);
+    assert_eq!(c.alloc().free_count(), free0);
+    assert_eq!(c.stats().zc_copied, 1);
+}
+
+#[test]
+fn sim_a_close_during_a_lingering_close_keeps_discarding() {
+    let (mut c, mut k) = port(16, 0);
+    let (id, fd) = connect(&mut c, &mut k);
+    let e = c.alloc_extent().unwrap();
+    c.send(id, e).unwrap();
+    c.close_lingering(id);
+    c.close(id);
+    k.sync(&mut c);
+    // Still sending the reply; what the peer sends meanwhile is dropped, not reported.
+    assert!(k.receive(fd, 300, true));
+    k.sync(&mut c);
+    assert!(c.rx().is_empty());
+    assert_eq!(c.open_conns(), 1, "the close waits for the send");
+    let e = c.alloc_extent().unwrap();
+    assert_eq!(c.send(id, e), Err(SendError::Closed));
+    assert!(k.complete_send(fd, SendOutcome::Full));
+    k.sync(&mut c);
+    k.sync(&mut c);
+    assert_eq!(c.open_conns(), 0);
+    assert_all_back(&c, 16);
+}
+
+#[test]
+fn sim_a_lingering_peer_that_keeps_sending_is_cut_off() {
+    let (mut c, mut k) = port(64, 0);
+    let (id, fd) = connect(&mut c, &mut k);
+    c.close_lingering(id);
+    k.sync(&mut c);
+    let mut sent = 0;
+    while c.open_conns() == 1 {
+        assert!(
+            k.receive(fd, BUF, true),
+            "still receiving after {sent} bytes"
+        );
+        sent += BUF as u64;
+        k.sync(&mut c);
+        assert!(c.rx().is_empty(), "discarded, not reported");
+    }
+    assert_eq!(
+        sent,
+        LINGER_MAX + BUF as u64,
+        "closed at the first byte past the limit"
+    );
+    k.sync(&mut c);
+    assert_all_back(&c, 64);
+}
+
+#[test]
+fn sim_a_failed_send_reports_once_and_refuses_more() {
+    let (mut c, mut k) = port(16, 0);
+    let (id, fd) = connect(&mut c, &mut k);
+    for _ in 0..2 {
+        let e = c.alloc_extent().unwrap();
+        c.send(id, e).unwrap();
+    }
+    k.sync(&mut c);
+    assert!(k.complete_send(fd, SendOutcome::Error(Errno::PIPE)));
+    k.sync(&mut c);
+    assert_eq!(c.rx()[0].kind, SlotKind::Error(32));
+    assert_eq!(c.tx_queued(id), 0, "the queue was dropped");
+    let e = c.alloc_extent().unwrap();
+    assert_eq!(c.send(id, e), Err(SendError::Closed));
+    // The receive side then fails too; the application already knows.
+    c.close(id);
+    k.sync(&mut c);
+    k.sync(&mut c);
+    assert_eq!(c.open_conns(), 0);
+    assert_all_back(&c, 16);
 }
