@@ -1,10 +1,12 @@
-//! Operation sequences on the I/O-free port core against a model of the kernel side.
+//! Operation sequences on the I/O-free port core against the model of the kernel side,
+//! `pst_ring::sim::Kernel` (shared with the core's unit tests).
 //!
 //! The model plays io_uring honestly: it completes only operations the core submitted, picks
 //! provided buffers only from those lent, ends multishot receives the way the kernel does
 //! (EOF, errors, ENOBUFS when the ring is empty, ECANCELED after a close), and completes sends
-//! fully, partially or with an error. The application side keeps, splits, shares, sends and
-//! releases buffers, closes and lingers in any order.
+//! fully, partially or with an error. The input decides what the kernel does and when; the
+//! application side keeps, splits, shares, sends and releases buffers, closes and lingers in
+//! any order.
 //!
 //! Checked: no panic (the core asserts its own reference counting); every slot is sane; and
 //! after shutdown every buffer is back — free or lent to the kernel — with no connection left.
@@ -12,12 +14,10 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use pst_ring::{BufAlloc, ConnId, Core, CoreConfig, Extent, Op as CoreOp, SlotKind};
+use pst_ring::sim::{Kernel, SendOutcome};
+use pst_ring::{BufAlloc, ConnId, Core, CoreConfig, Errno, Extent, SlotKind};
 
 const BUF_SIZE: u32 = 2048;
-const F_BUFFER: u32 = 1;
-const F_MORE: u32 = 2;
-const F_NOTIF: u32 = 8;
 
 #[derive(Debug, Arbitrary)]
 enum Op {
@@ -92,70 +92,19 @@ struct Input {
     ops: Vec<Op>,
 }
 
-#[derive(Default)]
-struct Kernel {
-    lent: Vec<u16>,
-    accepts: Vec<u64>,
-    /// Armed multishot receives: (fd, user_data).
-    recvs: Vec<(i32, u64)>,
-    /// Sends in flight: (user_data, bytes it covers, zero-copy).
-    sends: Vec<(u64, u32, bool)>,
-    /// Zero-copy notifications owed, oldest first (the kernel keeps a socket's in order).
-    notifs: Vec<u64>,
-    /// Completions to deliver at the next sync.
-    cqes: Vec<(u64, i32, u32)>,
-    /// Completions to deliver at the sync after (shutdown only).
-    later: Vec<(u64, i32, u32)>,
-    next_fd: i32,
-    zc_mask: u8,
-    sends_seen: u32,
-    conns: Vec<ConnId>,
-}
-
 fn pick<T>(v: &[T], i: u8) -> Option<usize> {
     (!v.is_empty()).then(|| i as usize % v.len())
 }
 
-fn sync(core: &mut Core, k: &mut Kernel, chunks: &mut Vec<(pst_ring::BufIdx, u32, u32)>) {
-    core.begin_sync();
-    core.refill(|bid, _| k.lent.push(bid));
-    while let Some(op) = core.pop_op() {
-        match op {
-            CoreOp::Accept { ud, .. } => k.accepts.push(ud),
-            CoreOp::Recv { fd, ud } => k.recvs.push((fd, ud)),
-            CoreOp::Send { conn, ud, .. } => {
-                let zc = k.zc_mask >> (k.sends_seen % 8) & 1 == 1;
-                k.sends_seen += 1;
-                core.tx_chunks(conn, chunks);
-                assert!(!chunks.is_empty(), "a send with nothing to send");
-                let total: u32 = chunks.iter().map(|c| c.2).sum();
-                for &(_, off, len) in chunks.iter() {
-                    assert!(off + len <= BUF_SIZE, "send chunk outside its buffer");
-                }
-                k.sends.push((ud, total, zc));
-            }
-            CoreOp::ShutdownWrite { .. } => {}
-            CoreOp::Close { fd, .. } => {
-                // Closing the socket cancels its multishot receive.
-                let (gone, keep): (Vec<_>, Vec<_>) = k.recvs.iter().partition(|r| r.0 == fd);
-                k.recvs = keep;
-                for (_, ud) in gone {
-                    k.cqes.push((ud, -125, 0));
-                }
-            }
-        }
-    }
-    for (ud, res, flags) in std::mem::take(&mut k.cqes) {
-        // SAFETY: simulated fds; the model kernel runs the ops, nothing does real I/O.
-        unsafe { core.complete(ud, res, flags) };
-    }
-    for s in core.rx() {
-        match s.kind {
-            SlotKind::Data => assert!(s.len > 0 && s.off + s.len <= BUF_SIZE),
-            SlotKind::Accepted => k.conns.push(s.conn),
-            _ => {}
-        }
-    }
+/// One sync against the model kernel; new connections join `conns`.
+fn sync(core: &mut Core, k: &mut Kernel, conns: &mut Vec<ConnId>) {
+    k.sync(core);
+    conns.extend(
+        core.rx()
+            .iter()
+            .filter(|s| s.kind == SlotKind::Accepted)
+            .map(|s| s.conn),
+    );
 }
 
 fuzz_target!(|input: Input| {
@@ -174,30 +123,19 @@ fuzz_target!(|input: Input| {
     if tx > 0 {
         core = core.with_tx_buffers(BufAlloc::new(1000, tx));
     }
-    let mut k = Kernel {
-        next_fd: 10,
-        zc_mask: input.zc_mask,
-        ..Kernel::default()
-    };
+    // SAFETY: the model kernel runs all of this core's ops; nothing does real I/O.
+    let mut k = unsafe { Kernel::new(BUF_SIZE, 10) }.with_zero_copy(input.zc_mask);
     let mut exts: Vec<Extent> = Vec::new();
-    let mut chunks = Vec::new();
-    // SAFETY: a simulated fd; the model kernel below runs the ops, nothing does real I/O.
+    let mut conns = Vec::new();
+    // SAFETY: a simulated fd; the model kernel runs the ops, nothing does real I/O.
     unsafe { core.add_listener(3) };
-    sync(&mut core, &mut k, &mut chunks);
+    sync(&mut core, &mut k, &mut conns);
 
     for a in input.ops.iter().take(500) {
         match *a {
-            Op::Sync => sync(&mut core, &mut k, &mut chunks),
+            Op::Sync => sync(&mut core, &mut k, &mut conns),
             Op::Accept { more } => {
-                if let Some(i) = pick(&k.accepts, 0) {
-                    let ud = if more {
-                        k.accepts[i]
-                    } else {
-                        k.accepts.remove(i)
-                    };
-                    k.cqes.push((ud, k.next_fd, if more { F_MORE } else { 0 }));
-                    k.next_fd += 1;
-                }
+                k.accept(0, more);
             }
             Op::Data {
                 recv,
@@ -206,45 +144,37 @@ fuzz_target!(|input: Input| {
                 more,
                 bundle,
             } => {
-                let (Some(r), Some(b)) = (pick(&k.recvs, recv), pick(&k.lent, bid)) else {
+                let fds = k.receiving();
+                let lent = k.lent().len();
+                let (Some(r), true) = (pick(&fds, recv), lent > 0) else {
                     continue;
                 };
+                let b = bid as usize % lent;
                 // The kernel takes buffers from the ring head, in posting order; a bundle
                 // takes a run of them. (A lone buffer from elsewhere is tolerated by the core
                 // and exercised too.)
-                let extra = (bundle % 4) as usize;
+                let extra = (bundle % 4) as u32;
                 let at = if extra > 0 { 0 } else { b };
-                if at + extra >= k.lent.len() {
-                    continue;
-                }
-                let run: Vec<u16> = k.lent.drain(at..=at + extra).collect();
-                let bid = run[0];
-                let ud = if more {
-                    k.recvs[r].1
-                } else {
-                    k.recvs.remove(r).1
-                };
-                let len = (extra as u32 * BUF_SIZE) as i32 + 1 + len as i32 % BUF_SIZE as i32;
-                let flags = (bid as u32) << 16 | F_BUFFER | if more { F_MORE } else { 0 };
-                k.cqes.push((ud, len, flags));
+                let len = extra * BUF_SIZE + 1 + len as u32 % BUF_SIZE;
+                k.receive_at(fds[r], at, len, more);
             }
             Op::Eof { recv } => {
-                if let Some(r) = pick(&k.recvs, recv) {
-                    k.cqes.push((k.recvs.remove(r).1, 0, 0));
+                let fds = k.receiving();
+                if let Some(r) = pick(&fds, recv) {
+                    k.end(fds[r]);
                 }
             }
             Op::RecvError { recv, errno } => {
-                if let Some(r) = pick(&k.recvs, recv) {
+                let fds = k.receiving();
+                if let Some(r) = pick(&fds, recv) {
                     let errno = [104, 110, 32, 22][errno as usize % 4];
-                    k.cqes.push((k.recvs.remove(r).1, -errno, 0));
+                    k.fail_recv(fds[r], Errno(errno));
                 }
             }
             Op::Enobufs { recv } => {
-                // The kernel ends a multishot receive with ENOBUFS only when the ring is empty.
-                if k.lent.is_empty() {
-                    if let Some(r) = pick(&k.recvs, recv) {
-                        k.cqes.push((k.recvs.remove(r).1, -105, 0));
-                    }
+                let fds = k.receiving();
+                if let Some(r) = pick(&fds, recv) {
+                    k.run_dry(fds[r]);
                 }
             }
             Op::SendDone {
@@ -252,27 +182,20 @@ fuzz_target!(|input: Input| {
                 partial,
                 error,
             } => {
-                if let Some(s) = pick(&k.sends, send) {
-                    let (ud, total, zc) = k.sends.remove(s);
-                    let res = if error {
-                        -32
-                    } else {
-                        partial.map_or(total, |p| p as u32 % (total + 1)) as i32
+                let sends = k.sending();
+                if let Some(s) = pick(&sends, send) {
+                    let (fd, total) = sends[s];
+                    let outcome = match (error, partial) {
+                        (true, _) => SendOutcome::Error(Errno::PIPE),
+                        (false, Some(p)) => SendOutcome::Partial(p as u32 % (total + 1)),
+                        (false, None) => SendOutcome::Full,
                     };
-                    k.cqes.push((ud, res, if zc { F_MORE } else { 0 }));
-                    if zc {
-                        k.notifs.push(ud);
-                    }
+                    k.complete_send(fd, outcome);
                 }
             }
             Op::Notif { which, copied } => {
-                if let Some(i) = pick(&k.notifs, which) {
-                    // The oldest notification owed under that user data.
-                    let ud = k.notifs[i];
-                    let first = k.notifs.iter().position(|&u| u == ud).unwrap();
-                    k.notifs.remove(first);
-                    let res = if copied { i32::MIN } else { 0 };
-                    k.cqes.push((ud, res, F_NOTIF));
+                if k.notifs_owed() > 0 {
+                    k.notify(which as usize % k.notifs_owed(), copied);
                 }
             }
             Op::Keep { slot } => {
@@ -291,8 +214,8 @@ fuzz_target!(|input: Input| {
                 }
             }
             Op::Send { ext, conn } => {
-                if let (Some(i), Some(c)) = (pick(&exts, ext), pick(&k.conns, conn)) {
-                    let _ = core.send(k.conns[c], exts.swap_remove(i));
+                if let (Some(i), Some(c)) = (pick(&exts, ext), pick(&conns, conn)) {
+                    let _ = core.send(conns[c], exts.swap_remove(i));
                 }
             }
             Op::Split { ext, at } => {
@@ -319,13 +242,13 @@ fuzz_target!(|input: Input| {
                 }
             }
             Op::Close { conn } => {
-                if let Some(c) = pick(&k.conns, conn) {
-                    core.close(k.conns[c]);
+                if let Some(c) = pick(&conns, conn) {
+                    core.close(conns[c]);
                 }
             }
             Op::Linger { conn } => {
-                if let Some(c) = pick(&k.conns, conn) {
-                    core.close_lingering(k.conns[c]);
+                if let Some(c) = pick(&conns, conn) {
+                    core.close_lingering(conns[c]);
                 }
             }
             Op::CloseAll => core.close_all(),
@@ -339,32 +262,13 @@ fuzz_target!(|input: Input| {
     core.close_listeners();
     for _ in 0..10_000 {
         core.close_all();
-        let later = std::mem::take(&mut k.later);
-        sync(&mut core, &mut k, &mut chunks);
-        k.cqes.extend(later);
-        for (ud, total, zc) in std::mem::take(&mut k.sends) {
-            k.cqes.push((ud, total as i32, if zc { F_MORE } else { 0 }));
-            if zc {
-                k.notifs.push(ud);
-            }
-        }
-        // Notifications come after their results (a later sync).
-        for ud in std::mem::take(&mut k.notifs) {
-            k.later.push((ud, 0, F_NOTIF));
-        }
-        // Peers of lingering connections close too.
-        for (_, ud) in std::mem::take(&mut k.recvs) {
-            k.cqes.push((ud, 0, 0));
-        }
-        if core.open_conns() == 0
-            && k.cqes.is_empty()
-            && k.later.is_empty()
-            && core.pending_ops() == 0
-        {
+        sync(&mut core, &mut k, &mut conns);
+        k.finish_in_flight();
+        if core.open_conns() == 0 && k.is_quiet() && core.pending_ops() == 0 {
             break;
         }
     }
-    sync(&mut core, &mut k, &mut chunks);
+    sync(&mut core, &mut k, &mut conns);
     core.begin_sync();
     assert_eq!(core.open_conns(), 0, "connections left after shutdown");
     assert_eq!(core.zc_pending(), 0, "zero-copy sends still held");

@@ -2,7 +2,9 @@
 //! panics on arbitrary bytes.
 //!
 //! The log region is cut into equal **segments** ([`segment_size`]). Each starts with a 64-byte
-//! segment header; records follow at 8-byte aligned offsets. All integers little-endian.
+//! segment header; records follow at 8-byte aligned offsets. All integers little-endian. The
+//! offsets in the tables below are the ones the code uses, named in the private `seg` and `rec`
+//! layout modules.
 //!
 //! Segment header:
 //!
@@ -46,10 +48,61 @@
 //! from corruption: if any later record says the failed one had already been committed, it was
 //! acknowledged, and recovery refuses to silently drop it.
 
+use std::ops::Range;
+
+/// Where each segment header field lies (the table above).
+mod seg {
+    use std::ops::Range;
+
+    pub const MAGIC: Range<usize> = 0..8;
+    pub const VERSION: Range<usize> = 8..12;
+    pub const SIZE: Range<usize> = 12..16;
+    pub const EPOCH: Range<usize> = 16..24;
+    pub const FIRST_SEQ: Range<usize> = 24..32;
+    // 32..36 reserved (0).
+    pub const CRC: Range<usize> = 36..40;
+    /// What the CRC covers: everything before it.
+    pub const CRC_COVERS: Range<usize> = 0..CRC.start;
+}
+
+/// Where each record field lies (the table above).
+mod rec {
+    use std::ops::Range;
+
+    pub const MAGIC: Range<usize> = 0..4;
+    pub const LEN: Range<usize> = 4..8;
+    pub const SEQ: Range<usize> = 8..16;
+    pub const EPOCH: Range<usize> = 16..20;
+    pub const KIND: usize = 20;
+    pub const RESERVED_21: usize = 21;
+    pub const KEY_LEN: Range<usize> = 22..24;
+    pub const PAYLOAD_LEN: Range<usize> = 24..28;
+    pub const EXTENT_COUNT: Range<usize> = 28..30;
+    pub const RESERVED_30: Range<usize> = 30..32;
+    pub const PAYLOAD_CRC: Range<usize> = 32..36;
+    pub const DURABLE_BEFORE: Range<usize> = 36..44;
+    pub const HEADER_CRC: Range<usize> = 44..48;
+    /// The fixed part the header CRC covers (it goes on over the key and the extent table).
+    pub const CRC_COVERS: Range<usize> = 0..HEADER_CRC.start;
+    /// The key starts right after the fixed header.
+    pub const KEY: usize = HEADER_CRC.end;
+
+    /// One extent table entry, from the entry's start.
+    pub mod extent {
+        use std::ops::Range;
+
+        pub const BUF: Range<usize> = 0..4;
+        pub const OFF: Range<usize> = 4..8;
+        pub const LEN: Range<usize> = 8..12;
+        /// Bytes per entry.
+        pub const SIZE: usize = LEN.end;
+    }
+}
+
 /// Segment header size.
 pub const SEG_HEADER: usize = 64;
 /// Record header size (before key and extents).
-pub const REC_HEADER: usize = 48;
+pub const REC_HEADER: usize = rec::KEY;
 /// Segment magic.
 pub const SEG_MAGIC: [u8; 8] = *b"PSTSEG01";
 /// Record magic.
@@ -70,11 +123,19 @@ pub fn segment_size(log_len: u64) -> u64 {
     pow.clamp(16 << 10, 1 << 20).min(log_len.max(1))
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+// Field accessors. Callers check the length first (a short slice is a bug, not bad data).
+fn u16_at(b: &[u8], f: Range<usize>) -> u16 {
+    u16::from_le_bytes(b[f].try_into().expect("2 bytes"))
 }
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+fn u32_at(b: &[u8], f: Range<usize>) -> u32 {
+    u32::from_le_bytes(b[f].try_into().expect("4 bytes"))
+}
+fn u64_at(b: &[u8], f: Range<usize>) -> u64 {
+    u64::from_le_bytes(b[f].try_into().expect("8 bytes"))
+}
+/// `f` shifted to start at `at` (a field of an extent table entry).
+fn at(at: usize, f: Range<usize>) -> Range<usize> {
+    at + f.start..at + f.end
 }
 
 /// A decoded segment header.
@@ -92,28 +153,31 @@ impl SegHeader {
     /// Encode.
     pub fn encode(&self) -> [u8; SEG_HEADER] {
         let mut b = [0u8; SEG_HEADER];
-        b[0..8].copy_from_slice(&SEG_MAGIC);
-        b[8..12].copy_from_slice(&VERSION.to_le_bytes());
-        b[12..16].copy_from_slice(&self.size.to_le_bytes());
-        b[16..24].copy_from_slice(&self.epoch.to_le_bytes());
-        b[24..32].copy_from_slice(&self.first_seq.to_le_bytes());
-        let crc = crc32c::crc32c(&b[0..36]);
-        b[36..40].copy_from_slice(&crc.to_le_bytes());
+        b[seg::MAGIC].copy_from_slice(&SEG_MAGIC);
+        b[seg::VERSION].copy_from_slice(&VERSION.to_le_bytes());
+        b[seg::SIZE].copy_from_slice(&self.size.to_le_bytes());
+        b[seg::EPOCH].copy_from_slice(&self.epoch.to_le_bytes());
+        b[seg::FIRST_SEQ].copy_from_slice(&self.first_seq.to_le_bytes());
+        let crc = crc32c::crc32c(&b[seg::CRC_COVERS]);
+        b[seg::CRC].copy_from_slice(&crc.to_le_bytes());
         b
     }
 
     /// Decode; `None` for anything that is not a valid header of a segment of `size` bytes.
     pub fn decode(b: &[u8], size: u64) -> Option<SegHeader> {
-        if b.len() < SEG_HEADER || b[0..8] != SEG_MAGIC || u32_at(b, 8) != VERSION {
+        if b.len() < SEG_HEADER || b[seg::MAGIC] != SEG_MAGIC || u32_at(b, seg::VERSION) != VERSION
+        {
             return None;
         }
-        if crc32c::crc32c(&b[0..36]) != u32_at(b, 36) || u32_at(b, 12) as u64 != size {
+        if crc32c::crc32c(&b[seg::CRC_COVERS]) != u32_at(b, seg::CRC)
+            || u32_at(b, seg::SIZE) as u64 != size
+        {
             return None;
         }
         Some(SegHeader {
-            size: u32_at(b, 12),
-            epoch: u64_at(b, 16),
-            first_seq: u64_at(b, 24),
+            size: u32_at(b, seg::SIZE),
+            epoch: u64_at(b, seg::EPOCH),
+            first_seq: u64_at(b, seg::FIRST_SEQ),
         })
     }
 }
@@ -147,7 +211,7 @@ pub type RawExtent = (u32, u32, u32);
 /// Bytes a record occupies in the log.
 pub fn record_len(key_len: usize, n_extents: usize) -> usize {
     let refs_at = (REC_HEADER + key_len).next_multiple_of(4);
-    (refs_at + 12 * n_extents).next_multiple_of(8)
+    (refs_at + rec::extent::SIZE * n_extents).next_multiple_of(8)
 }
 
 /// A record, decoded or to encode.
@@ -210,26 +274,26 @@ impl RecordFields<'_> {
         out.clear();
         let len = record_len(self.key.len(), self.extents.len());
         out.resize(len, 0);
-        out[0..4].copy_from_slice(&REC_MAGIC.to_le_bytes());
-        out[4..8].copy_from_slice(&(len as u32).to_le_bytes());
-        out[8..16].copy_from_slice(&self.seq.to_le_bytes());
-        out[16..20].copy_from_slice(&self.epoch.to_le_bytes());
-        out[20] = self.kind as u8;
-        out[22..24].copy_from_slice(&(self.key.len() as u16).to_le_bytes());
-        out[24..28].copy_from_slice(&self.payload_len.to_le_bytes());
-        out[28..30].copy_from_slice(&(self.extents.len() as u16).to_le_bytes());
-        out[32..36].copy_from_slice(&self.payload_crc.to_le_bytes());
-        out[36..44].copy_from_slice(&self.durable_before.to_le_bytes());
-        out[REC_HEADER..REC_HEADER + self.key.len()].copy_from_slice(self.key);
-        let mut at = (REC_HEADER + self.key.len()).next_multiple_of(4);
+        out[rec::MAGIC].copy_from_slice(&REC_MAGIC.to_le_bytes());
+        out[rec::LEN].copy_from_slice(&(len as u32).to_le_bytes());
+        out[rec::SEQ].copy_from_slice(&self.seq.to_le_bytes());
+        out[rec::EPOCH].copy_from_slice(&self.epoch.to_le_bytes());
+        out[rec::KIND] = self.kind as u8;
+        out[rec::KEY_LEN].copy_from_slice(&(self.key.len() as u16).to_le_bytes());
+        out[rec::PAYLOAD_LEN].copy_from_slice(&self.payload_len.to_le_bytes());
+        out[rec::EXTENT_COUNT].copy_from_slice(&(self.extents.len() as u16).to_le_bytes());
+        out[rec::PAYLOAD_CRC].copy_from_slice(&self.payload_crc.to_le_bytes());
+        out[rec::DURABLE_BEFORE].copy_from_slice(&self.durable_before.to_le_bytes());
+        out[rec::KEY..rec::KEY + self.key.len()].copy_from_slice(self.key);
+        let mut e = (rec::KEY + self.key.len()).next_multiple_of(4);
         for &(b, o, l) in self.extents {
-            out[at..at + 4].copy_from_slice(&b.to_le_bytes());
-            out[at + 4..at + 8].copy_from_slice(&o.to_le_bytes());
-            out[at + 8..at + 12].copy_from_slice(&l.to_le_bytes());
-            at += 12;
+            out[at(e, rec::extent::BUF)].copy_from_slice(&b.to_le_bytes());
+            out[at(e, rec::extent::OFF)].copy_from_slice(&o.to_le_bytes());
+            out[at(e, rec::extent::LEN)].copy_from_slice(&l.to_le_bytes());
+            e += rec::extent::SIZE;
         }
-        let crc = Record::header_crc(out, at);
-        out[44..48].copy_from_slice(&crc.to_le_bytes());
+        let crc = Record::header_crc(out, e);
+        out[rec::HEADER_CRC].copy_from_slice(&crc.to_le_bytes());
     }
 }
 
@@ -250,41 +314,45 @@ impl Record {
     }
 
     fn header_crc(b: &[u8], refs_end: usize) -> u32 {
-        crc32c::crc32c_append(crc32c::crc32c(&b[0..44]), &b[REC_HEADER..refs_end])
+        crc32c::crc32c_append(crc32c::crc32c(&b[rec::CRC_COVERS]), &b[rec::KEY..refs_end])
     }
 
     /// Decode the record at the start of `b` for a pool of `buf_count` buffers of `buf_size`.
     pub fn decode(b: &[u8], buf_count: u32, buf_size: u32) -> Result<Record, RecordError> {
-        if b.len() < REC_HEADER || u32_at(b, 0) != REC_MAGIC {
+        if b.len() < REC_HEADER || u32_at(b, rec::MAGIC) != REC_MAGIC {
             return Err(RecordError::NoRecord);
         }
-        let len = u32_at(b, 4) as usize;
-        let key_len = u16::from_le_bytes([b[22], b[23]]) as usize;
-        let n = u16::from_le_bytes([b[28], b[29]]) as usize;
+        let len = u32_at(b, rec::LEN) as usize;
+        let key_len = u16_at(b, rec::KEY_LEN) as usize;
+        let n = u16_at(b, rec::EXTENT_COUNT) as usize;
         if len > b.len() || len != record_len(key_len, n) || key_len > MAX_KEY || n > MAX_EXTENTS {
             return Err(RecordError::NoRecord);
         }
-        let refs_at = (REC_HEADER + key_len).next_multiple_of(4);
-        let refs_end = refs_at + 12 * n;
-        if Self::header_crc(b, refs_end) != u32_at(b, 44) {
+        let refs_at = (rec::KEY + key_len).next_multiple_of(4);
+        let refs_end = refs_at + rec::extent::SIZE * n;
+        if Self::header_crc(b, refs_end) != u32_at(b, rec::HEADER_CRC) {
             return Err(RecordError::Checksum);
         }
-        let kind = Kind::from_u8(b[20]).ok_or(RecordError::Invalid)?;
-        if b[21] != 0 || b[30] != 0 || b[31] != 0 {
+        let kind = Kind::from_u8(b[rec::KIND]).ok_or(RecordError::Invalid)?;
+        if b[rec::RESERVED_21] != 0 || b[rec::RESERVED_30] != [0, 0] {
             return Err(RecordError::Invalid);
         }
         let mut extents = Vec::with_capacity(n);
         let mut total = 0u64;
         for i in 0..n {
-            let at = refs_at + 12 * i;
-            let e = (u32_at(b, at), u32_at(b, at + 4), u32_at(b, at + 8));
+            let x = refs_at + rec::extent::SIZE * i;
+            let e = (
+                u32_at(b, at(x, rec::extent::BUF)),
+                u32_at(b, at(x, rec::extent::OFF)),
+                u32_at(b, at(x, rec::extent::LEN)),
+            );
             if e.0 >= buf_count || e.1 as u64 + e.2 as u64 > buf_size as u64 {
                 return Err(RecordError::Invalid);
             }
             total += e.2 as u64;
             extents.push(e);
         }
-        let payload_len = u32_at(b, 24);
+        let payload_len = u32_at(b, rec::PAYLOAD_LEN);
         let shape_ok = match kind {
             Kind::Append => key_len == 0,
             Kind::Put => true,
@@ -294,14 +362,14 @@ impl Record {
             return Err(RecordError::Invalid);
         }
         Ok(Record {
-            seq: u64_at(b, 8),
-            epoch: u32_at(b, 16),
+            seq: u64_at(b, rec::SEQ),
+            epoch: u32_at(b, rec::EPOCH),
             kind,
-            key: b[REC_HEADER..REC_HEADER + key_len].to_vec(),
+            key: b[rec::KEY..rec::KEY + key_len].to_vec(),
             extents,
             payload_len,
-            payload_crc: u32_at(b, 32),
-            durable_before: u64_at(b, 36),
+            payload_crc: u32_at(b, rec::PAYLOAD_CRC),
+            durable_before: u64_at(b, rec::DURABLE_BEFORE),
         })
     }
 }

@@ -17,11 +17,9 @@
 use std::io;
 use std::os::fd::{BorrowedFd, IntoRawFd, OwnedFd};
 
+use pst_ring::{Completion, Errno};
 use rustix::event::epoll;
 use rustix::net::SocketFlags;
-
-/// `IORING_CQE_F_MORE`: the request stays armed (the flag the core reads).
-const IORING_CQE_F_MORE: u32 = 1 << 1;
 
 /// `user_data` of the poll on the epoll fd: a kind byte the core never encodes.
 pub(crate) const ACCEPT_READY: u64 = 0xA5 << 56;
@@ -29,10 +27,6 @@ pub(crate) const ACCEPT_READY: u64 = 0xA5 << 56;
 pub(crate) const ACCEPT_BACKOFF: u64 = 0xA6 << 56;
 /// How long to wait before accepting again after running out of fds or memory.
 pub(crate) const BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
-
-/// What one accept attempt on a listener gives the core: the accept request's `user_data`
-/// and a CQE-style result and flags.
-pub(crate) type AcceptCompletion = (u64, i32, u32);
 
 /// The listeners of one port and the epoll set that watches them.
 #[derive(Debug)]
@@ -105,13 +99,13 @@ impl Acceptor {
     /// Accept every pending connection on every listener. A listener that fails (shut down,
     /// say) is dropped from the set and its error reported without `F_MORE`, as a multishot
     /// accept's end would be.
-    pub(crate) fn accept_all(&mut self, out: &mut Vec<AcceptCompletion>) {
+    pub(crate) fn accept_all(&mut self, out: &mut Vec<Completion>) {
         let mut failed = Vec::new();
         for &(fd, ud) in &self.listeners {
             loop {
                 self.calls += 1;
                 match rustix::net::accept_with(borrow(fd), SocketFlags::CLOEXEC) {
-                    Ok(s) => out.push((ud, OwnedFd::into_raw_fd(s), IORING_CQE_F_MORE)),
+                    Ok(s) => out.push(accepted(ud, Ok(OwnedFd::into_raw_fd(s) as u32), true)),
                     Err(e) if e == rustix::io::Errno::AGAIN => break,
                     // The peer gave up before we accepted it: try the next one.
                     Err(e)
@@ -124,12 +118,12 @@ impl Acceptor {
                             || e == rustix::io::Errno::NOBUFS
                             || e == rustix::io::Errno::NOMEM =>
                     {
-                        out.push((ud, -e.raw_os_error(), IORING_CQE_F_MORE));
+                        out.push(accepted(ud, Err(Errno(e.raw_os_error())), true));
                         self.starved = true;
                         break;
                     }
                     Err(e) => {
-                        out.push((ud, -e.raw_os_error(), 0));
+                        out.push(accepted(ud, Err(Errno(e.raw_os_error())), false));
                         failed.push(fd);
                         break;
                     }
@@ -139,6 +133,17 @@ impl Acceptor {
         for fd in failed {
             self.remove(fd);
         }
+    }
+}
+
+/// An accept attempt's outcome as the completion of the listener's accept request `ud`;
+/// `more`: the request stays armed, as a multishot accept's would.
+fn accepted(ud: u64, result: Result<u32, Errno>, more: bool) -> Completion {
+    Completion::Op {
+        user_data: ud,
+        result,
+        buffer: None,
+        more,
     }
 }
 

@@ -14,9 +14,9 @@ use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use io_uring::{opcode, squeue, types, IoUring};
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use pst_pool::{Partition, Pool};
-use pst_ring::{BufIdx, ConnId, Core, Extent, Op};
+use pst_ring::{BufIdx, Completion, ConnId, Core, Errno, Extent, Op};
 
 use crate::accept;
 use crate::bufring::BufRing;
@@ -116,7 +116,7 @@ pub struct Driver {
     /// The listeners, accepted on readiness of an epoll set the ring polls.
     acceptor: accept::Acceptor,
     /// Accept completions for the core, delivered after the next enter.
-    accepted: Vec<accept::AcceptCompletion>,
+    accepted: Vec<Completion>,
     /// The accept back-off's timespec: boxed, as the kernel reads it at the next submit and
     /// the driver may move meanwhile.
     backoff_ts: Box<types::Timespec>,
@@ -340,7 +340,7 @@ impl Driver {
                 continue;
             }
             // SAFETY: a completion our ring produced for an op this core issued.
-            unsafe { core.complete(cqe.user_data(), cqe.result(), cqe.flags()) };
+            unsafe { core.complete(completion(cqe.user_data(), cqe.result(), cqe.flags())) };
         }
         if accept_ready {
             let calls = self.acceptor.calls;
@@ -355,10 +355,10 @@ impl Driver {
                 self.acceptor.armed = true;
             }
         }
-        for (ud, res, flags) in self.accepted.drain(..) {
+        for c in self.accepted.drain(..) {
             // SAFETY: results of the accept4 calls the acceptor made for this core's listeners
             // (or their failures): new sockets ours to own.
-            unsafe { core.complete(ud, res, flags) };
+            unsafe { core.complete(c) };
         }
         self.stats.cqes += n as u64;
         self.last_reaped = n;
@@ -387,7 +387,12 @@ impl Driver {
             Op::Accept { fd, ud } => {
                 if let Err(e) = self.acceptor.add(fd, ud) {
                     let errno = e.raw_os_error().unwrap_or(libc::EINVAL);
-                    self.accepted.push((ud, -errno, 0));
+                    self.accepted.push(Completion::Op {
+                        user_data: ud,
+                        result: Err(Errno(errno)),
+                        buffer: None,
+                        more: false,
+                    });
                 }
                 Ok(())
             }
@@ -524,5 +529,68 @@ impl Driver {
     /// The raw fd of the ring (for diagnostics).
     pub fn ring_fd(&self) -> i32 {
         self.ring.as_raw_fd()
+    }
+}
+
+/// What the core needs of a CQE, decoded from io_uring's encoding: a notification or a
+/// result, the result's errno, the provided buffer id (`IORING_CQE_F_BUFFER`, the id in the
+/// upper 16 bits) and `IORING_CQE_F_MORE`.
+fn completion(user_data: u64, res: i32, flags: u32) -> Completion {
+    if cqueue::notif(flags) {
+        // IORING_NOTIF_USAGE_ZC_COPIED (the top bit, with IORING_SEND_ZC_REPORT_USAGE): the
+        // kernel copied the data after all.
+        return Completion::ZcNotif {
+            user_data,
+            copied: res as u32 & 1 << 31 != 0,
+        };
+    }
+    Completion::Op {
+        user_data,
+        result: u32::try_from(res).map_err(|_| Errno(res.wrapping_neg())),
+        buffer: cqueue::buffer_select(flags),
+        more: cqueue::more(flags),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cqe_flags_decode() {
+        // IORING_CQE_F_BUFFER | IORING_CQE_F_MORE, buffer id 7.
+        assert_eq!(
+            completion(9, 100, 7 << 16 | 1 | 2),
+            Completion::Op {
+                user_data: 9,
+                result: Ok(100),
+                buffer: Some(7),
+                more: true
+            }
+        );
+        assert_eq!(
+            completion(9, -105, 0),
+            Completion::Op {
+                user_data: 9,
+                result: Err(Errno::NOBUFS),
+                buffer: None,
+                more: false
+            }
+        );
+        // IORING_CQE_F_NOTIF; the result's top bit reports a copy.
+        assert_eq!(
+            completion(9, i32::MIN, 8),
+            Completion::ZcNotif {
+                user_data: 9,
+                copied: true
+            }
+        );
+        assert_eq!(
+            completion(9, 0, 8),
+            Completion::ZcNotif {
+                user_data: 9,
+                copied: false
+            }
+        );
     }
 }

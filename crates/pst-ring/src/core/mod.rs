@@ -10,25 +10,14 @@ use std::collections::{HashMap, VecDeque};
 use pst_pool::{BufAlloc, BufIdx};
 
 use crate::bid::BidTable;
+use crate::completion::{Completion, Errno};
 use crate::slot::{ConnId, Extent, Slot, SlotKind};
 use crate::userdata::{OpKind, UserData, GEN_MASK};
 
-/// Completion flag: a provided buffer was used; its id is in the upper 16 bits.
-pub const CQE_F_BUFFER: u32 = 1;
-/// Completion flag: the multishot request stays armed; on a zero-copy send's result, a
-/// notification completion follows.
-pub const CQE_F_MORE: u32 = 2;
-/// `EINVAL`: what accepting on a socket that stopped listening returns.
-const EINVAL: i32 = 22;
-/// Completion flag: a zero-copy send's notification (the kernel no longer reads its buffers).
-pub const CQE_F_NOTIF: u32 = 8;
-
-const ENOBUFS: i32 = 105;
 /// Most bytes a lingering connection may still send before it is closed outright: enough for
 /// requests already in flight when the final reply left, not a channel for a client that
 /// keeps sending after a protocol error.
 pub const LINGER_MAX: u64 = 64 << 10;
-const ECANCELED: i32 = 125;
 
 /// Core parameters.
 #[derive(Debug, Clone, Copy)]
@@ -47,7 +36,7 @@ pub struct CoreConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
     /// Accept connections on listener `fd` until told otherwise: each accepted socket is a
-    /// completion of `ud` with `CQE_F_MORE` (a multishot accept, or the driver's own accept
+    /// completion of `ud` with `more` set (a multishot accept, or the driver's own accept
     /// loop); a completion without it ends the accepting and the core re-arms.
     Accept {
         /// Listener socket.
@@ -123,27 +112,72 @@ pub struct CoreStats {
     pub zc_copied: u64,
 }
 
+/// The receive side of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rx {
+    /// No receive is armed (not yet, or a multishot ended, or the buffer ring ran dry): one is
+    /// armed when possible.
+    Idle,
+    /// A multishot receive is armed.
+    Armed,
+    /// Receiving is over for the application (end of stream, a reported error, a lingering
+    /// peer that sent too much): never re-armed. A multishot still armed in the kernel may go
+    /// on completing.
+    Done,
+}
+
+/// The send side of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tx {
+    /// No send in flight.
+    Idle,
+    /// One send in flight. `behind`: more data is queued than it covers (the connection is
+    /// counted in `Core::backlog`).
+    InFlight { behind: bool },
+    /// A send failed: the queue was dropped and no more data is accepted.
+    Failed,
+}
+
+/// Where a connection is in its close sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Life {
+    /// Open: slots are reported, sends accepted.
+    Open,
+    /// Lingering close: FIN once the queued data is sent (`fin_sent` once it is queued), keep
+    /// reading (and discarding) until the peer closes, so the peer sees our last reply instead
+    /// of a reset.
+    Lingering { fin_sent: bool },
+    /// Close requested: the socket is closed once the queued data is sent. `lingering`: it
+    /// ended a lingering close, whose discarding of received data goes on meanwhile.
+    Closing { lingering: bool },
+}
+
 #[derive(Debug)]
 struct Conn {
     fd: i32,
-    recv_armed: bool,
-    rx_done: bool,
-    close_requested: bool,
-    /// Lingering close: FIN once the queued data is sent, keep reading (and discarding) until
-    /// the peer closes, so the peer sees our last reply instead of a reset.
-    linger: bool,
+    rx: Rx,
+    tx: Tx,
+    life: Life,
     /// Bytes discarded while lingering; past [`LINGER_MAX`] the connection is closed outright.
     lingered: u64,
-    fin_sent: bool,
-    broken: bool,
-    tx_inflight: bool,
-    /// Chunks covered by the in-flight send.
-    inflight_chunks: usize,
-    /// Data queued behind the in-flight send (counted in `Core::backlog`).
-    behind: bool,
     txq: VecDeque<Extent>,
     /// Bytes of `txq[0]` already sent.
     tx_sent: u32,
+}
+
+impl Conn {
+    /// Close requested (plain, or ending a lingering close).
+    fn closing(&self) -> bool {
+        matches!(self.life, Life::Closing { .. })
+    }
+
+    /// Received data is discarded, not reported (a lingering close, or the close ending one).
+    fn discards_rx(&self) -> bool {
+        matches!(
+            self.life,
+            Life::Lingering { .. } | Life::Closing { lingering: true }
+        )
+    }
 }
 
 #[derive(Debug)]
@@ -154,8 +188,9 @@ struct Entry {
 
 #[derive(Debug)]
 struct Listener {
-    fd: i32,
-    open: bool,
+    /// The listening socket while the core owns it; `None` once handed back to be closed
+    /// ([`Core::close_listeners`], [`Core::forget_all`]).
+    fd: Option<i32>,
 }
 
 /// The I/O-free state of one port.
@@ -252,21 +287,20 @@ impl Core {
     #[allow(unsafe_code)] // declares the caller's promise; the core itself does no I/O
     pub unsafe fn add_listener(&mut self, fd: i32) -> u32 {
         let idx = self.listeners.len() as u32;
-        self.listeners.push(Listener { fd, open: true });
+        self.listeners.push(Listener { fd: Some(fd) });
         self.arm_accept(idx);
         idx
     }
 
     fn arm_accept(&mut self, idx: u32) {
-        let l = &self.listeners[idx as usize];
-        if l.open {
+        if let Some(fd) = self.listeners[idx as usize].fd {
             let ud = UserData {
                 kind: OpKind::Accept,
                 gen: 0,
                 idx,
             }
             .encode();
-            self.ops.push_back(Op::Accept { fd: l.fd, ud });
+            self.ops.push_back(Op::Accept { fd, ud });
         }
     }
 
@@ -275,11 +309,7 @@ impl Core {
     pub fn close_listeners(&mut self) -> Vec<i32> {
         self.listeners
             .iter_mut()
-            .filter(|l| l.open)
-            .map(|l| {
-                l.open = false;
-                l.fd
-            })
+            .filter_map(|l| l.fd.take())
             .collect()
     }
 
@@ -298,16 +328,10 @@ impl Core {
     fn adopt_conn(&mut self, fd: i32) -> ConnId {
         let conn = Conn {
             fd,
-            recv_armed: false,
-            rx_done: false,
-            close_requested: false,
-            linger: false,
+            rx: Rx::Idle,
+            tx: Tx::Idle,
+            life: Life::Open,
             lingered: 0,
-            fin_sent: false,
-            broken: false,
-            tx_inflight: false,
-            inflight_chunks: 0,
-            behind: false,
             txq: VecDeque::new(),
             tx_sent: 0,
         };
@@ -326,6 +350,16 @@ impl Core {
         id
     }
 
+    /// The open connection `id` names; `None` for a stale id. Generations are compared as
+    /// `user_data` carries them (masked).
+    fn conn(&self, id: ConnId) -> Option<&Conn> {
+        let e = self.conns.get(id.idx as usize)?;
+        if e.gen & GEN_MASK != id.gen & GEN_MASK {
+            return None;
+        }
+        e.conn.as_ref()
+    }
+
     fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
         let e = self.conns.get_mut(id.idx as usize)?;
         if e.gen & GEN_MASK != id.gen & GEN_MASK {
@@ -336,17 +370,15 @@ impl Core {
 
     /// The socket of an open connection.
     pub fn fd(&self, id: ConnId) -> Option<i32> {
-        let e = self.conns.get(id.idx as usize)?;
-        (e.gen == id.gen).then_some(())?;
-        e.conn.as_ref().map(|c| c.fd)
+        self.conn(id).map(|c| c.fd)
     }
 
     fn arm_recv(&mut self, id: ConnId) {
         let Some(c) = self.conn_mut(id) else { return };
-        if c.recv_armed || c.rx_done || c.close_requested {
+        if c.rx != Rx::Idle || c.closing() {
             return;
         }
-        c.recv_armed = true;
+        c.rx = Rx::Armed;
         let fd = c.fd;
         let ud = UserData {
             kind: OpKind::Recv,
@@ -360,10 +392,12 @@ impl Core {
     /// Close `conn` once its queued data is sent. Slots for it stop; a stale id is ignored.
     pub fn close(&mut self, conn: ConnId) {
         let Some(c) = self.conn_mut(conn) else { return };
-        if c.close_requested {
+        if c.closing() {
             return;
         }
-        c.close_requested = true;
+        c.life = Life::Closing {
+            lingering: matches!(c.life, Life::Lingering { .. }),
+        };
         self.kick_tx(conn);
     }
 
@@ -373,13 +407,13 @@ impl Core {
     /// could destroy the reply.
     pub fn close_lingering(&mut self, conn: ConnId) {
         let Some(c) = self.conn_mut(conn) else { return };
-        if c.close_requested || c.linger {
+        if c.life != Life::Open {
             return;
         }
-        if c.rx_done || c.broken {
+        if c.rx == Rx::Done || c.tx == Tx::Failed {
             return self.close(conn);
         }
-        c.linger = true;
+        c.life = Life::Lingering { fin_sent: false };
         self.kick_tx(conn);
     }
 
@@ -392,10 +426,7 @@ impl Core {
             .iter_mut()
             .filter_map(|e| e.conn.take().map(|c| c.fd))
             .collect();
-        fds.extend(self.listeners.iter_mut().filter(|l| l.open).map(|l| {
-            l.open = false;
-            l.fd
-        }));
+        fds.extend(self.listeners.iter_mut().filter_map(|l| l.fd.take()));
         // Connections already gone from the table whose close was queued but never submitted.
         fds.extend(self.ops.drain(..).filter_map(|op| match op {
             Op::Close { fd, .. } => Some(fd),

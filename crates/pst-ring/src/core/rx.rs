@@ -53,10 +53,10 @@ impl Core {
         n
     }
 
-    /// Feed one completion (`user_data`, `res`, `flags` as the kernel reported them).
+    /// Feed one completion.
     ///
-    /// A receive may be a *bundle*: `res` bytes in consecutive ring entries starting at the
-    /// buffer id in `flags`, every buffer full but the last. It becomes one slot per buffer.
+    /// A receive may be a *bundle*: its bytes fill consecutive ring entries starting at its
+    /// `buffer`, every buffer full but the last. It becomes one slot per buffer.
     ///
     /// # Safety
     /// The completion must be one the kernel produced for an op this core issued (or, with
@@ -64,25 +64,29 @@ impl Core {
     /// takes ownership of and will have the driver close, so a forged one would make the
     /// driver close an fd someone else owns.
     #[allow(unsafe_code)] // declares the caller's promise; the core itself does no I/O
-    pub unsafe fn complete(&mut self, user_data: u64, res: i32, flags: u32) {
-        if flags & CQE_F_NOTIF != 0 {
-            return self.on_notif(user_data, res);
-        }
+    pub unsafe fn complete(&mut self, completion: Completion) {
+        let (user_data, result, buffer, more) = match completion {
+            Completion::ZcNotif { user_data, copied } => return self.on_notif(user_data, copied),
+            Completion::Op {
+                user_data,
+                result,
+                buffer,
+                more,
+            } => (user_data, result, buffer, more),
+        };
         // Provided buffers must be accounted for whatever else is wrong with the completion.
         let mut bufs = std::mem::take(&mut self.scratch);
         bufs.clear();
-        if flags & CQE_F_BUFFER != 0 {
-            let n = if res > 0 {
-                (res as u32).div_ceil(self.cfg.buf_size) as usize
-            } else {
-                1
+        if let Some(bid) = buffer {
+            let n = match result {
+                Ok(n) if n > 0 => n.div_ceil(self.cfg.buf_size) as usize,
+                _ => 1,
             };
-            if !self.bids.take_run((flags >> 16) as u16, n, &mut bufs) {
+            if !self.bids.take_run(bid, n, &mut bufs) {
                 self.stats.bad_cqes += 1;
-                tracing::error!(flags, res, "completion names buffers that are not lent");
+                tracing::error!(bid, ?result, "completion names buffers that are not lent");
             }
         }
-        let more = flags & CQE_F_MORE != 0;
         let ud = UserData::decode(user_data);
         match ud {
             Some(ud) if ud.kind == OpKind::Recv => {
@@ -90,16 +94,16 @@ impl Core {
                     idx: ud.idx,
                     gen: ud.gen,
                 };
-                self.on_recv(id, res, more, &bufs);
+                self.on_recv(id, result, more, &bufs);
                 bufs.clear();
             }
-            Some(ud) if ud.kind == OpKind::Accept => self.on_accept(ud.idx, res, more),
+            Some(ud) if ud.kind == OpKind::Accept => self.on_accept(ud.idx, result, more),
             Some(ud) if ud.kind == OpKind::Send => {
                 let id = ConnId {
                     idx: ud.idx,
                     gen: ud.gen,
                 };
-                self.on_send(id, res, more.then_some(user_data))
+                self.on_send(id, result, more.then_some(user_data))
             }
             Some(_) => {}
             None => self.stats.bad_cqes += 1,
@@ -110,31 +114,46 @@ impl Core {
         self.scratch = bufs;
     }
 
-    pub(super) fn on_accept(&mut self, idx: u32, res: i32, more: bool) {
-        if res >= 0 {
-            if self.listeners.get(idx as usize).is_some_and(|l| l.open) {
-                // The kernel created this socket for this accept: ours to own.
-                let id = self.adopt_conn(res);
-                self.stats.accepted += 1;
-                self.push_slot(id, SlotKind::Accepted);
-            } else {
-                // Accepted after the listener was closed: close it right away.
-                let ud = UserData {
-                    kind: OpKind::Close,
-                    gen: 0,
-                    idx: u32::MAX,
+    pub(super) fn on_accept(&mut self, idx: u32, result: Result<u32, Errno>, more: bool) {
+        match result {
+            Ok(fd) => {
+                let fd = fd as i32;
+                if self
+                    .listeners
+                    .get(idx as usize)
+                    .is_some_and(|l| l.fd.is_some())
+                {
+                    // The kernel created this socket for this accept: ours to own.
+                    let id = self.adopt_conn(fd);
+                    self.stats.accepted += 1;
+                    self.push_slot(id, SlotKind::Accepted);
+                } else {
+                    // Accepted after the listener was closed: close it right away.
+                    let ud = UserData {
+                        kind: OpKind::Close,
+                        gen: 0,
+                        idx: u32::MAX,
+                    }
+                    .encode();
+                    self.ops.push_back(Op::Close { fd, ud });
                 }
-                .encode();
-                self.ops.push_back(Op::Close { fd: res, ud });
             }
-        } else if res == -EINVAL {
-            // The socket is no longer listening: shut down, by this port or by another one
-            // sharing it (a server stopping). It will not listen again, so accepting ends
-            // here; `close_listeners` still hands the fd back to be closed.
-            tracing::debug!(listener = idx, "listener shut down");
-            return;
-        } else if self.listeners.get(idx as usize).is_some_and(|l| l.open) {
-            tracing::warn!(errno = -res, "accept failed");
+            Err(Errno::INVAL) => {
+                // The socket is no longer listening: shut down, by this port or by another one
+                // sharing it (a server stopping). It will not listen again, so accepting ends
+                // here; `close_listeners` still hands the fd back to be closed.
+                tracing::debug!(listener = idx, "listener shut down");
+                return;
+            }
+            Err(e) => {
+                if self
+                    .listeners
+                    .get(idx as usize)
+                    .is_some_and(|l| l.fd.is_some())
+                {
+                    tracing::warn!(errno = e.0, "accept failed");
+                }
+            }
         }
         if !more && (idx as usize) < self.listeners.len() {
             self.arm_accept(idx);
@@ -149,48 +168,52 @@ impl Core {
         }
     }
 
-    pub(super) fn on_recv(&mut self, id: ConnId, res: i32, more: bool, bufs: &[BufIdx]) {
+    pub(super) fn on_recv(
+        &mut self,
+        id: ConnId,
+        result: Result<u32, Errno>,
+        more: bool,
+        bufs: &[BufIdx],
+    ) {
         let Some(c) = self.conn_mut(id) else {
             self.stats.stale += 1;
             self.release_lent(bufs);
             return;
         };
-        if !more {
-            c.recv_armed = false;
+        if !more && c.rx == Rx::Armed {
+            c.rx = Rx::Idle;
         }
+        let lingering = c.discards_rx();
         let id = ConnId {
             idx: id.idx,
             gen: self.conns[id.idx as usize].gen,
         };
-        let lingering = self.conns[id.idx as usize]
-            .conn
-            .as_ref()
-            .is_some_and(|c| c.linger);
         if lingering {
             self.release_lent(bufs);
             let c = self.conn_mut(id).expect("looked up above");
-            c.lingered += res.max(0) as u64;
+            c.lingered += result.unwrap_or(0) as u64;
             if c.lingered > LINGER_MAX {
-                c.rx_done = true;
+                c.rx = Rx::Done;
                 self.close(id);
-            } else if res > 0 && !more {
+            } else if matches!(result, Ok(n) if n > 0) && !more {
                 self.arm_recv(id);
-            } else if res <= 0 && res != -ENOBUFS && !more {
-                c.rx_done = true;
-                self.close(id);
-            } else if res == -ENOBUFS {
+            } else if result == Err(Errno::NOBUFS) {
                 self.starved.push(id);
+            } else if !more && !matches!(result, Ok(n) if n > 0) {
+                // End of stream or an error: the peer is gone.
+                c.rx = Rx::Done;
+                self.close(id);
             }
             return;
         }
-        match res {
-            n if n > 0 && !bufs.is_empty() => {
+        match result {
+            Ok(n) if n > 0 && !bufs.is_empty() => {
                 self.stats.rx_slots += bufs.len() as u64;
                 self.consumed += bufs.len();
                 self.stats.rx_completions += 1;
                 self.stats.rx_bytes += n as u64;
                 let size = self.cfg.buf_size;
-                let mut left = n as u32;
+                let mut left = n;
                 for &b in bufs {
                     let len = left.min(size);
                     left -= len;
@@ -209,26 +232,27 @@ impl Core {
                     self.arm_recv(id);
                 }
             }
-            n => {
+            result => {
                 // A buffer with a non-positive result carries no data.
                 self.release_lent(bufs);
-                if n == -ENOBUFS {
+                if result == Err(Errno::NOBUFS) {
                     self.stats.enobufs += 1;
                     self.starved.push(id);
-                } else if n == -ECANCELED {
+                } else if result == Err(Errno::CANCELED) {
+                    // The socket was closed under the receive: the close already ended the
+                    // connection (this completion is usually stale), nothing to report.
                 } else if more {
                     // Still armed: nothing ended.
                 } else {
                     let c = self.conn_mut(id).expect("looked up above");
-                    c.rx_done = true;
-                    let kind = if n == 0 {
-                        SlotKind::End
-                    } else if n > 0 {
-                        SlotKind::Error(0)
-                    } else {
-                        SlotKind::Error(-n)
+                    c.rx = Rx::Done;
+                    let kind = match result {
+                        Ok(0) => SlotKind::End,
+                        // Data without a buffer: nothing to deliver.
+                        Ok(_) => SlotKind::Error(0),
+                        Err(e) => SlotKind::Error(e.0),
                     };
-                    if !c.close_requested {
+                    if !c.closing() {
                         self.push_slot(id, kind);
                     }
                 }

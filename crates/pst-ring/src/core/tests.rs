@@ -1,4 +1,6 @@
-//! Deterministic unit tests of the core against hand-written kernel completions.
+//! Deterministic unit tests of the core: first against hand-written completions (where a test
+//! checks the exact ops, or feeds what no kernel would), then scenarios run through the model
+//! kernel [`crate::sim::Kernel`].
 // SAFETY (every `register`/`add_listener`/`complete` below): the fds are simulated; no driver runs
 // these ops, so no I/O is ever done on them.
 #![allow(unsafe_code, clippy::undocumented_unsafe_blocks)]
@@ -34,8 +36,18 @@ fn refill(c: &mut Core) -> Vec<(u16, BufIdx)> {
     v
 }
 
-fn recv_flags(bid: u16, more: bool) -> u32 {
-    (bid as u32) << 16 | CQE_F_BUFFER | if more { CQE_F_MORE } else { 0 }
+/// An operation's completion: `res` bytes (or an accepted fd), or `-errno`.
+fn completion(user_data: u64, res: i32, buffer: Option<u16>, more: bool) -> Completion {
+    Completion::Op {
+        user_data,
+        result: if res < 0 {
+            Err(Errno(-res))
+        } else {
+            Ok(res as u32)
+        },
+        buffer,
+        more,
+    }
 }
 
 /// Found by fuzzing (`ring_core`): sharing an extent of a transient TX buffer retained it
@@ -73,7 +85,7 @@ fn zero_copy_sends_hold_buffers_until_the_notification() {
     c.pop_op();
     let free0 = c.alloc().free_count();
     // One 2 KiB extent: below the threshold, a plain send released on its result.
-    // The driver decides per send; the core learns it from the result's F_MORE.
+    // The driver decides per send; the core learns it from the result's `more`.
     let e = c.alloc_extent().unwrap();
     c.send(id, e).unwrap();
     let Some(Op::Send { ud, .. }) = c.pop_op() else {
@@ -83,19 +95,24 @@ fn zero_copy_sends_hold_buffers_until_the_notification() {
         let e = c.alloc_extent().unwrap();
         c.send(id, e).unwrap();
     }
-    unsafe { c.complete(ud, 2048, 0) };
+    unsafe { c.complete(completion(ud, 2048, None, false)) };
     assert_eq!(c.alloc().free_count(), free0 - 2, "plain send released");
     let Some(Op::Send { ud, .. }) = c.pop_op() else {
         panic!("expected a send")
     };
-    unsafe { c.complete(ud, 4096, CQE_F_MORE) };
+    unsafe { c.complete(completion(ud, 4096, None, true)) };
     assert_eq!(c.zc_pending(), 1);
     assert_eq!(
         c.alloc().free_count(),
         free0 - 2,
         "held until the notification"
     );
-    unsafe { c.complete(ud, 1 << 31, CQE_F_NOTIF) };
+    unsafe {
+        c.complete(Completion::ZcNotif {
+            user_data: ud,
+            copied: true,
+        })
+    };
     assert_eq!(c.zc_pending(), 0);
     assert_eq!(
         c.alloc().free_count(),
@@ -107,7 +124,12 @@ fn zero_copy_sends_hold_buffers_until_the_notification() {
         (1, 1, 1)
     );
     // A notification nobody is waiting for is counted, not trusted.
-    unsafe { c.complete(ud, 0, CQE_F_NOTIF) };
+    unsafe {
+        c.complete(Completion::ZcNotif {
+            user_data: ud,
+            copied: false,
+        })
+    };
     assert_eq!(c.stats().bad_cqes, 1);
 }
 
@@ -118,7 +140,7 @@ fn a_bundle_becomes_one_slot_per_buffer() {
     let rop = c.pop_op().unwrap();
     let posted = refill(&mut c);
     // 2048 + 2048 + 100 bytes in the first three ring entries.
-    unsafe { c.complete(ud(rop), 4196, recv_flags(posted[0].0, true)) };
+    unsafe { c.complete(completion(ud(rop), 4196, Some(posted[0].0), true)) };
     let lens: Vec<u32> = c.rx().iter().map(|s| s.len).collect();
     assert_eq!(lens, vec![2048, 2048, 100]);
     let bufs: Vec<BufIdx> = c.rx().iter().map(|s| s.buf).collect();
@@ -127,11 +149,11 @@ fn a_bundle_becomes_one_slot_per_buffer() {
     assert_eq!(c.lent(), posted.len() - 3);
     assert_eq!(c.stats().rx_slots, 3);
     // The next single-buffer completion continues at the fourth entry.
-    unsafe { c.complete(ud(rop), 10, recv_flags(posted[3].0, true)) };
+    unsafe { c.complete(completion(ud(rop), 10, Some(posted[3].0), true)) };
     assert_eq!(c.rx()[3].buf, posted[3].1);
     // A bundle claiming more entries than are lent is refused and takes nothing.
     let lent = c.lent();
-    unsafe { c.complete(ud(rop), 2048 * 8, recv_flags(posted[4].0, true)) };
+    unsafe { c.complete(completion(ud(rop), 2048 * 8, Some(posted[4].0), true)) };
     assert_eq!(c.stats().bad_cqes, 1);
     assert_eq!(c.lent(), lent);
 }
@@ -145,7 +167,7 @@ fn lending_follows_what_the_kernel_used() {
     assert_eq!(posted.len(), 256, "a quiet port lends 256");
     // The kernel fills 200 buffers (in bundles of 4); the next refill lends up to 2 x 200.
     for run in posted[..200].chunks(4) {
-        unsafe { c.complete(ud(rop), 4 * 2048, recv_flags(run[0].0, true)) };
+        unsafe { c.complete(completion(ud(rop), 4 * 2048, Some(run[0].0), true)) };
     }
     assert_eq!(c.lent(), 56);
     c.begin_sync();
@@ -161,17 +183,17 @@ fn accept_registers_and_arms_recv() {
     let Some(op @ Op::Accept { fd: 3, .. }) = c.pop_op() else {
         panic!()
     };
-    unsafe { c.complete(ud(op), 9, CQE_F_MORE) };
+    unsafe { c.complete(completion(ud(op), 9, None, true)) };
     assert_eq!(c.rx().len(), 1);
     assert_eq!(c.rx()[0].kind, SlotKind::Accepted);
     assert!(matches!(c.pop_op(), Some(Op::Recv { fd: 9, .. })));
-    assert_eq!(c.pop_op(), None, "accept still armed (F_MORE)");
+    assert_eq!(c.pop_op(), None, "accept still armed (more)");
     c.begin_sync();
-    unsafe { c.complete(ud(op), 10, 0) };
+    unsafe { c.complete(completion(ud(op), 10, None, false)) };
     assert!(matches!(c.pop_op(), Some(Op::Recv { fd: 10, .. })));
     assert!(
         matches!(c.pop_op(), Some(Op::Accept { fd: 3, .. })),
-        "re-armed without F_MORE"
+        "re-armed without more"
     );
 }
 
@@ -191,7 +213,7 @@ fn recv_maps_bid_to_buffer_and_recycles_unkept() {
     let rop = c.pop_op().unwrap();
     let posted = refill(&mut c);
     let (bid, buf) = posted[2];
-    unsafe { c.complete(ud(rop), 100, recv_flags(bid, true)) };
+    unsafe { c.complete(completion(ud(rop), 100, Some(bid), true)) };
     let s = c.rx()[0];
     assert_eq!(
         (s.conn, s.buf, s.len, s.kind),
@@ -206,7 +228,7 @@ fn recv_maps_bid_to_buffer_and_recycles_unkept() {
     );
     // Kept slot stays out of the free list until released.
     let (bid, _) = refill(&mut c)[0];
-    unsafe { c.complete(ud(rop), 7, recv_flags(bid, true)) };
+    unsafe { c.complete(completion(ud(rop), 7, Some(bid), true)) };
     let s = c.rx()[0];
     let e = c.keep(&s).unwrap();
     assert!(c.keep(&s).is_none(), "a slot is kept once");
@@ -224,9 +246,9 @@ fn enobufs_pauses_then_rearms_after_refill() {
     let rop = c.pop_op().unwrap();
     let posted = refill(&mut c);
     assert_eq!(posted.len(), 2);
-    unsafe { c.complete(ud(rop), 10, recv_flags(posted[0].0, true)) };
-    unsafe { c.complete(ud(rop), 10, recv_flags(posted[1].0, true)) };
-    unsafe { c.complete(ud(rop), -ENOBUFS, 0) };
+    unsafe { c.complete(completion(ud(rop), 10, Some(posted[0].0), true)) };
+    unsafe { c.complete(completion(ud(rop), 10, Some(posted[1].0), true)) };
+    unsafe { c.complete(completion(ud(rop), -Errno::NOBUFS.0, None, false)) };
     assert_eq!(c.stats().enobufs, 1);
     assert_eq!(c.pop_op(), None, "no re-arm while starved");
     let s0 = c.rx()[0];
@@ -240,20 +262,6 @@ fn enobufs_pauses_then_rearms_after_refill() {
     assert!(matches!(c.pop_op(), Some(Op::Recv { fd: 5, .. })));
     assert_eq!(c.fd(id), Some(5));
     c.release(kept);
-}
-
-#[test]
-fn eof_and_reset_become_slots_once() {
-    let mut c = core(8, 4);
-    let a = unsafe { c.register(5) };
-    let b = unsafe { c.register(6) };
-    let ra = c.pop_op().unwrap();
-    let rb = c.pop_op().unwrap();
-    unsafe { c.complete(ud(ra), 0, 0) };
-    unsafe { c.complete(ud(rb), -104, 0) };
-    let kinds: Vec<_> = c.rx().iter().map(|s| (s.conn, s.kind)).collect();
-    assert_eq!(kinds, vec![(a, SlotKind::End), (b, SlotKind::Error(104))]);
-    assert_eq!(c.pop_op(), None, "no re-arm after end of stream");
 }
 
 #[test]
@@ -275,7 +283,7 @@ fn sends_are_ordered_partial_and_release_buffers() {
     let mut ch = Vec::new();
     c.tx_chunks(id, &mut ch);
     assert_eq!(ch.iter().map(|x| x.2).collect::<Vec<_>>(), vec![10, 20]);
-    unsafe { c.complete(ud(op), 13, 0) }; // short send: first chunk + 3 bytes of the second
+    unsafe { c.complete(completion(ud(op), 13, None, false)) }; // short send: first chunk + 3 bytes of the second
     assert_eq!(c.alloc().free_count(), free0 - 1);
     let Some(op2 @ Op::Send { .. }) = c.pop_op() else {
         panic!("remainder resubmitted")
@@ -288,12 +296,12 @@ fn sends_are_ordered_partial_and_release_buffers() {
     let e3 = c.alloc_extent().unwrap();
     c.send(id, e3).unwrap();
     assert_eq!(c.tx_backlog(), 1, "queued behind the in-flight send");
-    unsafe { c.complete(ud(op2), 17, 0) };
+    unsafe { c.complete(completion(ud(op2), 17, None, false)) };
     assert_eq!(c.tx_backlog(), 0);
     let Some(op3 @ Op::Send { .. }) = c.pop_op() else {
         panic!()
     };
-    unsafe { c.complete(ud(op3), 2048, 0) };
+    unsafe { c.complete(completion(ud(op3), 2048, None, false)) };
     assert_eq!(c.alloc().free_count(), free0);
     assert_eq!(c.stats().tx_bytes, 30 + 2048);
 }
@@ -311,12 +319,12 @@ fn close_waits_for_tx_and_stale_completions_are_dropped() {
     assert_eq!(c.pop_op(), None, "close waits for the send");
     let e2 = c.alloc_extent().unwrap();
     assert_eq!(c.send(id, e2), Err(SendError::Closed));
-    unsafe { c.complete(ud(sop), 2048, 0) };
+    unsafe { c.complete(completion(ud(sop), 2048, None, false)) };
     assert!(matches!(c.pop_op(), Some(Op::Close { fd: 5, .. })));
     assert_eq!(c.open_conns(), 0);
     // A late recv completion for the closed connection returns its buffer.
     let free = c.alloc().free_count();
-    unsafe { c.complete(ud(rop), 50, recv_flags(posted[0].0, false)) };
+    unsafe { c.complete(completion(ud(rop), 50, Some(posted[0].0), false)) };
     assert_eq!(c.alloc().free_count(), free + 1);
     assert!(c.rx().is_empty());
     assert_eq!(c.stats().stale, 1);
@@ -339,14 +347,14 @@ fn lingering_close_sends_fin_after_tx_then_closes_on_peer_eof() {
     let sop = c.pop_op().unwrap();
     c.close_lingering(id);
     assert_eq!(c.pop_op(), None, "FIN waits for the queued reply");
-    unsafe { c.complete(ud(sop), 2048, 0) };
+    unsafe { c.complete(completion(ud(sop), 2048, None, false)) };
     assert!(matches!(c.pop_op(), Some(Op::ShutdownWrite { fd: 5, .. })));
     // Peer data after our FIN is discarded, not reported.
     let free = c.alloc().free_count();
-    unsafe { c.complete(ud(rop), 100, recv_flags(posted[0].0, true)) };
+    unsafe { c.complete(completion(ud(rop), 100, Some(posted[0].0), true)) };
     assert!(c.rx().is_empty());
     assert_eq!(c.alloc().free_count(), free + 1);
-    unsafe { c.complete(ud(rop), 0, 0) };
+    unsafe { c.complete(completion(ud(rop), 0, None, false)) };
     assert!(matches!(c.pop_op(), Some(Op::Close { fd: 5, .. })));
     assert_eq!(c.open_conns(), 0);
 }
@@ -356,10 +364,10 @@ fn garbage_completions_do_not_leak_or_panic() {
     let mut c = core(8, 4);
     let posted = refill(&mut c);
     let free = c.alloc().free_count();
-    unsafe { c.complete(0xdead, 5, recv_flags(posted[0].0, false)) };
-    unsafe { c.complete(0xdead, 5, recv_flags(posted[0].0, false)) }; // bid no longer lent
+    unsafe { c.complete(completion(0xdead, 5, Some(posted[0].0), false)) };
+    unsafe { c.complete(completion(0xdead, 5, Some(posted[0].0), false)) }; // bid no longer lent
     unsafe {
-        c.complete(
+        c.complete(completion(
             ud(Op::Recv {
                 fd: 0,
                 ud: UserData {
@@ -370,8 +378,9 @@ fn garbage_completions_do_not_leak_or_panic() {
                 .encode(),
             }),
             5,
-            0,
-        )
+            None,
+            false,
+        ))
     };
     assert_eq!(c.alloc().free_count(), free + 1);
     assert_eq!(c.stats().bad_cqes, 3, "undecodable twice, unknown bid once");
@@ -419,4 +428,168 @@ fn forget_all_hands_back_queued_closes() {
         "a close queued but not submitted is handed back: {fds:?}"
     );
     assert!(c.pop_op().is_none());
+}
+
+// Scenarios driven through the model kernel (`crate::sim`), shared with the `ring_core` fuzz
+// target: the test says what the kernel does, `Kernel::sync` runs the core against it.
+
+use crate::sim::{Kernel, SendOutcome};
+
+const BUF: u32 = 2048;
+
+/// A core with one listener on fd 3, and a model kernel that numbers accepted sockets from 10.
+fn port(bufs: u32, zero_copy: u8) -> (Core, Kernel) {
+    let mut c = core(bufs, 8);
+    let mut k = unsafe { Kernel::new(BUF, 10) }.with_zero_copy(zero_copy);
+    unsafe { c.add_listener(3) };
+    k.sync(&mut c);
+    (c, k)
+}
+
+/// Accept one connection: its id and socket.
+fn connect(c: &mut Core, k: &mut Kernel) -> (ConnId, i32) {
+    let fd = k.accept(0, true).expect("an armed accept");
+    k.sync(c);
+    let s = *c.rx().last().expect("an accepted slot");
+    assert_eq!(s.kind, SlotKind::Accepted);
+    assert_eq!(c.fd(s.conn), Some(fd));
+    k.sync(c); // the receive is armed
+    assert!(k.receiving().contains(&fd));
+    (s.conn, fd)
+}
+
+/// Every buffer is free or lent, and nothing is held for the kernel.
+fn assert_all_back(c: &Core, bufs: u32) {
+    assert_eq!(c.zc_pending(), 0);
+    assert_eq!(c.alloc().free_count() + c.lent(), bufs as usize);
+}
+
+#[test]
+fn sim_echo_returns_every_buffer() {
+    let (mut c, mut k) = port(16, 0);
+    let (id, fd) = connect(&mut c, &mut k);
+    assert!(k.receive(fd, 100, true));
+    k.sync(&mut c);
+    let s = c.rx()[0];
+    assert_eq!((s.conn, s.len, s.kind), (id, 100, SlotKind::Data));
+    let e = c.keep(&s).unwrap();
+    c.send(id, e).unwrap();
+    k.sync(&mut c);
+    assert_eq!(k.sending(), vec![(fd, 100)]);
+    assert!(k.complete_send(fd, SendOutcome::Full));
+    c.close(id);
+    k.sync(&mut c);
+    k.sync(&mut c);
+    assert_eq!(c.open_conns(), 0);
+    assert!(k.receiving().is_empty(), "the close cancelled the receive");
+    assert_eq!(c.stats().tx_bytes, 100);
+    assert_all_back(&c, 16);
+}
+
+#[test]
+fn sim_eof_and_reset_become_slots_once() {
+    let (mut c, mut k) = port(16, 0);
+    let (a, fa) = connect(&mut c, &mut k);
+    let (b, fb) = connect(&mut c, &mut k);
+    assert!(k.end(fa));
+    assert!(k.fail_recv(fb, Errno::CONNRESET));
+    k.sync(&mut c);
+    let kinds: Vec<_> = c.rx().iter().map(|s| (s.conn, s.kind)).collect();
+    assert_eq!(kinds, vec![(a, SlotKind::End), (b, SlotKind::Error(104))]);
+    k.sync(&mut c);
+    assert!(k.receiving().is_empty(), "no re-arm after end of stream");
+    // A connection whose peer is done can still send.
+    let e = c.alloc_extent().unwrap();
+    c.send(a, e).unwrap();
+    k.sync(&mut c);
+    assert_eq!(k.sending(), vec![(fa, BUF)]);
+}
+
+#[test]
+fn sim_zero_copy_buffers_return_on_the_notification() {
+    let (mut c, mut k) = port(16, 0xff);
+    let (id, fd) = connect(&mut c, &mut k);
+    let free0 = c.alloc().free_count();
+    let e = c.alloc_extent().unwrap();
+    c.send(id, e).unwrap();
+    k.sync(&mut c);
+    assert!(k.complete_send(fd, SendOutcome::Full));
+    k.sync(&mut c);
+    assert_eq!((c.zc_pending(), k.notifs_owed()), (1, 1));
+    assert_eq!(c.alloc().free_count(), free0 - 1, "held for the kernel");
+    assert!(k.notify(0, true));
+    k.sync(&mut c);
+    assert_eq!(c.alloc().free_count(), free0);
+    assert_eq!(c.stats().zc_copied, 1);
+}
+
+#[test]
+fn sim_a_close_during_a_lingering_close_keeps_discarding() {
+    let (mut c, mut k) = port(16, 0);
+    let (id, fd) = connect(&mut c, &mut k);
+    let e = c.alloc_extent().unwrap();
+    c.send(id, e).unwrap();
+    c.close_lingering(id);
+    c.close(id);
+    k.sync(&mut c);
+    // Still sending the reply; what the peer sends meanwhile is dropped, not reported.
+    assert!(k.receive(fd, 300, true));
+    k.sync(&mut c);
+    assert!(c.rx().is_empty());
+    assert_eq!(c.open_conns(), 1, "the close waits for the send");
+    let e = c.alloc_extent().unwrap();
+    assert_eq!(c.send(id, e), Err(SendError::Closed));
+    assert!(k.complete_send(fd, SendOutcome::Full));
+    k.sync(&mut c);
+    k.sync(&mut c);
+    assert_eq!(c.open_conns(), 0);
+    assert_all_back(&c, 16);
+}
+
+#[test]
+fn sim_a_lingering_peer_that_keeps_sending_is_cut_off() {
+    let (mut c, mut k) = port(64, 0);
+    let (id, fd) = connect(&mut c, &mut k);
+    c.close_lingering(id);
+    k.sync(&mut c);
+    let mut sent = 0;
+    while c.open_conns() == 1 {
+        assert!(
+            k.receive(fd, BUF, true),
+            "still receiving after {sent} bytes"
+        );
+        sent += BUF as u64;
+        k.sync(&mut c);
+        assert!(c.rx().is_empty(), "discarded, not reported");
+    }
+    assert_eq!(
+        sent,
+        LINGER_MAX + BUF as u64,
+        "closed at the first byte past the limit"
+    );
+    k.sync(&mut c);
+    assert_all_back(&c, 64);
+}
+
+#[test]
+fn sim_a_failed_send_reports_once_and_refuses_more() {
+    let (mut c, mut k) = port(16, 0);
+    let (id, fd) = connect(&mut c, &mut k);
+    for _ in 0..2 {
+        let e = c.alloc_extent().unwrap();
+        c.send(id, e).unwrap();
+    }
+    k.sync(&mut c);
+    assert!(k.complete_send(fd, SendOutcome::Error(Errno::PIPE)));
+    k.sync(&mut c);
+    assert_eq!(c.rx()[0].kind, SlotKind::Error(32));
+    assert_eq!(c.tx_queued(id), 0, "the queue was dropped");
+    let e = c.alloc_extent().unwrap();
+    assert_eq!(c.send(id, e), Err(SendError::Closed));
+    // The receive side then fails too; the application already knows.
+    c.close(id);
+    k.sync(&mut c);
+    k.sync(&mut c);
+    assert_eq!(c.open_conns(), 0);
+    assert_all_back(&c, 16);
 }

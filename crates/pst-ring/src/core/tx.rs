@@ -5,7 +5,7 @@ use super::*;
 
 impl Core {
     /// A zero-copy send's notification: the kernel is done with its buffers.
-    pub(super) fn on_notif(&mut self, user_data: u64, res: i32) {
+    pub(super) fn on_notif(&mut self, user_data: u64, copied: bool) {
         let group = match self.zc_held.get_mut(&user_data) {
             Some(q) => {
                 let g = q.pop_front();
@@ -22,25 +22,28 @@ impl Core {
             return;
         };
         self.stats.zc_notifs += 1;
-        // IORING_NOTIF_USAGE_ZC_COPIED (with IORING_SEND_ZC_REPORT_USAGE): the kernel copied.
-        self.stats.zc_copied += (res as u32 >> 31) as u64;
+        self.stats.zc_copied += copied as u64;
         for e in group {
             self.release(e);
         }
     }
 
     /// A send's result. `notif`: the user data under which a zero-copy notification will
-    /// follow (the result had `CQE_F_MORE`); the sent extents are held until it arrives.
-    pub(super) fn on_send(&mut self, id: ConnId, res: i32, notif: Option<u64>) {
+    /// follow (the result had `more`); the sent extents are held until it arrives.
+    pub(super) fn on_send(&mut self, id: ConnId, result: Result<u32, Errno>, notif: Option<u64>) {
         let Some(c) = self.conn_mut(id) else {
             self.stats.stale += 1;
             return;
         };
-        c.tx_inflight = false;
-        let was_behind = std::mem::take(&mut c.behind);
+        let was_behind = c.tx == Tx::InFlight { behind: true };
+        // A result for no send in flight (a forged completion) leaves a failed side failed.
+        c.tx = if result.is_err() || c.tx == Tx::Failed {
+            Tx::Failed
+        } else {
+            Tx::Idle
+        };
         let mut released = Vec::new();
-        if res >= 0 {
-            let mut n = res as u32;
+        if let Ok(mut n) = result {
             while n > 0 {
                 let Some(head) = c.txq.front() else { break };
                 let left = head.len() - c.tx_sent;
@@ -54,13 +57,15 @@ impl Core {
                 }
             }
         } else {
-            c.broken = true;
             c.tx_sent = 0;
             released.extend(c.txq.drain(..));
         }
-        let notify = res < 0 && !c.rx_done && !c.close_requested;
+        let notify = match result {
+            Err(e) if c.rx != Rx::Done && !c.closing() => Some(e),
+            _ => None,
+        };
         self.backlog -= was_behind as usize;
-        self.stats.tx_bytes += res.max(0) as u64;
+        self.stats.tx_bytes += result.unwrap_or(0) as u64;
         match notif {
             Some(ud) => {
                 self.stats.zc_sends += 1;
@@ -74,11 +79,11 @@ impl Core {
                 }
             }
         }
-        if notify {
+        if let Some(e) = notify {
             // The recv side will usually report the same failure; mark it so only one slot goes up.
             let c = self.conn_mut(id).expect("looked up above");
-            c.rx_done = true;
-            self.push_slot(id, SlotKind::Error(-res));
+            c.rx = Rx::Done;
+            self.push_slot(id, SlotKind::Error(e.0));
         }
         self.kick_tx(id);
     }
@@ -87,16 +92,15 @@ impl Core {
     pub(super) fn kick_tx(&mut self, id: ConnId) {
         let max_iov = self.cfg.max_iov;
         let Some(c) = self.conn_mut(id) else { return };
-        if c.tx_inflight {
+        if let Tx::InFlight { .. } = c.tx {
             return;
         }
-        if !c.txq.is_empty() && !c.broken {
-            c.tx_inflight = true;
-            c.inflight_chunks = c.txq.len().min(max_iov);
-            let newly_behind = c.txq.len() > c.inflight_chunks && !c.behind;
-            c.behind |= newly_behind;
+        if !c.txq.is_empty() && c.tx != Tx::Failed {
+            // The send covers at most `max_iov` chunks (`tx_chunks`); the rest waits behind it.
+            let behind = c.txq.len() > max_iov;
+            c.tx = Tx::InFlight { behind };
             let fd = c.fd;
-            self.backlog += newly_behind as usize;
+            self.backlog += behind as usize;
             let ud = UserData {
                 kind: OpKind::Send,
                 gen: id.gen,
@@ -104,10 +108,10 @@ impl Core {
             }
             .encode();
             self.ops.push_back(Op::Send { conn: id, fd, ud });
-        } else if c.close_requested {
+        } else if c.closing() {
             self.finish_close(id);
-        } else if c.linger && !c.fin_sent {
-            c.fin_sent = true;
+        } else if c.life == (Life::Lingering { fin_sent: false }) {
+            c.life = Life::Lingering { fin_sent: true };
             let fd = c.fd;
             let ud = UserData {
                 kind: OpKind::Close,
@@ -122,7 +126,7 @@ impl Core {
     pub(super) fn finish_close(&mut self, id: ConnId) {
         let e = &mut self.conns[id.idx as usize];
         let c = e.conn.take().expect("closing an open connection");
-        if c.behind {
+        if c.tx == (Tx::InFlight { behind: true }) {
             self.backlog -= 1;
         }
         e.gen = (e.gen + 1) & GEN_MASK;
@@ -142,7 +146,7 @@ impl Core {
 
     /// Queue `ext` for sending on `conn`, after everything queued before it.
     pub fn send(&mut self, conn: ConnId, ext: Extent) -> Result<(), SendError> {
-        let ok = matches!(self.conn_mut(conn), Some(c) if !c.close_requested && !c.broken);
+        let ok = matches!(self.conn(conn), Some(c) if !c.closing() && c.tx != Tx::Failed);
         if !ok {
             self.release(ext);
             return Err(SendError::Closed);
@@ -153,9 +157,8 @@ impl Core {
         }
         let c = self.conn_mut(conn).expect("checked");
         c.txq.push_back(ext);
-        let newly_behind = c.tx_inflight && !c.behind;
-        if newly_behind {
-            c.behind = true;
+        if c.tx == (Tx::InFlight { behind: false }) {
+            c.tx = Tx::InFlight { behind: true };
             self.backlog += 1;
         }
         self.kick_tx(conn);
@@ -164,12 +167,7 @@ impl Core {
 
     /// Bytes queued but not yet sent on `conn`.
     pub fn tx_queued(&self, conn: ConnId) -> usize {
-        let Some(c) = self
-            .conns
-            .get(conn.idx as usize)
-            .filter(|e| e.gen == conn.gen)
-            .and_then(|e| e.conn.as_ref())
-        else {
+        let Some(c) = self.conn(conn) else {
             return 0;
         };
         c.txq.iter().map(|e| e.len() as usize).sum::<usize>() - c.tx_sent as usize
@@ -178,12 +176,7 @@ impl Core {
     /// The chunks `(buf, off, len)` the in-flight send of `conn` covers (at most `max_iov`).
     pub fn tx_chunks(&self, conn: ConnId, out: &mut Vec<(BufIdx, u32, u32)>) {
         out.clear();
-        let Some(c) = self
-            .conns
-            .get(conn.idx as usize)
-            .filter(|e| e.gen == conn.gen)
-            .and_then(|e| e.conn.as_ref())
-        else {
+        let Some(c) = self.conn(conn) else {
             return;
         };
         for (i, e) in c.txq.iter().take(self.cfg.max_iov).enumerate() {
