@@ -393,14 +393,9 @@ fn check_prometheus(text: &str) {
             continue;
         }
         let (series, value) = line.rsplit_once(' ').expect("sample: name value");
+        // Rust's float syntax covers the format's `+Inf`, `-Inf` and `NaN`.
         let v: f64 = value
             .parse()
-            .or_else(|_| match value {
-                "+Inf" => Ok(f64::INFINITY),
-                "-Inf" => Ok(f64::NEG_INFINITY),
-                "NaN" => Ok(f64::NAN),
-                _ => Err(()),
-            })
             .unwrap_or_else(|_| panic!("bad value in {line:?}"));
         let (name, labels) = match series.split_once('{') {
             Some((n, l)) => (n, l.strip_suffix('}').expect("labels close")),
