@@ -237,8 +237,7 @@ pub fn run(spec: &LoadSpec, mut mark: impl FnMut(bool)) -> anyhow::Result<LoadRe
             measured = now - measured_from;
             break;
         }
-        for i in 0..port.rx().len() {
-            let s = port.rx()[i];
+        while let Some(s) = port.next_rx() {
             let Some(&ci) = by_index.get(s.conn.index() as usize) else {
                 continue;
             };

@@ -2,7 +2,6 @@
 //! back from the pool buffers they landed in (zero copy); on epoll they are read and written.
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::protocol::{Io, Piece, Protocol};
 use crate::store::PoolStore;
@@ -10,7 +9,6 @@ use crate::store::PoolStore;
 /// Echo: each chunk of the stream is one request, answered with itself.
 #[derive(Debug, Default)]
 pub struct EchoService {
-    requests: AtomicU64,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
@@ -30,19 +28,14 @@ impl Protocol for EchoService {
         &self,
         echoed: &mut u64,
         chunk: Range<u64>,
-        _io: &mut dyn Io,
+        io: &mut dyn Io,
         _store: Option<&mut PoolStore>,
         reply: &mut Vec<Piece>,
     ) -> bool {
-        // Relaxed: a statistics counter, read only for the stats file.
-        self.requests.fetch_add(1, Ordering::Relaxed);
+        io.count_request();
         *echoed = chunk.end;
         reply.push(Piece::Input(chunk));
         true
-    }
-
-    fn requests(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
     }
 
     fn busy_reply(&self) -> &'static [u8] {
@@ -69,6 +62,6 @@ mod tests {
         assert!(svc.on_chunk(&mut c, 5..11, &mut io, None, &mut out));
         assert_eq!(io.render(&out), b"hello world");
         assert_eq!(svc.needed_from(&c), 11, "nothing is kept once echoed");
-        assert_eq!(svc.requests(), 2);
+        assert_eq!(io.requests, 2);
     }
 }

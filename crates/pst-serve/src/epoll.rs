@@ -414,6 +414,8 @@ struct EpollService<P: Protocol> {
     wrote: bool,
     fsync: bool,
     syncs: u64,
+    /// Requests handled by this worker.
+    requests: u64,
 }
 
 impl<P: Protocol> EpollService<P> {
@@ -435,6 +437,7 @@ impl<P: Protocol> EpollService<P> {
             wrote: false,
             fsync,
             syncs: 0,
+            requests: 0,
         }
     }
 }
@@ -459,6 +462,7 @@ impl<P: Protocol> EpollService<P> {
                 data: &c.data,
                 base: c.base,
                 bufs: &mut self.bufs,
+                requests: &mut self.requests,
             };
             let st: Option<&mut PoolStore> = guard.as_mut().map(|g| &mut g.store);
             if data.is_empty() {
@@ -520,6 +524,7 @@ struct EpollIo<'a> {
     data: &'a [u8],
     base: u64,
     bufs: &'a mut Buffers,
+    requests: &'a mut u64,
 }
 
 impl Io for EpollIo<'_> {
@@ -542,6 +547,10 @@ impl Io for EpollIo<'_> {
 
     fn release(&mut self, e: Extent) {
         self.bufs.release(e);
+    }
+
+    fn count_request(&mut self) {
+        *self.requests += 1;
     }
 
     fn has_room(&self, bytes: u64) -> bool {
@@ -599,7 +608,7 @@ impl<P: Protocol> StreamApp for EpollService<P> {
     }
 
     fn requests(&self) -> u64 {
-        self.proto.requests()
+        self.requests
     }
 
     fn extra_syscalls(&self) -> u64 {

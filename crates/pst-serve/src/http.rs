@@ -6,7 +6,6 @@
 use std::collections::VecDeque;
 use std::io::Write as _;
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -71,7 +70,6 @@ pub struct HttpService {
     mode: StoreMode,
     limits: Limits,
     token: Option<String>,
-    requests: AtomicU64,
     metrics: Arc<Metrics>,
 }
 
@@ -166,7 +164,6 @@ impl HttpService {
                 ..Limits::default()
             },
             token,
-            requests: AtomicU64::new(0),
             metrics: Arc::default(),
         }
     }
@@ -501,7 +498,7 @@ impl HttpService {
             match ev {
                 Event::Continue => reply.push(Piece::Bytes(CONTINUE.to_vec())),
                 Event::Request(req) => {
-                    self.requests.fetch_add(1, Ordering::Relaxed);
+                    io.count_request();
                     match self.handle(&req, io, store.as_deref_mut(), reply) {
                         Handled::Status(status) => {
                             self.metrics.http_response(method_index(req.method), status);
@@ -647,10 +644,6 @@ impl Protocol for HttpService {
         self.run_events(c, queued, io, store, reply)
     }
 
-    fn requests(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
-    }
-
     fn busy_reply(&self) -> &'static [u8] {
         b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 25\r\nConnection: close\r\n\r\ntoo many connections, bye"
     }
@@ -710,7 +703,7 @@ mod tests {
             parse(&c.say("GET /greeting HTTP/1.1\r\nHost: x\r\n\r\n")).0,
             404
         );
-        assert_eq!(c.svc.requests(), 5);
+        assert_eq!(c.requests(), 5);
     }
 
     #[test]

@@ -15,7 +15,6 @@ use crate::store::PoolStore;
 pub struct KvService {
     limits: Limits,
     password: Option<String>,
-    requests: AtomicU64,
     /// What `CONFIG GET appendonly`/`appendfsync` truthfully say.
     persist: pst::PersistMode,
     /// Tuning parameters set with `CONFIG SET` (accepted, remembered, without effect).
@@ -302,7 +301,6 @@ impl KvService {
                 ..Limits::default()
             },
             password,
-            requests: AtomicU64::new(0),
             persist: pst::PersistMode::None,
             tuning: std::sync::Mutex::new(Vec::new()),
             next_client_id: AtomicU64::new(1),
@@ -885,7 +883,7 @@ impl KvService {
                     ("clients", format!("connected_clients:{}\r\n", m.conns)),
                     ("stats", format!(
                         "total_commands_processed:{}\r\ntotal_net_input_bytes:{}\r\ntotal_net_output_bytes:{}\r\npst_syscalls:{}\r\npst_syscalls_per_request:{:.3}\r\npst_pool_capacity_buffers:{}\r\npst_pool_free_buffers:{}\r\npst_commit_latency_avg_us:{:.1}\r\n",
-                        self.requests(), m.bytes_in, m.bytes_out, m.syscalls,
+                        m.requests, m.bytes_in, m.bytes_out, m.syscalls,
                         if m.requests > 0 { m.syscalls as f64 / m.requests as f64 } else { 0.0 },
                         m.capacity_bufs, m.free_bufs,
                         if m.commits > 0 { m.commit_ns as f64 / m.commits as f64 / 1e3 } else { 0.0 })),
@@ -1090,7 +1088,7 @@ impl Protocol for KvService {
         for ev in events {
             match ev {
                 Event::Command(args) => {
-                    self.requests.fetch_add(1, Ordering::Relaxed);
+                    io.count_request();
                     if !self.exec(c, &args, io, store, &mut out) {
                         keep = false;
                         break;
@@ -1105,10 +1103,6 @@ impl Protocol for KvService {
         }
         out.flush();
         keep
-    }
-
-    fn requests(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
     }
 
     fn busy_reply(&self) -> &'static [u8] {

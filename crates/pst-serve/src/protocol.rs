@@ -50,6 +50,10 @@ pub trait Io {
     /// Give back an extent obtained from this `Io` that will not be stored or sent.
     fn release(&mut self, e: Extent);
 
+    /// Count one request handled. The engine keeps the count per worker (published with its
+    /// other counters), so requests on different threads never share a cache line.
+    fn count_request(&mut self);
+
     /// Copy the stream bytes `r` into `out` (small things: keys, commands).
     fn gather(&self, r: Range<u64>, out: &mut Vec<u8>) {
         out.clear();
@@ -76,8 +80,6 @@ pub trait Protocol: Send + Sync + 'static {
         store: Option<&mut PoolStore>,
         reply: &mut Vec<Piece>,
     ) -> bool;
-    /// Requests handled (for the stats file).
-    fn requests(&self) -> u64;
     /// What a connection beyond `--max-conns` is told before it is closed.
     fn busy_reply(&self) -> &'static [u8];
     /// The server's metrics, which the engines update and the service may render.
@@ -201,6 +203,11 @@ pub(crate) mod testing {
             (out, keep)
         }
 
+        /// Requests the service counted so far.
+        pub(crate) fn requests(&self) -> u64 {
+            self.io.requests
+        }
+
         /// Whether the connection is parked (a long poll).
         pub(crate) fn parked(&self) -> bool {
             self.svc.parked(&self.conn)
@@ -217,6 +224,8 @@ pub(crate) mod testing {
         pub(crate) data: Vec<u8>,
         pub(crate) bufs: Buffers,
         pub(crate) pool: Arc<Pool>,
+        /// Requests the service counted.
+        pub(crate) requests: u64,
     }
 
     impl ScriptIo {
@@ -228,6 +237,7 @@ pub(crate) mod testing {
                 data: data.to_vec(),
                 bufs,
                 pool,
+                requests: 0,
             }
         }
 
@@ -275,6 +285,10 @@ pub(crate) mod testing {
 
         fn release(&mut self, e: Extent) {
             self.bufs.release(e);
+        }
+
+        fn count_request(&mut self) {
+            self.requests += 1;
         }
 
         fn has_room(&self, bytes: u64) -> bool {

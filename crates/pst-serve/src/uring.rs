@@ -38,6 +38,8 @@ struct UConn<C> {
 struct UringIo<'a> {
     port: &'a mut Port,
     chunks: &'a VecDeque<(u64, Extent)>,
+    /// This worker's request count.
+    requests: &'a mut u64,
 }
 
 impl UringIo<'_> {
@@ -102,6 +104,10 @@ impl Io for UringIo<'_> {
         self.port.release(e);
     }
 
+    fn count_request(&mut self) {
+        *self.requests += 1;
+    }
+
     fn has_room(&self, bytes: u64) -> bool {
         crate::protocol::has_room(
             self.port.free_buffers(),
@@ -137,6 +143,7 @@ pub fn serve<P: Protocol>(
     let mut parked: Vec<usize> = Vec::new();
     let fsync = port.pool().persist_mode() == pst::PersistMode::Fsync;
     let mut syncs = 0u64;
+    let mut requests = 0u64;
     while !ctx.stopping() {
         let tick = if parked.is_empty() {
             Duration::from_millis(100)
@@ -146,8 +153,7 @@ pub fn serve<P: Protocol>(
         port.sync(Some(tick)).map_err(io("io_uring_enter"))?;
         let mut guard = store.as_ref().map(|s| s.lock());
         let mut wrote = false;
-        for i in 0..port.rx().len() {
-            let s = port.rx()[i];
+        while let Some(s) = port.next_rx() {
             let ix = s.conn.index() as usize;
             match s.kind {
                 SlotKind::Accepted => {
@@ -195,6 +201,7 @@ pub fn serve<P: Protocol>(
                     let mut io = UringIo {
                         port: &mut port,
                         chunks: &c.chunks,
+                        requests: &mut requests,
                     };
                     let st: Option<&mut PoolStore> = guard.as_mut().map(|g| &mut g.store);
                     let keep =
@@ -235,6 +242,7 @@ pub fn serve<P: Protocol>(
             let mut io = UringIo {
                 port: &mut port,
                 chunks: &c.chunks,
+                requests: &mut requests,
             };
             let st: Option<&mut PoolStore> = guard.as_mut().map(|g| &mut g.store);
             let keep = proto.resume(&mut c.proto, &mut io, st, &mut c.pending);
@@ -287,7 +295,7 @@ pub fn serve<P: Protocol>(
                 }
             }
         }
-        ctx.publish(port.stats().driver.syscalls() + syncs, proto.requests());
+        ctx.publish(port.stats().driver.syscalls() + syncs, requests);
         ctx.metrics()
             .gauges(open, port.free_buffers(), port.capacity());
         // Once a second: close idle connections and those stuck in a slow request.
@@ -373,6 +381,7 @@ fn resolve_input(
                 let mut io = UringIo {
                     port: &mut *port,
                     chunks,
+                    requests: &mut 0,
                 };
                 let exts = io.extents(r).unwrap_or_default();
                 pending.extend(exts.into_iter().map(Piece::Ext));

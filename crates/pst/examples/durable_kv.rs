@@ -92,8 +92,7 @@ fn main() -> anyhow::Result<()> {
     loop {
         port.sync(None)?;
         let mut wrote = false;
-        for i in 0..port.rx().len() {
-            let slot = port.rx()[i];
+        while let Some(slot) = port.next_rx() {
             match slot.kind {
                 SlotKind::Accepted => {
                     conns.insert(slot.conn, Conn::default());

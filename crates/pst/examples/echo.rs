@@ -26,8 +26,7 @@ fn main() -> anyhow::Result<()> {
     eprintln!("echo listening on {local}");
     loop {
         port.sync(None)?;
-        for i in 0..port.rx().len() {
-            let slot = port.rx()[i];
+        while let Some(slot) = port.next_rx() {
             match slot.kind {
                 SlotKind::Accepted => {}
                 SlotKind::Data => {

@@ -28,8 +28,7 @@
 //! port.listen("127.0.0.1:7000".parse().unwrap())?;
 //! loop {
 //!     port.sync(None)?; // one io_uring_enter: send what is queued, receive everything
-//!     for i in 0..port.rx().len() {
-//!         let slot = port.rx()[i];
+//!     while let Some(slot) = port.next_rx() {
 //!         match slot.kind {
 //!             SlotKind::Data => {
 //!                 if let Some(ext) = port.keep(&slot) {
@@ -94,6 +93,8 @@ pub struct Port {
     driver: Driver,
     core: Core,
     pool: Arc<Pool>,
+    /// Next RX slot [`Port::next_rx`] hands out (reset by every sync).
+    rx_cursor: usize,
     /// Deliberately `!Send` and `!Sync`: the ring is `SINGLE_ISSUER | DEFER_TASKRUN`, bound to
     /// the thread that created it, and only that thread may enter it (create a port on the
     /// thread that will drive it).
@@ -167,6 +168,7 @@ impl Port {
         Ok(Port {
             driver,
             core,
+            rx_cursor: 0,
             pool,
             _thread_bound: std::marker::PhantomData,
         })
@@ -245,7 +247,17 @@ impl Port {
     /// something completes; zero: not at all), reap every completion into the RX ring. RX slots
     /// of the previous sync that were not kept are recycled first.
     pub fn sync(&mut self, timeout: Option<Duration>) -> io::Result<usize> {
+        self.rx_cursor = 0;
         self.driver.sync(&mut self.core, timeout)
+    }
+
+    /// The next slot of the RX ring filled by the last sync, in order; `None` when all were
+    /// handed out. Slots are `Copy`, so the port stays free for `keep`/`send` in the loop body:
+    /// `while let Some(slot) = port.next_rx() { .. }` (netmap's `cur` advancing over the ring).
+    pub fn next_rx(&mut self) -> Option<Slot> {
+        let s = self.core.rx().get(self.rx_cursor).copied()?;
+        self.rx_cursor += 1;
+        Some(s)
     }
 
     /// The RX ring filled by the last sync; valid until the next one.

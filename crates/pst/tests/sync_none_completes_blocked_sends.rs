@@ -20,8 +20,7 @@ fn echo_server_sync_none() -> std::net::SocketAddr {
             .unwrap();
         loop {
             port.sync(None).unwrap();
-            for i in 0..port.rx().len() {
-                let s = port.rx()[i];
+            while let Some(s) = port.next_rx() {
                 match s.kind {
                     SlotKind::Data => {
                         let e = port.keep(&s).expect("spare buffer");

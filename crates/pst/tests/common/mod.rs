@@ -42,8 +42,7 @@ impl EchoServer {
             tx.send(addr).unwrap();
             while !stop2.load(Ordering::Relaxed) {
                 port.sync(Some(Duration::from_millis(5))).unwrap();
-                for i in 0..port.rx().len() {
-                    let s = port.rx()[i];
+                while let Some(s) = port.next_rx() {
                     match s.kind {
                         SlotKind::Data => {
                             let e = port.keep(&s).unwrap();
