@@ -1,12 +1,9 @@
 //! A persist barrier that fails poisons the store (fsync-gate): the commit reports it, every
 //! later write and commit is refused with `Poisoned`, nothing after the failure is ever
 //! acknowledged — and what was committed before it survives a crash and a reopen.
-// SAFETY (every `Extent::from_raw` here): the test allocates these buffers itself (simulated
-// PM, no port) and hands each reference to the store exactly once.
-#![allow(unsafe_code, clippy::undocumented_unsafe_blocks)]
 
-use pst_pool::{BufAlloc, Geometry, Header, Media, PersistMode, SimPm};
-use pst_ring::Extent;
+use pst_pool::{Geometry, Header, PersistMode, SimPm};
+use pst_store::sim::Landing;
 use pst_store::{Store, StoreError};
 
 #[test]
@@ -20,14 +17,9 @@ fn failed_barrier_poisons_and_committed_data_survives() {
     let log = h.log_off..h.log_off + h.geometry.log_len;
     let media = SimPm::new(h, PersistMode::Fsync);
     let (mut st, _) = Store::open(media.clone(), log.clone()).unwrap();
-    let mut alloc = BufAlloc::new(0, 64);
+    let mut land = Landing::new(media.clone());
     let mut put = |st: &mut Store<SimPm>, key: &str, val: &str| {
-        let b = alloc.alloc().unwrap();
-        media.write(h.data_off + b.0 as u64 * 512, val.as_bytes());
-        st.put(
-            key.as_bytes(),
-            vec![unsafe { Extent::from_raw(b, 0, val.len() as u32) }],
-        )
+        st.put(key.as_bytes(), land.land(val.as_bytes(), false).unwrap())
     };
     put(&mut st, "before", "committed").unwrap();
     st.commit().unwrap();

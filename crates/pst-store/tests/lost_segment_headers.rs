@@ -2,13 +2,10 @@
 //! (damaged), recovery starts an empty log. Epochs must not restart from 1 then: records of the
 //! old life (epoch 1, sequence 1, 2, ...) still sit in the segments, and a new write with epoch
 //! 1 and sequence 1 would make them look like its successors on the next recovery.
-// SAFETY (every `Extent::from_raw` here): the test allocates these buffers itself (a fresh
-// pool or simulated PM, no port) and hands each reference to the store exactly once.
-#![allow(unsafe_code, clippy::undocumented_unsafe_blocks)]
 
-use pst_pool::{BufAlloc, Geometry, Header, Media, PersistMode, SimPm};
-use pst_ring::Extent;
+use pst_pool::{Geometry, Header, Media, PersistMode, SimPm};
 use pst_store::format::SEG_HEADER;
+use pst_store::sim::Landing;
 use pst_store::Store;
 
 #[test]
@@ -22,15 +19,10 @@ fn stale_records_stay_dead_after_all_headers_are_lost() {
     let log = h.log_off..h.log_off + h.geometry.log_len;
     let media = SimPm::new(h, PersistMode::Fsync);
     let (mut st, _) = Store::open(media.clone(), log.clone()).unwrap();
-    let mut alloc = BufAlloc::new(0, 64);
+    let mut land = Landing::new(media.clone());
     let mut put = |st: &mut Store<SimPm>, key: &str, val: &str| {
-        let b = alloc.alloc().unwrap();
-        media.write(h.data_off + b.0 as u64 * 512, val.as_bytes());
-        st.put(
-            key.as_bytes(),
-            vec![unsafe { Extent::from_raw(b, 0, val.len() as u32) }],
-        )
-        .unwrap();
+        st.put(key.as_bytes(), land.land(val.as_bytes(), false).unwrap())
+            .unwrap();
     };
     for i in 0..5 {
         put(&mut st, &format!("old{i}"), "stale");

@@ -2,12 +2,9 @@
 //! its earlier life. When equal-sized records make one of them sit exactly where the next
 //! record would be, recovery must read it as the end of the segment's data — not as a torn or
 //! corrupt record — and carry on into the next segment.
-// SAFETY (every `Extent::from_raw` here): the test allocates these buffers itself (a fresh
-// pool or simulated PM, no port) and hands each reference to the store exactly once.
-#![allow(unsafe_code, clippy::undocumented_unsafe_blocks)]
 
-use pst_pool::{BufAlloc, Geometry, Header, Media, PersistMode, SimPm};
-use pst_ring::Extent;
+use pst_pool::{Geometry, Header, PersistMode, SimPm};
+use pst_store::sim::Landing;
 use pst_store::Store;
 
 #[test]
@@ -21,30 +18,23 @@ fn equal_sized_records_over_many_segment_reuses() {
     let log = h.log_off..h.log_off + h.geometry.log_len;
     let media = SimPm::new(h, PersistMode::Fsync);
     let (mut st, _) = Store::open(media.clone(), log.clone()).unwrap();
-    let mut alloc = BufAlloc::new(0, 512);
+    let mut land = Landing::new(media.clone());
     let mut expect = std::collections::HashMap::new();
     let (mut compactions, mut seen) = (0, 0);
     for round in 0..40u32 {
         for k in 0..300u32 {
             // Same key length, one extent each: every record has the same size.
             let key = format!("key{:05}", k % 50);
-            let b = alloc.alloc().unwrap();
             let val = format!("{round:04}-{k:05}");
-            media.write(h.data_off + b.0 as u64 * 512, val.as_bytes());
-            st.put(
-                key.as_bytes(),
-                vec![unsafe { Extent::from_raw(b, 0, val.len() as u32) }],
-            )
-            .unwrap();
+            st.put(key.as_bytes(), land.land(val.as_bytes(), false).unwrap())
+                .unwrap();
             expect.insert(key, val);
             if k % 10 == 9 {
-                st.maintain(alloc.free_count() < 200).unwrap();
+                st.maintain(land.free_count() < 200).unwrap();
                 compactions += st.stats().compactions - seen;
                 seen = st.stats().compactions;
                 st.commit().unwrap();
-                for e in st.take_released() {
-                    alloc.release(e.into_raw().0).unwrap();
-                }
+                land.release(st.take_released());
             }
         }
         // Reopen (a clean restart: everything committed) and check every key.
@@ -64,7 +54,7 @@ fn equal_sized_records_over_many_segment_reuses() {
             );
             assert_eq!(v, val.as_bytes(), "round {round}: {k}");
         }
-        alloc = BufAlloc::with_live(0, 512, |b| st2.holds(b) as u16);
+        land = Landing::with_live(media.clone(), |b| st2.holds(b) as u16);
         st = st2;
         seen = 0;
     }

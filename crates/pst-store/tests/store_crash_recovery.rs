@@ -2,14 +2,10 @@
 //! overwrites, deletes, WAL appends and truncations, compactions, multi-buffer values, values
 //! sharing a buffer): after every crash and recovery, every acknowledged write is present with
 //! its exact bytes, no value fails its checksum, and buffer accounting is exact.
-// SAFETY (every `Extent::from_raw` here): the test allocates these buffers itself (a fresh
-// pool or simulated PM, no port) and hands each reference to the store exactly once.
-#![allow(unsafe_code, clippy::undocumented_unsafe_blocks)]
-
 use std::collections::{HashMap, HashSet};
 
-use pst_pool::{BufAlloc, BufIdx, Geometry, Header, Media, PersistMode, SimPm};
-use pst_ring::Extent;
+use pst_pool::{BufIdx, Geometry, Header, Media, PersistMode, SimPm};
+use pst_store::sim::Landing;
 use pst_store::{Store, StoreError};
 use rand::{Rng, SeedableRng};
 
@@ -29,70 +25,8 @@ fn log_range(h: &Header) -> std::ops::Range<u64> {
     h.log_off..h.log_off + h.geometry.log_len
 }
 
-/// The "kernel": lands `data` in fresh pool buffers (dirty, unflushed lines), possibly packing it
-/// behind a previous value in a partly used buffer, and returns extents holding one reference each.
-struct Landing {
-    alloc: BufAlloc,
-    /// A buffer with room left: (buf, used).
-    open: Option<(BufIdx, u32)>,
-}
-
-impl Landing {
-    fn land(&mut self, m: &SimPm, data: &[u8], rng: &mut impl Rng) -> Option<Vec<Extent>> {
-        let mut out = Vec::new();
-        let mut rest = data;
-        // Sometimes share the tail of the previous buffer.
-        if let Some((b, used)) = self.open.take() {
-            if rng.gen_bool(0.5) && used < BUF && !rest.is_empty() && self.alloc.retain(b).is_ok() {
-                let n = rest.len().min((BUF - used) as usize);
-                m.write(off(b, used), &rest[..n]);
-                out.push(unsafe { Extent::from_raw(b, used, n as u32) });
-                rest = &rest[n..];
-                if used + (n as u32) < BUF {
-                    self.open = Some((b, used + n as u32));
-                }
-            }
-        }
-        while !rest.is_empty() {
-            let Some(b) = self.alloc.alloc() else {
-                for e in out {
-                    self.alloc.release(e.into_raw().0).unwrap();
-                }
-                return None;
-            };
-            let n = rest.len().min(BUF as usize);
-            m.write(off(b, 0), &rest[..n]);
-            out.push(unsafe { Extent::from_raw(b, 0, n as u32) });
-            rest = &rest[n..];
-            if (n as u32) < BUF {
-                self.alloc.retain(b).unwrap(); // the landing zone keeps it open for sharing
-                if let Some((old, _)) = self.open.replace((b, n as u32)) {
-                    self.alloc.release(old).unwrap();
-                }
-            }
-        }
-        Some(out)
-    }
-
-    fn close_open(&mut self) {
-        if let Some((b, _)) = self.open.take() {
-            self.alloc.release(b).unwrap();
-        }
-    }
-}
-
-fn off(b: BufIdx, o: u32) -> u64 {
-    let h = header();
-    h.data_off + b.0 as u64 * BUF as u64 + o as u64
-}
-
 fn release_all(st: &mut Store<SimPm>, l: &mut Landing) {
-    for e in st.take_released() {
-        let (b, _, _) = e.into_raw();
-        l.alloc
-            .release(b)
-            .expect("store released a buffer it did not own");
-    }
+    l.release(st.take_released());
 }
 
 fn recover(m: SimPm) -> (Store<SimPm>, Landing) {
@@ -108,8 +42,8 @@ fn recover(m: SimPm) -> (Store<SimPm>, Landing) {
         rep.corrupt.is_none() || st.media().persist_mode() == PersistMode::None,
         "{rep:?}"
     );
-    let alloc = BufAlloc::with_live(0, BUFS, |b| st.holds(b) as u16);
-    (st, Landing { alloc, open: None })
+    let land = Landing::with_live(st.media().clone(), |b| st.holds(b) as u16);
+    (st, land)
 }
 
 /// Check the recovered store against the acknowledged model.
@@ -189,7 +123,7 @@ fn run(seed: u64, mode: PersistMode, crashes: usize) -> u64 {
                         rng.gen_range(0..200)
                     };
                     let val: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
-                    let Some(ext) = land.land(&media, &val, &mut rng) else {
+                    let Some(ext) = land.land(&val, rng.gen_bool(0.5)) else {
                         st.maintain(true).unwrap();
                         continue;
                     };
@@ -206,7 +140,7 @@ fn run(seed: u64, mode: PersistMode, crashes: usize) -> u64 {
                 }
                 70..=79 => {
                     let val: Vec<u8> = (0..rng.gen_range(1..300)).map(|_| rng.gen()).collect();
-                    if let Some(ext) = land.land(&media, &val, &mut rng) {
+                    if let Some(ext) = land.land(&val, rng.gen_bool(0.5)) {
                         let _ = st.append(ext);
                     }
                 }
