@@ -31,47 +31,6 @@ enum Verdict {
     Close,
 }
 
-/// An application served by the epoll engine.
-trait StreamApp {
-    /// Per-connection state.
-    type Conn: Default;
-    /// Bytes arrived on a connection; append replies to `out`.
-    fn on_data(&mut self, conn: &mut Self::Conn, data: &[u8], out: &mut Vec<u8>) -> Verdict;
-    /// End of an `epoll_wait` batch: persist what the batch stored before replies leave.
-    /// Returns false if persisting failed (replies are then withheld and connections closed).
-    fn commit(&mut self) -> bool {
-        true
-    }
-    /// Requests handled so far (for the stats file).
-    fn requests(&self) -> u64 {
-        0
-    }
-    /// System calls the application made itself (e.g. `fdatasync` in commit).
-    fn extra_syscalls(&self) -> u64 {
-        0
-    }
-    /// True while a request on `conn` is incomplete (for the slow-request timeout).
-    fn has_partial(&self, _conn: &Self::Conn) -> bool {
-        false
-    }
-    /// What a connection beyond the limit is told before it is closed.
-    fn busy_reply(&self) -> &'static [u8] {
-        b""
-    }
-    /// Whether `conn` waits in a long poll ([`Protocol::parked`]).
-    fn parked(&self, _conn: &Self::Conn) -> bool {
-        false
-    }
-    /// Give a parked connection another chance ([`Protocol::resume`]).
-    fn resume(&mut self, _conn: &mut Self::Conn, _out: &mut Vec<u8>) -> Verdict {
-        Verdict::Continue
-    }
-    /// Free and total pool buffers of this worker (metrics).
-    fn buffers(&self) -> (usize, usize) {
-        (0, 0)
-    }
-}
-
 struct Conn<C> {
     fd: OwnedFd,
     out: Vec<u8>,
@@ -113,10 +72,10 @@ pub fn serve<P: Protocol>(
     })
 }
 
-/// The event loop under a [`StreamApp`].
-fn run<A: StreamApp>(
+/// The event loop: accept, read, hand bytes to the service, commit per batch, write.
+fn run<P: Protocol>(
     listener: TcpListener,
-    mut app: A,
+    mut app: EpollService<P>,
     ctx: &WorkerCtx,
     limits: Limits,
 ) -> io::Result<()> {
@@ -133,7 +92,7 @@ fn run<A: StreamApp>(
         )
     };
     watch_listener()?;
-    let mut conns: Vec<Option<Conn<A::Conn>>> = Vec::new();
+    let mut conns: Vec<Option<Conn<EConn<P::Conn>>>> = Vec::new();
     let mut free: Vec<usize> = Vec::new();
     let mut events = Vec::with_capacity(1024);
     let mut buf = vec![0u8; 64 << 10];
@@ -229,7 +188,7 @@ fn run<A: StreamApp>(
                                 out: Vec::new(),
                                 out_off: 0,
                                 close_after: false,
-                                app: A::Conn::default(),
+                                app: EConn::default(),
                                 want_write: false,
                                 peer_done: false,
                                 lingering: false,
@@ -563,25 +522,29 @@ impl Io for EpollIo<'_> {
     }
 }
 
-impl<P: Protocol> StreamApp for EpollService<P> {
-    type Conn = EConn<P::Conn>;
-
+impl<P: Protocol> EpollService<P> {
+    /// Bytes arrived on a connection; append replies to `out`.
     fn on_data(&mut self, c: &mut EConn<P::Conn>, data: &[u8], out: &mut Vec<u8>) -> Verdict {
         self.handle(c, Some(data), out)
     }
 
+    /// Whether the connection waits in a long poll ([`Protocol::parked`]).
     fn parked(&self, c: &EConn<P::Conn>) -> bool {
         c.proto.as_ref().is_some_and(|p| self.proto.parked(p))
     }
 
+    /// Give a parked connection another chance ([`Protocol::resume`]).
     fn resume(&mut self, c: &mut EConn<P::Conn>, out: &mut Vec<u8>) -> Verdict {
         self.handle(c, None, out)
     }
 
+    /// Free and total pool buffers of this worker (metrics).
     fn buffers(&self) -> (usize, usize) {
         (self.bufs.free_count(), self.bufs.capacity())
     }
 
+    /// End of an `epoll_wait` batch: persist what it stored before replies leave; false if
+    /// persisting failed (replies are then withheld and connections closed).
     fn commit(&mut self) -> bool {
         let Some(shared) = self.store.clone() else {
             return true;
@@ -607,20 +570,24 @@ impl<P: Protocol> StreamApp for EpollService<P> {
         ok
     }
 
+    /// Requests this worker handled.
     fn requests(&self) -> u64 {
         self.requests
     }
 
+    /// System calls the service made itself (`fdatasync` in commit).
     fn extra_syscalls(&self) -> u64 {
         self.syncs
     }
 
+    /// True while a request on `c` is incomplete (for the slow-request timeout).
     fn has_partial(&self, c: &EConn<P::Conn>) -> bool {
         c.proto
             .as_ref()
             .is_some_and(|p| self.proto.needed_from(p) < c.base + c.data.len() as u64)
     }
 
+    /// What a connection beyond the limit is told before it is closed.
     fn busy_reply(&self) -> &'static [u8] {
         self.proto.busy_reply()
     }
