@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use pst_resp::{reply, CommandFramer, Event, Limits};
 
+use crate::expiry::{now_ms, Ttl};
 use crate::protocol::{Io, Piece, Protocol};
 use crate::store::PoolStore;
 
@@ -21,6 +22,9 @@ pub struct KvService {
     tuning: std::sync::Mutex<Vec<(String, Vec<u8>)>>,
     next_client_id: AtomicU64,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// Key deadlines (`EXPIRE`, `SET .. EX`), shared by every worker; taken once per chunk,
+    /// inside the store's lock.
+    ttl: std::sync::Mutex<Ttl>,
 }
 
 /// Per-connection state.
@@ -305,6 +309,7 @@ impl KvService {
             tuning: std::sync::Mutex::new(Vec::new()),
             next_client_id: AtomicU64::new(1),
             metrics: Default::default(),
+            ttl: Default::default(),
         }
     }
 
@@ -373,7 +378,7 @@ impl Out<'_> {
 }
 
 /// The commands `pst kv` implements (`COMMAND COUNT`).
-const COMMANDS: [&str; 36] = [
+const COMMANDS: [&str; 49] = [
     "APPEND",
     "AUTH",
     "CLIENT",
@@ -385,11 +390,15 @@ const COMMANDS: [&str; 36] = [
     "DEL",
     "ECHO",
     "EXISTS",
+    "EXPIRE",
+    "EXPIREAT",
+    "EXPIRETIME",
     "FLUSHALL",
     "FLUSHDB",
     "FUNCTION",
     "GET",
     "GETDEL",
+    "GETEX",
     "GETRANGE",
     "GETSET",
     "INCR",
@@ -399,16 +408,25 @@ const COMMANDS: [&str; 36] = [
     "MGET",
     "MSET",
     "MSETNX",
+    "PERSIST",
+    "PEXPIRE",
+    "PEXPIREAT",
+    "PEXPIRETIME",
     "PING",
+    "PSETEX",
+    "PTTL",
     "QUIT",
     "RANDOMKEY",
     "RENAME",
     "RENAMENX",
     "SELECT",
     "SET",
+    "SETEX",
     "SETNX",
     "STRLEN",
     "SUBSTR",
+    "TTL",
+    "TYPE",
     "UNLINK",
 ];
 
@@ -452,6 +470,50 @@ fn bulk_value(store: &PoolStore, key: &[u8], io: &mut dyn Io, out: &mut Out<'_>)
     }
 }
 
+/// Which arguments of a command are keys (for lazy expiry).
+enum KeyArgs {
+    /// These argument positions.
+    At(Vec<usize>),
+    /// The command counts or lists keys: expire every due key first.
+    All,
+}
+
+fn key_positions(name: &str, n: usize) -> Option<KeyArgs> {
+    let at = match name {
+        "GET" | "SET" | "GETSET" | "SETNX" | "GETDEL" | "STRLEN" | "APPEND" | "GETRANGE"
+        | "SUBSTR" | "INCR" | "DECR" | "INCRBY" | "DECRBY" | "EXPIRE" | "PEXPIRE" | "EXPIREAT"
+        | "PEXPIREAT" | "TTL" | "PTTL" | "EXPIRETIME" | "PEXPIRETIME" | "PERSIST" | "SETEX"
+        | "PSETEX" | "GETEX" | "TYPE" => (1..n.min(2)).collect(),
+        "MGET" | "DEL" | "UNLINK" | "EXISTS" => (1..n).collect(),
+        "MSET" | "MSETNX" => (1..n).step_by(2).collect(),
+        "RENAME" | "RENAMENX" => (1..n.min(3)).collect(),
+        "DBSIZE" | "KEYS" | "RANDOMKEY" | "FLUSHDB" | "INFO" | "SCAN" => return Some(KeyArgs::All),
+        _ => return None,
+    };
+    Some(KeyArgs::At(at))
+}
+
+/// A deadline from a relative or absolute time in seconds or milliseconds, as Redis computes
+/// it (`None`: overflow, reported as an invalid expire time).
+fn deadline(v: i64, ms: bool, absolute: bool, now: i64) -> Option<i64> {
+    let v = if ms { v } else { v.checked_mul(1000)? };
+    if absolute {
+        Some(v)
+    } else {
+        v.checked_add(now)
+    }
+}
+
+fn invalid_expire(out: &mut Vec<u8>, cmd: &str) {
+    reply::error(
+        out,
+        &format!(
+            "ERR invalid expire time in '{}' command",
+            cmd.to_ascii_lowercase()
+        ),
+    );
+}
+
 impl KvService {
     /// Execute one command. Returns false for QUIT.
     fn exec(
@@ -460,6 +522,7 @@ impl KvService {
         args: &[Range<u64>],
         io: &mut dyn Io,
         store: &mut PoolStore,
+        ttl: &mut Ttl,
         out: &mut Out<'_>,
     ) -> bool {
         let mut name = Vec::new();
@@ -501,6 +564,20 @@ impl KvService {
                 return true;
             }
         }
+        // Lazy expiry: the keys this command names, or every due key for commands that count
+        // or list keys.
+        let now = now_ms();
+        match key_positions(&name, n).filter(|_| !ttl.is_empty()) {
+            None => {}
+            Some(KeyArgs::All) => {
+                ttl.reap_due(store, now, usize::MAX);
+            }
+            Some(KeyArgs::At(pos)) => {
+                for i in pos {
+                    ttl.reap(store, &key(&*io, i), now);
+                }
+            }
+        }
         let write_err = |out: &mut Out<'_>, e: pst_store::StoreError| match e {
             pst_store::StoreError::LogFull => reply::error(&mut out.buf, OOM),
             e => reply::error(&mut out.buf, &format!("ERR {e}")),
@@ -527,6 +604,7 @@ impl KvService {
             "AUTH" if n == 1 => arity_error(&mut out.buf, &name),
             "AUTH" if n == 2 => reply::error(&mut out.buf, "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?"),
             "SET" | "MSET" | "INCR" | "DECR" | "INCRBY" | "DECRBY" | "GETSET" | "SETNX" | "MSETNX"
+            | "SETEX" | "PSETEX"
                 if !io.has_room(args[1..].iter().map(len).sum()) =>
             {
                 reply::error(&mut out.buf, OOM)
@@ -535,31 +613,46 @@ impl KvService {
                 let key = key(&*io, 1);
                 match io.extents(args[2].clone()) {
                     None => reply::error(&mut out.buf, OOM),
-                    Some(exts) => match store.put(&key, exts) {
+                    Some(exts) => match store.put(&key, exts).and_then(|_| ttl.clear(store, &key)) {
                         Ok(_) => reply::simple(&mut out.buf, "OK"),
                         Err(e) => write_err(out, e),
                     },
                 }
             }
             "SET" if n > 3 => {
-                // SET key value [NX|XX] [GET] [KEEPTTL]; expiries are not supported (yet), and
-                // are refused rather than ignored.
-                let (mut nx, mut xx, mut get) = (false, false, false);
-                for i in 3..n {
-                    match arg(&*io, i).to_ascii_uppercase().as_slice() {
+                // SET key value [NX|XX] [GET] [EX s|PX ms|EXAT s|PXAT ms|KEEPTTL]
+                let (mut nx, mut xx, mut get, mut keepttl) = (false, false, false, false);
+                let mut expire: Option<i64> = None;
+                let mut i = 3;
+                while i < n {
+                    let opt = arg(&*io, i).to_ascii_uppercase();
+                    match opt.as_slice() {
                         b"NX" if !xx => nx = true,
                         b"XX" if !nx => xx = true,
                         b"GET" => get = true,
-                        b"KEEPTTL" => {}
-                        b"EX" | b"PX" | b"EXAT" | b"PXAT" => {
-                            reply::error(&mut out.buf, "ERR SET with an expiry is not supported by pst");
-                            return true;
+                        b"KEEPTTL" if expire.is_none() => keepttl = true,
+                        b"EX" | b"PX" | b"EXAT" | b"PXAT" if expire.is_none() && !keepttl && i + 1 < n => {
+                            i += 1;
+                            let Some(v) = parse_int(&arg(&*io, i)) else {
+                                reply::error(&mut out.buf, "ERR value is not an integer or out of range");
+                                return true;
+                            };
+                            let ms = opt.starts_with(b"P");
+                            let at = (v > 0)
+                                .then(|| deadline(v, ms, opt.ends_with(b"AT"), now))
+                                .flatten();
+                            let Some(at) = at else {
+                                invalid_expire(&mut out.buf, "set");
+                                return true;
+                            };
+                            expire = Some(at);
                         }
                         _ => {
                             reply::error(&mut out.buf, "ERR syntax error");
                             return true;
                         }
                     }
+                    i += 1;
                 }
                 let key = key(&*io, 1);
                 // The old value (for GET) is read before the write, replied after it: one
@@ -585,11 +678,18 @@ impl KvService {
                 }
                 match io.extents(args[2].clone()) {
                     None => reply::error(&mut out.buf, OOM),
-                    Some(exts) => match store.put(&key, exts) {
-                        Ok(_) if get => old_reply(out),
-                        Ok(_) => reply::simple(&mut out.buf, "OK"),
-                        Err(e) => write_err(out, e),
-                    },
+                    Some(exts) => {
+                        let r = store.put(&key, exts).and_then(|_| match expire {
+                            Some(at) => ttl.set(store, io, &key, at),
+                            None if keepttl => Ok(()),
+                            None => ttl.clear(store, &key).map(drop),
+                        });
+                        match r {
+                            Ok(_) if get => old_reply(out),
+                            Ok(_) => reply::simple(&mut out.buf, "OK"),
+                            Err(e) => write_err(out, e),
+                        }
+                    }
                 }
             }
             "GETSET" if n == 3 => {
@@ -601,7 +701,7 @@ impl KvService {
                 };
                 match io.extents(args[2].clone()) {
                     None => reply::error(&mut out.buf, OOM),
-                    Some(exts) => match store.put(&key, exts) {
+                    Some(exts) => match store.put(&key, exts).and_then(|_| ttl.clear(store, &key)) {
                         Ok(_) if exists => reply::bulk(&mut out.buf, &old),
                         Ok(_) => reply::null(&mut out.buf),
                         Err(e) => write_err(out, e),
@@ -644,7 +744,7 @@ impl KvService {
                 let mut val = Vec::new();
                 match store.read_value(&key, &mut val) {
                     Ok(false) => reply::null(&mut out.buf),
-                    Ok(true) => match store.delete(&key) {
+                    Ok(true) => match store.delete(&key).and_then(|_| ttl.clear(store, &key)) {
                         Ok(_) => reply::bulk(&mut out.buf, &val),
                         Err(e) => write_err(out, e),
                     },
@@ -698,7 +798,16 @@ impl KvService {
                         reply::error(&mut out.buf, OOM);
                         return true;
                     };
-                    if let Err(e) = store.put(&to, exts).and_then(|_| store.delete(&from)) {
+                    let moved = ttl.get(&from);
+                    let r = store
+                        .put(&to, exts)
+                        .and_then(|_| store.delete(&from))
+                        .and_then(|_| ttl.clear(store, &from))
+                        .and_then(|_| match moved {
+                            Some(at) => ttl.set(store, io, &to, at),
+                            None => ttl.clear(store, &to).map(drop),
+                        });
+                    if let Err(e) = r {
                         write_err(out, e);
                         return true;
                     }
@@ -757,7 +866,7 @@ impl KvService {
                     let key = key(&*io, i);
                     let r = match io.extents(args[i + 1].clone()) {
                         None => Err(pst_store::StoreError::LogFull),
-                        Some(exts) => store.put(&key, exts),
+                        Some(exts) => store.put(&key, exts).and_then(|_| ttl.clear(store, &key)),
                     };
                     if let Err(e) = r {
                         err = Some(e);
@@ -772,7 +881,8 @@ impl KvService {
             "DEL" | "UNLINK" if n >= 2 => {
                 let mut count = 0;
                 for i in 1..n {
-                    match store.delete(&key(&*io, i)) {
+                    let k = key(&*io, i);
+                    match store.delete(&k).and_then(|d| ttl.clear(store, &k).map(|_| d)) {
                         Ok(Some(_)) => count += 1,
                         Ok(None) => {}
                         Err(e) => {
@@ -839,14 +949,17 @@ impl KvService {
                 reply::error(&mut out.buf, "ERR syntax error")
             }
             "FLUSHALL" => match store.clear() {
-                Ok(_) => reply::simple(&mut out.buf, "OK"),
+                Ok(_) => {
+                    ttl.clear_all();
+                    reply::simple(&mut out.buf, "OK")
+                }
                 Err(e) => write_err(out, e),
             },
             "FLUSHDB" => {
                 let keys: Vec<Vec<u8>> =
                     store.keys().filter(|k| key_db(k) == db).map(<[u8]>::to_vec).collect();
                 for k in keys {
-                    if let Err(e) = store.delete(&k) {
+                    if let Err(e) = store.delete(&k).and_then(|_| ttl.clear(store, &k)) {
                         write_err(out, e);
                         return true;
                     }
@@ -871,7 +984,8 @@ impl KvService {
                 }
                 let mut keyspace = String::new();
                 for (i, &count) in per_db.iter().enumerate().filter(|(_, &c)| c > 0) {
-                    keyspace += &format!("db{i}:keys={count},expires=0,avg_ttl=0\r\n");
+                    let expires = ttl.count(|k| key_db(k) == i as u8);
+                    keyspace += &format!("db{i}:keys={count},expires={expires},avg_ttl=0\r\n");
                 }
                 let durable = self.persist != pst::PersistMode::None;
                 let (user, sys) = process_cpu();
@@ -1021,10 +1135,175 @@ impl KvService {
                     ),
                 }
             }
+            "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" if n >= 3 => {
+                let Some(v) = parse_int(&arg(&*io, 2)) else {
+                    reply::error(&mut out.buf, "ERR value is not an integer or out of range");
+                    return true;
+                };
+                let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
+                for i in 3..n {
+                    let opt = arg(&*io, i);
+                    match opt.to_ascii_uppercase().as_slice() {
+                        b"NX" => nx = true,
+                        b"XX" => xx = true,
+                        b"GT" => gt = true,
+                        b"LT" => lt = true,
+                        _ => {
+                            error_line(&mut out.buf, &format!("ERR Unsupported option {}", cap(&opt, 128)));
+                            return true;
+                        }
+                    }
+                }
+                if nx && (xx || gt || lt) {
+                    reply::error(&mut out.buf, "ERR NX and XX, GT or LT options at the same time are not compatible");
+                    return true;
+                }
+                if gt && lt {
+                    reply::error(&mut out.buf, "ERR GT and LT options at the same time are not compatible");
+                    return true;
+                }
+                let Some(at) = deadline(v, name.starts_with('P'), name.ends_with("AT"), now) else {
+                    invalid_expire(&mut out.buf, &name);
+                    return true;
+                };
+                let key = key(&*io, 1);
+                if store.get(&key).is_none() {
+                    reply::int(&mut out.buf, 0);
+                    return true;
+                }
+                let cur = ttl.get(&key);
+                // No deadline counts as an infinite one (GT never beats it, LT always does).
+                let ok = !(nx && cur.is_some())
+                    && !(xx && cur.is_none())
+                    && !(gt && cur.is_none_or(|c| at <= c))
+                    && !(lt && cur.is_some_and(|c| at >= c));
+                if !ok {
+                    reply::int(&mut out.buf, 0);
+                    return true;
+                }
+                let r = if at <= now {
+                    store.delete(&key).and_then(|_| ttl.clear(store, &key)).map(drop)
+                } else {
+                    ttl.set(store, io, &key, at)
+                };
+                match r {
+                    Ok(()) => reply::int(&mut out.buf, 1),
+                    Err(e) => write_err(out, e),
+                }
+            }
+            "TTL" | "PTTL" | "EXPIRETIME" | "PEXPIRETIME" if n == 2 => {
+                let key = key(&*io, 1);
+                let v = match (store.get(&key).is_some(), ttl.get(&key)) {
+                    (false, _) => -2,
+                    (true, None) => -1,
+                    (true, Some(at)) => match name.as_str() {
+                        "TTL" => ((at - now).max(0) + 500) / 1000,
+                        "PTTL" => (at - now).max(0),
+                        "EXPIRETIME" => at / 1000,
+                        _ => at,
+                    },
+                };
+                reply::int(&mut out.buf, v);
+            }
+            "PERSIST" if n == 2 => {
+                let key = key(&*io, 1);
+                if store.get(&key).is_none() {
+                    reply::int(&mut out.buf, 0);
+                    return true;
+                }
+                match ttl.clear(store, &key) {
+                    Ok(had) => reply::int(&mut out.buf, had as i64),
+                    Err(e) => write_err(out, e),
+                }
+            }
+            "TYPE" if n == 2 => {
+                let t = if store.get(&key(&*io, 1)).is_some() { "string" } else { "none" };
+                reply::simple(&mut out.buf, t);
+            }
+            "SETEX" | "PSETEX" if n == 4 => {
+                let Some(v) = parse_int(&arg(&*io, 2)) else {
+                    reply::error(&mut out.buf, "ERR value is not an integer or out of range");
+                    return true;
+                };
+                let Some(at) = (v > 0).then(|| deadline(v, name == "PSETEX", false, now)).flatten() else {
+                    invalid_expire(&mut out.buf, &name);
+                    return true;
+                };
+                let key = key(&*io, 1);
+                match io.extents(args[3].clone()) {
+                    None => reply::error(&mut out.buf, OOM),
+                    Some(exts) => match store.put(&key, exts).and_then(|_| ttl.set(store, io, &key, at)) {
+                        Ok(()) => reply::simple(&mut out.buf, "OK"),
+                        Err(e) => write_err(out, e),
+                    },
+                }
+            }
+            "GETEX" if n >= 2 => {
+                // GETEX key [EX s|PX ms|EXAT s|PXAT ms|PERSIST]
+                enum Change {
+                    Keep,
+                    At(i64),
+                    Persist,
+                }
+                let mut change = Change::Keep;
+                let mut i = 2;
+                while i < n {
+                    let opt = arg(&*io, i).to_ascii_uppercase();
+                    match opt.as_slice() {
+                        b"PERSIST" if matches!(change, Change::Keep) => change = Change::Persist,
+                        b"EX" | b"PX" | b"EXAT" | b"PXAT" if matches!(change, Change::Keep) && i + 1 < n => {
+                            i += 1;
+                            let Some(v) = parse_int(&arg(&*io, i)) else {
+                                reply::error(&mut out.buf, "ERR value is not an integer or out of range");
+                                return true;
+                            };
+                            let at = (v > 0)
+                                .then(|| deadline(v, opt.starts_with(b"P"), opt.ends_with(b"AT"), now))
+                                .flatten();
+                            let Some(at) = at else {
+                                invalid_expire(&mut out.buf, "getex");
+                                return true;
+                            };
+                            change = Change::At(at);
+                        }
+                        _ => {
+                            reply::error(&mut out.buf, "ERR syntax error");
+                            return true;
+                        }
+                    }
+                    i += 1;
+                }
+                let key = key(&*io, 1);
+                let mut val = Vec::new();
+                match store.read_value(&key, &mut val) {
+                    Ok(false) => {
+                        reply::null(&mut out.buf);
+                        return true;
+                    }
+                    Err(_) => {
+                        reply::error(&mut out.buf, "ERR stored value is corrupt");
+                        return true;
+                    }
+                    Ok(true) => {}
+                }
+                let r = match change {
+                    Change::Keep => Ok(()),
+                    Change::Persist => ttl.clear(store, &key).map(drop),
+                    Change::At(at) if at <= now => {
+                        store.delete(&key).and_then(|_| ttl.clear(store, &key)).map(drop)
+                    }
+                    Change::At(at) => ttl.set(store, io, &key, at),
+                };
+                match r {
+                    Ok(()) => reply::bulk(&mut out.buf, &val),
+                    Err(e) => write_err(out, e),
+                }
+            }
             "ECHO" | "SET" | "GET" | "MGET" | "MSET" | "DEL" | "UNLINK" | "EXISTS" | "DBSIZE"
             | "SELECT" | "FUNCTION" | "CLIENT" | "GETSET" | "SETNX" | "MSETNX" | "GETDEL"
             | "STRLEN" | "APPEND" | "GETRANGE" | "SUBSTR" | "KEYS" | "RANDOMKEY" | "RENAME"
-            | "RENAMENX" => {
+            | "RENAMENX" | "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" | "TTL" | "PTTL"
+            | "EXPIRETIME" | "PEXPIRETIME" | "PERSIST" | "TYPE" | "SETEX" | "PSETEX" | "GETEX" => {
                 arity_error(&mut out.buf, &name)
             }
             _ => {
@@ -1080,6 +1359,11 @@ impl Protocol for KvService {
         let mut events = Vec::new();
         io.with_bytes(chunk, &mut |b| c.framer.feed(b, &mut events));
         let Some(store) = store else { return false };
+        let mut ttl = self.ttl.lock().unwrap_or_else(|e| e.into_inner());
+        ttl.load(store);
+        if !ttl.is_empty() {
+            ttl.reap_due(store, now_ms(), crate::expiry::ACTIVE_BATCH);
+        }
         let mut out = Out {
             buf: Vec::new(),
             pieces,
@@ -1089,7 +1373,7 @@ impl Protocol for KvService {
             match ev {
                 Event::Command(args) => {
                     io.count_request();
-                    if !self.exec(c, &args, io, store, &mut out) {
+                    if !self.exec(c, &args, io, store, &mut ttl, &mut out) {
                         keep = false;
                         break;
                     }
@@ -1324,6 +1608,106 @@ mod tests {
     }
 
     #[test]
+    fn expiry_commands() {
+        let mut c = conv(None);
+        let say = |c: &mut Conversation<KvService>, a: &[&str]| c.say(&cmd(a));
+        assert_eq!(say(&mut c, &["SET", "k", "v", "EX", "100"]), "+OK\r\n");
+        assert_eq!(say(&mut c, &["TTL", "k"]), ":100\r\n");
+        let pttl: i64 = say(&mut c, &["PTTL", "k"])[1..].trim().parse().unwrap();
+        assert!((99_000..=100_000).contains(&pttl), "{pttl}");
+        assert_eq!(say(&mut c, &["TTL", "missing"]), ":-2\r\n");
+        assert_eq!(say(&mut c, &["SET", "p", "v"]), "+OK\r\n");
+        assert_eq!(say(&mut c, &["TTL", "p"]), ":-1\r\n");
+        assert_eq!(
+            say(&mut c, &["EXPIRE", "p", "50", "XX"]),
+            ":0\r\n",
+            "XX needs a deadline"
+        );
+        assert_eq!(
+            say(&mut c, &["EXPIRE", "p", "50", "GT"]),
+            ":0\r\n",
+            "none is infinite"
+        );
+        assert_eq!(say(&mut c, &["EXPIRE", "p", "50", "LT"]), ":1\r\n");
+        assert_eq!(say(&mut c, &["EXPIRE", "p", "40", "NX"]), ":0\r\n");
+        assert_eq!(say(&mut c, &["EXPIRE", "p", "60", "GT"]), ":1\r\n");
+        assert_eq!(say(&mut c, &["TTL", "p"]), ":60\r\n");
+        assert_eq!(say(&mut c, &["PERSIST", "p"]), ":1\r\n");
+        assert_eq!(say(&mut c, &["PERSIST", "p"]), ":0\r\n");
+        assert_eq!(
+            say(&mut c, &["EXPIRE", "p", "1", "NX", "XX"]),
+            "-ERR NX and XX, GT or LT options at the same time are not compatible\r\n"
+        );
+        assert_eq!(
+            say(&mut c, &["EXPIRE", "p", "1", "GT", "LT"]),
+            "-ERR GT and LT options at the same time are not compatible\r\n"
+        );
+        assert_eq!(
+            say(&mut c, &["EXPIRE", "p", "1", "FOO"]),
+            "-ERR Unsupported option FOO\r\n"
+        );
+        assert_eq!(
+            say(&mut c, &["SET", "k", "v", "EX", "0"]),
+            "-ERR invalid expire time in 'set' command\r\n"
+        );
+        assert_eq!(
+            say(&mut c, &["SETEX", "k", "-1", "v"]),
+            "-ERR invalid expire time in 'setex' command\r\n"
+        );
+        assert_eq!(
+            say(&mut c, &["EXPIRE", "k", "9223372036854775807"]),
+            "-ERR invalid expire time in 'expire' command\r\n"
+        );
+        assert_eq!(
+            say(&mut c, &["SET", "k", "v", "EX", "5", "KEEPTTL"]),
+            "-ERR syntax error\r\n"
+        );
+        // SET without KEEPTTL clears the deadline; KEEPTTL keeps it.
+        assert_eq!(say(&mut c, &["SET", "k", "v2", "KEEPTTL"]), "+OK\r\n");
+        assert_eq!(say(&mut c, &["TTL", "k"]), ":100\r\n");
+        assert_eq!(say(&mut c, &["SET", "k", "v3"]), "+OK\r\n");
+        assert_eq!(say(&mut c, &["TTL", "k"]), ":-1\r\n");
+        // A past deadline deletes at once; a short one expires by itself.
+        assert_eq!(say(&mut c, &["EXPIRE", "k", "-1"]), ":1\r\n");
+        assert_eq!(say(&mut c, &["EXISTS", "k"]), ":0\r\n");
+        assert_eq!(say(&mut c, &["PSETEX", "s", "20", "v"]), "+OK\r\n");
+        assert_eq!(say(&mut c, &["GET", "s"]), "$1\r\nv\r\n");
+        std::thread::sleep(std::time::Duration::from_millis(40));
+        assert_eq!(say(&mut c, &["GET", "s"]), "$-1\r\n");
+        assert_eq!(say(&mut c, &["DBSIZE"]), ":1\r\n", "only p is left");
+        // RENAME carries the deadline; DEL drops it; GETEX changes it.
+        assert_eq!(say(&mut c, &["SETEX", "a", "100", "x"]), "+OK\r\n");
+        assert_eq!(say(&mut c, &["RENAME", "a", "b"]), "+OK\r\n");
+        assert_eq!(say(&mut c, &["TTL", "b"]), ":100\r\n");
+        assert_eq!(say(&mut c, &["GETEX", "b", "PERSIST"]), "$1\r\nx\r\n");
+        assert_eq!(say(&mut c, &["TTL", "b"]), ":-1\r\n");
+        assert_eq!(say(&mut c, &["GETEX", "b", "EX", "7"]), "$1\r\nx\r\n");
+        assert_eq!(say(&mut c, &["TTL", "b"]), ":7\r\n");
+        let at: i64 = say(&mut c, &["EXPIRETIME", "b"])[1..]
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(at > 1_700_000_000, "{at}");
+        assert_eq!(say(&mut c, &["DEL", "b"]), ":1\r\n");
+        assert_eq!(say(&mut c, &["SET", "b", "y"]), "+OK\r\n");
+        assert_eq!(
+            say(&mut c, &["TTL", "b"]),
+            ":-1\r\n",
+            "a deleted key's deadline is gone"
+        );
+        assert_eq!(say(&mut c, &["TYPE", "b"]), "+string\r\n");
+        assert_eq!(say(&mut c, &["TYPE", "zz"]), "+none\r\n");
+        assert!(say(&mut c, &["INFO", "keyspace"]).contains("db0:keys=2,expires=0"));
+        assert_eq!(say(&mut c, &["EXPIRE", "b", "100"]), ":1\r\n");
+        assert!(say(&mut c, &["INFO", "keyspace"]).contains("db0:keys=2,expires=1"));
+        assert_eq!(
+            say(&mut c, &["KEYS", "*"]).matches("$1").count(),
+            2,
+            "deadline records are not keys"
+        );
+    }
+
+    #[test]
     fn string_commands() {
         let mut c = conv(None);
         assert_eq!(c.say(&cmd(&["SET", "k", "v1", "NX"])), "+OK\r\n");
@@ -1337,9 +1721,11 @@ mod tests {
             c.say(&cmd(&["SET", "k", "x", "NX", "XX"])),
             "-ERR syntax error\r\n"
         );
-        assert!(c
-            .say(&cmd(&["SET", "k", "x", "EX", "10"]))
-            .starts_with("-ERR SET with an expiry"));
+        assert_eq!(
+            c.say(&cmd(&["SET", "k", "x", "EX", "10", "NX"])),
+            "$-1\r\n",
+            "an expiry is an option like the others (NX: k exists, nothing set)"
+        );
         assert_eq!(c.say(&cmd(&["GETSET", "k", "v4"])), "$2\r\nv3\r\n");
         assert_eq!(c.say(&cmd(&["SETNX", "k", "v5"])), ":0\r\n");
         assert_eq!(c.say(&cmd(&["SETNX", "n", "v5"])), ":1\r\n");
