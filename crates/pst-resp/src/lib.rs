@@ -294,6 +294,11 @@ pub mod reply {
         out.extend_from_slice(b"$-1\r\n");
     }
 
+    /// `*-1` null array (an aborted `EXEC`).
+    pub fn null_array(out: &mut Vec<u8>) {
+        out.extend_from_slice(b"*-1\r\n");
+    }
+
     /// `*n` array header.
     pub fn array(out: &mut Vec<u8>, n: usize) {
         let _ = write!(out, "*{n}\r\n");

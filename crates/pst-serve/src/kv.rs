@@ -36,6 +36,39 @@ pub struct KvConn {
     db: u8,
     id: u64,
     name: Option<Vec<u8>>,
+    /// Inside `MULTI`: the commands queued for `EXEC`.
+    tx: Option<Tx>,
+    /// `WATCH`ed keys (stored form) and the sequence number of their record when watched.
+    watched: Vec<(Vec<u8>, Option<u64>)>,
+}
+
+/// A transaction being queued (`MULTI` … `EXEC`). Queued commands are stream ranges: their
+/// bytes stay where they landed until `EXEC` (the connection's `needed_from` keeps them).
+#[derive(Debug, Default)]
+struct Tx {
+    queued: Vec<Vec<Range<u64>>>,
+    /// A command was refused while queueing: `EXEC` aborts.
+    failed: bool,
+}
+
+/// Most commands one transaction may queue.
+const MAX_QUEUED: usize = 100_000;
+
+/// Arity of the commands `pst kv` knows, as Redis states it: `n` exactly `n` arguments
+/// (the name included), `-n` at least `n`. Checked when a command is queued in `MULTI`.
+fn arity(name: &str) -> Option<i32> {
+    Some(match name {
+        "GET" | "INCR" | "DECR" | "GETDEL" | "STRLEN" | "TTL" | "PTTL" | "EXPIRETIME"
+        | "PEXPIRETIME" | "PERSIST" | "TYPE" | "KEYS" | "SELECT" | "ECHO" => 2,
+        "INCRBY" | "DECRBY" | "GETSET" | "SETNX" | "APPEND" | "RENAME" | "RENAMENX" => 3,
+        "GETRANGE" | "SUBSTR" | "SETEX" | "PSETEX" => 4,
+        "RANDOMKEY" | "DBSIZE" | "MULTI" | "EXEC" | "DISCARD" | "UNWATCH" => 1,
+        "SET" | "MSET" | "MSETNX" | "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" => -3,
+        "DEL" | "UNLINK" | "EXISTS" | "MGET" | "GETEX" | "CONFIG" | "CLIENT" | "FUNCTION"
+        | "AUTH" | "WATCH" => -2,
+        "PING" | "FLUSHALL" | "FLUSHDB" | "INFO" | "COMMAND" | "QUIT" => -1,
+        _ => return None,
+    })
 }
 
 /// Databases `SELECT` can choose from.
@@ -378,7 +411,7 @@ impl Out<'_> {
 }
 
 /// The commands `pst kv` implements (`COMMAND COUNT`).
-const COMMANDS: [&str; 49] = [
+const COMMANDS: [&str; 54] = [
     "APPEND",
     "AUTH",
     "CLIENT",
@@ -388,7 +421,9 @@ const COMMANDS: [&str; 49] = [
     "DECR",
     "DECRBY",
     "DEL",
+    "DISCARD",
     "ECHO",
+    "EXEC",
     "EXISTS",
     "EXPIRE",
     "EXPIREAT",
@@ -408,6 +443,7 @@ const COMMANDS: [&str; 49] = [
     "MGET",
     "MSET",
     "MSETNX",
+    "MULTI",
     "PERSIST",
     "PEXPIRE",
     "PEXPIREAT",
@@ -428,6 +464,8 @@ const COMMANDS: [&str; 49] = [
     "TTL",
     "TYPE",
     "UNLINK",
+    "UNWATCH",
+    "WATCH",
 ];
 
 /// What Redis answers a write it has no memory for; `pst kv` answers it when the pool or the
@@ -515,6 +553,121 @@ fn invalid_expire(out: &mut Vec<u8>, cmd: &str) {
 }
 
 impl KvService {
+    /// `MULTI`/`EXEC`/`DISCARD`/`WATCH`/`UNWATCH`, and queueing inside `MULTI`. `None`: not a
+    /// transaction matter, execute the command now. The store's lock is held for the whole
+    /// chunk, so an `EXEC` runs its commands with no other client's in between.
+    fn transaction(
+        &self,
+        c: &mut KvConn,
+        args: &[Range<u64>],
+        io: &mut dyn Io,
+        store: &mut PoolStore,
+        ttl: &mut Ttl,
+        out: &mut Out<'_>,
+    ) -> Option<bool> {
+        if !c.authed {
+            return None; // NOAUTH from exec
+        }
+        let mut name = Vec::new();
+        io.gather(args[0].clone(), &mut name);
+        name.make_ascii_uppercase();
+        let name = String::from_utf8_lossy(&name).into_owned();
+        let n = args.len();
+        let arity_ok = |name: &str| match arity(name) {
+            Some(a) if a >= 0 => n == a as usize,
+            Some(a) => n >= (-a) as usize,
+            None => true,
+        };
+        let in_tx = c.tx.is_some();
+        match name.as_str() {
+            "MULTI" | "EXEC" | "DISCARD" | "WATCH" | "UNWATCH" if !arity_ok(&name) => {
+                arity_error(&mut out.buf, &name);
+                if let Some(tx) = c.tx.as_mut() {
+                    tx.failed = true;
+                }
+            }
+            "MULTI" if in_tx => reply::error(&mut out.buf, "ERR MULTI calls can not be nested"),
+            "MULTI" => {
+                c.tx = Some(Tx::default());
+                reply::simple(&mut out.buf, "OK");
+            }
+            "EXEC" if !in_tx => reply::error(&mut out.buf, "ERR EXEC without MULTI"),
+            "DISCARD" if !in_tx => reply::error(&mut out.buf, "ERR DISCARD without MULTI"),
+            "DISCARD" => {
+                c.tx = None;
+                c.watched.clear();
+                reply::simple(&mut out.buf, "OK");
+            }
+            "WATCH" if in_tx => {
+                reply::error(&mut out.buf, "ERR WATCH inside MULTI is not allowed");
+            }
+            "WATCH" => {
+                let now = now_ms();
+                for r in &args[1..] {
+                    let mut k = Vec::new();
+                    io.gather(r.clone(), &mut k);
+                    let k = db_key(c.db, k);
+                    ttl.reap(store, &k, now);
+                    let seq = store.get(&k).map(|v| v.seq);
+                    c.watched.push((k, seq));
+                }
+                reply::simple(&mut out.buf, "OK");
+            }
+            "UNWATCH" if !in_tx => {
+                c.watched.clear();
+                reply::simple(&mut out.buf, "OK");
+            }
+            "EXEC" => {
+                let tx = c.tx.take().expect("in a transaction");
+                let watched = std::mem::take(&mut c.watched);
+                if tx.failed {
+                    reply::error(
+                        &mut out.buf,
+                        "EXECABORT Transaction discarded because of previous errors.",
+                    );
+                    return Some(true);
+                }
+                let now = now_ms();
+                let touched = watched.iter().any(|(k, seq)| {
+                    ttl.reap(store, k, now);
+                    store.get(k).map(|v| v.seq) != *seq
+                });
+                if touched {
+                    reply::null_array(&mut out.buf);
+                    return Some(true);
+                }
+                reply::array(&mut out.buf, tx.queued.len());
+                let mut go = true;
+                for cmd in &tx.queued {
+                    go &= self.exec(c, cmd, io, store, ttl, out);
+                }
+                return Some(go);
+            }
+            _ if in_tx && name != "QUIT" => {
+                let tx = c.tx.as_mut().expect("in a transaction");
+                if arity(&name).is_none() && !COMMANDS.contains(&name.as_str()) {
+                    tx.failed = true;
+                    return None; // exec answers the unknown command, as Redis words it
+                }
+                if !arity_ok(&name) {
+                    tx.failed = true;
+                    arity_error(&mut out.buf, &name);
+                } else if tx.queued.len() >= MAX_QUEUED {
+                    tx.failed = true;
+                    reply::error(
+                        &mut out.buf,
+                        "ERR too many commands queued in this transaction",
+                    );
+                } else {
+                    tx.queued.push(args.to_vec());
+                    reply::simple(&mut out.buf, "QUEUED");
+                }
+            }
+            _ => return None,
+        }
+        Some(true)
+    }
+
     /// Execute one command. Returns false for QUIT.
     fn exec(
         &self,
@@ -1341,11 +1494,18 @@ impl Protocol for KvService {
             // Relaxed: a unique number is all that is needed.
             id: self.next_client_id.fetch_add(1, Ordering::Relaxed),
             name: None,
+            tx: None,
+            watched: Vec::new(),
         }
     }
 
     fn needed_from(&self, c: &KvConn) -> u64 {
-        c.framer.needed_from()
+        let queued =
+            c.tx.as_ref()
+                .and_then(|t| t.queued.first())
+                .and_then(|args| args.first())
+                .map_or(u64::MAX, |r| r.start);
+        c.framer.needed_from().min(queued)
     }
 
     fn on_chunk(
@@ -1373,7 +1533,11 @@ impl Protocol for KvService {
             match ev {
                 Event::Command(args) => {
                     io.count_request();
-                    if !self.exec(c, &args, io, store, &mut ttl, &mut out) {
+                    let go = match self.transaction(c, &args, io, store, &mut ttl, &mut out) {
+                        Some(go) => go,
+                        None => self.exec(c, &args, io, store, &mut ttl, &mut out),
+                    };
+                    if !go {
                         keep = false;
                         break;
                     }
@@ -1605,6 +1769,64 @@ mod tests {
             .say(&cmd(&["AUTH", "default", "nope"]))
             .starts_with("-WRONGPASS"));
         assert_eq!(c.say(&cmd(&["AUTH", "default", "pw"])), "+OK\r\n");
+    }
+
+    #[test]
+    fn multi_exec_discard_and_watch() {
+        let mut c = conv(None);
+        let say = |c: &mut Conversation<KvService>, a: &[&str]| c.say(&cmd(a));
+        assert_eq!(say(&mut c, &["MULTI"]), "+OK\r\n");
+        assert_eq!(say(&mut c, &["SET", "a", "1"]), "+QUEUED\r\n");
+        assert_eq!(say(&mut c, &["INCR", "a"]), "+QUEUED\r\n");
+        assert_eq!(say(&mut c, &["GET", "a"]), "+QUEUED\r\n");
+        assert_eq!(
+            say(&mut c, &["MULTI"]),
+            "-ERR MULTI calls can not be nested\r\n"
+        );
+        assert_eq!(say(&mut c, &["EXEC"]), "*3\r\n+OK\r\n:2\r\n$1\r\n2\r\n");
+        assert_eq!(say(&mut c, &["EXEC"]), "-ERR EXEC without MULTI\r\n");
+        assert_eq!(say(&mut c, &["DISCARD"]), "-ERR DISCARD without MULTI\r\n");
+        // DISCARD drops what was queued.
+        say(&mut c, &["MULTI"]);
+        say(&mut c, &["SET", "a", "9"]);
+        assert_eq!(say(&mut c, &["DISCARD"]), "+OK\r\n");
+        assert_eq!(say(&mut c, &["GET", "a"]), "$1\r\n2\r\n");
+        // Errors while queueing abort the transaction.
+        say(&mut c, &["MULTI"]);
+        assert_eq!(
+            say(&mut c, &["SET", "a"]),
+            "-ERR wrong number of arguments for 'set' command\r\n"
+        );
+        assert!(say(&mut c, &["NOSUCH"]).starts_with("-ERR unknown command"));
+        say(&mut c, &["SET", "a", "3"]);
+        assert_eq!(
+            say(&mut c, &["EXEC"]),
+            "-EXECABORT Transaction discarded because of previous errors.\r\n"
+        );
+        assert_eq!(say(&mut c, &["GET", "a"]), "$1\r\n2\r\n");
+        // WATCH: a change to a watched key (even by this client) aborts EXEC with a null array.
+        assert_eq!(say(&mut c, &["WATCH", "a", "b"]), "+OK\r\n");
+        say(&mut c, &["SET", "a", "changed"]);
+        say(&mut c, &["MULTI"]);
+        say(&mut c, &["SET", "b", "x"]);
+        assert_eq!(say(&mut c, &["EXEC"]), "*-1\r\n");
+        assert_eq!(say(&mut c, &["EXISTS", "b"]), ":0\r\n");
+        // Unchanged watched keys let it through; EXEC unwatches.
+        say(&mut c, &["WATCH", "a"]);
+        say(&mut c, &["MULTI"]);
+        assert_eq!(
+            say(&mut c, &["WATCH", "a"]),
+            "-ERR WATCH inside MULTI is not allowed\r\n"
+        );
+        say(&mut c, &["SET", "b", "y"]);
+        assert_eq!(say(&mut c, &["EXEC"]), "*1\r\n+OK\r\n");
+        // UNWATCH forgets.
+        say(&mut c, &["WATCH", "b"]);
+        say(&mut c, &["SET", "b", "z"]);
+        assert_eq!(say(&mut c, &["UNWATCH"]), "+OK\r\n");
+        say(&mut c, &["MULTI"]);
+        say(&mut c, &["GET", "b"]);
+        assert_eq!(say(&mut c, &["EXEC"]), "*1\r\n$1\r\nz\r\n");
     }
 
     #[test]
