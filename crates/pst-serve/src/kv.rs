@@ -60,10 +60,12 @@ fn arity(name: &str) -> Option<i32> {
     Some(match name {
         "GET" | "INCR" | "DECR" | "GETDEL" | "STRLEN" | "TTL" | "PTTL" | "EXPIRETIME"
         | "PEXPIRETIME" | "PERSIST" | "TYPE" | "KEYS" | "SELECT" | "ECHO" => 2,
-        "INCRBY" | "DECRBY" | "GETSET" | "SETNX" | "APPEND" | "RENAME" | "RENAMENX" => 3,
-        "GETRANGE" | "SUBSTR" | "SETEX" | "PSETEX" => 4,
+        "INCRBY" | "DECRBY" | "GETSET" | "SETNX" | "APPEND" | "RENAME" | "RENAMENX" | "GETBIT"
+        | "INCRBYFLOAT" | "MOVE" => 3,
+        "GETRANGE" | "SUBSTR" | "SETEX" | "PSETEX" | "SETRANGE" | "SETBIT" => 4,
         "RANDOMKEY" | "DBSIZE" | "MULTI" | "EXEC" | "DISCARD" | "UNWATCH" => 1,
         "SET" | "MSET" | "MSETNX" | "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" => -3,
+        "COPY" => -3,
         "DEL" | "UNLINK" | "EXISTS" | "MGET" | "GETEX" | "CONFIG" | "CLIENT" | "FUNCTION"
         | "AUTH" | "WATCH" => -2,
         "PING" | "FLUSHALL" | "FLUSHDB" | "INFO" | "COMMAND" | "QUIT" => -1,
@@ -411,12 +413,13 @@ impl Out<'_> {
 }
 
 /// The commands `pst kv` implements (`COMMAND COUNT`).
-const COMMANDS: [&str; 54] = [
+const COMMANDS: [&str; 60] = [
     "APPEND",
     "AUTH",
     "CLIENT",
     "COMMAND",
     "CONFIG",
+    "COPY",
     "DBSIZE",
     "DECR",
     "DECRBY",
@@ -432,15 +435,18 @@ const COMMANDS: [&str; 54] = [
     "FLUSHDB",
     "FUNCTION",
     "GET",
+    "GETBIT",
     "GETDEL",
     "GETEX",
     "GETRANGE",
     "GETSET",
     "INCR",
     "INCRBY",
+    "INCRBYFLOAT",
     "INFO",
     "KEYS",
     "MGET",
+    "MOVE",
     "MSET",
     "MSETNX",
     "MULTI",
@@ -457,8 +463,10 @@ const COMMANDS: [&str; 54] = [
     "RENAMENX",
     "SELECT",
     "SET",
+    "SETBIT",
     "SETEX",
     "SETNX",
+    "SETRANGE",
     "STRLEN",
     "SUBSTR",
     "TTL",
@@ -521,7 +529,9 @@ fn key_positions(name: &str, n: usize) -> Option<KeyArgs> {
         "GET" | "SET" | "GETSET" | "SETNX" | "GETDEL" | "STRLEN" | "APPEND" | "GETRANGE"
         | "SUBSTR" | "INCR" | "DECR" | "INCRBY" | "DECRBY" | "EXPIRE" | "PEXPIRE" | "EXPIREAT"
         | "PEXPIREAT" | "TTL" | "PTTL" | "EXPIRETIME" | "PEXPIRETIME" | "PERSIST" | "SETEX"
-        | "PSETEX" | "GETEX" | "TYPE" => (1..n.min(2)).collect(),
+        | "PSETEX" | "GETEX" | "TYPE" | "SETRANGE" | "GETBIT" | "SETBIT" | "INCRBYFLOAT"
+        | "MOVE" => (1..n.min(2)).collect(),
+        "COPY" => (1..n.min(3)).collect(),
         "MGET" | "DEL" | "UNLINK" | "EXISTS" => (1..n).collect(),
         "MSET" | "MSETNX" => (1..n).step_by(2).collect(),
         "RENAME" | "RENAMENX" => (1..n.min(3)).collect(),
@@ -529,6 +539,50 @@ fn key_positions(name: &str, n: usize) -> Option<KeyArgs> {
         _ => return None,
     };
     Some(KeyArgs::At(at))
+}
+
+/// Longest string `SETRANGE`/`SETBIT` may build (Redis's `proto-max-bulk-len` default).
+const MAX_STRING: u64 = 512 << 20;
+
+/// A bit offset as `GETBIT`/`SETBIT` take it: a non-negative integer below 2^32.
+fn bit_offset(b: &[u8]) -> Option<u64> {
+    parse_int(b)
+        .filter(|o| (0..(1i64 << 32)).contains(o))
+        .map(|o| o as u64)
+}
+
+/// A float as `INCRBYFLOAT` reads it: no spaces, no NaN (Rust's syntax is close to `strtold`).
+fn parse_float(b: &[u8]) -> Option<f64> {
+    let s = std::str::from_utf8(b).ok()?;
+    if s.is_empty() || s.trim() != s {
+        return None;
+    }
+    s.parse::<f64>().ok().filter(|v| !v.is_nan())
+}
+
+/// A float as Redis prints `INCRBYFLOAT` results: plain decimal, no exponent, trailing zeros
+/// dropped, no negative zero. Redis computes in `long double` and prints 17 decimals; in
+/// `f64`, 15 significant digits give the same text for the sums people make (`1 - 1.1` is
+/// `-0.1`, not `-0.10000000000000009`).
+fn format_float(v: f64) -> String {
+    if v == 0.0 {
+        return "0".to_owned();
+    }
+    let magnitude = v.abs().log10().floor() as i32;
+    let decimals = (14 - magnitude).clamp(0, 17) as usize;
+    let mut s = format!("{v:.decimals$}");
+    if s.contains('.') {
+        while s.ends_with('0') {
+            s.pop();
+        }
+        if s.ends_with('.') {
+            s.pop();
+        }
+    }
+    if s == "-0" {
+        s = "0".to_owned();
+    }
+    s
 }
 
 /// A deadline from a relative or absolute time in seconds or milliseconds, as Redis computes
@@ -668,6 +722,30 @@ impl KvService {
         Some(true)
     }
 
+    /// Store `val` (computed here) under `key` in fresh pool buffers, keeping its deadline, and
+    /// reply with `ok` — or with the out-of-space or store error.
+    fn store_copy(
+        &self,
+        store: &mut PoolStore,
+        io: &mut dyn Io,
+        key: &[u8],
+        val: &[u8],
+        out: &mut Out<'_>,
+        ok: impl FnOnce(&mut Vec<u8>),
+    ) {
+        let exts = if io.has_room(val.len() as u64) {
+            io.copy_in(val)
+        } else {
+            None
+        };
+        match exts.map(|e| store.put(key, e)) {
+            None => reply::error(&mut out.buf, OOM),
+            Some(Ok(_)) => ok(&mut out.buf),
+            Some(Err(pst_store::StoreError::LogFull)) => reply::error(&mut out.buf, OOM),
+            Some(Err(e)) => reply::error(&mut out.buf, &format!("ERR {e}")),
+        }
+    }
+
     /// Execute one command. Returns false for QUIT.
     fn exec(
         &self,
@@ -757,7 +835,7 @@ impl KvService {
             "AUTH" if n == 1 => arity_error(&mut out.buf, &name),
             "AUTH" if n == 2 => reply::error(&mut out.buf, "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?"),
             "SET" | "MSET" | "INCR" | "DECR" | "INCRBY" | "DECRBY" | "GETSET" | "SETNX" | "MSETNX"
-            | "SETEX" | "PSETEX"
+            | "SETEX" | "PSETEX" | "SETRANGE"
                 if !io.has_room(args[1..].iter().map(len).sum()) =>
             {
                 reply::error(&mut out.buf, OOM)
@@ -1288,6 +1366,186 @@ impl KvService {
                     ),
                 }
             }
+            "SETRANGE" if n == 4 => {
+                let Some(off) = parse_int(&arg(&*io, 2)).filter(|o| *o >= 0) else {
+                    reply::error(&mut out.buf, "ERR offset is out of range");
+                    return true;
+                };
+                let key = key(&*io, 1);
+                let mut val = Vec::new();
+                if store.read_value(&key, &mut val).is_err() {
+                    reply::error(&mut out.buf, "ERR stored value is corrupt");
+                    return true;
+                }
+                let piece = arg(&*io, 3);
+                if piece.is_empty() {
+                    reply::int(&mut out.buf, val.len() as i64); // nothing to write, nothing created
+                    return true;
+                }
+                let end = off as u64 + piece.len() as u64;
+                if end > MAX_STRING {
+                    reply::error(&mut out.buf, "ERR string exceeds maximum allowed size (proto-max-bulk-len)");
+                    return true;
+                }
+                if val.len() < end as usize {
+                    val.resize(end as usize, 0);
+                }
+                val[off as usize..end as usize].copy_from_slice(&piece);
+                self.store_copy(store, io, &key, &val, out, |o| reply::int(o, val.len() as i64));
+            }
+            "GETBIT" if n == 3 => {
+                let Some(bit) = bit_offset(&arg(&*io, 2)) else {
+                    reply::error(&mut out.buf, "ERR bit offset is not an integer or out of range");
+                    return true;
+                };
+                let mut val = Vec::new();
+                if store.read_value(&key(&*io, 1), &mut val).is_err() {
+                    reply::error(&mut out.buf, "ERR stored value is corrupt");
+                    return true;
+                }
+                let byte = val.get((bit >> 3) as usize).copied().unwrap_or(0);
+                reply::int(&mut out.buf, ((byte >> (7 - (bit & 7))) & 1) as i64);
+            }
+            "SETBIT" if n == 4 => {
+                let Some(bit) = bit_offset(&arg(&*io, 2)) else {
+                    reply::error(&mut out.buf, "ERR bit offset is not an integer or out of range");
+                    return true;
+                };
+                let on = match arg(&*io, 3).as_slice() {
+                    b"1" => true,
+                    b"0" => false,
+                    _ => {
+                        reply::error(&mut out.buf, "ERR bit is not an integer or out of range");
+                        return true;
+                    }
+                };
+                let key = key(&*io, 1);
+                let mut val = Vec::new();
+                if store.read_value(&key, &mut val).is_err() {
+                    reply::error(&mut out.buf, "ERR stored value is corrupt");
+                    return true;
+                }
+                let byte = (bit >> 3) as usize;
+                if val.len() <= byte {
+                    val.resize(byte + 1, 0);
+                }
+                let mask = 1u8 << (7 - (bit & 7));
+                let old = (val[byte] & mask != 0) as i64;
+                if on {
+                    val[byte] |= mask;
+                } else {
+                    val[byte] &= !mask;
+                }
+                self.store_copy(store, io, &key, &val, out, |o| reply::int(o, old));
+            }
+            "INCRBYFLOAT" if n == 3 => {
+                let Some(by) = parse_float(&arg(&*io, 2)) else {
+                    reply::error(&mut out.buf, "ERR value is not a valid float");
+                    return true;
+                };
+                let key = key(&*io, 1);
+                let mut cur = Vec::new();
+                let old = match store.read_value(&key, &mut cur) {
+                    Ok(true) => parse_float(&cur),
+                    Ok(false) => Some(0.0),
+                    Err(_) => None,
+                };
+                let Some(old) = old else {
+                    reply::error(&mut out.buf, "ERR value is not a valid float");
+                    return true;
+                };
+                let new = old + by;
+                if !new.is_finite() {
+                    reply::error(&mut out.buf, "ERR increment would produce NaN or Infinity");
+                    return true;
+                }
+                let text = format_float(new);
+                self.store_copy(store, io, &key, text.as_bytes(), out, |o| reply::bulk(o, text.as_bytes()));
+            }
+            "COPY" | "MOVE" if (name == "MOVE" && n == 3) || (name == "COPY" && n >= 3) => {
+                // COPY source destination [DB n] [REPLACE]; MOVE key db.
+                let (mut dst_db, mut replace) = (db, false);
+                let db_arg = |io: &dyn Io, i: usize| match parse_int(&arg(io, i)) {
+                    Some(d) if (0..DATABASES as i64).contains(&d) => Ok(d as u8),
+                    Some(_) => Err("ERR DB index is out of range"),
+                    None => Err("ERR value is not an integer or out of range"),
+                };
+                if name == "MOVE" {
+                    match db_arg(&*io, 2) {
+                        Ok(d) => dst_db = d,
+                        Err(e) => {
+                            reply::error(&mut out.buf, e);
+                            return true;
+                        }
+                    }
+                } else {
+                    let mut i = 3;
+                    while i < n {
+                        match arg(&*io, i).to_ascii_uppercase().as_slice() {
+                            b"REPLACE" => replace = true,
+                            b"DB" if i + 1 < n => {
+                                i += 1;
+                                match db_arg(&*io, i) {
+                                    Ok(d) => dst_db = d,
+                                    Err(e) => {
+                                        reply::error(&mut out.buf, e);
+                                        return true;
+                                    }
+                                }
+                            }
+                            _ => {
+                                reply::error(&mut out.buf, "ERR syntax error");
+                                return true;
+                            }
+                        }
+                        i += 1;
+                    }
+                }
+                let src = key(&*io, 1);
+                let dst_user = arg(&*io, if name == "MOVE" { 1 } else { 2 });
+                let dst = db_key(dst_db, dst_user);
+                if src == dst {
+                    reply::error(&mut out.buf, "ERR source and destination objects are the same");
+                    return true;
+                }
+                ttl.reap(store, &dst, now);
+                let mut val = Vec::new();
+                match store.read_value(&src, &mut val) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        reply::int(&mut out.buf, 0);
+                        return true;
+                    }
+                    Err(_) => {
+                        reply::error(&mut out.buf, "ERR stored value is corrupt");
+                        return true;
+                    }
+                }
+                if store.get(&dst).is_some() && (name == "MOVE" || !replace) {
+                    reply::int(&mut out.buf, 0);
+                    return true;
+                }
+                let exts = if io.has_room(val.len() as u64) { io.copy_in(&val) } else { None };
+                let Some(exts) = exts else {
+                    reply::error(&mut out.buf, OOM);
+                    return true;
+                };
+                let deadline_of_src = ttl.get(&src);
+                let r = store
+                    .put(&dst, exts)
+                    .and_then(|_| match deadline_of_src {
+                        Some(at) => ttl.set(store, io, &dst, at),
+                        None => ttl.clear(store, &dst).map(drop),
+                    })
+                    .and_then(|_| match name.as_str() {
+                        "MOVE" => store.delete(&src).and_then(|_| ttl.clear(store, &src)).map(drop),
+                        _ => Ok(()),
+                    });
+                match r {
+                    Ok(()) => reply::int(&mut out.buf, 1),
+                    Err(e) => write_err(out, e),
+                }
+            }
             "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" if n >= 3 => {
                 let Some(v) = parse_int(&arg(&*io, 2)) else {
                     reply::error(&mut out.buf, "ERR value is not an integer or out of range");
@@ -1326,8 +1584,7 @@ impl KvService {
                 }
                 let cur = ttl.get(&key);
                 // No deadline counts as an infinite one (GT never beats it, LT always does).
-                let ok = !(nx && cur.is_some())
-                    && !(xx && cur.is_none())
+                let ok = !(nx && cur.is_some() || xx && cur.is_none())
                     && !(gt && cur.is_none_or(|c| at <= c))
                     && !(lt && cur.is_some_and(|c| at >= c));
                 if !ok {
@@ -1456,7 +1713,8 @@ impl KvService {
             | "SELECT" | "FUNCTION" | "CLIENT" | "GETSET" | "SETNX" | "MSETNX" | "GETDEL"
             | "STRLEN" | "APPEND" | "GETRANGE" | "SUBSTR" | "KEYS" | "RANDOMKEY" | "RENAME"
             | "RENAMENX" | "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" | "TTL" | "PTTL"
-            | "EXPIRETIME" | "PEXPIRETIME" | "PERSIST" | "TYPE" | "SETEX" | "PSETEX" | "GETEX" => {
+            | "EXPIRETIME" | "PEXPIRETIME" | "PERSIST" | "TYPE" | "SETEX" | "PSETEX" | "GETEX"
+            | "SETRANGE" | "GETBIT" | "SETBIT" | "INCRBYFLOAT" | "COPY" | "MOVE" => {
                 arity_error(&mut out.buf, &name)
             }
             _ => {
@@ -1827,6 +2085,79 @@ mod tests {
         say(&mut c, &["MULTI"]);
         say(&mut c, &["GET", "b"]);
         assert_eq!(say(&mut c, &["EXEC"]), "*1\r\n$1\r\nz\r\n");
+    }
+
+    #[test]
+    fn setrange_bits_floats_copy_move() {
+        let mut c = conv(None);
+        let say = |c: &mut Conversation<KvService>, a: &[&str]| c.say(&cmd(a));
+        assert_eq!(say(&mut c, &["SETRANGE", "r", "2", "ab"]), ":4\r\n");
+        assert_eq!(say(&mut c, &["GET", "r"]), "$4\r\n\0\0ab\r\n");
+        assert_eq!(say(&mut c, &["SETRANGE", "r", "1", "X"]), ":4\r\n");
+        assert_eq!(say(&mut c, &["GET", "r"]), "$4\r\n\0Xab\r\n");
+        assert_eq!(say(&mut c, &["SETRANGE", "none", "5", ""]), ":0\r\n");
+        assert_eq!(say(&mut c, &["EXISTS", "none"]), ":0\r\n");
+        assert_eq!(
+            say(&mut c, &["SETRANGE", "r", "-1", "x"]),
+            "-ERR offset is out of range\r\n"
+        );
+        assert_eq!(
+            say(&mut c, &["SETRANGE", "r", "536870911", "xx"]),
+            "-ERR string exceeds maximum allowed size (proto-max-bulk-len)\r\n"
+        );
+        assert_eq!(say(&mut c, &["SETBIT", "b", "7", "1"]), ":0\r\n");
+        assert_eq!(say(&mut c, &["SETBIT", "b", "7", "1"]), ":1\r\n");
+        assert_eq!(say(&mut c, &["GET", "b"]), "$1\r\n\u{1}\r\n");
+        assert_eq!(say(&mut c, &["GETBIT", "b", "7"]), ":1\r\n");
+        assert_eq!(say(&mut c, &["GETBIT", "b", "100"]), ":0\r\n");
+        assert_eq!(
+            say(&mut c, &["SETBIT", "b", "1", "2"]),
+            "-ERR bit is not an integer or out of range\r\n"
+        );
+        assert_eq!(
+            say(&mut c, &["GETBIT", "b", "-1"]),
+            "-ERR bit offset is not an integer or out of range\r\n"
+        );
+        assert_eq!(say(&mut c, &["INCRBYFLOAT", "f", "10.5"]), "$4\r\n10.5\r\n");
+        assert_eq!(say(&mut c, &["INCRBYFLOAT", "f", "0.1"]), "$4\r\n10.6\r\n");
+        assert_eq!(say(&mut c, &["SET", "g", "1"]), "+OK\r\n");
+        assert_eq!(say(&mut c, &["INCRBYFLOAT", "g", "-1.1"]), "$4\r\n-0.1\r\n");
+        assert_eq!(say(&mut c, &["INCRBYFLOAT", "g", "0.1"]), "$1\r\n0\r\n");
+        assert_eq!(
+            say(&mut c, &["INCRBYFLOAT", "g", "+inf"]),
+            "-ERR increment would produce NaN or Infinity\r\n"
+        );
+        assert_eq!(
+            say(&mut c, &["INCRBYFLOAT", "g", " 1"]),
+            "-ERR value is not a valid float\r\n"
+        );
+        assert_eq!(say(&mut c, &["SET", "big", "17179869184"]), "+OK\r\n");
+        assert_eq!(
+            say(&mut c, &["INCRBYFLOAT", "big", "1.5"]),
+            "$13\r\n17179869185.5\r\n"
+        );
+        // COPY (with its deadline) and MOVE between databases.
+        assert_eq!(say(&mut c, &["SET", "src", "v", "EX", "100"]), "+OK\r\n");
+        assert_eq!(say(&mut c, &["COPY", "src", "dst"]), ":1\r\n");
+        assert_eq!(say(&mut c, &["TTL", "dst"]), ":100\r\n");
+        assert_eq!(say(&mut c, &["COPY", "src", "dst"]), ":0\r\n", "no REPLACE");
+        assert_eq!(say(&mut c, &["COPY", "src", "dst", "REPLACE"]), ":1\r\n");
+        assert_eq!(
+            say(&mut c, &["COPY", "src", "src"]),
+            "-ERR source and destination objects are the same\r\n"
+        );
+        assert_eq!(say(&mut c, &["COPY", "src", "x", "DB", "3"]), ":1\r\n");
+        assert_eq!(say(&mut c, &["MOVE", "dst", "5"]), ":1\r\n");
+        assert_eq!(say(&mut c, &["EXISTS", "dst"]), ":0\r\n");
+        assert_eq!(
+            say(&mut c, &["MOVE", "dst", "99"]),
+            "-ERR DB index is out of range\r\n"
+        );
+        assert_eq!(say(&mut c, &["SELECT", "5"]), "+OK\r\n");
+        assert_eq!(say(&mut c, &["GET", "dst"]), "$1\r\nv\r\n");
+        assert_eq!(say(&mut c, &["TTL", "dst"]), ":100\r\n");
+        assert_eq!(say(&mut c, &["SELECT", "3"]), "+OK\r\n");
+        assert_eq!(say(&mut c, &["GET", "x"]), "$1\r\nv\r\n");
     }
 
     #[test]
