@@ -1584,10 +1584,11 @@ impl KvService {
                 }
                 let cur = ttl.get(&key);
                 // No deadline counts as an infinite one (GT never beats it, LT always does).
-                let ok = !(nx && cur.is_some() || xx && cur.is_none())
-                    && !(gt && cur.is_none_or(|c| at <= c))
-                    && !(lt && cur.is_some_and(|c| at >= c));
-                if !ok {
+                let refused = nx && cur.is_some()
+                    || xx && cur.is_none()
+                    || gt && cur.is_none_or(|c| at <= c)
+                    || lt && cur.is_some_and(|c| at >= c);
+                if refused {
                     reply::int(&mut out.buf, 0);
                     return true;
                 }
