@@ -413,7 +413,7 @@ impl Out<'_> {
 }
 
 /// The commands `pst kv` implements (`COMMAND COUNT`).
-const COMMANDS: [&str; 60] = [
+const COMMANDS: [&str; 61] = [
     "APPEND",
     "AUTH",
     "CLIENT",
@@ -461,6 +461,7 @@ const COMMANDS: [&str; 60] = [
     "RANDOMKEY",
     "RENAME",
     "RENAMENX",
+    "RESET",
     "SELECT",
     "SET",
     "SETBIT",
@@ -619,14 +620,24 @@ impl KvService {
         ttl: &mut Ttl,
         out: &mut Out<'_>,
     ) -> Option<bool> {
-        if !c.authed {
-            return None; // NOAUTH from exec
-        }
         let mut name = Vec::new();
         io.gather(args[0].clone(), &mut name);
         name.make_ascii_uppercase();
         let name = String::from_utf8_lossy(&name).into_owned();
         let n = args.len();
+        if name == "RESET" && n == 1 {
+            // Back to a fresh connection's state (no auth needed, as in Redis).
+            c.tx = None;
+            c.watched.clear();
+            c.db = 0;
+            c.name = None;
+            c.authed = self.password.is_none();
+            reply::simple(&mut out.buf, "RESET");
+            return Some(true);
+        }
+        if !c.authed {
+            return None; // NOAUTH from exec
+        }
         let arity_ok = |name: &str| match arity(name) {
             Some(a) if a >= 0 => n == a as usize,
             Some(a) => n >= (-a) as usize,
@@ -2086,6 +2097,12 @@ mod tests {
         say(&mut c, &["MULTI"]);
         say(&mut c, &["GET", "b"]);
         assert_eq!(say(&mut c, &["EXEC"]), "*1\r\n$1\r\nz\r\n");
+        // RESET discards a transaction and the selected database.
+        say(&mut c, &["SELECT", "2"]);
+        say(&mut c, &["MULTI"]);
+        assert_eq!(say(&mut c, &["RESET"]), "+RESET\r\n");
+        assert_eq!(say(&mut c, &["EXEC"]), "-ERR EXEC without MULTI\r\n");
+        assert_eq!(say(&mut c, &["GET", "b"]), "$1\r\nz\r\n", "database 0 again");
     }
 
     #[test]
