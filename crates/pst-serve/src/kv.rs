@@ -702,10 +702,14 @@ impl KvService {
                     return Some(true);
                 }
                 reply::array(&mut out.buf, tx.queued.len());
+                // One atomic group in the log: after a crash all of the transaction's writes
+                // are there or none are.
+                store.begin_group();
                 let mut go = true;
                 for cmd in &tx.queued {
                     go &= self.exec(c, cmd, io, store, ttl, out);
                 }
+                store.end_group();
                 return Some(go);
             }
             _ if in_tx && name != "QUIT" => {
@@ -2102,7 +2106,11 @@ mod tests {
         say(&mut c, &["MULTI"]);
         assert_eq!(say(&mut c, &["RESET"]), "+RESET\r\n");
         assert_eq!(say(&mut c, &["EXEC"]), "-ERR EXEC without MULTI\r\n");
-        assert_eq!(say(&mut c, &["GET", "b"]), "$1\r\nz\r\n", "database 0 again");
+        assert_eq!(
+            say(&mut c, &["GET", "b"]),
+            "$1\r\nz\r\n",
+            "database 0 again"
+        );
     }
 
     #[test]

@@ -87,6 +87,7 @@ impl<M: Media> Store<M> {
             payload_len,
             payload_crc,
             durable_before: self.durable_seq,
+            grouped: self.group.is_some() && !for_compaction,
         }
         .encode(&mut buf);
         let head = *self.order.back().expect("a head segment exists");
@@ -94,6 +95,9 @@ impl<M: Media> Store<M> {
         self.media.write(off, &buf);
         self.media.flush(off, len);
         self.scratch = buf;
+        if let Some(last) = self.group.as_mut().filter(|_| !for_compaction) {
+            *last = Some((off, len));
+        }
         self.head_pos += len;
         self.next_seq += 1;
         self.pending += 1;
@@ -170,6 +174,35 @@ impl<M: Media> Store<M> {
                 self.released.extend(payload);
                 Err(e)
             }
+        }
+    }
+
+    /// Start an atomic group (a Redis `EXEC`): the records written until [`Store::end_group`]
+    /// are recovered all together or not at all ([`format::FLAG_GROUP`]). Groups do not nest.
+    pub fn begin_group(&mut self) {
+        debug_assert!(self.group.is_none(), "groups do not nest");
+        self.group = Some(None);
+    }
+
+    /// End the atomic group: its last record is marked as the group's end (its flag cleared,
+    /// its checksum recomputed and flushed; durable with the next commit).
+    pub fn end_group(&mut self) {
+        let Some(last) = self.group.take() else {
+            return;
+        };
+        let Some((off, len)) = last else {
+            return; // nothing was written
+        };
+        let mut b = vec![0u8; len as usize];
+        self.media.read(off, &mut b);
+        if format::Record::seal_group(&mut b) {
+            self.media.write(off, &b);
+            self.media.flush(off, len);
+        } else {
+            tracing::error!(
+                off,
+                "group end record unreadable; the group will not recover"
+            );
         }
     }
 

@@ -30,7 +30,7 @@
 //! | 8  | 8 | sequence number (consecutive across the log) |
 //! | 16 | 4 | low 32 bits of the segment's epoch |
 //! | 20 | 1 | kind: 1 append (WAL), 2 put (KV), 3 delete (KV) |
-//! | 21 | 1 | reserved (0) |
+//! | 21 | 1 | flags: bit 0 = [`FLAG_GROUP`], the other bits 0 |
 //! | 22 | 2 | key length |
 //! | 24 | 4 | payload length (sum of the extents' lengths) |
 //! | 28 | 2 | extent count |
@@ -74,7 +74,7 @@ mod rec {
     pub const SEQ: Range<usize> = 8..16;
     pub const EPOCH: Range<usize> = 16..20;
     pub const KIND: usize = 20;
-    pub const RESERVED_21: usize = 21;
+    pub const FLAGS: usize = 21;
     pub const KEY_LEN: Range<usize> = 22..24;
     pub const PAYLOAD_LEN: Range<usize> = 24..28;
     pub const EXTENT_COUNT: Range<usize> = 28..30;
@@ -98,6 +98,13 @@ mod rec {
         pub const SIZE: usize = LEN.end;
     }
 }
+
+/// Record flag: the record belongs to an atomic group (a Redis `EXEC`) that continues with the
+/// next record. The group's last record has the flag clear. Recovery applies a group only when
+/// it reaches the record that ends it; a log that ends inside a group (a crash while the group
+/// was being written) is cut back to the group's start, so a group is all or nothing. Builds of
+/// pst older than this flag refuse a log holding flagged records as damaged (never misread it).
+pub const FLAG_GROUP: u8 = 1;
 
 /// Segment header size.
 pub const SEG_HEADER: usize = 64;
@@ -233,6 +240,8 @@ pub struct Record {
     pub payload_crc: u32,
     /// Every sequence number below this was committed when the record was written.
     pub durable_before: u64,
+    /// [`FLAG_GROUP`]: an atomic group continues with the next record.
+    pub grouped: bool,
 }
 
 /// Why bytes are not a valid record (normal at the end of a segment's data).
@@ -266,6 +275,8 @@ pub struct RecordFields<'a> {
     pub payload_crc: u32,
     /// Every sequence number below this was committed when the record was written.
     pub durable_before: u64,
+    /// [`FLAG_GROUP`]: an atomic group continues with the next record.
+    pub grouped: bool,
 }
 
 impl RecordFields<'_> {
@@ -279,6 +290,7 @@ impl RecordFields<'_> {
         out[rec::SEQ].copy_from_slice(&self.seq.to_le_bytes());
         out[rec::EPOCH].copy_from_slice(&self.epoch.to_le_bytes());
         out[rec::KIND] = self.kind as u8;
+        out[rec::FLAGS] = if self.grouped { FLAG_GROUP } else { 0 };
         out[rec::KEY_LEN].copy_from_slice(&(self.key.len() as u16).to_le_bytes());
         out[rec::PAYLOAD_LEN].copy_from_slice(&self.payload_len.to_le_bytes());
         out[rec::EXTENT_COUNT].copy_from_slice(&(self.extents.len() as u16).to_le_bytes());
@@ -309,8 +321,27 @@ impl Record {
             payload_len: self.payload_len,
             payload_crc: self.payload_crc,
             durable_before: self.durable_before,
+            grouped: self.grouped,
         }
         .encode(out)
+    }
+
+    /// Clear [`FLAG_GROUP`] in the encoded record at the start of `b` (it ends its group) and
+    /// recompute its header checksum. False if `b` does not start with a whole valid record.
+    pub fn seal_group(b: &mut [u8]) -> bool {
+        if b.len() < REC_HEADER || u32_at(b, rec::MAGIC) != REC_MAGIC {
+            return false;
+        }
+        let key_len = u16_at(b, rec::KEY_LEN) as usize;
+        let n = u16_at(b, rec::EXTENT_COUNT) as usize;
+        let refs_end = (rec::KEY + key_len).next_multiple_of(4) + rec::extent::SIZE * n;
+        if refs_end > b.len() || Self::header_crc(b, refs_end) != u32_at(b, rec::HEADER_CRC) {
+            return false;
+        }
+        b[rec::FLAGS] &= !FLAG_GROUP;
+        let crc = Self::header_crc(b, refs_end);
+        b[rec::HEADER_CRC].copy_from_slice(&crc.to_le_bytes());
+        true
     }
 
     fn header_crc(b: &[u8], refs_end: usize) -> u32 {
@@ -334,7 +365,7 @@ impl Record {
             return Err(RecordError::Checksum);
         }
         let kind = Kind::from_u8(b[rec::KIND]).ok_or(RecordError::Invalid)?;
-        if b[rec::RESERVED_21] != 0 || b[rec::RESERVED_30] != [0, 0] {
+        if b[rec::FLAGS] & !FLAG_GROUP != 0 || b[rec::RESERVED_30] != [0, 0] {
             return Err(RecordError::Invalid);
         }
         let mut extents = Vec::with_capacity(n);
@@ -370,6 +401,7 @@ impl Record {
             payload_len,
             payload_crc: u32_at(b, rec::PAYLOAD_CRC),
             durable_before: u64_at(b, rec::DURABLE_BEFORE),
+            grouped: b[rec::FLAGS] & FLAG_GROUP != 0,
         })
     }
 }
@@ -388,6 +420,7 @@ mod tests {
             payload_len: 2148,
             payload_crc: 0xdead_beef,
             durable_before: 70,
+            grouped: false,
         }
     }
 

@@ -181,6 +181,9 @@ pub struct RecoveryReport {
     pub corrupt: Option<Damage>,
     /// Segments in the log, and how many hold records.
     pub segments: (usize, usize),
+    /// Records of an atomic group (`EXEC`) the log ended inside of: never applied, and cut
+    /// from the log (the group is all or nothing).
+    pub dropped_group: u64,
 }
 
 /// Space and content figures.
@@ -310,6 +313,8 @@ pub struct Store<M: Media> {
     live_bytes: u64,
     compactions: u64,
     commits: u64,
+    /// An open atomic group, with the log offset and length of its last record so far.
+    group: Option<Option<(u64, u64)>>,
 }
 
 impl Store<PoolMedia> {

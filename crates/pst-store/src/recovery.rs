@@ -43,6 +43,7 @@ impl<M: Media> Store<M> {
             live_bytes: 0,
             compactions: 0,
             commits: 0,
+            group: None,
         };
         let report = st.recover(mode)?;
         Ok((st, report))
@@ -88,6 +89,10 @@ impl<M: Media> Store<M> {
         let mut expected: Option<u64> = None;
         let mut chain: Vec<u32> = Vec::new();
         let mut stopped = false;
+        // An atomic group being read: where it starts (chain index, offset, seq, epoch) and
+        // its records, applied only when the record that ends it is reached.
+        let mut group_start: Option<(usize, usize, u64, u64)> = None;
+        let mut group_recs: Vec<(Record, u32)> = Vec::new();
         for (i, &(epoch, s, h)) in found.iter().enumerate() {
             // A gap can only follow a torn batch that opened a new segment: stop there.
             if stopped || expected.is_some_and(|e| e != h.first_seq) {
@@ -135,8 +140,18 @@ impl<M: Media> Store<M> {
                     break;
                 }
                 let len = format::record_len(rec.key.len(), rec.extents.len());
-                self.replay(rec, s);
-                report.records += 1;
+                if rec.grouped {
+                    group_start.get_or_insert((chain.len() - 1, pos, rec.seq, epoch));
+                    group_recs.push((rec, s));
+                } else {
+                    for (r, gs) in group_recs.drain(..) {
+                        self.replay(r, gs);
+                        report.records += 1;
+                    }
+                    group_start = None;
+                    self.replay(rec, s);
+                    report.records += 1;
+                }
                 next += 1;
                 pos += len;
             }
@@ -163,6 +178,20 @@ impl<M: Media> Store<M> {
             self.head_pos = pos as u64;
             self.head_epoch = epoch;
             expected = Some(next);
+        }
+        // The log ends inside an atomic group: cut it back to the group's start (its records
+        // are zeroed below like a torn tail, segments it alone opened are invalidated).
+        if let Some((ci, gpos, gseq, gepoch)) = group_start {
+            report.dropped_group = group_recs.len() as u64;
+            tracing::warn!(
+                records = group_recs.len(),
+                seq = gseq,
+                "the log ends inside an atomic group (EXEC); the whole group is dropped"
+            );
+            chain.truncate(ci + 1);
+            self.head_pos = gpos as u64;
+            self.head_epoch = gepoch;
+            expected = Some(gseq);
         }
         self.next_seq = expected.unwrap_or(1);
         self.durable_seq = self.next_seq;
