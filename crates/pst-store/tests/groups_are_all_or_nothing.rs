@@ -125,10 +125,10 @@ fn a_group_is_recovered_whole_or_not_at_all() {
         drop(st);
         let (st2, _) = Store::open(again, log.clone()).unwrap();
         assert_eq!(value(&st2, "after"), Some(b"x".to_vec()), "round {round}");
-        for i in 0..n {
+        for (i, want) in first.iter().enumerate() {
             assert_eq!(
-                value(&st2, &format!("k{i}")),
-                first[i],
+                &value(&st2, &format!("k{i}")),
+                want,
                 "round {round}: second recovery agrees"
             );
         }
