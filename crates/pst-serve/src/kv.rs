@@ -66,8 +66,8 @@ fn arity(name: &str) -> Option<i32> {
         "RANDOMKEY" | "DBSIZE" | "MULTI" | "EXEC" | "DISCARD" | "UNWATCH" => 1,
         "SET" | "MSET" | "MSETNX" | "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" => -3,
         "COPY" => -3,
-        "DEL" | "UNLINK" | "EXISTS" | "MGET" | "GETEX" | "CONFIG" | "CLIENT" | "FUNCTION"
-        | "AUTH" | "WATCH" => -2,
+        "SCAN" | "OBJECT" | "TOUCH" | "DEL" | "UNLINK" | "EXISTS" | "MGET" | "GETEX" | "CONFIG"
+        | "CLIENT" | "FUNCTION" | "AUTH" | "WATCH" => -2,
         "PING" | "FLUSHALL" | "FLUSHDB" | "INFO" | "COMMAND" | "QUIT" => -1,
         _ => return None,
     })
@@ -413,7 +413,7 @@ impl Out<'_> {
 }
 
 /// The commands `pst kv` implements (`COMMAND COUNT`).
-const COMMANDS: [&str; 61] = [
+const COMMANDS: [&str; 64] = [
     "APPEND",
     "AUTH",
     "CLIENT",
@@ -450,6 +450,7 @@ const COMMANDS: [&str; 61] = [
     "MSET",
     "MSETNX",
     "MULTI",
+    "OBJECT",
     "PERSIST",
     "PEXPIRE",
     "PEXPIREAT",
@@ -462,6 +463,7 @@ const COMMANDS: [&str; 61] = [
     "RENAME",
     "RENAMENX",
     "RESET",
+    "SCAN",
     "SELECT",
     "SET",
     "SETBIT",
@@ -470,6 +472,7 @@ const COMMANDS: [&str; 61] = [
     "SETRANGE",
     "STRLEN",
     "SUBSTR",
+    "TOUCH",
     "TTL",
     "TYPE",
     "UNLINK",
@@ -533,7 +536,8 @@ fn key_positions(name: &str, n: usize) -> Option<KeyArgs> {
         | "PSETEX" | "GETEX" | "TYPE" | "SETRANGE" | "GETBIT" | "SETBIT" | "INCRBYFLOAT"
         | "MOVE" => (1..n.min(2)).collect(),
         "COPY" => (1..n.min(3)).collect(),
-        "MGET" | "DEL" | "UNLINK" | "EXISTS" => (1..n).collect(),
+        "MGET" | "DEL" | "UNLINK" | "EXISTS" | "TOUCH" => (1..n).collect(),
+        "OBJECT" => (2..n.min(3)).collect(),
         "MSET" | "MSETNX" => (1..n).step_by(2).collect(),
         "RENAME" | "RENAMENX" => (1..n.min(3)).collect(),
         "DBSIZE" | "KEYS" | "RANDOMKEY" | "FLUSHDB" | "INFO" | "SCAN" => return Some(KeyArgs::All),
@@ -584,6 +588,17 @@ fn format_float(v: f64) -> String {
         s = "0".to_owned();
     }
     s
+}
+
+/// The order `SCAN` walks keys in: a fixed hash of the stored key, never 0 (the cursor that
+/// starts and ends a scan).
+fn scan_hash(k: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    // `DefaultHasher::new()` has fixed keys: the same key hashes the same across calls and
+    // restarts, which is what a cursor needs.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    k.hash(&mut h);
+    h.finish().max(1)
 }
 
 /// A deadline from a relative or absolute time in seconds or milliseconds, as Redis computes
@@ -995,6 +1010,95 @@ impl KvService {
                         Err(e) => write_err(out, e),
                     },
                     Err(_) => reply::error(&mut out.buf, "ERR stored value is corrupt"),
+                }
+            }
+            "SCAN" if n >= 2 => {
+                // SCAN cursor [MATCH pattern] [COUNT n] [TYPE t]. The cursor is a position in
+                // the order of a fixed 64-bit hash of the stored key: a key present for the
+                // whole scan is returned (its hash never changes), at least once.
+                let Some(cursor) = std::str::from_utf8(&arg(&*io, 1)).ok().and_then(|c| c.parse::<u64>().ok()) else {
+                    reply::error(&mut out.buf, "ERR invalid cursor");
+                    return true;
+                };
+                let (mut pat, mut count, mut only_strings) = (None, 10usize, true);
+                let mut i = 2;
+                while i < n {
+                    let opt = arg(&*io, i).to_ascii_uppercase();
+                    if i + 1 >= n {
+                        reply::error(&mut out.buf, "ERR syntax error");
+                        return true;
+                    }
+                    match opt.as_slice() {
+                        b"MATCH" => pat = Some(arg(&*io, i + 1)),
+                        b"COUNT" => match parse_int(&arg(&*io, i + 1)) {
+                            Some(c) if c >= 1 => count = c as usize,
+                            Some(_) => {
+                                reply::error(&mut out.buf, "ERR syntax error");
+                                return true;
+                            }
+                            None => {
+                                reply::error(&mut out.buf, "ERR value is not an integer or out of range");
+                                return true;
+                            }
+                        },
+                        b"TYPE" => only_strings = arg(&*io, i + 1).eq_ignore_ascii_case(b"string"),
+                        _ => {
+                            reply::error(&mut out.buf, "ERR syntax error");
+                            return true;
+                        }
+                    }
+                    i += 2;
+                }
+                let mut found: Vec<(u64, &[u8])> = store
+                    .keys()
+                    .filter(|k| key_db(k) == db)
+                    .map(|k| (scan_hash(k), k))
+                    .filter(|(h, _)| *h >= cursor)
+                    .collect();
+                found.sort_unstable();
+                // Take `count` keys, never splitting keys of equal hash between two calls.
+                let mut end = found.len().min(count);
+                while end < found.len() && found[end].0 == found[end - 1].0 {
+                    end += 1;
+                }
+                let next = found.get(end).map_or(0, |f| f.0);
+                let keys: Vec<&[u8]> = found[..end]
+                    .iter()
+                    .map(|(_, k)| user_key(k))
+                    .filter(|k| only_strings && pat.as_ref().is_none_or(|p| glob_case(p, k)))
+                    .collect();
+                reply::array(&mut out.buf, 2);
+                reply::bulk(&mut out.buf, next.to_string().as_bytes());
+                reply::array(&mut out.buf, keys.len());
+                for k in keys {
+                    reply::bulk(&mut out.buf, k);
+                }
+            }
+            "TOUCH" if n >= 2 => {
+                let count = (1..n).filter(|&i| store.get(&key(&*io, i)).is_some()).count();
+                reply::int(&mut out.buf, count as i64);
+            }
+            "OBJECT" if n >= 2 => {
+                let sub = arg(&*io, 1).to_ascii_uppercase();
+                let val = (n == 3).then(|| store.get(&key(&*io, 2)).map(|v| v.len)).flatten();
+                match (sub.as_slice(), n) {
+                    (b"HELP", 2) => {
+                        let lines = ["OBJECT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:", "ENCODING <key>", "FREQ <key>", "IDLETIME <key>", "REFCOUNT <key>", "HELP"];
+                        reply::array(&mut out.buf, lines.len());
+                        for l in lines {
+                            reply::simple(&mut out.buf, l);
+                        }
+                    }
+                    (_, 3) if val.is_none() => reply::null(&mut out.buf),
+                    (b"ENCODING", 3) => {
+                        let mut v = Vec::new();
+                        let _ = store.read_value(&key(&*io, 2), &mut v);
+                        let enc = if parse_int(&v).is_some() { "int" } else if v.len() <= 44 { "embstr" } else { "raw" };
+                        reply::bulk(&mut out.buf, enc.as_bytes());
+                    }
+                    (b"REFCOUNT", 3) => reply::int(&mut out.buf, 1),
+                    (b"IDLETIME" | b"FREQ", 3) => reply::int(&mut out.buf, 0),
+                    _ => error_line(&mut out.buf, &format!("ERR unknown subcommand or wrong number of arguments for '{}'. Try OBJECT HELP.", cap(&arg(&*io, 1), 128))),
                 }
             }
             "KEYS" if n == 2 => {
@@ -1730,7 +1834,8 @@ impl KvService {
             | "STRLEN" | "APPEND" | "GETRANGE" | "SUBSTR" | "KEYS" | "RANDOMKEY" | "RENAME"
             | "RENAMENX" | "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" | "TTL" | "PTTL"
             | "EXPIRETIME" | "PEXPIRETIME" | "PERSIST" | "TYPE" | "SETEX" | "PSETEX" | "GETEX"
-            | "SETRANGE" | "GETBIT" | "SETBIT" | "INCRBYFLOAT" | "COPY" | "MOVE" => {
+            | "SETRANGE" | "GETBIT" | "SETBIT" | "INCRBYFLOAT" | "COPY" | "MOVE" | "SCAN" | "TOUCH"
+            | "OBJECT" => {
                 arity_error(&mut out.buf, &name)
             }
             _ => {
@@ -2184,6 +2289,45 @@ mod tests {
         assert_eq!(say(&mut c, &["TTL", "dst"]), ":100\r\n");
         assert_eq!(say(&mut c, &["SELECT", "3"]), "+OK\r\n");
         assert_eq!(say(&mut c, &["GET", "x"]), "$1\r\nv\r\n");
+    }
+
+    #[test]
+    fn scan_returns_every_key_once_across_calls() {
+        let mut c = conv(None);
+        for i in 0..57 {
+            c.say(&cmd(&["SET", &format!("key:{i}"), "v"]));
+        }
+        c.say(&cmd(&["SET", "other", "v"]));
+        let mut seen = std::collections::HashSet::new();
+        let mut cursor = "0".to_owned();
+        let mut calls = 0;
+        loop {
+            calls += 1;
+            let raw = c.say(&cmd(&["SCAN", &cursor, "MATCH", "key:*", "COUNT", "5"]));
+            let lines: Vec<&str> = raw.split("\r\n").collect();
+            assert_eq!(lines[0], "*2");
+            cursor = lines[2].to_owned();
+            for k in lines[4..].iter().filter(|l| l.starts_with("key:")) {
+                assert!(seen.insert(k.to_string()), "{k} twice");
+            }
+            if cursor == "0" {
+                break;
+            }
+            assert!(calls < 100, "the scan ends");
+        }
+        assert_eq!(seen.len(), 57);
+        assert!(calls >= 11, "COUNT bounds each call ({calls} calls)");
+        assert_eq!(c.say(&cmd(&["SCAN", "x"])), "-ERR invalid cursor\r\n");
+        assert_eq!(
+            c.say(&cmd(&["SCAN", "0", "TYPE", "hash", "COUNT", "1000"])),
+            "*2\r\n$1\r\n0\r\n*0\r\n"
+        );
+        assert_eq!(c.say(&cmd(&["TOUCH", "other", "nope"])), ":1\r\n");
+        assert_eq!(
+            c.say(&cmd(&["OBJECT", "ENCODING", "other"])),
+            "$6\r\nembstr\r\n"
+        );
+        assert_eq!(c.say(&cmd(&["OBJECT", "ENCODING", "nope"])), "$-1\r\n");
     }
 
     #[test]
