@@ -38,8 +38,9 @@ pub struct KvConn {
     name: Option<Vec<u8>>,
     /// Inside `MULTI`: the commands queued for `EXEC`.
     tx: Option<Tx>,
-    /// `WATCH`ed keys (stored form) and the sequence number of their record when watched.
-    watched: Vec<(Vec<u8>, Option<u64>)>,
+    /// `WATCH`ed keys (stored form) with the sequence number of their record and their
+    /// deadline when watched (a write, a delete, an expiry or a new deadline changes one).
+    watched: Vec<(Vec<u8>, Option<u64>, Option<i64>)>,
 }
 
 /// A transaction being queued (`MULTI` … `EXEC`). Queued commands are stream ranges: their
@@ -689,7 +690,8 @@ impl KvService {
                     let k = db_key(c.db, k);
                     ttl.reap(store, &k, now);
                     let seq = store.get(&k).map(|v| v.seq);
-                    c.watched.push((k, seq));
+                    let deadline = ttl.get(&k);
+                    c.watched.push((k, seq, deadline));
                 }
                 reply::simple(&mut out.buf, "OK");
             }
@@ -708,9 +710,9 @@ impl KvService {
                     return Some(true);
                 }
                 let now = now_ms();
-                let touched = watched.iter().any(|(k, seq)| {
+                let touched = watched.iter().any(|(k, seq, deadline)| {
                     ttl.reap(store, k, now);
-                    store.get(k).map(|v| v.seq) != *seq
+                    store.get(k).map(|v| v.seq) != *seq || ttl.get(k) != *deadline
                 });
                 if touched {
                     reply::null_array(&mut out.buf);
@@ -1351,7 +1353,8 @@ impl KvService {
                         if m.requests > 0 { m.syscalls as f64 / m.requests as f64 } else { 0.0 },
                         m.capacity_bufs, m.free_bufs,
                         if m.commits > 0 { m.commit_ns as f64 / m.commits as f64 / 1e3 } else { 0.0 })),
-                    ("cpu", format!("used_cpu_sys:{sys:.6}\r\nused_cpu_user:{user:.6}\r\n")),
+                    ("replication", "role:master\r\nconnected_slaves:0\r\nmaster_repl_offset:0\r\n".to_owned()),
+                    ("cpu", format!("used_cpu_sys:{sys:.6}\r\nused_cpu_user:{user:.6}\r\nused_cpu_sys_children:0.000000\r\nused_cpu_user_children:0.000000\r\n")),
                     ("keyspace", keyspace),
                 ];
                 let wanted: Vec<Vec<u8>> = (1..n).map(|i| arg(&*io, i).to_ascii_lowercase()).collect();
@@ -2199,6 +2202,12 @@ mod tests {
         );
         say(&mut c, &["SET", "b", "y"]);
         assert_eq!(say(&mut c, &["EXEC"]), "*1\r\n+OK\r\n");
+        // A new deadline on a watched key counts as a change.
+        say(&mut c, &["WATCH", "b"]);
+        say(&mut c, &["EXPIRE", "b", "100"]);
+        say(&mut c, &["MULTI"]);
+        assert_eq!(say(&mut c, &["EXEC"]), "*-1\r\n");
+        say(&mut c, &["PERSIST", "b"]);
         // UNWATCH forgets.
         say(&mut c, &["WATCH", "b"]);
         say(&mut c, &["SET", "b", "z"]);
