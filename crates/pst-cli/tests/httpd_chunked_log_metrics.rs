@@ -28,61 +28,6 @@ fn curl(args: &[&str]) -> Vec<u8> {
     out.stdout
 }
 
-/// A response: status, headers (lowercase names), body.
-struct Resp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// Read one response (Content-Length framed; `head` for a HEAD request).
-fn read_resp(r: &mut impl BufRead, head: bool) -> std::io::Result<Resp> {
-    let mut line = String::new();
-    if r.read_line(&mut line)? == 0 {
-        return Err(std::io::ErrorKind::UnexpectedEof.into());
-    }
-    let status: u16 = line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
-    let mut headers = Vec::new();
-    loop {
-        line.clear();
-        r.read_line(&mut line)?;
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        let (n, v) = l.split_once(':').expect("header");
-        headers.push((n.to_ascii_lowercase(), v.trim().to_owned()));
-    }
-    let mut resp = Resp {
-        status,
-        headers,
-        body: Vec::new(),
-    };
-    if status >= 200 && !head {
-        let len: usize = resp
-            .header("content-length")
-            .unwrap_or("0")
-            .parse()
-            .unwrap();
-        resp.body = vec![0; len];
-        r.read_exact(&mut resp.body)?;
-    }
-    Ok(resp)
-}
-
 /// Send raw bytes; everything the server sends until it closes (or 5 s pass).
 fn raw(addr: SocketAddr, req: &[u8]) -> (String, bool) {
     let mut s = TcpStream::connect(addr).unwrap();
@@ -314,10 +259,10 @@ fn conformance(engine: &str) {
     assert_eq!(line, "HTTP/1.1 100 Continue\r\n");
     r.read_line(&mut line).unwrap();
     c.write_all(b"hello").unwrap();
-    assert_eq!(read_resp(&mut r, false).unwrap().status, 201);
+    assert_eq!(common::read_http(&mut r, false).unwrap().status, 201);
     c.write_all(b"POST /e HTTP/1.1\r\nHost: x\r\nExpect: teapot\r\nContent-Length: 1\r\n\r\nx")
         .unwrap();
-    assert_eq!(read_resp(&mut r, false).unwrap().status, 417);
+    assert_eq!(common::read_http(&mut r, false).unwrap().status, 417);
 
     // HTTP/1.0 closes after the response unless asked to keep alive; HEAD has no body.
     let (out, closed) = raw(addr, b"GET /e HTTP/1.0\r\n\r\n");
@@ -329,14 +274,14 @@ fn conformance(engine: &str) {
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut r = BufReader::new(c.try_clone().unwrap());
     c.write_all(b"GET /e HTTP/1.0\r\nConnection: keep-alive\r\n\r\nHEAD /e HTTP/1.1\r\nHost: x\r\n\r\nGET /e HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
-    assert_eq!(read_resp(&mut r, false).unwrap().body, b"hello");
-    let head = read_resp(&mut r, true).unwrap();
+    assert_eq!(common::read_http(&mut r, false).unwrap().body, b"hello");
+    let head = common::read_http(&mut r, true).unwrap();
     assert_eq!(
         head.header("content-length"),
         Some("5"),
         "HEAD says the length"
     );
-    let last = read_resp(&mut r, false).unwrap();
+    let last = common::read_http(&mut r, false).unwrap();
     assert_eq!(
         last.body, b"hello",
         "HEAD sent no body: the next response follows at once"

@@ -8,7 +8,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,39 +31,6 @@ fn connect(addr: SocketAddr) -> (TcpStream, BufReader<TcpStream>) {
         assert!(Instant::now() < deadline, "server did not come back");
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// Status, headers (lowercase), body of one response.
-fn read_resp(r: &mut impl BufRead) -> std::io::Result<(u16, HashMap<String, String>, Vec<u8>)> {
-    let mut line = String::new();
-    if r.read_line(&mut line)? == 0 {
-        return Err(std::io::ErrorKind::UnexpectedEof.into());
-    }
-    let status: u16 = line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("status line {line:?}")))?;
-    let mut headers = HashMap::new();
-    loop {
-        line.clear();
-        if r.read_line(&mut line)? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        if let Some((n, v)) = l.split_once(':') {
-            headers.insert(n.to_ascii_lowercase(), v.trim().to_owned());
-        }
-    }
-    let len: usize = headers
-        .get("content-length")
-        .map_or(0, |v| v.parse().unwrap());
-    let mut body = vec![0; len];
-    r.read_exact(&mut body)?;
-    Ok((status, headers, body))
 }
 
 /// Parse a `GET /log` body: `SEQ LEN\r\n` payload `\r\n`, repeated.
@@ -115,16 +82,18 @@ fn produce(addr: SocketAddr, acked: Arc<AtomicU64>) -> HashMap<Vec<u8>, u64> {
                 continue 'conn;
             }
             for p in payloads {
-                match read_resp(&mut r) {
-                    Ok((200, h, _)) => {
-                        let seq: u64 = h["pst-seq"].parse().unwrap();
+                match common::read_http(&mut r, false) {
+                    Ok(resp) if resp.status == 200 => {
+                        let seq: u64 = resp.header("pst-seq").expect("Pst-Seq").parse().unwrap();
                         got.insert(p, seq);
                         next += 1;
                         acked.store(next, Ordering::Relaxed);
                     }
-                    Ok((status, _, body)) => {
-                        panic!("POST refused: {status} {}", String::from_utf8_lossy(&body))
-                    }
+                    Ok(resp) => panic!(
+                        "POST refused: {} {}",
+                        resp.status,
+                        String::from_utf8_lossy(&resp.body)
+                    ),
                     Err(_) => continue 'conn,
                 }
             }
@@ -155,15 +124,16 @@ fn consume(addr: SocketAddr, done: Arc<AtomicBool>, last: Arc<AtomicU64>) -> Vec
             if s.write_all(req.as_bytes()).is_err() {
                 continue 'conn;
             }
-            let Ok((status, h, body)) = read_resp(&mut r) else {
+            let Ok(resp) = common::read_http(&mut r, false) else {
                 continue 'conn; // the server is restarting: reconnect, resume from `from`
             };
-            assert_eq!(status, 200);
-            let recs = parse_records(&body);
-            assert_eq!(h["pst-records"].parse::<usize>().unwrap(), recs.len());
-            let first: u64 = h["pst-first-seq"].parse().unwrap();
+            assert_eq!(resp.status, 200);
+            let recs = parse_records(&resp.body);
+            let h = |n: &str| -> u64 { resp.header(n).expect(n).parse().unwrap() };
+            assert_eq!(h("pst-records") as usize, recs.len());
+            let first = h("pst-first-seq");
             assert!(first <= from, "records before {first} were dropped unread");
-            let next: u64 = h["pst-next-seq"].parse().unwrap();
+            let next = h("pst-next-seq");
             if let Some((s, _)) = recs.last() {
                 assert_eq!(next, s + 1);
             }

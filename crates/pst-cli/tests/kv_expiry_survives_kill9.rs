@@ -5,17 +5,10 @@
 //! driven by redis-cli and the Rust `redis` client.
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 fn cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
-        .arg("-p")
-        .arg(port.to_string())
-        .args(args)
-        .output()
-        .expect("redis-cli is installed (.ci/run installs it)");
-    String::from_utf8_lossy(&out.stdout).trim_end().to_owned()
+    common::redis_cli(port, args)
 }
 
 fn int(port: u16, args: &[&str]) -> i64 {

@@ -5,13 +5,7 @@ mod common;
 use std::process::Command;
 
 fn cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
-        .arg("-p")
-        .arg(port.to_string())
-        .args(args)
-        .output()
-        .expect("redis-cli is installed (.ci/run installs it)");
-    String::from_utf8_lossy(&out.stdout).trim_end().to_owned()
+    common::redis_cli(port, args)
 }
 
 fn scenario(engine: &str) {

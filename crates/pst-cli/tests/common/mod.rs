@@ -122,3 +122,73 @@ pub fn assert_inspect_ok(pool: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `redis-cli -p PORT ARGS…`, its output without the trailing newline.
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .arg("-p")
+        .arg(port.to_string())
+        .args(args)
+        .output()
+        .expect("redis-cli is installed (.ci/run installs it)");
+    String::from_utf8_lossy(&out.stdout).trim_end().to_owned()
+}
+
+/// One HTTP response as read off a connection.
+pub struct HttpResp {
+    pub status: u16,
+    /// Header names lowercased.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Read one `Content-Length`-framed response (`head`: the answer to a HEAD, no body).
+pub fn read_http(r: &mut impl std::io::BufRead, head: bool) -> std::io::Result<HttpResp> {
+    let mut line = String::new();
+    if r.read_line(&mut line)? == 0 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    let status: u16 = line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some((n, v)) = l.split_once(':') {
+            headers.push((n.to_ascii_lowercase(), v.trim().to_owned()));
+        }
+    }
+    let mut resp = HttpResp {
+        status,
+        headers,
+        body: Vec::new(),
+    };
+    if status >= 200 && !head {
+        let len: usize = resp
+            .header("content-length")
+            .unwrap_or("0")
+            .parse()
+            .map_err(std::io::Error::other)?;
+        resp.body = vec![0; len];
+        r.read_exact(&mut resp.body)?;
+    }
+    Ok(resp)
+}
