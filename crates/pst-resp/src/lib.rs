@@ -35,7 +35,7 @@ pub enum Event {
     /// A complete command: its arguments as stream ranges (the first is the command name).
     Command(Vec<Range<u64>>),
     /// A protocol error (Redis replies `-ERR Protocol error: ...` and closes).
-    Error(&'static str),
+    Error(String),
 }
 
 #[derive(Debug)]
@@ -165,10 +165,10 @@ impl CommandFramer {
         }
     }
 
-    fn fail(&mut self, why: &'static str, out: &mut Vec<Event>) {
+    fn fail(&mut self, why: impl Into<String>, out: &mut Vec<Event>) {
         self.state = State::Dead;
         self.line = Vec::new();
-        out.push(Event::Error(why));
+        out.push(Event::Error(why.into()));
     }
 
     fn parse_len(line: &[u8]) -> Option<i64> {
@@ -184,7 +184,7 @@ impl CommandFramer {
         kind: LineKind,
         after: u64,
         out: &mut Vec<Event>,
-    ) -> Result<(), &'static str> {
+    ) -> Result<(), String> {
         match kind {
             LineKind::Inline => {
                 let mut args = Vec::new();
@@ -212,7 +212,7 @@ impl CommandFramer {
             LineKind::ArrayLen => {
                 let n = Self::parse_len(&self.line).ok_or("invalid multibulk length")?;
                 if n > self.limits.max_args as i64 {
-                    return Err("invalid multibulk length");
+                    return Err("invalid multibulk length".into());
                 }
                 self.line.clear();
                 if n <= 0 {
@@ -225,11 +225,13 @@ impl CommandFramer {
             }
             LineKind::BulkLen => {
                 if self.line.first() != Some(&b'$') {
-                    return Err("expected '$'");
+                    let got = self.line.first().map_or(' ', |&b| b as char);
+                    return Err(format!("expected '$', got '{}'", got.escape_default()));
                 }
-                let n = Self::parse_len(&self.line[1..]).ok_or("invalid bulk length")?;
+                let n = Self::parse_len(&self.line[1..])
+                    .ok_or_else(|| "invalid bulk length".to_owned())?;
                 if n < 0 || n as u64 > self.limits.max_bulk {
-                    return Err("invalid bulk length");
+                    return Err("invalid bulk length".into());
                 }
                 self.line.clear();
                 // The data starts right after the length line.
@@ -314,7 +316,7 @@ pub mod reply {
 mod tests {
     use super::*;
 
-    fn frame(chunks: &[&[u8]]) -> (Vec<Vec<Vec<u8>>>, Option<&'static str>) {
+    fn frame(chunks: &[&[u8]]) -> (Vec<Vec<Vec<u8>>>, Option<String>) {
         let mut f = CommandFramer::new(Limits::default());
         let mut out = Vec::new();
         for c in chunks {
@@ -367,18 +369,24 @@ mod tests {
 
     #[test]
     fn protocol_errors() {
-        assert_eq!(frame(&[b"*x\r\n"]).1, Some("invalid multibulk length"));
-        assert_eq!(frame(&[b"*1\r\n+x\r\n"]).1, Some("expected '$'"));
         assert_eq!(
-            frame(&[b"*1\r\n$99999999999\r\n"]).1,
+            frame(&[b"*x\r\n"]).1.as_deref(),
+            Some("invalid multibulk length")
+        );
+        assert_eq!(
+            frame(&[b"*1\r\n+x\r\n"]).1.as_deref(),
+            Some("expected '$', got '+'")
+        );
+        assert_eq!(
+            frame(&[b"*1\r\n$99999999999\r\n"]).1.as_deref(),
             Some("invalid bulk length")
         );
         assert_eq!(
-            frame(&[b"*1\r\n$1\r\nabc"]).1,
+            frame(&[b"*1\r\n$1\r\nabc"]).1.as_deref(),
             Some("expected CRLF after bulk argument")
         );
         let long = vec![b'a'; 70_000];
-        assert_eq!(frame(&[&long]).1, Some("too big inline request"));
+        assert_eq!(frame(&[&long]).1.as_deref(), Some("too big inline request"));
     }
 
     #[test]

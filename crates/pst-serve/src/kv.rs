@@ -64,7 +64,7 @@ fn arity(name: &str) -> Option<i32> {
         "INCRBY" | "DECRBY" | "GETSET" | "SETNX" | "APPEND" | "RENAME" | "RENAMENX" | "GETBIT"
         | "INCRBYFLOAT" | "MOVE" => 3,
         "GETRANGE" | "SUBSTR" | "SETEX" | "PSETEX" | "SETRANGE" | "SETBIT" => 4,
-        "RANDOMKEY" | "DBSIZE" | "MULTI" | "EXEC" | "DISCARD" | "UNWATCH" => 1,
+        "RANDOMKEY" | "DBSIZE" | "MULTI" | "EXEC" | "DISCARD" | "UNWATCH" | "TIME" => 1,
         "SET" | "MSET" | "MSETNX" | "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" => -3,
         "COPY" => -3,
         "SCAN" | "OBJECT" | "TOUCH" | "DEL" | "UNLINK" | "EXISTS" | "MGET" | "GETEX" | "CONFIG"
@@ -414,7 +414,7 @@ impl Out<'_> {
 }
 
 /// The commands `pst kv` implements (`COMMAND COUNT`).
-const COMMANDS: [&str; 64] = [
+const COMMANDS: [&str; 65] = [
     "APPEND",
     "AUTH",
     "CLIENT",
@@ -473,6 +473,7 @@ const COMMANDS: [&str; 64] = [
     "SETRANGE",
     "STRLEN",
     "SUBSTR",
+    "TIME",
     "TOUCH",
     "TTL",
     "TYPE",
@@ -568,13 +569,16 @@ fn parse_float(b: &[u8]) -> Option<f64> {
 
 /// A float as Redis prints `INCRBYFLOAT` results: plain decimal, no exponent, trailing zeros
 /// dropped, no negative zero. Redis computes in `long double` and prints 17 decimals; in
-/// `f64`, 15 significant digits give the same text for the sums people make (`1 - 1.1` is
-/// `-0.1`, not `-0.10000000000000009`).
-fn format_float(v: f64) -> String {
+/// `f64`, 15 significant digits (of the result or of `scale`, the largest operand, whichever is
+/// larger) give the same text for the sums people make (`1 - 1.1` is `-0.1`, not
+/// `-0.10000000000000009`).
+fn format_float(v: f64, scale: f64) -> String {
     if v == 0.0 {
         return "0".to_owned();
     }
-    let magnitude = v.abs().log10().floor() as i32;
+    // Digits below the 15th of the largest operand are rounding noise of f64 (`1/41 - 1/41`
+    // in steps is 2e-17, where Redis's long double prints 0).
+    let magnitude = v.abs().max(scale.abs()).log10().floor() as i32;
     let decimals = (14 - magnitude).clamp(0, 17) as usize;
     let mut s = format!("{v:.decimals$}");
     if s.contains('.') {
@@ -1075,6 +1079,14 @@ impl KvService {
                 for k in keys {
                     reply::bulk(&mut out.buf, k);
                 }
+            }
+            "TIME" if n == 1 => {
+                let d = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                reply::array(&mut out.buf, 2);
+                reply::bulk(&mut out.buf, d.as_secs().to_string().as_bytes());
+                reply::bulk(&mut out.buf, d.subsec_micros().to_string().as_bytes());
             }
             "TOUCH" if n >= 2 => {
                 let count = (1..n).filter(|&i| store.get(&key(&*io, i)).is_some()).count();
@@ -1581,7 +1593,7 @@ impl KvService {
                     reply::error(&mut out.buf, "ERR increment would produce NaN or Infinity");
                     return true;
                 }
-                let text = format_float(new);
+                let text = format_float(new, old.abs().max(by.abs()));
                 self.store_copy(store, io, &key, text.as_bytes(), out, |o| reply::bulk(o, text.as_bytes()));
             }
             "COPY" | "MOVE" if (name == "MOVE" && n == 3) || (name == "COPY" && n >= 3) => {
@@ -1838,7 +1850,7 @@ impl KvService {
             | "RENAMENX" | "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" | "TTL" | "PTTL"
             | "EXPIRETIME" | "PEXPIRETIME" | "PERSIST" | "TYPE" | "SETEX" | "PSETEX" | "GETEX"
             | "SETRANGE" | "GETBIT" | "SETBIT" | "INCRBYFLOAT" | "COPY" | "MOVE" | "SCAN" | "TOUCH"
-            | "OBJECT" => {
+            | "OBJECT" | "TIME" => {
                 arity_error(&mut out.buf, &name)
             }
             _ => {
@@ -2270,6 +2282,15 @@ mod tests {
         assert_eq!(
             say(&mut c, &["INCRBYFLOAT", "g", " 1"]),
             "-ERR value is not a valid float\r\n"
+        );
+        let third = format!("{}", 1.0f64 / 41.0);
+        let minus = format!("-{third}");
+        say(&mut c, &["SET", "z", "0"]);
+        say(&mut c, &["INCRBYFLOAT", "z", &third]);
+        assert_eq!(
+            say(&mut c, &["INCRBYFLOAT", "z", &minus]),
+            "$1\r\n0\r\n",
+            "no negative zero, no noise"
         );
         assert_eq!(say(&mut c, &["SET", "big", "17179869184"]), "+OK\r\n");
         assert_eq!(
