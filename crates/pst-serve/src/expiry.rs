@@ -123,8 +123,8 @@ impl Ttl {
         true
     }
 
-    /// Expire up to `max` keys whose deadline passed; returns how many.
-    pub fn reap_due(&mut self, store: &mut PoolStore, now: i64, max: usize) -> usize {
+    /// Expire up to `max` keys whose deadline passed; returns them.
+    pub fn reap_due(&mut self, store: &mut PoolStore, now: i64, max: usize) -> Vec<Vec<u8>> {
         let due: Vec<Vec<u8>> = self
             .by_time
             .iter()
@@ -135,7 +135,7 @@ impl Ttl {
         for k in &due {
             self.reap(store, k, now);
         }
-        due.len()
+        due
     }
 
     /// Give `key` the deadline `at` (Unix ms), durably (a record in the same batch).

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use pst_resp::{reply, CommandFramer, Event, Limits};
 
 use crate::expiry::{now_ms, Ttl};
+use crate::hashes::{field_key, Hashes};
 use crate::protocol::{Io, Piece, Protocol};
 use crate::store::PoolStore;
 
@@ -25,6 +26,8 @@ pub struct KvService {
     /// Key deadlines (`EXPIRE`, `SET .. EX`), shared by every worker; taken once per chunk,
     /// inside the store's lock.
     ttl: std::sync::Mutex<Ttl>,
+    /// The hashes (field tables), likewise.
+    hashes: std::sync::Mutex<Hashes>,
 }
 
 /// Per-connection state.
@@ -67,6 +70,12 @@ fn arity(name: &str) -> Option<i32> {
         "RANDOMKEY" | "DBSIZE" | "MULTI" | "EXEC" | "DISCARD" | "UNWATCH" | "TIME" => 1,
         "SET" | "MSET" | "MSETNX" | "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" => -3,
         "COPY" => -3,
+        "HSET" | "HMSET" => -4,
+        "HSETNX" | "HINCRBY" | "HINCRBYFLOAT" => 4,
+        "HGET" | "HEXISTS" | "HSTRLEN" => 3,
+        "HMGET" | "HDEL" | "HSCAN" => -3,
+        "HLEN" | "HKEYS" | "HVALS" | "HGETALL" => 2,
+        "HRANDFIELD" => -2,
         "SCAN" | "OBJECT" | "TOUCH" | "DEL" | "UNLINK" | "EXISTS" | "MGET" | "GETEX" | "CONFIG"
         | "CLIENT" | "FUNCTION" | "AUTH" | "WATCH" => -2,
         "PING" | "FLUSHALL" | "FLUSHDB" | "INFO" | "COMMAND" | "QUIT" => -1,
@@ -346,6 +355,7 @@ impl KvService {
             next_client_id: AtomicU64::new(1),
             metrics: Default::default(),
             ttl: Default::default(),
+            hashes: Default::default(),
         }
     }
 
@@ -414,7 +424,7 @@ impl Out<'_> {
 }
 
 /// The commands `pst kv` implements (`COMMAND COUNT`).
-const COMMANDS: [&str; 65] = [
+const COMMANDS: [&str; 81] = [
     "APPEND",
     "AUTH",
     "CLIENT",
@@ -441,6 +451,22 @@ const COMMANDS: [&str; 65] = [
     "GETEX",
     "GETRANGE",
     "GETSET",
+    "HDEL",
+    "HEXISTS",
+    "HGET",
+    "HGETALL",
+    "HINCRBY",
+    "HINCRBYFLOAT",
+    "HKEYS",
+    "HLEN",
+    "HMGET",
+    "HMSET",
+    "HRANDFIELD",
+    "HSCAN",
+    "HSET",
+    "HSETNX",
+    "HSTRLEN",
+    "HVALS",
     "INCR",
     "INCRBY",
     "INCRBYFLOAT",
@@ -536,7 +562,9 @@ fn key_positions(name: &str, n: usize) -> Option<KeyArgs> {
         | "SUBSTR" | "INCR" | "DECR" | "INCRBY" | "DECRBY" | "EXPIRE" | "PEXPIRE" | "EXPIREAT"
         | "PEXPIREAT" | "TTL" | "PTTL" | "EXPIRETIME" | "PEXPIRETIME" | "PERSIST" | "SETEX"
         | "PSETEX" | "GETEX" | "TYPE" | "SETRANGE" | "GETBIT" | "SETBIT" | "INCRBYFLOAT"
-        | "MOVE" => (1..n.min(2)).collect(),
+        | "MOVE" | "HSET" | "HMSET" | "HSETNX" | "HGET" | "HMGET" | "HDEL" | "HLEN" | "HEXISTS"
+        | "HSTRLEN" | "HKEYS" | "HVALS" | "HGETALL" | "HINCRBY" | "HINCRBYFLOAT" | "HRANDFIELD"
+        | "HSCAN" => (1..n.min(2)).collect(),
         "COPY" => (1..n.min(3)).collect(),
         "MGET" | "DEL" | "UNLINK" | "EXISTS" | "TOUCH" => (1..n).collect(),
         "OBJECT" => (2..n.min(3)).collect(),
@@ -595,6 +623,67 @@ fn format_float(v: f64, scale: f64) -> String {
     s
 }
 
+/// Redis's answer to a command on a key of the other type.
+const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
+
+/// What the type check before a command found.
+enum TypeCheck {
+    Ok,
+    /// The key holds the other type.
+    Wrong,
+    /// pst cannot do this to a hash (yet).
+    Refuse(&'static str),
+}
+
+/// Commands on a hash (key at argument 1).
+const HASH_COMMANDS: [&str; 16] = [
+    "HSET",
+    "HMSET",
+    "HSETNX",
+    "HGET",
+    "HMGET",
+    "HDEL",
+    "HLEN",
+    "HEXISTS",
+    "HSTRLEN",
+    "HKEYS",
+    "HVALS",
+    "HGETALL",
+    "HINCRBY",
+    "HINCRBYFLOAT",
+    "HRANDFIELD",
+    "HSCAN",
+];
+
+/// Commands that read or modify a string value in place (key at argument 1).
+const STRING_COMMANDS: [&str; 16] = [
+    "GET",
+    "GETSET",
+    "GETDEL",
+    "GETEX",
+    "STRLEN",
+    "APPEND",
+    "GETRANGE",
+    "SUBSTR",
+    "SETRANGE",
+    "GETBIT",
+    "SETBIT",
+    "INCR",
+    "DECR",
+    "INCRBY",
+    "DECRBY",
+    "INCRBYFLOAT",
+];
+
+/// Expire `key` if its deadline passed, with its hash fields if it is a hash.
+fn expire(ttl: &mut Ttl, hs: &mut Hashes, store: &mut PoolStore, key: &[u8], now: i64) -> bool {
+    let gone = ttl.reap(store, key, now);
+    if gone {
+        let _ = hs.drop_fields(store, key);
+    }
+    gone
+}
+
 /// The order `SCAN` walks keys in: a fixed hash of the stored key, never 0 (the cursor that
 /// starts and ends a scan).
 fn scan_hash(k: &[u8]) -> u64 {
@@ -631,6 +720,7 @@ impl KvService {
     /// `MULTI`/`EXEC`/`DISCARD`/`WATCH`/`UNWATCH`, and queueing inside `MULTI`. `None`: not a
     /// transaction matter, execute the command now. The store's lock is held for the whole
     /// chunk, so an `EXEC` runs its commands with no other client's in between.
+    #[allow(clippy::too_many_arguments)]
     fn transaction(
         &self,
         c: &mut KvConn,
@@ -638,6 +728,7 @@ impl KvService {
         io: &mut dyn Io,
         store: &mut PoolStore,
         ttl: &mut Ttl,
+        hs: &mut Hashes,
         out: &mut Out<'_>,
     ) -> Option<bool> {
         let mut name = Vec::new();
@@ -692,7 +783,7 @@ impl KvService {
                     let mut k = Vec::new();
                     io.gather(r.clone(), &mut k);
                     let k = db_key(c.db, k);
-                    ttl.reap(store, &k, now);
+                    expire(ttl, hs, store, &k, now);
                     let seq = store.get(&k).map(|v| v.seq);
                     let deadline = ttl.get(&k);
                     c.watched.push((k, seq, deadline));
@@ -715,7 +806,7 @@ impl KvService {
                 }
                 let now = now_ms();
                 let touched = watched.iter().any(|(k, seq, deadline)| {
-                    ttl.reap(store, k, now);
+                    expire(ttl, hs, store, k, now);
                     store.get(k).map(|v| v.seq) != *seq || ttl.get(k) != *deadline
                 });
                 if touched {
@@ -728,7 +819,7 @@ impl KvService {
                 store.begin_group();
                 let mut go = true;
                 for cmd in &tx.queued {
-                    go &= self.exec(c, cmd, io, store, ttl, out);
+                    go &= self.exec(c, cmd, io, store, ttl, hs, out);
                 }
                 store.end_group();
                 return Some(go);
@@ -758,6 +849,66 @@ impl KvService {
         Some(true)
     }
 
+    /// The type rules before a command runs: a string command on a hash and a hash command on
+    /// a string are `WRONGTYPE`; a command that overwrites a hash with a string drops its
+    /// fields first (in the command's atomic group); pst refuses to rename, copy or move a
+    /// hash.
+    fn types(
+        &self,
+        name: &str,
+        args: &[Range<u64>],
+        io: &mut dyn Io,
+        store: &mut PoolStore,
+        hs: &mut Hashes,
+        db: u8,
+    ) -> TypeCheck {
+        let n = args.len();
+        let key = |io: &dyn Io, i: usize| {
+            let mut v = Vec::new();
+            io.gather(args[i].clone(), &mut v);
+            db_key(db, v)
+        };
+        let word = |io: &dyn Io, i: usize| {
+            let mut v = Vec::new();
+            io.gather(args[i].clone(), &mut v);
+            v.to_ascii_uppercase()
+        };
+        if n < 2 {
+            return TypeCheck::Ok;
+        }
+        let k1 = key(&*io, 1);
+        if HASH_COMMANDS.contains(&name) {
+            // A hash command: the key must be a hash or absent.
+            if store.get(&k1).is_some() && !hs.is_hash(&k1) {
+                return TypeCheck::Wrong;
+            }
+            return TypeCheck::Ok;
+        }
+        if STRING_COMMANDS.contains(&name) && hs.is_hash(&k1) {
+            return TypeCheck::Wrong;
+        }
+        let overwritten: Vec<Vec<u8>> = match name {
+            "SET" if (3..n).any(|i| word(&*io, i) == b"GET") && hs.is_hash(&k1) => {
+                return TypeCheck::Wrong
+            }
+            "SET" if (3..n).any(|i| word(&*io, i) == b"NX") => Vec::new(),
+            "SET" | "SETEX" | "PSETEX" => vec![k1],
+            "MSET" => (1..n).step_by(2).map(|i| key(&*io, i)).collect(),
+            "RENAME" | "RENAMENX" | "COPY" | "MOVE" if hs.is_hash(&k1) => {
+                return TypeCheck::Refuse("ERR pst kv cannot rename, copy or move a hash yet");
+            }
+            "RENAME" if n == 3 => vec![key(&*io, 2)],
+            "COPY" if n > 3 && (3..n).any(|i| word(&*io, i) == b"REPLACE") => vec![key(&*io, 2)],
+            _ => Vec::new(),
+        };
+        for k in overwritten {
+            if let Err(e) = hs.drop_fields(store, &k) {
+                tracing::warn!(error = %e, "could not drop the fields of an overwritten hash");
+            }
+        }
+        TypeCheck::Ok
+    }
+
     /// Store `val` (computed here) under `key` in fresh pool buffers, keeping its deadline, and
     /// reply with `ok` — or with the out-of-space or store error.
     fn store_copy(
@@ -783,6 +934,9 @@ impl KvService {
     }
 
     /// Execute one command. Returns false for QUIT.
+    /// Execute one command; a command touching a hash writes its records as one atomic
+    /// group (unless inside `EXEC`'s group already). Returns false for QUIT.
+    #[allow(clippy::too_many_arguments)]
     fn exec(
         &self,
         c: &mut KvConn,
@@ -790,6 +944,37 @@ impl KvService {
         io: &mut dyn Io,
         store: &mut PoolStore,
         ttl: &mut Ttl,
+        hs: &mut Hashes,
+        out: &mut Out<'_>,
+    ) -> bool {
+        // Hash commands, and any command while hashes exist (it may delete or overwrite one:
+        // several records), write one atomic group. Plain string traffic never pays for it.
+        let grouped = !store.in_group()
+            && (!hs.is_empty() || {
+                let mut first = 0u8;
+                let r = args[0].start..(args[0].start + 1).min(args[0].end);
+                io.with_bytes(r, &mut |b| first = b.first().copied().unwrap_or(0));
+                first.eq_ignore_ascii_case(&b'h')
+            });
+        if grouped {
+            store.begin_group();
+        }
+        let go = self.exec_one(c, args, io, store, ttl, hs, out);
+        if grouped {
+            store.end_group();
+        }
+        go
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn exec_one(
+        &self,
+        c: &mut KvConn,
+        args: &[Range<u64>],
+        io: &mut dyn Io,
+        store: &mut PoolStore,
+        ttl: &mut Ttl,
+        hs: &mut Hashes,
         out: &mut Out<'_>,
     ) -> bool {
         let mut name = Vec::new();
@@ -837,12 +1022,27 @@ impl KvService {
         match key_positions(&name, n).filter(|_| !ttl.is_empty()) {
             None => {}
             Some(KeyArgs::All) => {
-                ttl.reap_due(store, now, usize::MAX);
+                for k in ttl.reap_due(store, now, usize::MAX) {
+                    let _ = hs.drop_fields(store, &k);
+                }
             }
             Some(KeyArgs::At(pos)) => {
                 for i in pos {
-                    ttl.reap(store, &key(&*io, i), now);
+                    expire(ttl, hs, store, &key(&*io, i), now);
                 }
+            }
+        }
+        if !hs.is_empty() || name.starts_with('H') {
+            match self.types(&name, args, io, store, hs, db) {
+                TypeCheck::Wrong => {
+                    reply::error(&mut out.buf, WRONGTYPE);
+                    return true;
+                }
+                TypeCheck::Refuse(why) => {
+                    reply::error(&mut out.buf, why);
+                    return true;
+                }
+                TypeCheck::Ok => {}
             }
         }
         let write_err = |out: &mut Out<'_>, e: pst_store::StoreError| match e {
@@ -1026,7 +1226,7 @@ impl KvService {
                     reply::error(&mut out.buf, "ERR invalid cursor");
                     return true;
                 };
-                let (mut pat, mut count, mut only_strings) = (None, 10usize, true);
+                let (mut pat, mut count, mut want_type) = (None, 10usize, None::<Vec<u8>>);
                 let mut i = 2;
                 while i < n {
                     let opt = arg(&*io, i).to_ascii_uppercase();
@@ -1047,7 +1247,7 @@ impl KvService {
                                 return true;
                             }
                         },
-                        b"TYPE" => only_strings = arg(&*io, i + 1).eq_ignore_ascii_case(b"string"),
+                        b"TYPE" => want_type = Some(arg(&*io, i + 1).to_ascii_lowercase()),
                         _ => {
                             reply::error(&mut out.buf, "ERR syntax error");
                             return true;
@@ -1070,8 +1270,12 @@ impl KvService {
                 let next = found.get(end).map_or(0, |f| f.0);
                 let keys: Vec<&[u8]> = found[..end]
                     .iter()
+                    .filter(|(_, k)| {
+                        let t: &[u8] = if hs.is_hash(k) { b"hash" } else { b"string" };
+                        want_type.as_deref().is_none_or(|w| w == t)
+                    })
                     .map(|(_, k)| user_key(k))
-                    .filter(|k| only_strings && pat.as_ref().is_none_or(|p| glob_case(p, k)))
+                    .filter(|k| pat.as_ref().is_none_or(|p| glob_case(p, k)))
                     .collect();
                 reply::array(&mut out.buf, 2);
                 reply::bulk(&mut out.buf, next.to_string().as_bytes());
@@ -1107,7 +1311,16 @@ impl KvService {
                     (b"ENCODING", 3) => {
                         let mut v = Vec::new();
                         let _ = store.read_value(&key(&*io, 2), &mut v);
-                        let enc = if parse_int(&v).is_some() { "int" } else if v.len() <= 44 { "embstr" } else { "raw" };
+                        let k = key(&*io, 2);
+                        let enc = if hs.is_hash(&k) {
+                            if hs.len(&k) <= 128 { "listpack" } else { "hashtable" }
+                        } else if parse_int(&v).is_some() {
+                            "int"
+                        } else if v.len() <= 44 {
+                            "embstr"
+                        } else {
+                            "raw"
+                        };
                         reply::bulk(&mut out.buf, enc.as_bytes());
                     }
                     (b"REFCOUNT", 3) => reply::int(&mut out.buf, 1),
@@ -1221,7 +1434,12 @@ impl KvService {
             "MGET" if n >= 2 => {
                 reply::array(&mut out.buf, n - 1);
                 for i in 1..n {
-                    bulk_value(store, &key(&*io, i), io, out);
+                    let k = key(&*io, i);
+                    if hs.is_hash(&k) {
+                        reply::null(&mut out.buf);
+                    } else {
+                        bulk_value(store, &k, io, out);
+                    }
                 }
             }
             "MSET" if n >= 3 && n % 2 == 1 => {
@@ -1246,7 +1464,11 @@ impl KvService {
                 let mut count = 0;
                 for i in 1..n {
                     let k = key(&*io, i);
-                    match store.delete(&k).and_then(|d| ttl.clear(store, &k).map(|_| d)) {
+                    let r = hs
+                        .drop_fields(store, &k)
+                        .and_then(|_| store.delete(&k))
+                        .and_then(|d| ttl.clear(store, &k).map(|_| d));
+                    match r {
                         Ok(Some(_)) => count += 1,
                         Ok(None) => {}
                         Err(e) => {
@@ -1315,6 +1537,7 @@ impl KvService {
             "FLUSHALL" => match store.clear() {
                 Ok(_) => {
                     ttl.clear_all();
+                    hs.clear_all();
                     reply::simple(&mut out.buf, "OK")
                 }
                 Err(e) => write_err(out, e),
@@ -1323,7 +1546,11 @@ impl KvService {
                 let keys: Vec<Vec<u8>> =
                     store.keys().filter(|k| key_db(k) == db).map(<[u8]>::to_vec).collect();
                 for k in keys {
-                    if let Err(e) = store.delete(&k).and_then(|_| ttl.clear(store, &k)) {
+                    let r = hs
+                        .drop_fields(store, &k)
+                        .and_then(|_| store.delete(&k))
+                        .and_then(|_| ttl.clear(store, &k));
+                    if let Err(e) = r {
                         write_err(out, e);
                         return true;
                     }
@@ -1500,6 +1727,223 @@ impl KvService {
                     ),
                 }
             }
+            "HSET" | "HMSET" if n >= 4 && n.is_multiple_of(2) => {
+                let key = key(&*io, 1);
+                let mut added = 0;
+                for i in (2..n).step_by(2) {
+                    let field = arg(&*io, i);
+                    let r = match io.extents(args[i + 1].clone()) {
+                        None => Err(pst_store::StoreError::LogFull),
+                        Some(exts) => hs.set(store, io, &key, &field, exts),
+                    };
+                    match r {
+                        Ok(new) => added += new as i64,
+                        Err(e) => {
+                            write_err(out, e);
+                            return true;
+                        }
+                    }
+                }
+                match name.as_str() {
+                    "HSET" => reply::int(&mut out.buf, added),
+                    _ => reply::simple(&mut out.buf, "OK"),
+                }
+            }
+            "HSETNX" if n == 4 => {
+                let (key, field) = (key(&*io, 1), arg(&*io, 2));
+                if store.get(&field_key(&key, &field)).is_some() {
+                    reply::int(&mut out.buf, 0);
+                    return true;
+                }
+                let r = match io.extents(args[3].clone()) {
+                    None => Err(pst_store::StoreError::LogFull),
+                    Some(exts) => hs.set(store, io, &key, &field, exts),
+                };
+                match r {
+                    Ok(_) => reply::int(&mut out.buf, 1),
+                    Err(e) => write_err(out, e),
+                }
+            }
+            "HGET" if n == 3 => {
+                let fk = field_key(&key(&*io, 1), &arg(&*io, 2));
+                bulk_value(store, &fk, io, out);
+            }
+            "HMGET" if n >= 3 => {
+                let key = key(&*io, 1);
+                reply::array(&mut out.buf, n - 2);
+                for i in 2..n {
+                    bulk_value(store, &field_key(&key, &arg(&*io, i)), io, out);
+                }
+            }
+            "HDEL" if n >= 3 => {
+                let key = key(&*io, 1);
+                let mut count = 0;
+                for i in 2..n {
+                    match hs.del_field(store, &key, &arg(&*io, i)) {
+                        Ok(d) => count += d as i64,
+                        Err(e) => {
+                            write_err(out, e);
+                            return true;
+                        }
+                    }
+                }
+                if !hs.is_hash(&key) {
+                    let _ = ttl.clear(store, &key);
+                }
+                reply::int(&mut out.buf, count);
+            }
+            "HLEN" if n == 2 => reply::int(&mut out.buf, hs.len(&key(&*io, 1)) as i64),
+            "HEXISTS" if n == 3 => {
+                let fk = field_key(&key(&*io, 1), &arg(&*io, 2));
+                reply::int(&mut out.buf, store.get(&fk).is_some() as i64);
+            }
+            "HSTRLEN" if n == 3 => {
+                let fk = field_key(&key(&*io, 1), &arg(&*io, 2));
+                reply::int(&mut out.buf, store.get(&fk).map_or(0, |v| v.len) as i64);
+            }
+            "HKEYS" | "HVALS" | "HGETALL" if n == 2 => {
+                let key = key(&*io, 1);
+                let fields: Vec<Vec<u8>> = hs.fields(&key).map(<[u8]>::to_vec).collect();
+                let per = if name == "HGETALL" { 2 } else { 1 };
+                reply::array(&mut out.buf, fields.len() * per);
+                for f in fields {
+                    if name != "HVALS" {
+                        reply::bulk(&mut out.buf, &f);
+                    }
+                    if name != "HKEYS" {
+                        bulk_value(store, &field_key(&key, &f), io, out);
+                    }
+                }
+            }
+            "HINCRBY" | "HINCRBYFLOAT" if n == 4 => {
+                let (key, field) = (key(&*io, 1), arg(&*io, 2));
+                let fk = field_key(&key, &field);
+                let mut cur = Vec::new();
+                let exists = match store.read_value(&fk, &mut cur) {
+                    Ok(e) => e,
+                    Err(_) => {
+                        reply::error(&mut out.buf, "ERR stored value is corrupt");
+                        return true;
+                    }
+                };
+                let text = if name == "HINCRBY" {
+                    let Some(by) = parse_int(&arg(&*io, 3)) else {
+                        reply::error(&mut out.buf, "ERR value is not an integer or out of range");
+                        return true;
+                    };
+                    let Some(old) = (if exists { parse_int(&cur) } else { Some(0) }) else {
+                        reply::error(&mut out.buf, "ERR hash value is not an integer");
+                        return true;
+                    };
+                    let Some(new) = old.checked_add(by) else {
+                        reply::error(&mut out.buf, "ERR increment or decrement would overflow");
+                        return true;
+                    };
+                    new.to_string()
+                } else {
+                    let Some(by) = parse_float(&arg(&*io, 3)) else {
+                        reply::error(&mut out.buf, "ERR value is not a valid float");
+                        return true;
+                    };
+                    let Some(old) = (if exists { parse_float(&cur) } else { Some(0.0) }) else {
+                        reply::error(&mut out.buf, "ERR hash value is not a float");
+                        return true;
+                    };
+                    let new = old + by;
+                    if !new.is_finite() {
+                        reply::error(&mut out.buf, "ERR increment would produce NaN or Infinity");
+                        return true;
+                    }
+                    format_float(new, old.abs().max(by.abs()))
+                };
+                let exts = if io.has_room(text.len() as u64) { io.copy_in(text.as_bytes()) } else { None };
+                let Some(exts) = exts else {
+                    reply::error(&mut out.buf, OOM);
+                    return true;
+                };
+                match hs.set(store, io, &key, &field, exts) {
+                    Ok(_) if name == "HINCRBY" => reply::int(&mut out.buf, text.parse().unwrap_or(0)),
+                    Ok(_) => reply::bulk(&mut out.buf, text.as_bytes()),
+                    Err(e) => write_err(out, e),
+                }
+            }
+            "HRANDFIELD" if (2..=4).contains(&n) => {
+                let key = key(&*io, 1);
+                let fields: Vec<Vec<u8>> = hs.fields(&key).map(<[u8]>::to_vec).collect();
+                if n == 2 {
+                    match fields.len() {
+                        0 => reply::null(&mut out.buf),
+                        len => reply::bulk(&mut out.buf, &fields[random_index(len)]),
+                    }
+                    return true;
+                }
+                let Some(count) = parse_int(&arg(&*io, 2)) else {
+                    reply::error(&mut out.buf, "ERR value is not an integer or out of range");
+                    return true;
+                };
+                let with_values = n == 4;
+                if with_values && !arg(&*io, 3).eq_ignore_ascii_case(b"WITHVALUES") {
+                    reply::error(&mut out.buf, "ERR syntax error");
+                    return true;
+                }
+                if count.unsigned_abs() > (i64::MAX / 2) as u64 && with_values {
+                    reply::error(&mut out.buf, "ERR value is out of range");
+                    return true;
+                }
+                // Positive: distinct fields, at most all; negative: that many, repeats allowed.
+                let picks: Vec<&Vec<u8>> = if fields.is_empty() {
+                    Vec::new()
+                } else if count >= 0 {
+                    let mut idx: Vec<usize> = (0..fields.len()).collect();
+                    for i in (1..idx.len()).rev() {
+                        idx.swap(i, random_index(i + 1));
+                    }
+                    idx.into_iter().take(count as usize).map(|i| &fields[i]).collect()
+                } else {
+                    (0..count.unsigned_abs().min(1 << 20)).map(|_| &fields[random_index(fields.len())]).collect()
+                };
+                reply::array(&mut out.buf, picks.len() * if with_values { 2 } else { 1 });
+                for f in picks {
+                    reply::bulk(&mut out.buf, f);
+                    if with_values {
+                        bulk_value(store, &field_key(&key, f), io, out);
+                    }
+                }
+            }
+            "HSCAN" if n >= 3 => {
+                // One page: the whole hash, cursor 0 (a valid SCAN answer for any COUNT).
+                let key = key(&*io, 1);
+                let mut pat = None;
+                let mut i = 3;
+                while i < n {
+                    match arg(&*io, i).to_ascii_uppercase().as_slice() {
+                        b"MATCH" if i + 1 < n => pat = Some(arg(&*io, i + 1)),
+                        b"COUNT" if i + 1 < n => {
+                            if !matches!(parse_int(&arg(&*io, i + 1)), Some(c) if c >= 1) {
+                                reply::error(&mut out.buf, "ERR syntax error");
+                                return true;
+                            }
+                        }
+                        _ => {
+                            reply::error(&mut out.buf, "ERR syntax error");
+                            return true;
+                        }
+                    }
+                    i += 2;
+                }
+                let fields: Vec<Vec<u8>> = hs
+                    .fields(&key)
+                    .filter(|f| pat.as_ref().is_none_or(|p| glob_case(p, f)))
+                    .map(<[u8]>::to_vec)
+                    .collect();
+                reply::array(&mut out.buf, 2);
+                reply::bulk(&mut out.buf, b"0");
+                reply::array(&mut out.buf, fields.len() * 2);
+                for f in fields {
+                    reply::bulk(&mut out.buf, &f);
+                    bulk_value(store, &field_key(&key, &f), io, out);
+                }
+            }
             "SETRANGE" if n == 4 => {
                 let Some(off) = parse_int(&arg(&*io, 2)).filter(|o| *o >= 0) else {
                     reply::error(&mut out.buf, "ERR offset is out of range");
@@ -1642,7 +2086,7 @@ impl KvService {
                     reply::error(&mut out.buf, "ERR source and destination objects are the same");
                     return true;
                 }
-                ttl.reap(store, &dst, now);
+                expire(ttl, hs, store, &dst, now);
                 let mut val = Vec::new();
                 match store.read_value(&src, &mut val) {
                     Ok(true) => {}
@@ -1762,7 +2206,12 @@ impl KvService {
                 }
             }
             "TYPE" if n == 2 => {
-                let t = if store.get(&key(&*io, 1)).is_some() { "string" } else { "none" };
+                let k = key(&*io, 1);
+                let t = match store.get(&k) {
+                    Some(_) if hs.is_hash(&k) => "hash",
+                    Some(_) => "string",
+                    None => "none",
+                };
                 reply::simple(&mut out.buf, t);
             }
             "SETEX" | "PSETEX" if n == 4 => {
@@ -1850,7 +2299,9 @@ impl KvService {
             | "RENAMENX" | "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" | "TTL" | "PTTL"
             | "EXPIRETIME" | "PEXPIRETIME" | "PERSIST" | "TYPE" | "SETEX" | "PSETEX" | "GETEX"
             | "SETRANGE" | "GETBIT" | "SETBIT" | "INCRBYFLOAT" | "COPY" | "MOVE" | "SCAN" | "TOUCH"
-            | "OBJECT" | "TIME" => {
+            | "OBJECT" | "TIME" | "HSET" | "HMSET" | "HSETNX" | "HGET" | "HMGET" | "HDEL" | "HLEN"
+            | "HEXISTS" | "HSTRLEN" | "HKEYS" | "HVALS" | "HGETALL" | "HINCRBY" | "HINCRBYFLOAT"
+            | "HRANDFIELD" | "HSCAN" => {
                 arity_error(&mut out.buf, &name)
             }
             _ => {
@@ -1914,9 +2365,13 @@ impl Protocol for KvService {
         io.with_bytes(chunk, &mut |b| c.framer.feed(b, &mut events));
         let Some(store) = store else { return false };
         let mut ttl = self.ttl.lock().unwrap_or_else(|e| e.into_inner());
+        let mut hs = self.hashes.lock().unwrap_or_else(|e| e.into_inner());
         ttl.load(store);
+        hs.load(store);
         if !ttl.is_empty() {
-            ttl.reap_due(store, now_ms(), crate::expiry::ACTIVE_BATCH);
+            for k in ttl.reap_due(store, now_ms(), crate::expiry::ACTIVE_BATCH) {
+                let _ = hs.drop_fields(store, &k);
+            }
         }
         let mut out = Out {
             buf: Vec::new(),
@@ -1927,10 +2382,11 @@ impl Protocol for KvService {
             match ev {
                 Event::Command(args) => {
                     io.count_request();
-                    let go = match self.transaction(c, &args, io, store, &mut ttl, &mut out) {
-                        Some(go) => go,
-                        None => self.exec(c, &args, io, store, &mut ttl, &mut out),
-                    };
+                    let go =
+                        match self.transaction(c, &args, io, store, &mut ttl, &mut hs, &mut out) {
+                            Some(go) => go,
+                            None => self.exec(c, &args, io, store, &mut ttl, &mut hs, &mut out),
+                        };
                     if !go {
                         keep = false;
                         break;
@@ -2358,6 +2814,91 @@ mod tests {
             "$6\r\nembstr\r\n"
         );
         assert_eq!(c.say(&cmd(&["OBJECT", "ENCODING", "nope"])), "$-1\r\n");
+    }
+
+    #[test]
+    fn hashes() {
+        let mut c = conv(None);
+        let say = |c: &mut Conversation<KvService>, a: &[&str]| c.say(&cmd(a));
+        assert_eq!(say(&mut c, &["HSET", "h", "a", "1", "b", "2"]), ":2\r\n");
+        assert_eq!(say(&mut c, &["HSET", "h", "a", "10"]), ":0\r\n");
+        assert_eq!(say(&mut c, &["HGET", "h", "a"]), "$2\r\n10\r\n");
+        assert_eq!(say(&mut c, &["HGET", "h", "zz"]), "$-1\r\n");
+        assert_eq!(say(&mut c, &["HLEN", "h"]), ":2\r\n");
+        assert_eq!(
+            say(&mut c, &["HGETALL", "h"]),
+            "*4\r\n$1\r\na\r\n$2\r\n10\r\n$1\r\nb\r\n$1\r\n2\r\n"
+        );
+        assert_eq!(
+            say(&mut c, &["HMGET", "h", "b", "x"]),
+            "*2\r\n$1\r\n2\r\n$-1\r\n"
+        );
+        assert_eq!(say(&mut c, &["HSETNX", "h", "b", "9"]), ":0\r\n");
+        assert_eq!(say(&mut c, &["HINCRBY", "h", "a", "5"]), ":15\r\n");
+        assert_eq!(
+            say(&mut c, &["HINCRBYFLOAT", "h", "a", "0.5"]),
+            "$4\r\n15.5\r\n"
+        );
+        assert_eq!(
+            say(&mut c, &["HINCRBY", "h", "a", "1"]),
+            "-ERR hash value is not an integer\r\n"
+        );
+        assert_eq!(say(&mut c, &["HSTRLEN", "h", "a"]), ":4\r\n");
+        assert_eq!(say(&mut c, &["HEXISTS", "h", "b"]), ":1\r\n");
+        assert_eq!(say(&mut c, &["TYPE", "h"]), "+hash\r\n");
+        assert_eq!(say(&mut c, &["EXISTS", "h"]), ":1\r\n");
+        assert_eq!(say(&mut c, &["DBSIZE"]), ":1\r\n", "fields are not keys");
+        assert_eq!(
+            say(&mut c, &["GET", "h"]),
+            "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n"
+        );
+        say(&mut c, &["SET", "s", "v"]);
+        assert_eq!(
+            say(&mut c, &["HSET", "s", "f", "v"]),
+            "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n"
+        );
+        assert_eq!(say(&mut c, &["MGET", "h", "s"]), "*2\r\n$-1\r\n$1\r\nv\r\n");
+        assert_eq!(say(&mut c, &["HDEL", "h", "a", "nope"]), ":1\r\n");
+        assert_eq!(say(&mut c, &["HDEL", "h", "b"]), ":1\r\n");
+        assert_eq!(
+            say(&mut c, &["EXISTS", "h"]),
+            ":0\r\n",
+            "the hash goes with its last field"
+        );
+        // SET over a hash replaces it; DEL of a hash drops its fields.
+        say(&mut c, &["HSET", "h2", "f", "v"]);
+        assert_eq!(say(&mut c, &["SET", "h2", "str"]), "+OK\r\n");
+        assert_eq!(say(&mut c, &["GET", "h2"]), "$3\r\nstr\r\n");
+        assert_eq!(
+            say(&mut c, &["HSET", "h2", "f", "v"]),
+            "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n"
+        );
+        assert_eq!(say(&mut c, &["DEL", "h2"]), ":1\r\n");
+        assert_eq!(say(&mut c, &["HSET", "h2", "g", "w"]), ":1\r\n");
+        assert_eq!(
+            say(&mut c, &["HGETALL", "h2"]),
+            "*2\r\n$1\r\ng\r\n$1\r\nw\r\n",
+            "the old field is gone"
+        );
+        assert_eq!(say(&mut c, &["DEL", "h2"]), ":1\r\n");
+        assert_eq!(say(&mut c, &["HLEN", "h2"]), ":0\r\n");
+        assert_eq!(say(&mut c, &["HRANDFIELD", "nope"]), "$-1\r\n");
+        say(&mut c, &["HSET", "r", "x", "1", "y", "2", "z", "3"]);
+        assert!(
+            say(&mut c, &["HRANDFIELD", "r", "5"]).starts_with("*3\r\n"),
+            "at most every field"
+        );
+        assert!(say(&mut c, &["HRANDFIELD", "r", "-5", "WITHVALUES"]).starts_with("*10\r\n"));
+        assert_eq!(
+            say(&mut c, &["HSCAN", "r", "0", "MATCH", "y"]),
+            "*2\r\n$1\r\n0\r\n*2\r\n$1\r\ny\r\n$1\r\n2\r\n"
+        );
+        assert_eq!(
+            say(&mut c, &["RENAME", "r", "r2"]),
+            "-ERR pst kv cannot rename, copy or move a hash yet\r\n"
+        );
+        assert_eq!(say(&mut c, &["EXPIRE", "r", "100"]), ":1\r\n");
+        assert_eq!(say(&mut c, &["TTL", "r"]), ":100\r\n");
     }
 
     #[test]

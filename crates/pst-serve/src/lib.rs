@@ -16,6 +16,7 @@ pub mod echo;
 pub mod epoll;
 pub mod error;
 pub mod expiry;
+pub mod hashes;
 pub mod http;
 pub mod kv;
 pub mod metrics;

@@ -184,6 +184,11 @@ impl<M: Media> Store<M> {
         self.group = Some(None);
     }
 
+    /// True while an atomic group is open.
+    pub fn in_group(&self) -> bool {
+        self.group.is_some()
+    }
+
     /// End the atomic group: its last record is marked as the group's end (its flag cleared,
     /// its checksum recomputed and flushed; durable with the next commit).
     pub fn end_group(&mut self) {

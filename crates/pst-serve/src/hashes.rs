@@ -1,0 +1,208 @@
+//! Redis hashes for `pst kv`, stored in the same log as strings.
+//!
+//! **On media**: each field is a record of its own under the reserved key `\xffpst:h` + the
+//! hash's stored key length (u32, big-endian) + the stored key + the field name; its value is
+//! the field's value, stored where it landed (zero copy, like a string value). The hash's own
+//! key holds the marker value [`MARKER`], so that the keyspace commands (`EXISTS`, `DBSIZE`,
+//! `KEYS`, `SCAN`, `EXPIRE`, `TTL`, `RANDOMKEY`) see a hash like any key. A command that
+//! writes several records (a new hash, `HDEL` of the last field, `DEL` of a hash) writes them
+//! as one atomic group, so a crash never leaves half a command. On load, field records whose
+//! hash key is missing or not a hash are dropped, and a marker without fields is dropped.
+//!
+//! **In memory**: hash key → its field names (sorted), for `HLEN`, `HKEYS`, `HGETALL` and the
+//! type checks (a string command on a hash answers `WRONGTYPE`).
+
+use std::collections::{BTreeSet, HashMap};
+
+use pst_store::StoreError;
+
+use crate::protocol::Io;
+use crate::store::PoolStore;
+
+/// Prefix of the reserved keys holding hash fields.
+pub const FIELD_PREFIX: &[u8] = b"\xffpst:h";
+
+/// The value of a hash's own key.
+pub const MARKER: &[u8] = b"\xffpst:hash";
+
+/// The stored key of `field` of the hash stored as `key`.
+pub fn field_key(key: &[u8], field: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(FIELD_PREFIX.len() + 4 + key.len() + field.len());
+    k.extend_from_slice(FIELD_PREFIX);
+    k.extend_from_slice(&(key.len() as u32).to_be_bytes());
+    k.extend_from_slice(key);
+    k.extend_from_slice(field);
+    k
+}
+
+/// Split a field record's key into (hash key, field).
+fn split_field_key(k: &[u8]) -> Option<(&[u8], &[u8])> {
+    let rest = k.strip_prefix(FIELD_PREFIX)?;
+    let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    let rest = &rest[4..];
+    (rest.len() >= len).then(|| rest.split_at(len))
+}
+
+/// The hashes of the store.
+#[derive(Debug, Default)]
+pub struct Hashes {
+    loaded: bool,
+    map: HashMap<Vec<u8>, BTreeSet<Vec<u8>>>,
+}
+
+impl Hashes {
+    /// Rebuild the table from the store (once), dropping orphans.
+    pub fn load(&mut self, store: &mut PoolStore) {
+        if self.loaded {
+            return;
+        }
+        self.loaded = true;
+        let mut orphans = Vec::new();
+        let mut v = Vec::new();
+        let fields: Vec<Vec<u8>> = store
+            .keys()
+            .filter(|k| k.starts_with(FIELD_PREFIX))
+            .map(<[u8]>::to_vec)
+            .collect();
+        for fk in fields {
+            let Some((key, field)) = split_field_key(&fk) else {
+                orphans.push(fk);
+                continue;
+            };
+            let is_hash =
+                store.read_value(key, &mut v).is_ok_and(|found| found) && v.as_slice() == MARKER;
+            if is_hash {
+                self.map
+                    .entry(key.to_vec())
+                    .or_default()
+                    .insert(field.to_vec());
+            } else {
+                orphans.push(fk);
+            }
+        }
+        // Markers without fields (a crash inside a command that was never acknowledged).
+        let markers: Vec<Vec<u8>> = store
+            .keys()
+            .filter(|k| !k.starts_with(FIELD_PREFIX) && !self.map.contains_key(*k))
+            .filter(|k| store.get(k).is_some_and(|r| r.len as usize == MARKER.len()))
+            .map(<[u8]>::to_vec)
+            .collect();
+        for k in markers {
+            if store.read_value(&k, &mut v).is_ok_and(|f| f) && v.as_slice() == MARKER {
+                orphans.push(k);
+            }
+        }
+        for k in &orphans {
+            if let Err(e) = store.delete(k) {
+                tracing::warn!(error = %e, "could not drop an orphaned hash record");
+            }
+        }
+        if !self.map.is_empty() || !orphans.is_empty() {
+            tracing::info!(
+                hashes = self.map.len(),
+                orphans = orphans.len(),
+                "hashes loaded"
+            );
+        }
+    }
+
+    /// True when `key` is a hash.
+    pub fn is_hash(&self, key: &[u8]) -> bool {
+        self.map.contains_key(key)
+    }
+
+    /// True when no hash exists (the common case: the type checks cost nothing then).
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// The fields of hash `key` (empty if it is not a hash).
+    pub fn fields(&self, key: &[u8]) -> impl Iterator<Item = &[u8]> {
+        self.map
+            .get(key)
+            .into_iter()
+            .flat_map(|f| f.iter().map(|x| x.as_slice()))
+    }
+
+    /// Number of fields of hash `key`.
+    pub fn len(&self, key: &[u8]) -> usize {
+        self.map.get(key).map_or(0, BTreeSet::len)
+    }
+
+    /// Set `field` of hash `key` to the value in `extents`. The hash is created (its marker
+    /// written) if it did not exist; the caller has checked that `key` is not a string.
+    /// Returns whether the field is new.
+    pub fn set(
+        &mut self,
+        store: &mut PoolStore,
+        io: &mut dyn Io,
+        key: &[u8],
+        field: &[u8],
+        extents: Vec<pst::Extent>,
+    ) -> Result<bool, StoreError> {
+        store.put(&field_key(key, field), extents)?;
+        if !self.map.contains_key(key) {
+            let marker = io.copy_in(MARKER).ok_or(StoreError::LogFull)?;
+            store.put(key, marker)?;
+        }
+        Ok(self
+            .map
+            .entry(key.to_vec())
+            .or_default()
+            .insert(field.to_vec()))
+    }
+
+    /// Delete `field` of hash `key`; the hash goes with its last field. Returns whether the
+    /// field existed.
+    pub fn del_field(
+        &mut self,
+        store: &mut PoolStore,
+        key: &[u8],
+        field: &[u8],
+    ) -> Result<bool, StoreError> {
+        let Some(fields) = self.map.get_mut(key) else {
+            return Ok(false);
+        };
+        if !fields.remove(field) {
+            return Ok(false);
+        }
+        store.delete(&field_key(key, field))?;
+        if fields.is_empty() {
+            self.map.remove(key);
+            store.delete(key)?;
+        }
+        Ok(true)
+    }
+
+    /// Delete every field of hash `key` (not its own key: the caller deletes or overwrites
+    /// that). Returns whether it was a hash.
+    pub fn drop_fields(&mut self, store: &mut PoolStore, key: &[u8]) -> Result<bool, StoreError> {
+        let Some(fields) = self.map.remove(key) else {
+            return Ok(false);
+        };
+        for f in fields {
+            store.delete(&field_key(key, &f))?;
+        }
+        Ok(true)
+    }
+
+    /// Forget every hash (after `FLUSHALL` cleared the store).
+    pub fn clear_all(&mut self) {
+        self.map.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_keys_split_back() {
+        let k = field_key(b"\xffpst:db\x03h", b"f:1");
+        assert_eq!(
+            split_field_key(&k),
+            Some((&b"\xffpst:db\x03h"[..], &b"f:1"[..]))
+        );
+        assert_eq!(split_field_key(b"\xffpst:h\0\0\0\x09ab"), None);
+    }
+}
