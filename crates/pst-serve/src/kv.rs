@@ -76,7 +76,7 @@ fn arity(name: &str) -> Option<i32> {
         "HMGET" | "HDEL" | "HSCAN" => -3,
         "HLEN" | "HKEYS" | "HVALS" | "HGETALL" => 2,
         "HRANDFIELD" => -2,
-        "SCAN" | "OBJECT" | "TOUCH" | "DEL" | "UNLINK" | "EXISTS" | "MGET" | "GETEX" | "CONFIG"
+        "SCAN" | "OBJECT" | "TOUCH" | "MEMORY" | "DEL" | "UNLINK" | "EXISTS" | "MGET" | "GETEX" | "CONFIG"
         | "CLIENT" | "FUNCTION" | "AUTH" | "WATCH" => -2,
         "PING" | "FLUSHALL" | "FLUSHDB" | "INFO" | "COMMAND" | "QUIT" => -1,
         _ => return None,
@@ -424,7 +424,7 @@ impl Out<'_> {
 }
 
 /// The commands `pst kv` implements (`COMMAND COUNT`).
-const COMMANDS: [&str; 81] = [
+const COMMANDS: [&str; 82] = [
     "APPEND",
     "AUTH",
     "CLIENT",
@@ -472,6 +472,7 @@ const COMMANDS: [&str; 81] = [
     "INCRBYFLOAT",
     "INFO",
     "KEYS",
+    "MEMORY",
     "MGET",
     "MOVE",
     "MSET",
@@ -1019,7 +1020,7 @@ impl KvService {
         // Lazy expiry: the keys this command names, or every due key for commands that count
         // or list keys.
         let now = now_ms();
-        match key_positions(&name, n).filter(|_| !ttl.is_empty()) {
+        match (!ttl.is_empty()).then(|| key_positions(&name, n)).flatten() {
             None => {}
             Some(KeyArgs::All) => {
                 for k in ttl.reap_due(store, now, usize::MAX) {
@@ -1284,6 +1285,25 @@ impl KvService {
                     reply::bulk(&mut out.buf, k);
                 }
             }
+            "MEMORY" if n >= 2 => match arg(&*io, 1).to_ascii_uppercase().as_slice() {
+                b"USAGE" if n == 3 || (n == 5 && arg(&*io, 3).eq_ignore_ascii_case(b"SAMPLES")) => {
+                    // Bytes the key costs in the store: its records' payloads and keys, plus
+                    // a record header each (pool-buffer rounding not counted).
+                    let k = key(&*io, 2);
+                    match store.get(&k) {
+                        None => reply::null(&mut out.buf),
+                        Some(v) => {
+                            let mut total = v.len as usize + k.len() + 48;
+                            for f in hs.fields(&k) {
+                                let fk = field_key(&k, f);
+                                total += store.get(&fk).map_or(0, |r| r.len as usize) + fk.len() + 48;
+                            }
+                            reply::int(&mut out.buf, total as i64);
+                        }
+                    }
+                }
+                _ => error_line(&mut out.buf, &format!("ERR unknown subcommand or wrong number of arguments for '{}'. Try MEMORY HELP.", cap(&arg(&*io, 1), 128))),
+            },
             "TIME" if n == 1 => {
                 let d = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -2301,7 +2321,7 @@ impl KvService {
             | "SETRANGE" | "GETBIT" | "SETBIT" | "INCRBYFLOAT" | "COPY" | "MOVE" | "SCAN" | "TOUCH"
             | "OBJECT" | "TIME" | "HSET" | "HMSET" | "HSETNX" | "HGET" | "HMGET" | "HDEL" | "HLEN"
             | "HEXISTS" | "HSTRLEN" | "HKEYS" | "HVALS" | "HGETALL" | "HINCRBY" | "HINCRBYFLOAT"
-            | "HRANDFIELD" | "HSCAN" => {
+            | "HRANDFIELD" | "HSCAN" | "MEMORY" => {
                 arity_error(&mut out.buf, &name)
             }
             _ => {
