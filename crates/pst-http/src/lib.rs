@@ -141,8 +141,10 @@ enum State {
     Head,
     /// Waiting for the body of `req` to end at `req.body.end`.
     Body(Request),
-    /// Inside a chunked body of `req` (`req.body.start` is where it began).
-    Chunked(Request, Chunk),
+    /// Inside a chunked body of `req` (`req.body.start` is where it began), with the data
+    /// bytes seen so far (kept as a running total: summing the ranges per chunk would make a
+    /// body of many tiny chunks cost quadratic time).
+    Chunked(Request, Chunk, u64),
     /// After an error: ignore everything.
     Dead,
 }
@@ -199,7 +201,7 @@ impl RequestFramer {
     pub fn needed_from(&self) -> u64 {
         match &self.state {
             State::Head => self.carry_pos,
-            State::Body(r) | State::Chunked(r, _) => r.body.start,
+            State::Body(r) | State::Chunked(r, _, _) => r.body.start,
             State::Dead => self.pos,
         }
     }
@@ -255,11 +257,12 @@ impl RequestFramer {
                             // Bytes of this chunk consumed by the head.
                             at += head_len - before;
                             self.carry.clear();
-                            if expect && (req.chunked || !req.body.is_empty()) {
+                            // An HTTP/1.0 client's expectation is ignored (RFC 9110 §10.1.1).
+                            if expect && !req.http10 && (req.chunked || !req.body.is_empty()) {
                                 out.push(Event::Continue);
                             }
                             if req.chunked {
-                                self.state = State::Chunked(req, Chunk::Size);
+                                self.state = State::Chunked(req, Chunk::Size, 0);
                             } else if req.body.is_empty() {
                                 out.push(Event::Request(req));
                                 self.carry_pos = chunk_pos + at as u64;
@@ -286,7 +289,7 @@ impl RequestFramer {
         at: &mut usize,
         out: &mut Vec<Event>,
     ) -> Result<(), FrameError> {
-        let State::Chunked(req, phase) = &mut self.state else {
+        let State::Chunked(req, phase, total) = &mut self.state else {
             unreachable!("called in the chunked state")
         };
         while *at < chunk.len() {
@@ -355,7 +358,7 @@ impl RequestFramer {
                         }
                         // The empty line: the message ends here.
                         let end = chunk_pos + *at as u64;
-                        let State::Chunked(mut req, _) =
+                        let State::Chunked(mut req, _, _) =
                             std::mem::replace(&mut self.state, State::Head)
                         else {
                             unreachable!()
@@ -370,10 +373,10 @@ impl RequestFramer {
                     }
                     let size = chunk_size(&line)?;
                     self.carry.clear();
-                    let total = req.body_len();
-                    if size > self.limits.max_body.saturating_sub(total) {
+                    if size > self.limits.max_body.saturating_sub(*total) {
                         return Err(FrameError::TooLarge);
                     }
+                    *total += size;
                     if req.chunks.len() >= MAX_CHUNKS {
                         return Err(FrameError::TooLarge);
                     }
@@ -446,21 +449,32 @@ impl RequestFramer {
         for h in r.headers.iter() {
             let name = h.name;
             if name.eq_ignore_ascii_case("content-length") {
-                let v = std::str::from_utf8(h.value)
-                    .map_err(|_| FrameError::BadRequest)?
-                    .trim();
-                let n: u64 = v.parse().map_err(|_| FrameError::BadRequest)?;
+                // `1*DIGIT` on the raw bytes (RFC 9110 §8.6): no sign, no Unicode whitespace
+                // (what `str::trim` and `u64::from_str` would let through for a proxy in
+                // front to read differently).
+                let v = trim_ows(h.value);
+                if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+                    return Err(FrameError::BadRequest);
+                }
+                let n: u64 = std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .ok_or(FrameError::BadRequest)?;
                 if content_length.is_some_and(|c| c != n) {
                     return Err(FrameError::BadRequest); // conflicting lengths: request smuggling
                 }
                 content_length = Some(n);
             } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                let v = std::str::from_utf8(h.value).map_err(|_| FrameError::BadRequest)?;
-                codings.extend(
-                    v.split(',')
-                        .map(|t| t.trim().to_ascii_lowercase())
-                        .filter(|t| !t.is_empty()),
-                );
+                // Transfer codings are tokens separated by commas and optional SP/HTAB.
+                for t in h.value.split(|&b| b == b',').map(trim_ows) {
+                    if t.is_empty() {
+                        continue;
+                    }
+                    if !t.iter().all(|&b| is_tchar(b)) {
+                        return Err(FrameError::BadRequest);
+                    }
+                    codings.push(String::from_utf8_lossy(t).to_ascii_lowercase());
+                }
                 if codings.is_empty() {
                     return Err(FrameError::BadRequest);
                 }
@@ -568,6 +582,22 @@ fn crlf_line(mut line: Vec<u8>) -> Result<Vec<u8>, FrameError> {
         return Err(FrameError::BadRequest);
     }
     Ok(line)
+}
+
+/// Strip optional whitespace (SP and HTAB only, RFC 9110 §5.6.3) from both ends.
+fn trim_ows(mut v: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = v {
+        v = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = v {
+        v = rest;
+    }
+    v
+}
+
+/// A token character (RFC 9110 §5.6.2).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// Parse a chunk-size line: hex digits, then optional extensions after `;` (ignored).
@@ -847,6 +877,21 @@ mod tests {
         for c in cases {
             assert_eq!(st(c), 400, "{c:?}");
         }
+        // Values a lenient parser reads differently (found by review).
+        let bytes_cases: [&[u8]; 4] = [
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: \xc2\x85chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\nhello",
+            b"POST / HTTP/1.1\r\nContent-Length: 5\xc2\xa0\r\n\r\nhello",
+            b"POST / HTTP/1.1\r\nContent-Length: 0x5\r\n\r\nhello",
+        ];
+        for c in bytes_cases {
+            match feed_all(&[c]).pop() {
+                Some(Event::Error(e)) => {
+                    assert_eq!(e.status(), 400, "{:?}", String::from_utf8_lossy(c))
+                }
+                other => panic!("{:?}: {other:?}", String::from_utf8_lossy(c)),
+            }
+        }
         // The same length twice is allowed (RFC 9112 §6.3 item 5).
         let ok = feed_all(&[b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx"]);
         assert_eq!(req(&ok[0]).body_len(), 1);
@@ -872,6 +917,33 @@ mod tests {
             b"POST /k HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 99999999\r\n\r\n",
         ]);
         assert_eq!(ev, vec![Event::Error(FrameError::TooLarge)]);
+    }
+
+    /// Found by review: a body of many one-byte chunks (its data length is a running total,
+    /// not re-summed per chunk, which made this quadratic).
+    #[test]
+    fn many_tiny_chunks_frame_whole() {
+        let mut body = Vec::new();
+        for _ in 0..60_000 {
+            body.extend_from_slice(b"1\r\nx\r\n");
+        }
+        let head = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let req = [&head[..], &body, b"0\r\n\r\n"].concat();
+        let mut f = RequestFramer::new(Limits {
+            max_body: 1 << 20,
+            ..Limits::default()
+        });
+        let mut out = Vec::new();
+        f.feed(&req, &mut out);
+        assert_eq!(req_of(&out).body_len(), 60_000);
+        assert_eq!(req_of(&out).chunks.len(), 60_000);
+    }
+
+    fn req_of(ev: &[Event]) -> &Request {
+        match ev.last() {
+            Some(Event::Request(r)) => r,
+            other => panic!("{other:?}"),
+        }
     }
 
     proptest::proptest! {

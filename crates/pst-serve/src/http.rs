@@ -53,6 +53,10 @@ impl std::fmt::Display for StoreMode {
 pub const RPC_BODY: &[u8; 64] =
     b"pst rpc reply: a fixed 64-byte body for the RPC benchmark.....\r\n";
 
+/// Most requests a client may pipeline behind a parked long poll (or `--max-body` bytes of
+/// bodies); beyond, the poll is answered at once so that nothing stays pinned behind it.
+pub const MAX_BEHIND_POLL: usize = 16;
+
 /// Most records one `GET /log` returns (`max` is capped to it).
 pub const LOG_MAX_RECORDS: usize = 10_000;
 /// Payload bytes after which a `GET /log` reply stops adding records (at least one record is
@@ -82,6 +86,13 @@ struct LogPoll {
     head: bool,
 }
 
+impl LogPoll {
+    /// The request method's index for the metrics.
+    fn method(&self) -> usize {
+        method_index(if self.head { Method::Head } else { Method::Get })
+    }
+}
+
 /// Per-connection state: the framer, and a long poll with the requests queued behind it.
 #[derive(Debug)]
 pub struct HttpConn {
@@ -105,12 +116,15 @@ struct LogQuery {
 struct Ka {
     keep: bool,
     http10: bool,
+    /// The request was a HEAD: the response says the body's length but carries no body.
+    head: bool,
 }
 
 impl Ka {
     const CLOSE: Ka = Ka {
         keep: false,
         http10: false,
+        head: false,
     };
 }
 
@@ -171,7 +185,9 @@ impl HttpService {
     fn respond(reply: &mut Vec<Piece>, status: u16, body: &[u8], keep_alive: Ka) -> Handled {
         let mut out = Vec::with_capacity(96 + body.len());
         write_head(&mut out, status, body.len(), keep_alive);
-        out.extend_from_slice(body);
+        if !keep_alive.head {
+            out.extend_from_slice(body);
+        }
         reply.push(Piece::Bytes(out));
         Handled::Status(status)
     }
@@ -189,7 +205,9 @@ impl HttpService {
         out.truncate(out.len() - 2); // before the blank line
         out.extend_from_slice(extra.as_bytes());
         out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(body);
+        if !keep_alive.head {
+            out.extend_from_slice(body);
+        }
         reply.push(Piece::Bytes(out));
         Handled::Status(status)
     }
@@ -218,6 +236,7 @@ impl HttpService {
         let ka = Ka {
             keep: req.keep_alive,
             http10: req.http10,
+            head: req.method == Method::Head,
         };
         let write = matches!(req.method, Method::Post | Method::Put | Method::Delete);
         if write {
@@ -237,11 +256,7 @@ impl HttpService {
                         .map_or(0, |s| pst_pool::Media::header(s.media()).geometry.buf_size);
                     let text = self.metrics.prometheus(stats.as_ref(), buf_size);
                     let ct = "Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n";
-                    let h = Self::respond_with(reply, 200, ct, text.as_bytes(), ka);
-                    if req.method == Method::Head {
-                        strip_body(reply, text.len());
-                    }
-                    h
+                    Self::respond_with(reply, 200, ct, text.as_bytes(), ka)
                 }
                 _ => Self::respond(reply, 405, b"/metrics is read-only\n", ka),
             };
@@ -493,7 +508,32 @@ impl HttpService {
             if c.parked.is_some() {
                 c.queued.push_back(ev);
                 c.queued.extend(events);
-                return true;
+                let bytes: u64 = c
+                    .queued
+                    .iter()
+                    .map(|e| match e {
+                        Event::Request(r) => r.body.end - r.body.start,
+                        _ => 0,
+                    })
+                    .sum();
+                if c.queued.len() <= MAX_BEHIND_POLL && bytes <= self.limits.max_body {
+                    return true;
+                }
+                // Too much pipelined behind a long poll (its bytes stay pinned until it
+                // ends): answer the poll now with what there is, then the rest.
+                let mut poll = c.parked.take().expect("parked");
+                poll.deadline = Instant::now();
+                let Some(st) = store.as_deref_mut() else {
+                    return false;
+                };
+                if let Handled::Status(status) = self.log_read(&poll, io, st, reply) {
+                    self.metrics.http_response(poll.method(), status);
+                }
+                if !poll.keep_alive.keep {
+                    return false;
+                }
+                let queued: Vec<Event> = c.queued.drain(..).collect();
+                return self.run_events(c, queued, io, store, reply);
             }
             match ev {
                 Event::Continue => reply.push(Piece::Bytes(CONTINUE.to_vec())),
@@ -534,13 +574,6 @@ fn first_seq(store: &PoolStore) -> u64 {
         .map_or(store.next_seq(), |r| r.seq)
 }
 
-/// Drop the last `len` body bytes of the reply's last piece (HEAD: headers only).
-fn strip_body(reply: &mut [Piece], len: usize) {
-    if let Some(Piece::Bytes(b)) = reply.last_mut() {
-        b.truncate(b.len() - len);
-    }
-}
-
 /// Give back the buffer references of pieces that will not be sent.
 fn release_pieces(io: &mut dyn Io, parts: Vec<Piece>) {
     for p in parts {
@@ -555,9 +588,14 @@ fn release_pieces(io: &mut dyn Io, parts: Vec<Piece>) {
 /// fuller extents for the log record). `None` when the pool is out of buffers.
 fn body_extents(req: &Request, io: &mut dyn Io) -> Option<Vec<Extent>> {
     if req.chunks.len() > GATHER_CHUNKS {
+        // One pass over the body as sent, then the chunk data cut out of it (a lookup per
+        // chunk would scan the connection's kept buffers once per chunk).
+        let mut span = Vec::with_capacity((req.body.end - req.body.start) as usize);
+        io.gather(req.body.clone(), &mut span);
         let mut body = Vec::with_capacity(req.body_len() as usize);
         for r in req.data() {
-            io.with_bytes(r, &mut |b| body.extend_from_slice(b));
+            let (a, b) = (r.start - req.body.start, r.end - req.body.start);
+            body.extend_from_slice(&span[a as usize..b as usize]);
         }
         return io.copy_in(&body);
     }
@@ -634,7 +672,7 @@ impl Protocol for HttpService {
                 return true;
             }
             Handled::Status(status) => {
-                self.metrics.http_response(0, status);
+                self.metrics.http_response(poll.method(), status);
                 if !poll.keep_alive.keep {
                     return false;
                 }
@@ -800,6 +838,41 @@ mod tests {
         assert_eq!(
             parse(&c.say("GET /log?from=x HTTP/1.1\r\nHost: x\r\n\r\n")).0,
             400
+        );
+    }
+
+    #[test]
+    fn a_long_poll_is_answered_early_when_too_much_queues_behind_it() {
+        let mut c = conv(StoreMode::Wal, None);
+        let (out, _) = c.send(b"GET /log?from=1&wait=20000 HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(out.is_empty() && c.parked());
+        let behind = "GET / HTTP/1.1\r\nHost: x\r\n\r\n".repeat(MAX_BEHIND_POLL + 1);
+        let (out, keep) = c.send(behind.as_bytes());
+        let out = String::from_utf8(out).unwrap();
+        assert!(keep && !c.parked());
+        assert!(
+            out.starts_with("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n"),
+            "{out}"
+        );
+        assert_eq!(
+            out.matches("HTTP/1.1 200").count(),
+            MAX_BEHIND_POLL + 2,
+            "the poll, then every request"
+        );
+    }
+
+    #[test]
+    fn head_responses_never_carry_a_body() {
+        let mut c = conv(StoreMode::Kv, None);
+        let raw = c.say("HEAD /missing HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(
+            raw.starts_with("HTTP/1.1 404") && raw.ends_with("\r\n\r\n"),
+            "{raw:?}"
+        );
+        let raw = c.say("HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(
+            raw.starts_with("HTTP/1.1 200") && raw.ends_with("\r\n\r\n"),
+            "{raw:?}"
         );
     }
 

@@ -76,8 +76,8 @@ fn arity(name: &str) -> Option<i32> {
         "HMGET" | "HDEL" | "HSCAN" => -3,
         "HLEN" | "HKEYS" | "HVALS" | "HGETALL" => 2,
         "HRANDFIELD" => -2,
-        "SCAN" | "OBJECT" | "TOUCH" | "MEMORY" | "DEL" | "UNLINK" | "EXISTS" | "MGET" | "GETEX" | "CONFIG"
-        | "CLIENT" | "FUNCTION" | "AUTH" | "WATCH" => -2,
+        "SCAN" | "OBJECT" | "TOUCH" | "MEMORY" | "DEL" | "UNLINK" | "EXISTS" | "MGET" | "GETEX"
+        | "CONFIG" | "CLIENT" | "FUNCTION" | "AUTH" | "WATCH" => -2,
         "PING" | "FLUSHALL" | "FLUSHDB" | "INFO" | "COMMAND" | "QUIT" => -1,
         _ => return None,
     })
