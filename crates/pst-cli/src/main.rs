@@ -51,10 +51,11 @@ struct HttpArgs {
 struct KvArgs {
     #[command(flatten)]
     server: ServerArgs,
-    /// Largest value (bulk argument) accepted; a larger one is a protocol error and closes the
-    /// connection. A value is held in pool buffers while it arrives, so keep it well below the
-    /// pool size (Redis's own limit is 512MB).
-    #[arg(long, value_parser = parse_bytes, default_value = "64MiB")]
+    /// Largest value (bulk argument) accepted, and most bytes one MULTI may queue; a larger
+    /// value is a protocol error and closes the connection. A value is held in pool buffers
+    /// while it arrives, so keep it well below the pool size divided by the clients that may
+    /// send one at once (Redis's own limit is 512MB).
+    #[arg(long, value_parser = parse_bytes, default_value = "8MiB")]
     max_value: u64,
     /// Require `AUTH <password>` before other commands (Redis `requirepass`).
     #[arg(long)]

@@ -114,13 +114,19 @@ impl Ttl {
             Some(&at) if at <= now => {}
             _ => return false,
         }
-        self.forget(key);
-        // A full log refuses new data but keeps room for deletes; if even that fails the key
-        // is gone from the table and stays unreadable until the deadline record is retried.
-        if let Err(e) = store.delete(key).and_then(|_| store.delete(&meta_key(key))) {
-            tracing::warn!(error = %e, "could not log an expiry");
+        // A full log refuses new data but keeps room for deletes; if even that fails, nothing
+        // changes: the key and its deadline stay, and the expiry is retried at the next access
+        // or sweep (never a key without its deadline).
+        match store.delete(key).and_then(|_| store.delete(&meta_key(key))) {
+            Ok(_) => {
+                self.forget(key);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not log an expiry");
+                false
+            }
         }
-        true
     }
 
     /// Expire up to `max` keys whose deadline passed; returns them.
@@ -146,7 +152,13 @@ impl Ttl {
         key: &[u8],
         at: i64,
     ) -> Result<(), StoreError> {
-        let exts = io.copy_in(&at.to_le_bytes()).ok_or(StoreError::LogFull)?;
+        // Room first (the same reserve as any write: a deadline must not eat the buffers kept
+        // for deletes).
+        let exts = io
+            .has_room(8)
+            .then(|| io.copy_in(&at.to_le_bytes()))
+            .flatten()
+            .ok_or(StoreError::LogFull)?;
         store.put(&meta_key(key), exts)?;
         self.insert(key.to_vec(), at);
         Ok(())

@@ -2,6 +2,7 @@
 //! are stored from the pool buffers they arrived in; `GET` sends them back from there. Replies
 //! leave after the batch's group commit, as Redis does with `appendfsync always`.
 
+use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -28,6 +29,8 @@ pub struct KvService {
     ttl: std::sync::Mutex<Ttl>,
     /// The hashes (field tables), likewise.
     hashes: std::sync::Mutex<Hashes>,
+    /// Versions of `WATCH`ed keys, likewise.
+    watches: std::sync::Mutex<Watches>,
 }
 
 /// Per-connection state.
@@ -43,14 +46,115 @@ pub struct KvConn {
     tx: Option<Tx>,
     /// `WATCH`ed keys (stored form) with the sequence number of their record and their
     /// deadline when watched (a write, a delete, an expiry or a new deadline changes one).
-    watched: Vec<(Vec<u8>, Option<u64>, Option<i64>)>,
+    watched: Vec<Watched>,
 }
+
+/// A `WATCH`ed key: its version and whether it existed when watched.
+#[derive(Debug)]
+struct Watched {
+    key: Vec<u8>,
+    version: (u64, u64),
+    existed: bool,
+}
+
+/// Versions of the keys some client has `WATCH`ed: every write command bumps the versions of
+/// the keys it names (`FLUSHALL`/`FLUSHDB` bump all), as Redis's `touchWatchedKey` does; an
+/// `EXEC` whose watched versions moved, or whose watched key appeared or vanished (expiry
+/// included), is aborted. Compaction re-appending a record is not a change.
+#[derive(Debug, Default)]
+pub struct Watches {
+    versions: HashMap<Vec<u8>, u64>,
+    /// Bumped when the table is cleared (it is bounded): every watch taken before then aborts.
+    epoch: u64,
+    next: u64,
+}
+
+impl Watches {
+    /// Most keys tracked; beyond, the table starts over (watchers then abort, never miss).
+    const MAX: usize = 100_000;
+
+    fn watch(&mut self, key: &[u8]) -> (u64, u64) {
+        if self.versions.len() >= Self::MAX && !self.versions.contains_key(key) {
+            self.versions.clear();
+            self.epoch += 1;
+        }
+        (self.epoch, *self.versions.entry(key.to_vec()).or_insert(0))
+    }
+
+    fn version(&self, key: &[u8]) -> (u64, u64) {
+        (self.epoch, self.versions.get(key).copied().unwrap_or(0))
+    }
+
+    fn touch(&mut self, key: &[u8]) {
+        if let Some(v) = self.versions.get_mut(key) {
+            self.next += 1;
+            *v = self.next;
+        }
+    }
+
+    fn touch_all(&mut self) {
+        for v in self.versions.values_mut() {
+            self.next += 1;
+            *v = self.next;
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.versions.is_empty()
+    }
+}
+
+/// Commands that never change a key (everything else counts as a write for `WATCH`).
+const READ_ONLY: [&str; 40] = [
+    "GET",
+    "MGET",
+    "EXISTS",
+    "TTL",
+    "PTTL",
+    "EXPIRETIME",
+    "PEXPIRETIME",
+    "STRLEN",
+    "GETRANGE",
+    "SUBSTR",
+    "TYPE",
+    "KEYS",
+    "SCAN",
+    "DBSIZE",
+    "RANDOMKEY",
+    "HGET",
+    "HMGET",
+    "HLEN",
+    "HEXISTS",
+    "HSTRLEN",
+    "HKEYS",
+    "HVALS",
+    "HGETALL",
+    "HRANDFIELD",
+    "HSCAN",
+    "GETBIT",
+    "OBJECT",
+    "MEMORY",
+    "TOUCH",
+    "PING",
+    "ECHO",
+    "INFO",
+    "CONFIG",
+    "CLIENT",
+    "COMMAND",
+    "SELECT",
+    "TIME",
+    "AUTH",
+    "QUIT",
+    "FUNCTION",
+];
 
 /// A transaction being queued (`MULTI` … `EXEC`). Queued commands are stream ranges: their
 /// bytes stay where they landed until `EXEC` (the connection's `needed_from` keeps them).
 #[derive(Debug, Default)]
 struct Tx {
     queued: Vec<Vec<Range<u64>>>,
+    /// Stream bytes the queued commands span (kept in pool buffers until EXEC).
+    bytes: u64,
     /// A command was refused while queueing: `EXEC` aborts.
     failed: bool,
 }
@@ -356,6 +460,7 @@ impl KvService {
             metrics: Default::default(),
             ttl: Default::default(),
             hashes: Default::default(),
+            watches: Default::default(),
         }
     }
 
@@ -730,6 +835,7 @@ impl KvService {
         store: &mut PoolStore,
         ttl: &mut Ttl,
         hs: &mut Hashes,
+        w: &mut Watches,
         out: &mut Out<'_>,
     ) -> Option<bool> {
         let mut name = Vec::new();
@@ -785,9 +891,13 @@ impl KvService {
                     io.gather(r.clone(), &mut k);
                     let k = db_key(c.db, k);
                     expire(ttl, hs, store, &k, now);
-                    let seq = store.get(&k).map(|v| v.seq);
-                    let deadline = ttl.get(&k);
-                    c.watched.push((k, seq, deadline));
+                    let existed = store.get(&k).is_some();
+                    let version = w.watch(&k);
+                    c.watched.push(Watched {
+                        key: k,
+                        version,
+                        existed,
+                    });
                 }
                 reply::simple(&mut out.buf, "OK");
             }
@@ -806,9 +916,9 @@ impl KvService {
                     return Some(true);
                 }
                 let now = now_ms();
-                let touched = watched.iter().any(|(k, seq, deadline)| {
-                    expire(ttl, hs, store, k, now);
-                    store.get(k).map(|v| v.seq) != *seq || ttl.get(k) != *deadline
+                let touched = watched.iter().any(|x| {
+                    expire(ttl, hs, store, &x.key, now);
+                    w.version(&x.key) != x.version || store.get(&x.key).is_some() != x.existed
                 });
                 if touched {
                     reply::null_array(&mut out.buf);
@@ -820,7 +930,7 @@ impl KvService {
                 store.begin_group();
                 let mut go = true;
                 for cmd in &tx.queued {
-                    go &= self.exec(c, cmd, io, store, ttl, hs, out);
+                    go &= self.exec(c, cmd, io, store, ttl, hs, w, out);
                 }
                 store.end_group();
                 return Some(go);
@@ -834,15 +944,22 @@ impl KvService {
                 if !arity_ok(&name) {
                     tx.failed = true;
                     arity_error(&mut out.buf, &name);
-                } else if tx.queued.len() >= MAX_QUEUED {
-                    tx.failed = true;
-                    reply::error(
-                        &mut out.buf,
-                        "ERR too many commands queued in this transaction",
-                    );
                 } else {
-                    tx.queued.push(args.to_vec());
-                    reply::simple(&mut out.buf, "QUEUED");
+                    let span = args.last().map_or(0, |l| l.end) - args[0].start;
+                    if tx.queued.len() >= MAX_QUEUED || tx.bytes + span > self.limits.max_bulk {
+                        // The queue's bytes stay pinned until EXEC: bounded like one value.
+                        tx.failed = true;
+                        tx.queued = Vec::new();
+                        tx.bytes = 0;
+                        reply::error(
+                            &mut out.buf,
+                            "ERR transaction too large (more than --max-value bytes or 100000 commands queued)",
+                        );
+                    } else {
+                        tx.bytes += span;
+                        tx.queued.push(args.to_vec());
+                        reply::simple(&mut out.buf, "QUEUED");
+                    }
                 }
             }
             _ => return None,
@@ -946,16 +1063,24 @@ impl KvService {
         store: &mut PoolStore,
         ttl: &mut Ttl,
         hs: &mut Hashes,
+        w: &mut Watches,
         out: &mut Out<'_>,
     ) -> bool {
-        // Hash commands, and any command while hashes exist (it may delete or overwrite one:
-        // several records), write one atomic group. Plain string traffic never pays for it.
+        // A command that may write several records is one atomic group, so that a crash never
+        // leaves half of it: hash commands, any command while hashes or deadlines exist (it
+        // may drop fields or a deadline too), and by name (first letter, cheap) SET/MSET/GETEX
+        // with more than a key and a value, RENAME, MOVE, COPY, FLUSHDB. A plain `SET k v` or
+        // `GET k` never pays for it.
         let grouped = !store.in_group()
-            && (!hs.is_empty() || {
+            && (!hs.is_empty() || !ttl.is_empty() || {
                 let mut first = 0u8;
                 let r = args[0].start..(args[0].start + 1).min(args[0].end);
                 io.with_bytes(r, &mut |b| first = b.first().copied().unwrap_or(0));
-                first.eq_ignore_ascii_case(&b'h')
+                match first.to_ascii_lowercase() {
+                    b'h' | b'r' | b'c' | b'f' => true,
+                    b's' | b'm' | b'g' | b'p' => args.len() > 3,
+                    _ => false,
+                }
             });
         if grouped {
             store.begin_group();
@@ -963,6 +1088,26 @@ impl KvService {
         let go = self.exec_one(c, args, io, store, ttl, hs, out);
         if grouped {
             store.end_group();
+        }
+        if !w.is_empty() {
+            let mut name = Vec::new();
+            io.gather(args[0].clone(), &mut name);
+            name.make_ascii_uppercase();
+            let name = String::from_utf8_lossy(&name);
+            if !READ_ONLY.contains(&name.as_ref()) {
+                match name.as_ref() {
+                    "FLUSHALL" | "FLUSHDB" => w.touch_all(),
+                    _ => {
+                        if let Some(KeyArgs::At(pos)) = key_positions(&name, args.len()) {
+                            for i in pos {
+                                let mut k = Vec::new();
+                                io.gather(args[i].clone(), &mut k);
+                                w.touch(&db_key(c.db, k));
+                            }
+                        }
+                    }
+                }
+            }
         }
         go
     }
@@ -2386,6 +2531,7 @@ impl Protocol for KvService {
         let Some(store) = store else { return false };
         let mut ttl = self.ttl.lock().unwrap_or_else(|e| e.into_inner());
         let mut hs = self.hashes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut w = self.watches.lock().unwrap_or_else(|e| e.into_inner());
         ttl.load(store);
         hs.load(store);
         if !ttl.is_empty() {
@@ -2402,11 +2548,12 @@ impl Protocol for KvService {
             match ev {
                 Event::Command(args) => {
                     io.count_request();
-                    let go =
-                        match self.transaction(c, &args, io, store, &mut ttl, &mut hs, &mut out) {
-                            Some(go) => go,
-                            None => self.exec(c, &args, io, store, &mut ttl, &mut hs, &mut out),
-                        };
+                    let go = match self
+                        .transaction(c, &args, io, store, &mut ttl, &mut hs, &mut w, &mut out)
+                    {
+                        Some(go) => go,
+                        None => self.exec(c, &args, io, store, &mut ttl, &mut hs, &mut w, &mut out),
+                    };
                     if !go {
                         keep = false;
                         break;
@@ -2690,6 +2837,12 @@ mod tests {
         );
         say(&mut c, &["SET", "b", "y"]);
         assert_eq!(say(&mut c, &["EXEC"]), "*1\r\n+OK\r\n");
+        // A key that appeared and vanished again counts as a change too.
+        say(&mut c, &["WATCH", "ghost"]);
+        say(&mut c, &["SET", "ghost", "1"]);
+        say(&mut c, &["DEL", "ghost"]);
+        say(&mut c, &["MULTI"]);
+        assert_eq!(say(&mut c, &["EXEC"]), "*-1\r\n");
         // A new deadline on a watched key counts as a change.
         say(&mut c, &["WATCH", "b"]);
         say(&mut c, &["EXPIRE", "b", "100"]);
