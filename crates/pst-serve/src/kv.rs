@@ -2051,7 +2051,7 @@ impl KvService {
                     reply::error(&mut out.buf, "ERR syntax error");
                     return true;
                 }
-                if count.unsigned_abs() > (i64::MAX / 2) as u64 && with_values {
+                if count == i64::MIN || (count.unsigned_abs() > (i64::MAX / 2) as u64 && with_values) {
                     reply::error(&mut out.buf, "ERR value is out of range");
                     return true;
                 }
