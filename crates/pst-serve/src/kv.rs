@@ -2010,6 +2010,10 @@ impl KvService {
                         reply::error(&mut out.buf, "ERR value is not a valid float");
                         return true;
                     };
+                    if !by.is_finite() {
+                        reply::error(&mut out.buf, "ERR value is NaN or Infinity");
+                        return true;
+                    }
                     let Some(old) = (if exists { parse_float(&cur) } else { Some(0.0) }) else {
                         reply::error(&mut out.buf, "ERR hash value is not a float");
                         return true;
