@@ -58,7 +58,7 @@ struct Watched {
 }
 
 /// Versions of the keys some client has `WATCH`ed: every write command bumps the versions of
-/// the keys it names (`FLUSHALL`/`FLUSHDB` bump all), as Redis's `touchWatchedKey` does; an
+/// the keys it names (`FLUSHALL`/`FLUSHDB` those they delete), as Redis's `touchWatchedKey` does; an
 /// `EXEC` whose watched versions moved, or whose watched key appeared or vanished (expiry
 /// included), is aborted. Compaction re-appending a record is not a change.
 #[derive(Debug, Default)]
@@ -92,11 +92,13 @@ impl Watches {
         }
     }
 
-    fn touch_all(&mut self) {
-        for v in self.versions.values_mut() {
-            self.next += 1;
-            *v = self.next;
-        }
+    /// Watched keys that exist (in database `db`, or in any).
+    fn existing(&self, store: &PoolStore, db: Option<u8>) -> Vec<Vec<u8>> {
+        self.versions
+            .keys()
+            .filter(|k| store.get(k).is_some() && db.is_none_or(|d| key_db(k) == d))
+            .cloned()
+            .collect()
     }
 
     fn is_empty(&self) -> bool {
@@ -1085,6 +1087,16 @@ impl KvService {
         if grouped {
             store.begin_group();
         }
+        // FLUSHALL/FLUSHDB touch the watched keys they delete (not absent ones).
+        let mut flushed = Vec::new();
+        if !w.is_empty() {
+            let mut name = Vec::new();
+            io.gather(args[0].clone(), &mut name);
+            name.make_ascii_uppercase();
+            if name == b"FLUSHALL" || name == b"FLUSHDB" {
+                flushed = w.existing(store, (name == b"FLUSHDB").then_some(c.db));
+            }
+        }
         let go = self.exec_one(c, args, io, store, ttl, hs, out);
         if grouped {
             store.end_group();
@@ -1096,7 +1108,11 @@ impl KvService {
             let name = String::from_utf8_lossy(&name);
             if !READ_ONLY.contains(&name.as_ref()) {
                 match name.as_ref() {
-                    "FLUSHALL" | "FLUSHDB" => w.touch_all(),
+                    "FLUSHALL" | "FLUSHDB" => {
+                        for k in &flushed {
+                            w.touch(k);
+                        }
+                    }
                     _ => {
                         if let Some(KeyArgs::At(pos)) = key_positions(&name, args.len()) {
                             for i in pos {
