@@ -219,3 +219,61 @@ fn producer_and_long_polling_consumer_across_kill9_uring() {
 fn producer_and_long_polling_consumer_across_kill9_epoll() {
     follow("epoll");
 }
+
+/// Found by review: a client that half-closes after its long poll (`shutdown(SHUT_WR)`) gets
+/// the answer at once, and the requests pipelined behind it too, instead of a silent close.
+fn half_closed_poll(engine: &str) {
+    use std::io::Read;
+    let dir = common::tmpdir(&format!("log-halfclose-{engine}"));
+    let pool = dir.join("pool");
+    let addr = common::free_addr();
+    let _s = common::ServerProc::start(
+        &[
+            "httpd",
+            "--engine",
+            engine,
+            "--store",
+            "wal",
+            "--pool",
+            pool.to_str().unwrap(),
+            "--pool-size",
+            "32MiB",
+        ],
+        addr,
+    );
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(
+        b"GET /log?from=1&wait=20000 HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(100)); // parked by now
+    let t0 = Instant::now();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "answered at the half-close, not at the deadline"
+    );
+    assert!(
+        out.starts_with("HTTP/1.1 200 OK\r\n") && out.contains("Pst-Records: 0"),
+        "{out}"
+    );
+    assert_eq!(
+        out.matches("HTTP/1.1 200").count(),
+        2,
+        "the request behind it too: {out}"
+    );
+}
+
+#[test]
+fn half_closed_long_poll_is_answered_uring() {
+    half_closed_poll("uring");
+}
+
+#[test]
+fn half_closed_long_poll_is_answered_epoll() {
+    half_closed_poll("epoll");
+}

@@ -237,7 +237,11 @@ fn run<P: Protocol>(
             syscalls += 1;
             match rustix::io::read(&c.fd, &mut buf) {
                 Ok(0) | Err(_) => {
-                    // End of stream or error: reply to what we have, then close.
+                    // End of stream or error: reply to what we have (a parked long poll is
+                    // answered now), then close.
+                    if app.parked(&c.app) {
+                        app.peer_closed(&mut c.app, &mut c.out);
+                    }
                     c.close_after = true;
                     c.peer_done = true;
                     dirty.push(i);
@@ -438,18 +442,7 @@ impl<P: Protocol> EpollService<P> {
         };
         drop(guard);
         self.wrote = true;
-        for p in pieces {
-            match p {
-                Piece::Bytes(b) => out.extend_from_slice(&b),
-                Piece::Ext(e) => {
-                    out.extend_from_slice(self.bufs.bytes(&e));
-                    self.bufs.release(e);
-                }
-                Piece::Input(r) => out.extend_from_slice(
-                    &c.data[(r.start - c.base) as usize..(r.end - c.base) as usize],
-                ),
-            }
-        }
+        self.render(pieces, &c.data, c.base, out);
         let needed = self.proto.needed_from(proto);
         let drop_n = (needed.saturating_sub(c.base) as usize).min(c.data.len());
         c.data.drain(..drop_n);
@@ -536,6 +529,43 @@ impl<P: Protocol> EpollService<P> {
     /// Give a parked connection another chance ([`Protocol::resume`]).
     fn resume(&mut self, c: &mut EConn<P::Conn>, out: &mut Vec<u8>) -> Verdict {
         self.handle(c, None, out)
+    }
+
+    /// Copy reply pieces into the connection's output (stored values are read out of their
+    /// pool buffers; echoed input out of the read buffer).
+    fn render(&mut self, pieces: Vec<Piece>, data: &[u8], base: u64, out: &mut Vec<u8>) {
+        for p in pieces {
+            match p {
+                Piece::Bytes(b) => out.extend_from_slice(&b),
+                Piece::Ext(e) => {
+                    out.extend_from_slice(self.bufs.bytes(&e));
+                    self.bufs.release(e);
+                }
+                Piece::Input(r) => {
+                    out.extend_from_slice(&data[(r.start - base) as usize..(r.end - base) as usize])
+                }
+            }
+        }
+    }
+
+    /// The peer half-closed while the connection is parked ([`Protocol::peer_closed`]).
+    fn peer_closed(&mut self, c: &mut EConn<P::Conn>, out: &mut Vec<u8>) {
+        let proto = c.proto.get_or_insert_with(|| self.proto.conn());
+        let mut pieces = Vec::new();
+        let mut guard = self.store.as_ref().map(|s| s.lock());
+        {
+            let mut io = EpollIo {
+                data: &c.data,
+                base: c.base,
+                bufs: &mut self.bufs,
+                requests: &mut self.requests,
+            };
+            let st: Option<&mut PoolStore> = guard.as_mut().map(|g| &mut g.store);
+            self.proto.peer_closed(proto, &mut io, st, &mut pieces);
+        }
+        drop(guard);
+        self.wrote = true;
+        self.render(pieces, &c.data, c.base, out);
     }
 
     /// Free and total pool buffers of this worker (metrics).

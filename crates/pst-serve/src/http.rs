@@ -682,6 +682,19 @@ impl Protocol for HttpService {
         self.run_events(c, queued, io, store, reply)
     }
 
+    fn peer_closed(
+        &self,
+        c: &mut HttpConn,
+        io: &mut dyn Io,
+        store: Option<&mut PoolStore>,
+        reply: &mut Vec<Piece>,
+    ) -> bool {
+        if let Some(p) = c.parked.as_mut() {
+            p.deadline = Instant::now();
+        }
+        self.resume(c, io, store, reply)
+    }
+
     fn busy_reply(&self) -> &'static [u8] {
         b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 25\r\nConnection: close\r\n\r\ntoo many connections, bye"
     }

@@ -105,6 +105,19 @@ pub trait Protocol: Send + Sync + 'static {
     ) -> bool {
         true
     }
+
+    /// The peer finished sending (a half-close) while the connection is parked: answer the
+    /// wait now with what there is, then what queued behind it — a client that half-closes
+    /// after its request still gets its replies.
+    fn peer_closed(
+        &self,
+        _c: &mut Self::Conn,
+        _io: &mut dyn Io,
+        _store: Option<&mut PoolStore>,
+        _reply: &mut Vec<Piece>,
+    ) -> bool {
+        true
+    }
 }
 
 /// Longest an engine sleeps while a connection is parked (how late a long poll may notice a

@@ -220,6 +220,18 @@ pub fn serve<P: Protocol>(
                         .and_then(|c| c.as_mut())
                         .filter(|c| c.id == s.conn)
                     {
+                        if s.kind == SlotKind::End && proto.parked(&c.proto) {
+                            // Half-closed while waiting: answer the wait now.
+                            let before = c.pending.len();
+                            let mut io = UringIo {
+                                port: &mut port,
+                                chunks: &c.chunks,
+                                requests: &mut requests,
+                            };
+                            let st: Option<&mut PoolStore> = guard.as_mut().map(|g| &mut g.store);
+                            let keep = proto.peer_closed(&mut c.proto, &mut io, st, &mut c.pending);
+                            after_handling(&mut port, &*proto, c, keep, before, ix, &mut dirty);
+                        }
                         c.close_after = true;
                         c.dead = false; // the peer is gone: nothing to linger for
                         dirty.push(ix);
