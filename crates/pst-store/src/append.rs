@@ -204,10 +204,10 @@ impl<M: Media> Store<M> {
             self.media.write(off, &b);
             self.media.flush(off, len);
         } else {
-            tracing::error!(
-                off,
-                "group end record unreadable; the group will not recover"
-            );
+            // The group could not be ended: it would not recover, so nothing written since
+            // may be acknowledged. Poison: the next commit fails and no reply leaves.
+            tracing::error!(off, "group end record unreadable; store poisoned");
+            self.poisoned = Some(PersistError::Poisoned);
         }
     }
 
@@ -215,6 +215,12 @@ impl<M: Media> Store<M> {
     /// retire compacted segments (see the crate docs for the ordering). Returns the durable
     /// sequence bound: every seq below it is durable.
     pub fn commit(&mut self) -> Result<u64, StoreError> {
+        // A group still open here was abandoned (its writer panicked mid-EXEC): end it, or
+        // every later record would carry the group flag and be dropped by recovery.
+        if self.group.is_some() {
+            tracing::warn!("commit with an atomic group open: ending it");
+            self.end_group();
+        }
         self.check_writable()?;
         if !self.needs_commit() {
             return Ok(self.durable_seq);

@@ -138,3 +138,27 @@ fn a_group_is_recovered_whole_or_not_at_all() {
         "both outcomes were exercised ({whole} whole, {none} none)"
     );
 }
+
+/// A group its writer never ended (a panic inside EXEC) is ended by the next commit, so the
+/// records written after it by others are not flagged and dropped by recovery.
+#[test]
+fn commit_ends_an_abandoned_group() {
+    let h = header();
+    let log = h.log_off..h.log_off + h.geometry.log_len;
+    let media = SimPm::new(h, PersistMode::Pmem);
+    let (mut st, _) = Store::open(media.clone(), log.clone()).unwrap();
+    let mut land = Landing::new(media.clone());
+    st.begin_group();
+    st.put(b"in-group", land.land(b"a", false).unwrap())
+        .unwrap();
+    // The writer is gone; another writer carries on and commits.
+    st.put(b"other", land.land(b"b", false).unwrap()).unwrap();
+    st.commit().unwrap();
+    assert!(!st.in_group());
+    let crashed = media.crash(|| 0);
+    drop(st);
+    let (st, report) = Store::open(crashed, log).unwrap();
+    assert_eq!(report.dropped_group, 0, "{report:?}");
+    assert_eq!(value(&st, "other"), Some(b"b".to_vec()));
+    assert_eq!(value(&st, "in-group"), Some(b"a".to_vec()));
+}
