@@ -31,6 +31,9 @@ pub struct KvService {
     hashes: std::sync::Mutex<Hashes>,
     /// Versions of `WATCH`ed keys, likewise.
     watches: std::sync::Mutex<Watches>,
+    /// `INFO commandstats`: per command (index in [`COMMANDS`]) calls, microseconds, failed
+    /// and rejected calls.
+    cmd_stats: Box<[[AtomicU64; 4]]>,
 }
 
 /// Per-connection state.
@@ -463,6 +466,7 @@ impl KvService {
             ttl: Default::default(),
             hashes: Default::default(),
             watches: Default::default(),
+            cmd_stats: (0..COMMANDS.len()).map(|_| Default::default()).collect(),
         }
     }
 
@@ -729,6 +733,25 @@ fn format_float(v: f64, scale: f64) -> String {
         s = "0".to_owned();
     }
     s
+}
+
+/// The index in [`COMMANDS`] of the command named by `r` (case-insensitive), without
+/// allocating.
+fn command_index(io: &dyn Io, r: &Range<u64>) -> Option<usize> {
+    if r.end - r.start > 24 {
+        return None;
+    }
+    let mut name = [0u8; 24];
+    let mut n = 0;
+    io.with_bytes(r.clone(), &mut |b| {
+        for &c in b {
+            name[n] = c.to_ascii_uppercase();
+            n += 1;
+        }
+    });
+    COMMANDS
+        .binary_search_by(|c| c.as_bytes().cmp(&name[..n]))
+        .ok()
 }
 
 /// Redis's answer to a command on a key of the other type.
@@ -1027,6 +1050,52 @@ impl KvService {
             }
         }
         TypeCheck::Ok
+    }
+
+    /// The `commandstats` section: one line per command called so far.
+    fn command_stats(&self) -> String {
+        let mut text = String::new();
+        for (i, name) in COMMANDS.iter().enumerate() {
+            let [calls, usec, failed, rejected] = &self.cmd_stats[i];
+            let calls = calls.load(Ordering::Relaxed);
+            let rejected = rejected.load(Ordering::Relaxed);
+            if calls + rejected == 0 {
+                continue;
+            }
+            let usec = usec.load(Ordering::Relaxed);
+            let per = if calls > 0 {
+                usec as f64 / calls as f64
+            } else {
+                0.0
+            };
+            text += &format!(
+                "cmdstat_{}:calls={calls},usec={usec},usec_per_call={per:.2},rejected_calls={rejected},failed_calls={}\r\n",
+                name.to_ascii_lowercase(),
+                failed.load(Ordering::Relaxed)
+            );
+        }
+        text
+    }
+
+    /// Count one command for `INFO commandstats`: its time, and whether its reply was an
+    /// error (rejected: arity or authentication; failed: any other error).
+    fn count_command(&self, idx: Option<usize>, took: std::time::Duration, reply: Option<&[u8]>) {
+        let Some(stat) = idx.and_then(|i| self.cmd_stats.get(i)) else {
+            return;
+        };
+        // Relaxed: statistics counters.
+        match reply {
+            Some(r) if r.starts_with(b"-ERR wrong number") || r.starts_with(b"-NOAUTH") => {
+                stat[3].fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Some(r) if r.first() == Some(&b'-') => {
+                stat[2].fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+        stat[0].fetch_add(1, Ordering::Relaxed);
+        stat[1].fetch_add(took.as_micros() as u64, Ordering::Relaxed);
     }
 
     /// Store `val` (computed here) under `key` in fresh pool buffers, keeping its deadline, and
@@ -1776,13 +1845,17 @@ impl KvService {
                     ("replication", "role:master\r\nconnected_slaves:0\r\nmaster_repl_offset:0\r\n".to_owned()),
                     ("cpu", format!("used_cpu_sys:{sys:.6}\r\nused_cpu_user:{user:.6}\r\nused_cpu_sys_children:0.000000\r\nused_cpu_user_children:0.000000\r\n")),
                     ("keyspace", keyspace),
+                    ("commandstats", self.command_stats()),
                 ];
                 let wanted: Vec<Vec<u8>> = (1..n).map(|i| arg(&*io, i).to_ascii_lowercase()).collect();
                 let all = wanted.is_empty()
                     || wanted.iter().any(|w| matches!(w.as_slice(), b"all" | b"everything" | b"default"));
+                let everything = wanted.iter().any(|w| matches!(w.as_slice(), b"all" | b"everything"));
                 let mut text = String::new();
                 for (name, body) in sections {
-                    if all || wanted.iter().any(|w| w.as_slice() == name.as_bytes()) {
+                    // Command statistics are not part of the default sections (as in Redis).
+                    let listed = if name == "commandstats" { everything } else { all };
+                    if listed || wanted.iter().any(|w| w.as_slice() == name.as_bytes()) {
                         if !text.is_empty() {
                             text += "\r\n";
                         }
@@ -1790,6 +1863,8 @@ impl KvService {
                         title[..1].make_ascii_uppercase();
                         if name == "cpu" {
                             title = "CPU".to_owned();
+                        } else if name == "commandstats" {
+                            title = "Commandstats".to_owned();
                         }
                         text += &format!("# {title}\r\n{body}");
                     }
@@ -2568,12 +2643,15 @@ impl Protocol for KvService {
             match ev {
                 Event::Command(args) => {
                     io.count_request();
+                    let idx = command_index(&*io, &args[0]);
+                    let (t0, before) = (std::time::Instant::now(), out.buf.len());
                     let go = match self
                         .transaction(c, &args, io, store, &mut ttl, &mut hs, &mut w, &mut out)
                     {
                         Some(go) => go,
                         None => self.exec(c, &args, io, store, &mut ttl, &mut hs, &mut w, &mut out),
                     };
+                    self.count_command(idx, t0.elapsed(), out.buf.get(before..));
                     if !go {
                         keep = false;
                         break;
@@ -3187,6 +3265,14 @@ mod tests {
         assert!(say(&mut c, &["INFO", "keyspace"]).contains("db0:keys=2,expires=0"));
         assert_eq!(say(&mut c, &["EXPIRE", "b", "100"]), ":1\r\n");
         assert!(say(&mut c, &["INFO", "keyspace"]).contains("db0:keys=2,expires=1"));
+        let stats = say(&mut c, &["INFO", "commandstats"]);
+        assert!(stats.contains("cmdstat_ttl:calls="), "{stats}");
+        assert!(stats.contains("cmdstat_set:calls="), "{stats}");
+        assert!(
+            !say(&mut c, &["INFO"]).contains("cmdstat_"),
+            "not a default section"
+        );
+        assert!(say(&mut c, &["INFO", "all"]).contains("rejected_calls="));
         assert_eq!(
             say(&mut c, &["KEYS", "*"]).matches("$1").count(),
             2,
