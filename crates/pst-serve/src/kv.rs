@@ -178,7 +178,7 @@ fn arity(name: &str) -> Option<i32> {
         "GETRANGE" | "SUBSTR" | "SETEX" | "PSETEX" | "SETRANGE" | "SETBIT" => 4,
         "RANDOMKEY" | "DBSIZE" | "MULTI" | "EXEC" | "DISCARD" | "UNWATCH" | "TIME" => 1,
         "SET" | "MSET" | "MSETNX" | "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" => -3,
-        "COPY" => -3,
+        "COPY" | "LCS" => -3,
         "HSET" | "HMSET" => -4,
         "HSETNX" | "HINCRBY" | "HINCRBYFLOAT" => 4,
         "HGET" | "HEXISTS" | "HSTRLEN" => 3,
@@ -535,7 +535,7 @@ impl Out<'_> {
 }
 
 /// The commands `pst kv` implements (`COMMAND COUNT`).
-const COMMANDS: [&str; 82] = [
+const COMMANDS: [&str; 83] = [
     "APPEND",
     "AUTH",
     "CLIENT",
@@ -583,6 +583,7 @@ const COMMANDS: [&str; 82] = [
     "INCRBYFLOAT",
     "INFO",
     "KEYS",
+    "LCS",
     "MEMORY",
     "MGET",
     "MOVE",
@@ -677,7 +678,7 @@ fn key_positions(name: &str, n: usize) -> Option<KeyArgs> {
         | "MOVE" | "HSET" | "HMSET" | "HSETNX" | "HGET" | "HMGET" | "HDEL" | "HLEN" | "HEXISTS"
         | "HSTRLEN" | "HKEYS" | "HVALS" | "HGETALL" | "HINCRBY" | "HINCRBYFLOAT" | "HRANDFIELD"
         | "HSCAN" => (1..n.min(2)).collect(),
-        "COPY" => (1..n.min(3)).collect(),
+        "COPY" | "LCS" => (1..n.min(3)).collect(),
         "MGET" | "DEL" | "UNLINK" | "EXISTS" | "TOUCH" => (1..n).collect(),
         "OBJECT" => (2..n.min(3)).collect(),
         "MSET" | "MSETNX" => (1..n).step_by(2).collect(),
@@ -733,6 +734,83 @@ fn format_float(v: f64, scale: f64) -> String {
         s = "0".to_owned();
     }
     s
+}
+
+/// A longest common subsequence of two strings, and its matching ranges from the end back.
+struct Lcs {
+    len: usize,
+    common: Vec<u8>,
+    ranges: Vec<LcsRange>,
+}
+
+/// A run of consecutive matches: inclusive positions in each string, and its length.
+struct LcsRange {
+    a: (usize, usize),
+    b: (usize, usize),
+    len: usize,
+}
+
+/// The classic dynamic-programming LCS (as Redis's `LCS`), walking back from the end and
+/// reporting runs of adjacent matches in the order Redis reports them (last first).
+fn lcs(a: &[u8], b: &[u8]) -> Lcs {
+    let w = b.len() + 1;
+    let mut t = vec![0u32; (a.len() + 1) * w];
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            t[i * w + j] = if a[i - 1] == b[j - 1] {
+                t[(i - 1) * w + j - 1] + 1
+            } else {
+                t[(i - 1) * w + j].max(t[i * w + j - 1])
+            };
+        }
+    }
+    let len = t[a.len() * w + b.len()] as usize;
+    let mut common = vec![0u8; len];
+    let mut ranges = Vec::new();
+    let (mut i, mut j, mut k) = (a.len(), b.len(), len);
+    // The run being built: (a start, a end, b start, b end).
+    let mut run: Option<(usize, usize, usize, usize)> = None;
+    while i > 0 && j > 0 {
+        let mut emit = false;
+        if a[i - 1] == b[j - 1] {
+            common[k - 1] = a[i - 1];
+            run = Some(match run {
+                Some((as_, ae, bs, be)) if as_ == i && bs == j => (i - 1, ae, j - 1, be),
+                Some(r) => {
+                    emit = true;
+                    r
+                }
+                None => (i - 1, i - 1, j - 1, j - 1),
+            });
+            if run.is_some_and(|(as_, _, bs, _)| as_ == 0 || bs == 0) {
+                emit = true;
+            }
+            k -= 1;
+            i -= 1;
+            j -= 1;
+        } else {
+            if t[(i - 1) * w + j] > t[i * w + j - 1] {
+                i -= 1;
+            } else {
+                j -= 1;
+            }
+            emit = run.is_some();
+        }
+        if emit {
+            if let Some((as_, ae, bs, be)) = run.take() {
+                ranges.push(LcsRange {
+                    a: (as_, ae),
+                    b: (bs, be),
+                    len: ae - as_ + 1,
+                });
+            }
+        }
+    }
+    Lcs {
+        len,
+        common,
+        ranges,
+    }
 }
 
 /// The index in [`COMMANDS`] of the command named by `r` (case-insensitive), without
@@ -2204,6 +2282,77 @@ impl KvService {
                     bulk_value(store, &field_key(&key, &f), io, out);
                 }
             }
+            "LCS" if n >= 3 => {
+                let (mut len_only, mut idx, mut with_len, mut min_len) = (false, false, false, 0i64);
+                let mut i = 3;
+                while i < n {
+                    match arg(&*io, i).to_ascii_uppercase().as_slice() {
+                        b"IDX" => idx = true,
+                        b"LEN" => len_only = true,
+                        b"WITHMATCHLEN" => with_len = true,
+                        b"MINMATCHLEN" if i + 1 < n => {
+                            i += 1;
+                            let Some(v) = parse_int(&arg(&*io, i)) else {
+                                reply::error(&mut out.buf, "ERR value is not an integer or out of range");
+                                return true;
+                            };
+                            min_len = v.max(0);
+                        }
+                        _ => {
+                            reply::error(&mut out.buf, "ERR syntax error");
+                            return true;
+                        }
+                    }
+                    i += 1;
+                }
+                let (ka, kb) = (key(&*io, 1), key(&*io, 2));
+                if hs.is_hash(&ka) || hs.is_hash(&kb) {
+                    reply::error(&mut out.buf, "ERR The specified keys must contain string values");
+                    return true;
+                }
+                if len_only && idx {
+                    reply::error(&mut out.buf, "ERR If you want both the length and indexes, please just use IDX.");
+                    return true;
+                }
+                let (mut a, mut b) = (Vec::new(), Vec::new());
+                if store.read_value(&ka, &mut a).is_err() || store.read_value(&kb, &mut b).is_err() {
+                    reply::error(&mut out.buf, "ERR stored value is corrupt");
+                    return true;
+                }
+                // The table is (|a|+1)·(|b|+1) u32s: bounded like a value.
+                if ((a.len() as u64 + 1) * (b.len() as u64 + 1)).saturating_mul(4) > self.limits.max_bulk.max(64 << 20) {
+                    reply::error(&mut out.buf, "ERR Insufficient memory, transient memory for LCS exceeds proto-max-bulk-len");
+                    return true;
+                }
+                let m = lcs(&a, &b);
+                if len_only {
+                    reply::int(&mut out.buf, m.len as i64);
+                } else if !idx {
+                    reply::bulk(&mut out.buf, &m.common);
+                } else {
+                    let ranges: Vec<_> = m
+                        .ranges
+                        .iter()
+                        .filter(|r| min_len == 0 || r.len as i64 >= min_len)
+                        .collect();
+                    reply::array(&mut out.buf, 4);
+                    reply::bulk(&mut out.buf, b"matches");
+                    reply::array(&mut out.buf, ranges.len());
+                    for r in ranges {
+                        reply::array(&mut out.buf, 2 + with_len as usize);
+                        for (s, e) in [r.a, r.b] {
+                            reply::array(&mut out.buf, 2);
+                            reply::int(&mut out.buf, s as i64);
+                            reply::int(&mut out.buf, e as i64);
+                        }
+                        if with_len {
+                            reply::int(&mut out.buf, r.len as i64);
+                        }
+                    }
+                    reply::bulk(&mut out.buf, b"len");
+                    reply::int(&mut out.buf, m.len as i64);
+                }
+            }
             "SETRANGE" if n == 4 => {
                 let Some(off) = parse_int(&arg(&*io, 2)).filter(|o| *o >= 0) else {
                     reply::error(&mut out.buf, "ERR offset is out of range");
@@ -2561,7 +2710,7 @@ impl KvService {
             | "SETRANGE" | "GETBIT" | "SETBIT" | "INCRBYFLOAT" | "COPY" | "MOVE" | "SCAN" | "TOUCH"
             | "OBJECT" | "TIME" | "HSET" | "HMSET" | "HSETNX" | "HGET" | "HMGET" | "HDEL" | "HLEN"
             | "HEXISTS" | "HSTRLEN" | "HKEYS" | "HVALS" | "HGETALL" | "HINCRBY" | "HINCRBYFLOAT"
-            | "HRANDFIELD" | "HSCAN" | "MEMORY" => {
+            | "HRANDFIELD" | "HSCAN" | "MEMORY" | "LCS" => {
                 arity_error(&mut out.buf, &name)
             }
             _ => {
@@ -3085,6 +3234,29 @@ mod tests {
             "$6\r\nembstr\r\n"
         );
         assert_eq!(c.say(&cmd(&["OBJECT", "ENCODING", "nope"])), "$-1\r\n");
+    }
+
+    #[test]
+    fn commands_are_sorted_for_the_binary_search() {
+        assert!(COMMANDS.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn lcs_as_redis_documents_it() {
+        let mut c = conv(None);
+        let say = |c: &mut Conversation<KvService>, a: &[&str]| c.say(&cmd(a));
+        say(&mut c, &["MSET", "key1", "ohmytext", "key2", "mynewtext"]);
+        assert_eq!(say(&mut c, &["LCS", "key1", "key2"]), "$6\r\nmytext\r\n");
+        assert_eq!(say(&mut c, &["LCS", "key1", "key2", "LEN"]), ":6\r\n");
+        // From Redis's documentation: matches [4,7]~[5,8] and [2,3]~[0,1], len 6.
+        assert_eq!(
+            say(&mut c, &["LCS", "key1", "key2", "IDX", "MINMATCHLEN", "4", "WITHMATCHLEN"]),
+            "*4\r\n$7\r\nmatches\r\n*1\r\n*3\r\n*2\r\n:4\r\n:7\r\n*2\r\n:5\r\n:8\r\n:4\r\n$3\r\nlen\r\n:6\r\n"
+        );
+        assert!(say(&mut c, &["LCS", "key1", "key2", "IDX"]).contains(
+            "*2\r\n*2\r\n:4\r\n:7\r\n*2\r\n:5\r\n:8\r\n*2\r\n*2\r\n:2\r\n:3\r\n*2\r\n:0\r\n:1\r\n"
+        ));
+        assert_eq!(say(&mut c, &["LCS", "key1", "nokey"]), "$0\r\n\r\n");
     }
 
     #[test]
