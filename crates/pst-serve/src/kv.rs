@@ -107,6 +107,16 @@ impl Watches {
     fn is_empty(&self) -> bool {
         self.versions.is_empty()
     }
+
+    /// Touch every watched key of these databases.
+    fn touch_dbs(&mut self, dbs: &[i64]) {
+        for (k, v) in self.versions.iter_mut() {
+            if dbs.contains(&(key_db(k) as i64)) {
+                self.next += 1;
+                *v = self.next;
+            }
+        }
+    }
 }
 
 /// Commands that never change a key (everything else counts as a write for `WATCH`).
@@ -173,6 +183,7 @@ fn arity(name: &str) -> Option<i32> {
     Some(match name {
         "GET" | "INCR" | "DECR" | "GETDEL" | "STRLEN" | "TTL" | "PTTL" | "EXPIRETIME"
         | "PEXPIRETIME" | "PERSIST" | "TYPE" | "KEYS" | "SELECT" | "ECHO" => 2,
+        "SWAPDB" => 3,
         "INCRBY" | "DECRBY" | "GETSET" | "SETNX" | "APPEND" | "RENAME" | "RENAMENX" | "GETBIT"
         | "INCRBYFLOAT" | "MOVE" => 3,
         "GETRANGE" | "SUBSTR" | "SETEX" | "PSETEX" | "SETRANGE" | "SETBIT" => 4,
@@ -535,7 +546,7 @@ impl Out<'_> {
 }
 
 /// The commands `pst kv` implements (`COMMAND COUNT`).
-const COMMANDS: [&str; 83] = [
+const COMMANDS: [&str; 84] = [
     "APPEND",
     "AUTH",
     "CLIENT",
@@ -612,6 +623,7 @@ const COMMANDS: [&str; 83] = [
     "SETRANGE",
     "STRLEN",
     "SUBSTR",
+    "SWAPDB",
     "TIME",
     "TOUCH",
     "TTL",
@@ -683,7 +695,9 @@ fn key_positions(name: &str, n: usize) -> Option<KeyArgs> {
         "OBJECT" => (2..n.min(3)).collect(),
         "MSET" | "MSETNX" => (1..n).step_by(2).collect(),
         "RENAME" | "RENAMENX" => (1..n.min(3)).collect(),
-        "DBSIZE" | "KEYS" | "RANDOMKEY" | "FLUSHDB" | "INFO" | "SCAN" => return Some(KeyArgs::All),
+        "DBSIZE" | "KEYS" | "RANDOMKEY" | "FLUSHDB" | "INFO" | "SCAN" | "SWAPDB" => {
+            return Some(KeyArgs::All)
+        }
         _ => return None,
     };
     Some(KeyArgs::At(at))
@@ -734,6 +748,68 @@ fn format_float(v: f64, scale: f64) -> String {
         s = "0".to_owned();
     }
     s
+}
+
+/// The key as its database's clients name it, also for keys of the scratch database.
+fn user_key_any(stored: &[u8]) -> &[u8] {
+    match stored.strip_prefix(DB_PREFIX) {
+        Some([_, rest @ ..]) => rest,
+        _ => stored,
+    }
+}
+
+/// Copy key `from` — a string or a hash, with its deadline — to `to`, replacing what `to`
+/// held; unless `keep`, delete `from`. Values are copied into fresh buffers.
+fn relocate(
+    store: &mut PoolStore,
+    io: &mut dyn Io,
+    ttl: &mut Ttl,
+    hs: &mut Hashes,
+    from: &[u8],
+    to: &[u8],
+    keep: bool,
+) -> Result<(), pst_store::StoreError> {
+    let copy = |io: &mut dyn Io, v: &[u8]| {
+        if io.has_room(v.len() as u64) {
+            io.copy_in(v).ok_or(pst_store::StoreError::LogFull)
+        } else {
+            Err(pst_store::StoreError::LogFull)
+        }
+    };
+    let deadline = ttl.get(from);
+    // Whatever `to` held goes first.
+    hs.drop_fields(store, to)?;
+    store.delete(to)?;
+    ttl.clear(store, to)?;
+    let mut v = Vec::new();
+    if hs.is_hash(from) {
+        let fields: Vec<Vec<u8>> = hs.fields(from).map(<[u8]>::to_vec).collect();
+        for f in &fields {
+            store.read_value(&field_key(from, f), &mut v)?;
+            let exts = copy(io, &v)?;
+            hs.set(store, io, to, f, exts)?;
+        }
+        if !keep {
+            hs.drop_fields(store, from)?;
+            store.delete(from)?;
+        }
+    } else {
+        if !store.read_value(from, &mut v)? {
+            return Ok(());
+        }
+        let exts = copy(io, &v)?;
+        store.put(to, exts)?;
+        if !keep {
+            store.delete(from)?;
+        }
+    }
+    if !keep {
+        ttl.clear(store, from)?;
+    }
+    if let Some(at) = deadline {
+        ttl.set(store, io, to, at)?;
+    }
+    Ok(())
 }
 
 /// A longest common subsequence of two strings, and its matching ranges from the end back.
@@ -1115,9 +1191,8 @@ impl KvService {
             "SET" if (3..n).any(|i| word(&*io, i) == b"NX") => Vec::new(),
             "SET" | "SETEX" | "PSETEX" => vec![k1],
             "MSET" => (1..n).step_by(2).map(|i| key(&*io, i)).collect(),
-            "RENAME" | "RENAMENX" | "COPY" | "MOVE" if hs.is_hash(&k1) => {
-                return TypeCheck::Refuse("ERR pst kv cannot rename, copy or move a hash yet");
-            }
+            // Moving a hash is done by `relocate_hash` (before the string commands run).
+            "RENAME" | "RENAMENX" | "COPY" | "MOVE" if hs.is_hash(&k1) => Vec::new(),
             "RENAME" if n == 3 => vec![key(&*io, 2)],
             "COPY" if n > 3 && (3..n).any(|i| word(&*io, i) == b"REPLACE") => vec![key(&*io, 2)],
             _ => Vec::new(),
@@ -1128,6 +1203,97 @@ impl KvService {
             }
         }
         TypeCheck::Ok
+    }
+
+    /// `RENAME`/`RENAMENX`/`COPY`/`MOVE` of a hash (fields, marker and deadline copied).
+    #[allow(clippy::too_many_arguments)]
+    fn relocate_hash(
+        &self,
+        name: &str,
+        args: &[Range<u64>],
+        io: &mut dyn Io,
+        store: &mut PoolStore,
+        ttl: &mut Ttl,
+        hs: &mut Hashes,
+        db: u8,
+        out: &mut Out<'_>,
+    ) -> bool {
+        let n = args.len();
+        let arg = |io: &dyn Io, i: usize| {
+            let mut v = Vec::new();
+            io.gather(args[i].clone(), &mut v);
+            v
+        };
+        let src = db_key(db, arg(&*io, 1));
+        let (mut dst_db, mut replace) = (db, name == "RENAME");
+        let dst_user = match name {
+            "MOVE" => {
+                match parse_int(&arg(&*io, 2)) {
+                    Some(d) if (0..DATABASES as i64).contains(&d) => dst_db = d as u8,
+                    Some(_) => {
+                        reply::error(&mut out.buf, "ERR DB index is out of range");
+                        return true;
+                    }
+                    None => {
+                        reply::error(&mut out.buf, "ERR value is not an integer or out of range");
+                        return true;
+                    }
+                }
+                arg(&*io, 1)
+            }
+            _ => arg(&*io, 2),
+        };
+        if name == "COPY" {
+            let mut i = 3;
+            while i < n {
+                match arg(&*io, i).to_ascii_uppercase().as_slice() {
+                    b"REPLACE" => replace = true,
+                    b"DB" if i + 1 < n => {
+                        i += 1;
+                        match parse_int(&arg(&*io, i)) {
+                            Some(d) if (0..DATABASES as i64).contains(&d) => dst_db = d as u8,
+                            _ => {
+                                reply::error(&mut out.buf, "ERR DB index is out of range");
+                                return true;
+                            }
+                        }
+                    }
+                    _ => {
+                        reply::error(&mut out.buf, "ERR syntax error");
+                        return true;
+                    }
+                }
+                i += 1;
+            }
+        } else if n != 3 {
+            arity_error(&mut out.buf, name);
+            return true;
+        }
+        let dst = db_key(dst_db, dst_user);
+        if src == dst {
+            if name == "RENAME" {
+                reply::simple(&mut out.buf, "OK");
+            } else if name == "RENAMENX" {
+                reply::int(&mut out.buf, 0);
+            } else {
+                reply::error(
+                    &mut out.buf,
+                    "ERR source and destination objects are the same",
+                );
+            }
+            return true;
+        }
+        if store.get(&dst).is_some() && !replace {
+            reply::int(&mut out.buf, 0);
+            return true;
+        }
+        match relocate(store, io, ttl, hs, &src, &dst, name == "COPY") {
+            Ok(()) if name == "RENAME" => reply::simple(&mut out.buf, "OK"),
+            Ok(()) => reply::int(&mut out.buf, 1),
+            Err(pst_store::StoreError::LogFull) => reply::error(&mut out.buf, OOM),
+            Err(e) => reply::error(&mut out.buf, &format!("ERR {e}")),
+        }
+        true
     }
 
     /// The `commandstats` section: one line per command called so far.
@@ -1260,6 +1426,17 @@ impl KvService {
                             w.touch(k);
                         }
                     }
+                    "SWAPDB" if args.len() == 3 => {
+                        // Every watched key of both databases may have changed.
+                        let db = |i: usize| {
+                            let mut v = Vec::new();
+                            io.gather(args[i].clone(), &mut v);
+                            parse_int(&v)
+                        };
+                        if let (Some(a), Some(b)) = (db(1), db(2)) {
+                            w.touch_dbs(&[a, b]);
+                        }
+                    }
                     _ => {
                         if let Some(KeyArgs::At(pos)) = key_positions(&name, args.len()) {
                             for i in pos {
@@ -1340,6 +1517,12 @@ impl KvService {
                     expire(ttl, hs, store, &key(&*io, i), now);
                 }
             }
+        }
+        if matches!(name.as_str(), "RENAME" | "RENAMENX" | "COPY" | "MOVE")
+            && n >= 3
+            && hs.is_hash(&key(&*io, 1))
+        {
+            return self.relocate_hash(&name, args, io, store, ttl, hs, db, out);
         }
         if !hs.is_empty() || name.starts_with('H') {
             match self.types(&name, args, io, store, hs, db) {
@@ -2353,6 +2536,39 @@ impl KvService {
                     reply::int(&mut out.buf, m.len as i64);
                 }
             }
+            "SWAPDB" if n == 3 => {
+                let (Some(a), Some(b)) = (parse_int(&arg(&*io, 1)), parse_int(&arg(&*io, 2))) else {
+                    reply::error(&mut out.buf, "ERR invalid first DB index");
+                    return true;
+                };
+                if !(0..DATABASES as i64).contains(&a) || !(0..DATABASES as i64).contains(&b) {
+                    reply::error(&mut out.buf, "ERR DB index is out of range");
+                    return true;
+                }
+                let (a, b) = (a as u8, b as u8);
+                if a != b {
+                    // a → a scratch database no client can select, b → a, scratch → b: every
+                    // key with its deadline and hash fields, in one atomic group.
+                    const SCRATCH: u8 = u8::MAX;
+                    let mut r = Ok(());
+                    for (from, to) in [(a, SCRATCH), (b, a), (SCRATCH, b)] {
+                        let keys: Vec<Vec<u8>> = store
+                            .keys()
+                            .filter(|k| (from == SCRATCH && k.starts_with(&db_key(SCRATCH, Vec::new()))) || (from != SCRATCH && key_db(k) == from))
+                            .map(<[u8]>::to_vec)
+                            .collect();
+                        for k in keys {
+                            let dst = db_key(to, user_key_any(&k).to_vec());
+                            r = r.and_then(|_| relocate(store, io, ttl, hs, &k, &dst, false));
+                        }
+                    }
+                    if let Err(e) = r {
+                        write_err(out, e);
+                        return true;
+                    }
+                }
+                reply::simple(&mut out.buf, "OK");
+            }
             "SETRANGE" if n == 4 => {
                 let Some(off) = parse_int(&arg(&*io, 2)).filter(|o| *o >= 0) else {
                     reply::error(&mut out.buf, "ERR offset is out of range");
@@ -2710,7 +2926,7 @@ impl KvService {
             | "SETRANGE" | "GETBIT" | "SETBIT" | "INCRBYFLOAT" | "COPY" | "MOVE" | "SCAN" | "TOUCH"
             | "OBJECT" | "TIME" | "HSET" | "HMSET" | "HSETNX" | "HGET" | "HMGET" | "HDEL" | "HLEN"
             | "HEXISTS" | "HSTRLEN" | "HKEYS" | "HVALS" | "HGETALL" | "HINCRBY" | "HINCRBYFLOAT"
-            | "HRANDFIELD" | "HSCAN" | "MEMORY" | "LCS" => {
+            | "HRANDFIELD" | "HSCAN" | "MEMORY" | "LCS" | "SWAPDB" => {
                 arity_error(&mut out.buf, &name)
             }
             _ => {
@@ -3336,12 +3552,28 @@ mod tests {
             say(&mut c, &["HSCAN", "r", "0", "MATCH", "y"]),
             "*2\r\n$1\r\n0\r\n*2\r\n$1\r\ny\r\n$1\r\n2\r\n"
         );
-        assert_eq!(
-            say(&mut c, &["RENAME", "r", "r2"]),
-            "-ERR pst kv cannot rename, copy or move a hash yet\r\n"
-        );
         assert_eq!(say(&mut c, &["EXPIRE", "r", "100"]), ":1\r\n");
         assert_eq!(say(&mut c, &["TTL", "r"]), ":100\r\n");
+        // Hashes move like strings, deadline included.
+        assert_eq!(say(&mut c, &["RENAME", "r", "r2"]), "+OK\r\n");
+        assert_eq!(say(&mut c, &["HGET", "r2", "y"]), "$1\r\n2\r\n");
+        assert_eq!(say(&mut c, &["TTL", "r2"]), ":100\r\n");
+        assert_eq!(say(&mut c, &["EXISTS", "r"]), ":0\r\n");
+        assert_eq!(say(&mut c, &["COPY", "r2", "r3"]), ":1\r\n");
+        assert_eq!(say(&mut c, &["HLEN", "r3"]), ":3\r\n");
+        assert_eq!(say(&mut c, &["MOVE", "r3", "4"]), ":1\r\n");
+        assert_eq!(say(&mut c, &["HLEN", "r3"]), ":0\r\n");
+        // SWAPDB swaps every key, hashes and deadlines with them.
+        assert_eq!(say(&mut c, &["SWAPDB", "0", "4"]), "+OK\r\n");
+        assert_eq!(say(&mut c, &["HLEN", "r3"]), ":3\r\n");
+        assert_eq!(say(&mut c, &["EXISTS", "r2"]), ":0\r\n");
+        say(&mut c, &["SELECT", "4"]);
+        assert_eq!(say(&mut c, &["HGET", "r2", "x"]), "$1\r\n1\r\n");
+        assert_eq!(say(&mut c, &["TTL", "r2"]), ":100\r\n");
+        assert_eq!(
+            say(&mut c, &["SWAPDB", "4", "x"]),
+            "-ERR invalid first DB index\r\n"
+        );
     }
 
     #[test]
