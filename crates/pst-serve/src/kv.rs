@@ -916,8 +916,6 @@ enum TypeCheck {
     Ok,
     /// The key holds the other type.
     Wrong,
-    /// pst cannot do this to a hash (yet).
-    Refuse(&'static str),
 }
 
 /// Commands on a hash (key at argument 1).
@@ -1528,10 +1526,6 @@ impl KvService {
             match self.types(&name, args, io, store, hs, db) {
                 TypeCheck::Wrong => {
                     reply::error(&mut out.buf, WRONGTYPE);
-                    return true;
-                }
-                TypeCheck::Refuse(why) => {
-                    reply::error(&mut out.buf, why);
                     return true;
                 }
                 TypeCheck::Ok => {}
