@@ -47,8 +47,8 @@ fn py(port: u16, phase: &str) -> String {
         .args(["-c", SCRIPT, &port.to_string(), phase])
         .output()
         .expect("python3");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
         "python redis client ({phase}) failed (.ci/run installs it):\n{text}"
