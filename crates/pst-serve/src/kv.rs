@@ -769,41 +769,56 @@ fn relocate(
     to: &[u8],
     keep: bool,
 ) -> Result<(), pst_store::StoreError> {
-    let copy = |io: &mut dyn Io, v: &[u8]| {
-        if io.has_room(v.len() as u64) {
-            io.copy_in(v).ok_or(pst_store::StoreError::LogFull)
-        } else {
-            Err(pst_store::StoreError::LogFull)
-        }
+    // Copies first (room checked per value), so that a move refused for lack of room
+    // changes nothing; then whatever `to` held goes, then the records are written.
+    let mut copies: Vec<(Option<Vec<u8>>, Vec<pst::Extent>)> = Vec::new();
+    let fields: Vec<Option<Vec<u8>>> = if hs.is_hash(from) {
+        hs.fields(from).map(|f| Some(f.to_vec())).collect()
+    } else {
+        vec![None]
     };
+    let mut v = Vec::new();
+    for f in fields {
+        let found = match &f {
+            Some(f) => store.read_value(&field_key(from, f), &mut v),
+            None => store.read_value(from, &mut v),
+        };
+        let exts = match found {
+            Ok(true) if io.has_room(v.len() as u64) => io.copy_in(&v),
+            Ok(true) => None,
+            Ok(false) => continue,
+            Err(e) => {
+                copies
+                    .into_iter()
+                    .for_each(|(_, x)| x.into_iter().for_each(|e| io.release(e)));
+                return Err(e);
+            }
+        };
+        let Some(exts) = exts else {
+            copies
+                .into_iter()
+                .for_each(|(_, x)| x.into_iter().for_each(|e| io.release(e)));
+            return Err(pst_store::StoreError::LogFull);
+        };
+        copies.push((f, exts));
+    }
     let deadline = ttl.get(from);
-    // Whatever `to` held goes first.
     hs.drop_fields(store, to)?;
     store.delete(to)?;
     ttl.clear(store, to)?;
-    let mut v = Vec::new();
-    if hs.is_hash(from) {
-        let fields: Vec<Vec<u8>> = hs.fields(from).map(<[u8]>::to_vec).collect();
-        for f in &fields {
-            store.read_value(&field_key(from, f), &mut v)?;
-            let exts = copy(io, &v)?;
-            hs.set(store, io, to, f, exts)?;
-        }
-        if !keep {
-            hs.drop_fields(store, from)?;
-            store.delete(from)?;
-        }
-    } else {
-        if !store.read_value(from, &mut v)? {
-            return Ok(());
-        }
-        let exts = copy(io, &v)?;
-        store.put(to, exts)?;
-        if !keep {
-            store.delete(from)?;
+    for (f, exts) in copies {
+        match f {
+            Some(f) => {
+                hs.set(store, io, to, &f, exts)?;
+            }
+            None => {
+                store.put(to, exts)?;
+            }
         }
     }
     if !keep {
+        hs.drop_fields(store, from)?;
+        store.delete(from)?;
         ttl.clear(store, from)?;
     }
     if let Some(at) = deadline {
@@ -1189,10 +1204,6 @@ impl KvService {
             "SET" if (3..n).any(|i| word(&*io, i) == b"NX") => Vec::new(),
             "SET" | "SETEX" | "PSETEX" => vec![k1],
             "MSET" => (1..n).step_by(2).map(|i| key(&*io, i)).collect(),
-            // Moving a hash is done by `relocate_hash` (before the string commands run).
-            "RENAME" | "RENAMENX" | "COPY" | "MOVE" if hs.is_hash(&k1) => Vec::new(),
-            "RENAME" if n == 3 => vec![key(&*io, 2)],
-            "COPY" if n > 3 && (3..n).any(|i| word(&*io, i) == b"REPLACE") => vec![key(&*io, 2)],
             _ => Vec::new(),
         };
         for k in overwritten {
@@ -1201,97 +1212,6 @@ impl KvService {
             }
         }
         TypeCheck::Ok
-    }
-
-    /// `RENAME`/`RENAMENX`/`COPY`/`MOVE` of a hash (fields, marker and deadline copied).
-    #[allow(clippy::too_many_arguments)]
-    fn relocate_hash(
-        &self,
-        name: &str,
-        args: &[Range<u64>],
-        io: &mut dyn Io,
-        store: &mut PoolStore,
-        ttl: &mut Ttl,
-        hs: &mut Hashes,
-        db: u8,
-        out: &mut Out<'_>,
-    ) -> bool {
-        let n = args.len();
-        let arg = |io: &dyn Io, i: usize| {
-            let mut v = Vec::new();
-            io.gather(args[i].clone(), &mut v);
-            v
-        };
-        let src = db_key(db, arg(&*io, 1));
-        let (mut dst_db, mut replace) = (db, name == "RENAME");
-        let dst_user = match name {
-            "MOVE" => {
-                match parse_int(&arg(&*io, 2)) {
-                    Some(d) if (0..DATABASES as i64).contains(&d) => dst_db = d as u8,
-                    Some(_) => {
-                        reply::error(&mut out.buf, "ERR DB index is out of range");
-                        return true;
-                    }
-                    None => {
-                        reply::error(&mut out.buf, "ERR value is not an integer or out of range");
-                        return true;
-                    }
-                }
-                arg(&*io, 1)
-            }
-            _ => arg(&*io, 2),
-        };
-        if name == "COPY" {
-            let mut i = 3;
-            while i < n {
-                match arg(&*io, i).to_ascii_uppercase().as_slice() {
-                    b"REPLACE" => replace = true,
-                    b"DB" if i + 1 < n => {
-                        i += 1;
-                        match parse_int(&arg(&*io, i)) {
-                            Some(d) if (0..DATABASES as i64).contains(&d) => dst_db = d as u8,
-                            _ => {
-                                reply::error(&mut out.buf, "ERR DB index is out of range");
-                                return true;
-                            }
-                        }
-                    }
-                    _ => {
-                        reply::error(&mut out.buf, "ERR syntax error");
-                        return true;
-                    }
-                }
-                i += 1;
-            }
-        } else if n != 3 {
-            arity_error(&mut out.buf, name);
-            return true;
-        }
-        let dst = db_key(dst_db, dst_user);
-        if src == dst {
-            if name == "RENAME" {
-                reply::simple(&mut out.buf, "OK");
-            } else if name == "RENAMENX" {
-                reply::int(&mut out.buf, 0);
-            } else {
-                reply::error(
-                    &mut out.buf,
-                    "ERR source and destination objects are the same",
-                );
-            }
-            return true;
-        }
-        if store.get(&dst).is_some() && !replace {
-            reply::int(&mut out.buf, 0);
-            return true;
-        }
-        match relocate(store, io, ttl, hs, &src, &dst, name == "COPY") {
-            Ok(()) if name == "RENAME" => reply::simple(&mut out.buf, "OK"),
-            Ok(()) => reply::int(&mut out.buf, 1),
-            Err(pst_store::StoreError::LogFull) => reply::error(&mut out.buf, OOM),
-            Err(e) => reply::error(&mut out.buf, &format!("ERR {e}")),
-        }
-        true
     }
 
     /// The `commandstats` section: one line per command called so far.
@@ -1515,12 +1435,6 @@ impl KvService {
                     expire(ttl, hs, store, &key(&*io, i), now);
                 }
             }
-        }
-        if matches!(name.as_str(), "RENAME" | "RENAMENX" | "COPY" | "MOVE")
-            && n >= 3
-            && hs.is_hash(&key(&*io, 1))
-        {
-            return self.relocate_hash(&name, args, io, store, ttl, hs, db, out);
         }
         if !hs.is_empty() || name.starts_with('H') {
             match self.types(&name, args, io, store, hs, db) {
@@ -1853,50 +1767,6 @@ impl KvService {
                 } else {
                     let pick = random_index(keys.len());
                     reply::bulk(&mut out.buf, user_key(keys[pick]));
-                }
-            }
-            "RENAME" | "RENAMENX" if n == 3 => {
-                let (from, to) = (key(&*io, 1), key(&*io, 2));
-                let mut val = Vec::new();
-                match store.read_value(&from, &mut val) {
-                    Ok(false) => {
-                        reply::error(&mut out.buf, "ERR no such key");
-                        return true;
-                    }
-                    Err(_) => {
-                        reply::error(&mut out.buf, "ERR stored value is corrupt");
-                        return true;
-                    }
-                    Ok(true) => {}
-                }
-                if name == "RENAMENX" && store.get(&to).is_some() {
-                    reply::int(&mut out.buf, 0);
-                    return true;
-                }
-                if from != to {
-                    // Room first: a copy made and then dropped would leak its buffers.
-                    let exts = if io.has_room(val.len() as u64) { io.copy_in(&val) } else { None };
-                    let Some(exts) = exts else {
-                        reply::error(&mut out.buf, OOM);
-                        return true;
-                    };
-                    let moved = ttl.get(&from);
-                    let r = store
-                        .put(&to, exts)
-                        .and_then(|_| store.delete(&from))
-                        .and_then(|_| ttl.clear(store, &from))
-                        .and_then(|_| match moved {
-                            Some(at) => ttl.set(store, io, &to, at),
-                            None => ttl.clear(store, &to).map(drop),
-                        });
-                    if let Err(e) = r {
-                        write_err(out, e);
-                        return true;
-                    }
-                }
-                match name.as_str() {
-                    "RENAME" => reply::simple(&mut out.buf, "OK"),
-                    _ => reply::int(&mut out.buf, 1),
                 }
             }
             "STRLEN" if n == 2 => {
@@ -2659,14 +2529,36 @@ impl KvService {
                 let text = format_float(new, old.abs().max(by.abs()));
                 self.store_copy(store, io, &key, text.as_bytes(), out, |o| reply::bulk(o, text.as_bytes()));
             }
-            "COPY" | "MOVE" if (name == "MOVE" && n == 3) || (name == "COPY" && n >= 3) => {
-                // COPY source destination [DB n] [REPLACE]; MOVE key db.
-                let (mut dst_db, mut replace) = (db, false);
+            "RENAME" | "RENAMENX" | "COPY" | "MOVE" if n == 3 || (name == "COPY" && n > 3) => {
+                // RENAME src dst; RENAMENX src dst; COPY src dst [DB n] [REPLACE]; MOVE key db.
+                // Strings and hashes alike, with their deadlines (`relocate`).
+                let (mut dst_db, mut replace) = (db, name == "RENAME");
                 let db_arg = |io: &dyn Io, i: usize| match parse_int(&arg(io, i)) {
                     Some(d) if (0..DATABASES as i64).contains(&d) => Ok(d as u8),
                     Some(_) => Err("ERR DB index is out of range"),
                     None => Err("ERR value is not an integer or out of range"),
                 };
+                let mut i = 3;
+                while name == "COPY" && i < n {
+                    match arg(&*io, i).to_ascii_uppercase().as_slice() {
+                        b"REPLACE" => replace = true,
+                        b"DB" if i + 1 < n => {
+                            i += 1;
+                            match db_arg(&*io, i) {
+                                Ok(d) => dst_db = d,
+                                Err(e) => {
+                                    reply::error(&mut out.buf, e);
+                                    return true;
+                                }
+                            }
+                        }
+                        _ => {
+                            reply::error(&mut out.buf, "ERR syntax error");
+                            return true;
+                        }
+                    }
+                    i += 1;
+                }
                 if name == "MOVE" {
                     match db_arg(&*io, 2) {
                         Ok(d) => dst_db = d,
@@ -2675,71 +2567,34 @@ impl KvService {
                             return true;
                         }
                     }
-                } else {
-                    let mut i = 3;
-                    while i < n {
-                        match arg(&*io, i).to_ascii_uppercase().as_slice() {
-                            b"REPLACE" => replace = true,
-                            b"DB" if i + 1 < n => {
-                                i += 1;
-                                match db_arg(&*io, i) {
-                                    Ok(d) => dst_db = d,
-                                    Err(e) => {
-                                        reply::error(&mut out.buf, e);
-                                        return true;
-                                    }
-                                }
-                            }
-                            _ => {
-                                reply::error(&mut out.buf, "ERR syntax error");
-                                return true;
-                            }
-                        }
-                        i += 1;
-                    }
                 }
                 let src = key(&*io, 1);
-                let dst_user = arg(&*io, if name == "MOVE" { 1 } else { 2 });
-                let dst = db_key(dst_db, dst_user);
+                let dst = db_key(dst_db, arg(&*io, if name == "MOVE" { 1 } else { 2 }));
+                let renaming = name.starts_with("RENAME");
+                let exists = store.get(&src).is_some();
+                if renaming && !exists {
+                    reply::error(&mut out.buf, "ERR no such key");
+                    return true;
+                }
                 if src == dst {
-                    reply::error(&mut out.buf, "ERR source and destination objects are the same");
+                    match name.as_str() {
+                        "RENAME" => reply::simple(&mut out.buf, "OK"),
+                        "RENAMENX" => reply::int(&mut out.buf, 0),
+                        _ => reply::error(&mut out.buf, "ERR source and destination objects are the same"),
+                    }
                     return true;
                 }
                 expire(ttl, hs, store, &dst, now);
-                let mut val = Vec::new();
-                match store.read_value(&src, &mut val) {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        reply::int(&mut out.buf, 0);
-                        return true;
-                    }
-                    Err(_) => {
-                        reply::error(&mut out.buf, "ERR stored value is corrupt");
-                        return true;
-                    }
-                }
-                if store.get(&dst).is_some() && (name == "MOVE" || !replace) {
+                if !exists || (store.get(&dst).is_some() && !replace) {
                     reply::int(&mut out.buf, 0);
                     return true;
                 }
-                let exts = if io.has_room(val.len() as u64) { io.copy_in(&val) } else { None };
-                let Some(exts) = exts else {
-                    reply::error(&mut out.buf, OOM);
-                    return true;
-                };
-                let deadline_of_src = ttl.get(&src);
-                let r = store
-                    .put(&dst, exts)
-                    .and_then(|_| match deadline_of_src {
-                        Some(at) => ttl.set(store, io, &dst, at),
-                        None => ttl.clear(store, &dst).map(drop),
-                    })
-                    .and_then(|_| match name.as_str() {
-                        "MOVE" => store.delete(&src).and_then(|_| ttl.clear(store, &src)).map(drop),
-                        _ => Ok(()),
-                    });
-                match r {
+                match relocate(store, io, ttl, hs, &src, &dst, name == "COPY") {
+                    Ok(()) if name == "RENAME" => reply::simple(&mut out.buf, "OK"),
                     Ok(()) => reply::int(&mut out.buf, 1),
+                    Err(pst_store::StoreError::ValueCorrupt { .. }) => {
+                        reply::error(&mut out.buf, "ERR stored value is corrupt")
+                    }
                     Err(e) => write_err(out, e),
                 }
             }
