@@ -1,4 +1,5 @@
-//! `pst kv` with Python's `redis` client (issue 12), on both engines: strings with expiry,
+//! `pst kv` with Python's `redis` client (issue 12), on both engines, with its default RESP3
+//! (`HELLO 3`) for the writes and RESP2 for the reads: strings with expiry,
 //! hashes, a transactional pipeline (`transaction=True`, MULTI/EXEC under the hood), a
 //! `WATCH` conflict raising `WatchError`, `SCAN` iteration, and, after `kill -9`, the same data.
 //! `.ci/run` installs the client (`pip install redis`).
@@ -9,7 +10,9 @@ use std::process::Command;
 const SCRIPT: &str = r#"
 import sys, redis
 port, phase = int(sys.argv[1]), sys.argv[2]
-r = redis.Redis(port=port, protocol=2, decode_responses=True)
+# Writes with the client's default protocol (RESP3 through `HELLO 3` in redis-py 8), reads
+# back with RESP2.
+r = redis.Redis(port=port, decode_responses=True) if phase == "write" else redis.Redis(port=port, protocol=2, decode_responses=True)
 if phase == "write":
     assert r.ping()
     assert r.set("s", "v", ex=1000)
@@ -29,7 +32,9 @@ if phase == "write":
             raise SystemExit("EXEC should have failed")
         except redis.WatchError:
             pass
-    assert r.get("t2") is None
+    assert r.get("t2") is None and r.get("missing") is None
+    assert r.hgetall("h") == {"a": "42", "b": "2"}, "a map in RESP3"
+    assert r.config_get("maxmemory*") is not None
     for i in range(50):
         r.set(f"k:{i}", i)
     assert sorted(r.scan_iter(match="k:*", count=7)) == sorted(f"k:{i}" for i in range(50))

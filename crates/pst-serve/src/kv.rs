@@ -50,6 +50,8 @@ pub struct KvConn {
     /// `WATCH`ed keys (stored form) with the sequence number of their record and their
     /// deadline when watched (a write, a delete, an expiry or a new deadline changes one).
     watched: Vec<Watched>,
+    /// `HELLO 3` was sent: RESP3 replies.
+    resp3: bool,
 }
 
 /// A `WATCH`ed key: its version and whether it existed when watched.
@@ -534,9 +536,38 @@ impl KvService {
 struct Out<'a> {
     buf: Vec<u8>,
     pieces: &'a mut Vec<Piece>,
+    /// The connection speaks RESP3 (`HELLO 3`): nulls are `_`, maps are `%`.
+    resp3: bool,
 }
 
 impl Out<'_> {
+    /// A null (bulk) reply.
+    fn null(&mut self) {
+        match self.resp3 {
+            true => self.buf.extend_from_slice(b"_\r\n"),
+            false => reply::null(&mut self.buf),
+        }
+    }
+
+    /// A null array reply (an aborted `EXEC`).
+    fn null_array(&mut self) {
+        match self.resp3 {
+            true => self.buf.extend_from_slice(b"_\r\n"),
+            false => reply::null_array(&mut self.buf),
+        }
+    }
+
+    /// The head of a map of `n` pairs (a flat array of `2n` elements in RESP2).
+    fn map(&mut self, n: usize) {
+        match self.resp3 {
+            true => {
+                use std::io::Write as _;
+                let _ = write!(self.buf, "%{n}\r\n");
+            }
+            false => reply::array(&mut self.buf, 2 * n),
+        }
+    }
+
     fn flush(&mut self) {
         if !self.buf.is_empty() {
             self.pieces
@@ -546,7 +577,7 @@ impl Out<'_> {
 }
 
 /// The commands `pst kv` implements (`COMMAND COUNT`).
-const COMMANDS: [&str; 84] = [
+const COMMANDS: [&str; 85] = [
     "APPEND",
     "AUTH",
     "CLIENT",
@@ -574,6 +605,7 @@ const COMMANDS: [&str; 84] = [
     "GETRANGE",
     "GETSET",
     "HDEL",
+    "HELLO",
     "HEXISTS",
     "HGET",
     "HGETALL",
@@ -650,7 +682,7 @@ fn arity_error(out: &mut Vec<u8>, name: &str) {
 /// Write a stored value as a bulk string, zero copy where the engine can.
 fn bulk_value(store: &PoolStore, key: &[u8], io: &mut dyn Io, out: &mut Out<'_>) {
     let Some(v) = store.get(key) else {
-        reply::null(&mut out.buf);
+        out.null();
         return;
     };
     if !store.verify(&v) {
@@ -668,7 +700,7 @@ fn bulk_value(store: &PoolStore, key: &[u8], io: &mut dyn Io, out: &mut Out<'_>)
     let mut val = Vec::new();
     match store.read_value(key, &mut val) {
         Ok(true) => reply::bulk(&mut out.buf, &val),
-        Ok(false) => reply::null(&mut out.buf),
+        Ok(false) => out.null(),
         Err(_) => reply::error(&mut out.buf, "ERR stored value is corrupt"),
     }
 }
@@ -1113,7 +1145,7 @@ impl KvService {
                     w.version(&x.key) != x.version || store.get(&x.key).is_some() != x.existed
                 });
                 if touched {
-                    reply::null_array(&mut out.buf);
+                    out.null_array();
                     return Some(true);
                 }
                 reply::array(&mut out.buf, tx.queued.len());
@@ -1451,6 +1483,74 @@ impl KvService {
         };
         let len = |r: &Range<u64>| r.end - r.start;
         match name.as_str() {
+            "HELLO" => {
+                // HELLO [protover [AUTH user pass] [SETNAME name]]
+                let mut proto = if c.resp3 { 3 } else { 2 };
+                let mut i = 1;
+                if n > 1 {
+                    match parse_int(&arg(&*io, 1)) {
+                        Some(v @ (2 | 3)) => proto = v,
+                        Some(_) => {
+                            reply::error(&mut out.buf, "NOPROTO unsupported protocol version");
+                            return true;
+                        }
+                        None => {
+                            reply::error(&mut out.buf, "ERR Protocol version is not an integer or out of range");
+                            return true;
+                        }
+                    }
+                    i = 2;
+                }
+                let mut name = None;
+                while i < n {
+                    match arg(&*io, i).to_ascii_uppercase().as_slice() {
+                        b"AUTH" if i + 2 < n => {
+                            let ok = match &self.password {
+                                Some(pw) => arg(&*io, i + 1) == b"default" && arg(&*io, i + 2) == pw.as_bytes(),
+                                None => arg(&*io, i + 1) == b"default",
+                            };
+                            if !ok {
+                                reply::error(&mut out.buf, "WRONGPASS invalid username-password pair or user is disabled.");
+                                return true;
+                            }
+                            c.authed = true;
+                            i += 3;
+                        }
+                        b"SETNAME" if i + 1 < n => {
+                            name = Some(arg(&*io, i + 1));
+                            i += 2;
+                        }
+                        _ => {
+                            reply::error(&mut out.buf, "ERR syntax error");
+                            return true;
+                        }
+                    }
+                }
+                if !c.authed {
+                    reply::error(&mut out.buf, "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time");
+                    return true;
+                }
+                if let Some(nm) = name {
+                    c.name = (!nm.is_empty()).then_some(nm);
+                }
+                c.resp3 = proto == 3;
+                out.resp3 = c.resp3;
+                out.map(7);
+                for (k, v) in [("server", "redis"), ("version", "7.0.0")] {
+                    reply::bulk(&mut out.buf, k.as_bytes());
+                    reply::bulk(&mut out.buf, v.as_bytes());
+                }
+                reply::bulk(&mut out.buf, b"proto");
+                reply::int(&mut out.buf, proto);
+                reply::bulk(&mut out.buf, b"id");
+                reply::int(&mut out.buf, c.id as i64);
+                for (k, v) in [("mode", "standalone"), ("role", "master")] {
+                    reply::bulk(&mut out.buf, k.as_bytes());
+                    reply::bulk(&mut out.buf, v.as_bytes());
+                }
+                reply::bulk(&mut out.buf, b"modules");
+                reply::array(&mut out.buf, 0);
+            }
             "PING" => match n {
                 1 => reply::simple(&mut out.buf, "PONG"),
                 2 => reply::bulk(&mut out.buf, &arg(&*io, 1)),
@@ -1534,12 +1634,12 @@ impl KvService {
                 };
                 let old_reply = |out: &mut Out<'_>| match exists {
                     true => reply::bulk(&mut out.buf, &old),
-                    false => reply::null(&mut out.buf),
+                    false => out.null(),
                 };
                 if (nx && exists) || (xx && !exists) {
                     match get {
                         true => old_reply(out),
-                        false => reply::null(&mut out.buf),
+                        false => out.null(),
                     }
                     return true;
                 }
@@ -1570,7 +1670,7 @@ impl KvService {
                     None => reply::error(&mut out.buf, OOM),
                     Some(exts) => match store.put(&key, exts).and_then(|_| ttl.clear(store, &key)) {
                         Ok(_) if exists => reply::bulk(&mut out.buf, &old),
-                        Ok(_) => reply::null(&mut out.buf),
+                        Ok(_) => out.null(),
                         Err(e) => write_err(out, e),
                     },
                 }
@@ -1610,7 +1710,7 @@ impl KvService {
                 let key = key(&*io, 1);
                 let mut val = Vec::new();
                 match store.read_value(&key, &mut val) {
-                    Ok(false) => reply::null(&mut out.buf),
+                    Ok(false) => out.null(),
                     Ok(true) => match store.delete(&key).and_then(|_| ttl.clear(store, &key)) {
                         Ok(_) => reply::bulk(&mut out.buf, &val),
                         Err(e) => write_err(out, e),
@@ -1690,7 +1790,7 @@ impl KvService {
                     // a record header each (pool-buffer rounding not counted).
                     let k = key(&*io, 2);
                     match store.get(&k) {
-                        None => reply::null(&mut out.buf),
+                        None => out.null(),
                         Some(v) => {
                             let mut total = v.len as usize + k.len() + 48;
                             for f in hs.fields(&k) {
@@ -1726,7 +1826,7 @@ impl KvService {
                             reply::simple(&mut out.buf, l);
                         }
                     }
-                    (_, 3) if val.is_none() => reply::null(&mut out.buf),
+                    (_, 3) if val.is_none() => out.null(),
                     (b"ENCODING", 3) => {
                         let mut v = Vec::new();
                         let _ = store.read_value(&key(&*io, 2), &mut v);
@@ -1763,7 +1863,7 @@ impl KvService {
             "RANDOMKEY" if n == 1 => {
                 let keys: Vec<&[u8]> = store.keys().filter(|k| key_db(k) == db).collect();
                 if keys.is_empty() {
-                    reply::null(&mut out.buf);
+                    out.null();
                 } else {
                     let pick = random_index(keys.len());
                     reply::bulk(&mut out.buf, user_key(keys[pick]));
@@ -1811,7 +1911,7 @@ impl KvService {
                 for i in 1..n {
                     let k = key(&*io, i);
                     if hs.is_hash(&k) {
-                        reply::null(&mut out.buf);
+                        out.null();
                     } else {
                         bulk_value(store, &k, io, out);
                     }
@@ -2032,7 +2132,7 @@ impl KvService {
                         }
                     }
                 }
-                reply::array(&mut out.buf, hits.len() * 2);
+                out.map(hits.len());
                 for (name, value) in hits {
                     reply::bulk(&mut out.buf, name.as_bytes());
                     reply::bulk(&mut out.buf, value);
@@ -2082,7 +2182,7 @@ impl KvService {
                     (b"ID", 2) => reply::int(&mut out.buf, c.id as i64),
                     (b"GETNAME", 2) => match &c.name {
                         Some(name) => reply::bulk(&mut out.buf, name),
-                        None => reply::null(&mut out.buf),
+                        None => out.null(),
                     },
                     (b"SETNAME", 3) => {
                         let name = arg(&*io, 2);
@@ -2185,8 +2285,11 @@ impl KvService {
             "HKEYS" | "HVALS" | "HGETALL" if n == 2 => {
                 let key = key(&*io, 1);
                 let fields: Vec<Vec<u8>> = hs.fields(&key).map(<[u8]>::to_vec).collect();
-                let per = if name == "HGETALL" { 2 } else { 1 };
-                reply::array(&mut out.buf, fields.len() * per);
+                if name == "HGETALL" {
+                    out.map(fields.len());
+                } else {
+                    reply::array(&mut out.buf, fields.len());
+                }
                 for f in fields {
                     if name != "HVALS" {
                         reply::bulk(&mut out.buf, &f);
@@ -2257,7 +2360,7 @@ impl KvService {
                 let fields: Vec<Vec<u8>> = hs.fields(&key).map(<[u8]>::to_vec).collect();
                 if n == 2 {
                     match fields.len() {
-                        0 => reply::null(&mut out.buf),
+                        0 => out.null(),
                         len => reply::bulk(&mut out.buf, &fields[random_index(len)]),
                     }
                     return true;
@@ -2745,7 +2848,7 @@ impl KvService {
                 let mut val = Vec::new();
                 match store.read_value(&key, &mut val) {
                     Ok(false) => {
-                        reply::null(&mut out.buf);
+                        out.null();
                         return true;
                     }
                     Err(_) => {
@@ -2815,6 +2918,7 @@ impl Protocol for KvService {
             name: None,
             tx: None,
             watched: Vec::new(),
+            resp3: false,
         }
     }
 
@@ -2851,6 +2955,7 @@ impl Protocol for KvService {
         let mut out = Out {
             buf: Vec::new(),
             pieces,
+            resp3: c.resp3,
         };
         let mut keep = true;
         for ev in events {
@@ -3322,6 +3427,26 @@ mod tests {
             "*2\r\n*2\r\n:4\r\n:7\r\n*2\r\n:5\r\n:8\r\n*2\r\n*2\r\n:2\r\n:3\r\n*2\r\n:0\r\n:1\r\n"
         ));
         assert_eq!(say(&mut c, &["LCS", "key1", "nokey"]), "$0\r\n\r\n");
+    }
+
+    #[test]
+    fn hello_switches_to_resp3_nulls_and_maps() {
+        let mut c = conv(None);
+        let say = |c: &mut Conversation<KvService>, a: &[&str]| c.say(&cmd(a));
+        assert!(say(&mut c, &["HELLO", "2"]).starts_with("*14\r\n$6\r\nserver\r\n"));
+        assert_eq!(
+            say(&mut c, &["HELLO", "4"]),
+            "-NOPROTO unsupported protocol version\r\n"
+        );
+        assert!(say(&mut c, &["HELLO", "3"]).starts_with("%7\r\n"));
+        assert_eq!(say(&mut c, &["GET", "nope"]), "_\r\n");
+        say(&mut c, &["HSET", "h", "f", "v"]);
+        assert_eq!(
+            say(&mut c, &["HGETALL", "h"]),
+            "%1\r\n$1\r\nf\r\n$1\r\nv\r\n"
+        );
+        say(&mut c, &["HELLO", "2"]);
+        assert_eq!(say(&mut c, &["GET", "nope"]), "$-1\r\n");
     }
 
     #[test]
