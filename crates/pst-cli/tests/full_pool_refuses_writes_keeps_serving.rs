@@ -77,7 +77,32 @@ fn kv_full_pool() {
             format!("-{OOM}\r\n"),
             "{engine}"
         );
-        still_serves(addr, stored);
+        // Hash fields and deadlines take space too: they reach the same OOM refusal (without
+        // the check they would keep eating the buffers kept for receiving).
+        for what in ["HSET", "EXPIRE"] {
+            let mut refused = false;
+            for i in 0..10_000 {
+                let r: redis::RedisResult<i64> = match what {
+                    "HSET" => redis::cmd("HSET")
+                        .arg("h")
+                        .arg(format!("f{i}"))
+                        .arg("v")
+                        .query(&mut c),
+                    _ => redis::cmd("EXPIRE")
+                        .arg(format!("k{i}"))
+                        .arg(1000)
+                        .query(&mut c),
+                };
+                if let Err(e) = r {
+                    assert!(e.to_string().contains("OOM"), "{engine} {what}: {e}");
+                    refused = true;
+                    break;
+                }
+            }
+            assert!(refused, "{engine}: {what} never refused on a full pool");
+        }
+        let hash: usize = redis::cmd("EXISTS").arg("h").query(&mut c).unwrap();
+        still_serves(addr, stored + hash);
 
         // Restart on the full pool: it comes up and serves.
         assert!(s.term().success());

@@ -1571,7 +1571,8 @@ impl KvService {
             "AUTH" if n == 1 => arity_error(&mut out.buf, &name),
             "AUTH" if n == 2 => reply::error(&mut out.buf, "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?"),
             "SET" | "MSET" | "INCR" | "DECR" | "INCRBY" | "DECRBY" | "GETSET" | "SETNX" | "MSETNX"
-            | "SETEX" | "PSETEX" | "SETRANGE"
+            | "SETEX" | "PSETEX" | "SETRANGE" | "HSET" | "HMSET" | "HSETNX" | "HINCRBY"
+            | "HINCRBYFLOAT"
                 if !io.has_room(args[1..].iter().map(len).sum()) =>
             {
                 reply::error(&mut out.buf, OOM)
