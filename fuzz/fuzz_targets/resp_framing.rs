@@ -62,6 +62,12 @@ fuzz_target!(|input: &[u8]| {
                     prev_end = a.end;
                 }
             }
+            Event::Inline(args) => {
+                assert!(!args.is_empty(), "empty command");
+                for a in args {
+                    assert!(a.len() <= lim.max_line, "inline argument longer than its line");
+                }
+            }
             Event::Error(_) => assert_eq!(i, whole.len() - 1, "events after an error"),
         }
     }

@@ -34,6 +34,9 @@ impl Default for Limits {
 pub enum Event {
     /// A complete command: its arguments as stream ranges (the first is the command name).
     Command(Vec<Range<u64>>),
+    /// A complete inline command (`SET k "a b"\r\n`): its arguments decoded with Redis's
+    /// quoting rules ([`split_args`]), so owned rather than ranges of the stream.
+    Inline(Vec<Vec<u8>>),
     /// A protocol error (Redis replies `-ERR Protocol error: ...` and closes).
     Error(String),
 }
@@ -73,6 +76,94 @@ pub struct CommandFramer {
     cmd_start: u64,
     args: Vec<Range<u64>>,
     want_args: u64,
+}
+
+/// Split an inline command line into arguments the way Redis does (`sdssplitargs`):
+/// whitespace separates arguments; `"..."` takes the escapes `\n \r \t \b \a \\ \"` and
+/// `\xHH`; `'...'` takes `\'`; a closing quote must be followed by whitespace or the end of
+/// the line, and every quote must be closed, else "unbalanced quotes in request".
+pub fn split_args(line: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    const UNBALANCED: &str = "unbalanced quotes in request";
+    let space = |b: u8| matches!(b, b' ' | b'\n' | b'\r' | b'\t' | b'\x0b' | b'\x0c' | 0);
+    let hex = |b: u8| (b as char).to_digit(16);
+    let mut args = Vec::new();
+    let mut i = 0;
+    loop {
+        while i < line.len() && space(line[i]) {
+            i += 1;
+        }
+        if i == line.len() {
+            return Ok(args);
+        }
+        let mut cur = Vec::new();
+        let (mut dq, mut sq) = (false, false);
+        loop {
+            let Some(&c) = line.get(i) else {
+                if dq || sq {
+                    return Err(UNBALANCED.into());
+                }
+                break;
+            };
+            if dq {
+                match c {
+                    b'\\'
+                        if i + 3 < line.len()
+                            && line[i + 1] == b'x'
+                            && hex(line[i + 2]).is_some()
+                            && hex(line[i + 3]).is_some() =>
+                    {
+                        let v = hex(line[i + 2]).unwrap_or(0) * 16 + hex(line[i + 3]).unwrap_or(0);
+                        cur.push(v as u8);
+                        i += 3;
+                    }
+                    b'\\' if i + 1 < line.len() => {
+                        i += 1;
+                        cur.push(match line[i] {
+                            b'n' => b'\n',
+                            b'r' => b'\r',
+                            b't' => b'\t',
+                            b'b' => 0x08,
+                            b'a' => 0x07,
+                            o => o,
+                        });
+                    }
+                    b'"' => {
+                        // The closing quote must be followed by a space or nothing.
+                        if line.get(i + 1).is_some_and(|&n| !space(n)) {
+                            return Err(UNBALANCED.into());
+                        }
+                        i += 1;
+                        break;
+                    }
+                    o => cur.push(o),
+                }
+            } else if sq {
+                match c {
+                    b'\\' if line.get(i + 1) == Some(&b'\'') => {
+                        i += 1;
+                        cur.push(b'\'');
+                    }
+                    b'\'' => {
+                        if line.get(i + 1).is_some_and(|&n| !space(n)) {
+                            return Err(UNBALANCED.into());
+                        }
+                        i += 1;
+                        break;
+                    }
+                    o => cur.push(o),
+                }
+            } else {
+                match c {
+                    c if space(c) => break,
+                    b'"' => dq = true,
+                    b'\'' => sq = true,
+                    o => cur.push(o),
+                }
+            }
+            i += 1;
+        }
+        args.push(cur);
+    }
 }
 
 impl CommandFramer {
@@ -187,25 +278,12 @@ impl CommandFramer {
     ) -> Result<(), String> {
         match kind {
             LineKind::Inline => {
-                let mut args = Vec::new();
-                let mut i = 0;
                 let l = &self.line;
                 let end = l.len() - if l.ends_with(b"\r\n") { 2 } else { 1 };
-                while i < end {
-                    while i < end && l[i].is_ascii_whitespace() {
-                        i += 1;
-                    }
-                    let s = i;
-                    while i < end && !l[i].is_ascii_whitespace() {
-                        i += 1;
-                    }
-                    if i > s {
-                        args.push(self.line_pos + s as u64..self.line_pos + i as u64);
-                    }
-                }
+                let args = split_args(&l[..end])?;
                 self.state = State::Idle;
                 if !args.is_empty() {
-                    out.push(Event::Command(args));
+                    out.push(Event::Inline(args));
                 }
                 Ok(())
             }
@@ -332,10 +410,47 @@ mod tests {
                         .map(|r| stream[r.start as usize..r.end as usize].to_vec())
                         .collect(),
                 ),
+                Event::Inline(args) => cmds.push(args),
                 Event::Error(e) => err = Some(e),
             }
         }
         (cmds, err)
+    }
+
+    #[test]
+    fn inline_quoting_follows_redis() {
+        let split = |s: &[u8]| split_args(s);
+        assert_eq!(
+            split(b"set \"a b\" 'c d'").unwrap(),
+            vec![b"set".to_vec(), b"a b".to_vec(), b"c d".to_vec()]
+        );
+        assert_eq!(
+            split(b"x \"\\x41\\n\\\"\\q\" 'it\\'s' \"\"").unwrap(),
+            vec![
+                b"x".to_vec(),
+                b"A\n\"q".to_vec(),
+                b"it's".to_vec(),
+                Vec::new()
+            ]
+        );
+        assert_eq!(split(b"  ").unwrap(), Vec::<Vec<u8>>::new());
+        for bad in [
+            &b"set \"\"\"k\"\"\" v"[..],
+            b"a \"open",
+            b"a 'open",
+            b"a \"x\"y",
+            b"a 'x'y",
+        ] {
+            assert_eq!(
+                split(bad).unwrap_err(),
+                "unbalanced quotes in request",
+                "{bad:?}"
+            );
+        }
+        // Through the framer: the error ends the connection's input.
+        let (cmds, err) = frame(&[b"set \"\"\"test-key\"\"\" test-value\r\nping\r\n"]);
+        assert!(cmds.is_empty());
+        assert_eq!(err.as_deref(), Some("unbalanced quotes in request"));
     }
 
     #[test]

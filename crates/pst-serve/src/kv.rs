@@ -10,6 +10,7 @@ use pst_resp::{reply, CommandFramer, Event, Limits};
 
 use crate::expiry::{now_ms, Ttl};
 use crate::hashes::{field_key, Hashes};
+use crate::owned::{OwnedArgs, OwnedIo};
 use crate::protocol::{Io, Piece, Protocol};
 use crate::store::PoolStore;
 
@@ -52,6 +53,8 @@ pub struct KvConn {
     watched: Vec<Watched>,
     /// `HELLO 3` was sent: RESP3 replies.
     resp3: bool,
+    /// Decoded arguments of inline commands (kept while a `MULTI` queues them).
+    inline: OwnedArgs,
 }
 
 /// A `WATCH`ed key: its version and whether it existed when watched.
@@ -2920,6 +2923,7 @@ impl Protocol for KvService {
             tx: None,
             watched: Vec::new(),
             resp3: false,
+            inline: OwnedArgs::default(),
         }
     }
 
@@ -2960,28 +2964,43 @@ impl Protocol for KvService {
         };
         let mut keep = true;
         for ev in events {
-            match ev {
-                Event::Command(args) => {
-                    io.count_request();
-                    let idx = command_index(&*io, &args[0]);
-                    let (t0, before) = (std::time::Instant::now(), out.buf.len());
-                    let go = match self
-                        .transaction(c, &args, io, store, &mut ttl, &mut hs, &mut w, &mut out)
-                    {
-                        Some(go) => go,
-                        None => self.exec(c, &args, io, store, &mut ttl, &mut hs, &mut w, &mut out),
-                    };
-                    self.count_command(idx, t0.elapsed(), out.buf.get(before..));
-                    if !go {
-                        keep = false;
-                        break;
-                    }
-                }
+            let args = match ev {
+                Event::Command(args) => args,
+                Event::Inline(owned) => c.inline.stage(owned),
                 Event::Error(why) => {
                     reply::error(&mut out.buf, &format!("ERR Protocol error: {why}"));
                     keep = false;
                     break;
                 }
+            };
+            io.count_request();
+            let inline = std::mem::take(&mut c.inline);
+            let mut owned;
+            let io: &mut dyn Io = if inline.is_empty() {
+                &mut *io
+            } else {
+                owned = OwnedIo {
+                    inner: &mut *io,
+                    owned: &inline,
+                };
+                &mut owned
+            };
+            let idx = command_index(&*io, &args[0]);
+            let (t0, before) = (std::time::Instant::now(), out.buf.len());
+            let go =
+                match self.transaction(c, &args, io, store, &mut ttl, &mut hs, &mut w, &mut out) {
+                    Some(go) => go,
+                    None => self.exec(c, &args, io, store, &mut ttl, &mut hs, &mut w, &mut out),
+                };
+            self.count_command(idx, t0.elapsed(), out.buf.get(before..));
+            c.inline = inline;
+            if c.tx.is_none() {
+                // Nothing queued refers to them any more.
+                c.inline.clear();
+            }
+            if !go {
+                keep = false;
+                break;
             }
         }
         out.flush();
@@ -3036,6 +3055,23 @@ mod tests {
         assert_eq!(c.say("PING\r\n"), "+PONG\r\n");
         assert_eq!(c.say("SET a b\r\n"), "+OK\r\n");
         assert_eq!(c.say("GET a\r\n"), "$1\r\nb\r\n");
+        // Redis's quoting: the quotes are not part of the key or value; escapes decode.
+        assert_eq!(c.say("SET \"my key\" 'it\\'s'\r\n"), "+OK\r\n");
+        assert_eq!(c.say(&cmd(&["GET", "my key"])), "$4\r\nit's\r\n");
+        assert_eq!(c.say("SET k \"a\\x00\\r\\nb\"\r\n"), "+OK\r\n");
+        assert_eq!(c.say(&cmd(&["STRLEN", "k"])), ":5\r\n");
+        // Queued inline commands keep their decoded arguments until EXEC.
+        assert_eq!(c.say("MULTI\r\n"), "+OK\r\n");
+        assert_eq!(c.say("SET \"q 1\" \"v 1\"\r\n"), "+QUEUED\r\n");
+        assert_eq!(c.say(&cmd(&["SET", "q2", "v2"])), "+QUEUED\r\n");
+        assert_eq!(c.say("GET 'q 1'\r\n"), "+QUEUED\r\n");
+        assert_eq!(c.say("EXEC\r\n"), "*3\r\n+OK\r\n+OK\r\n$3\r\nv 1\r\n");
+        // Unbalanced quotes: a protocol error, and the connection ends.
+        let mut c = conv(None);
+        assert_eq!(
+            c.say("set \"\"\"test-key\"\"\" test-value\r\nping\r\n"),
+            "-ERR Protocol error: unbalanced quotes in request\r\n"
+        );
     }
 
     #[test]

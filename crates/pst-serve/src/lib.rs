@@ -9,7 +9,9 @@
 //! - [`stats`], [`worker`]: counters for `pst bench`, a worker's identity and stop flag;
 //! - [`uring`] and [`epoll`]: the two engines, each a loop over one worker's connections;
 //! - [`runtime`]: the listener, the worker threads, signals, shutdown;
-//! - [`echo`], [`http`], [`kv`]: the services (each unit-tested without sockets).
+//! - [`echo`], [`http`], [`kv`]: the services (each unit-tested without sockets);
+//!   [`expiry`], [`hashes`], [`owned`]: parts of `kv` (deadlines, hash fields, inline
+//!   arguments).
 #![deny(unsafe_code)]
 
 pub mod echo;
@@ -20,6 +22,7 @@ pub mod hashes;
 pub mod http;
 pub mod kv;
 pub mod metrics;
+pub mod owned;
 pub mod protocol;
 pub mod runtime;
 pub mod stats;
