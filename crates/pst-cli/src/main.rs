@@ -142,17 +142,20 @@ fn serve_http(a: HttpArgs) -> anyhow::Result<()> {
 fn serve_kv(a: KvArgs) -> anyhow::Result<()> {
     let pool = a.server.open_pool()?;
     let store = a.server.open_store(&pool)?;
+    let stop = pst_serve::runtime::stop_flag()?;
     let proto = Arc::new(
         pst_serve::kv::KvService::new(a.max_value, a.requirepass.clone())
-            .with_persist(a.server.persist),
+            .with_persist(a.server.persist)
+            .with_shutdown(stop.clone()),
     );
     let cfg = a.server.serve_config("127.0.0.1:6380");
-    Ok(pst_serve::serve(
+    Ok(pst_serve::serve_until(
         &cfg,
         pool,
         proto,
         Some(store),
         Retention::Compact,
+        stop,
     )?)
 }
 

@@ -35,6 +35,11 @@ pub struct KvService {
     /// `INFO commandstats`: per command (index in [`COMMANDS`]) calls, microseconds, failed
     /// and rejected calls.
     cmd_stats: Box<[[AtomicU64; 4]]>,
+    /// `CONFIG SET maxmemory`: writes are refused (`OOM`) while the pool bytes the store holds
+    /// (`used_memory`) exceed it; 0 = no limit but the pool's.
+    maxmemory: AtomicU64,
+    /// Set by `SHUTDOWN`: the server's stop flag ([`KvService::with_shutdown`]).
+    shutdown: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// Per-connection state.
@@ -192,7 +197,7 @@ fn arity(name: &str) -> Option<i32> {
         "INCRBY" | "DECRBY" | "GETSET" | "SETNX" | "APPEND" | "RENAME" | "RENAMENX" | "GETBIT"
         | "INCRBYFLOAT" | "MOVE" => 3,
         "GETRANGE" | "SUBSTR" | "SETEX" | "PSETEX" | "SETRANGE" | "SETBIT" => 4,
-        "RANDOMKEY" | "DBSIZE" | "MULTI" | "EXEC" | "DISCARD" | "UNWATCH" | "TIME" => 1,
+        "RANDOMKEY" | "DBSIZE" | "MULTI" | "EXEC" | "DISCARD" | "UNWATCH" | "TIME" | "SAVE" => 1,
         "SET" | "MSET" | "MSETNX" | "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" => -3,
         "COPY" | "LCS" => -3,
         "HSET" | "HMSET" => -4,
@@ -203,7 +208,7 @@ fn arity(name: &str) -> Option<i32> {
         "HRANDFIELD" => -2,
         "SCAN" | "OBJECT" | "TOUCH" | "MEMORY" | "DEL" | "UNLINK" | "EXISTS" | "MGET" | "GETEX"
         | "CONFIG" | "CLIENT" | "FUNCTION" | "AUTH" | "WATCH" => -2,
-        "PING" | "FLUSHALL" | "FLUSHDB" | "INFO" | "COMMAND" | "QUIT" => -1,
+        "PING" | "FLUSHALL" | "FLUSHDB" | "INFO" | "COMMAND" | "QUIT" | "SHUTDOWN" => -1,
         _ => return None,
     })
 }
@@ -415,6 +420,36 @@ fn one_char(pat: &[u8], p: usize, c: u8, nocase: bool) -> Option<usize> {
     }
 }
 
+/// Pool bytes the store holds (`INFO`'s `used_memory`, what `maxmemory` bounds).
+fn used_memory(store: &PoolStore) -> u64 {
+    store.stats().buffers_held * pst_pool::Media::header(store.media()).geometry.buf_size as u64
+}
+
+/// A memory size as Redis's `memtoull` reads it: digits, then optionally `b`, `k`, `kb`,
+/// `m`, `mb`, `g` or `gb` (any case; `k` = 1000, `kb` = 1024).
+fn parse_memory(v: &[u8]) -> Option<u64> {
+    let s = std::str::from_utf8(v).ok()?.to_ascii_lowercase();
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(digits);
+    let mul: u64 = match unit {
+        "" | "b" => 1,
+        "k" => 1000,
+        "kb" => 1024,
+        "m" => 1000 * 1000,
+        "mb" => 1024 * 1024,
+        "g" => 1000 * 1000 * 1000,
+        "gb" => 1024 * 1024 * 1024,
+        _ => return None,
+    };
+    if num.is_empty() {
+        return None;
+    }
+    num.parse::<u64>().ok()?.checked_mul(mul)
+}
+
+/// Commands Redis refuses inside `MULTI` (`CMD_NO_MULTI`) that `pst kv` has.
+const NO_MULTI: [&str; 2] = ["SAVE", "SHUTDOWN"];
+
 /// `CONFIG SET` parameters accepted without effect: encoding and tuning knobs of Redis that
 /// have no meaning for this store (clients and test suites set them routinely).
 fn harmless_knob(name: &str) -> bool {
@@ -483,7 +518,26 @@ impl KvService {
             hashes: Default::default(),
             watches: Default::default(),
             cmd_stats: (0..COMMANDS.len()).map(|_| Default::default()).collect(),
+            maxmemory: AtomicU64::new(0),
+            shutdown: None,
         }
+    }
+
+    /// Let `SHUTDOWN` stop the server by setting `stop` (the flag given to
+    /// [`crate::serve_until`]): the workers finish their batch, commit and exit, as on SIGTERM.
+    /// Without it, `SHUTDOWN` is refused.
+    pub fn with_shutdown(
+        mut self,
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> KvService {
+        self.shutdown = Some(stop);
+        self
+    }
+
+    /// True when a write of `bytes` more would take the store's pool bytes over `maxmemory`.
+    fn over_maxmemory(&self, store: &PoolStore, bytes: u64) -> bool {
+        let max = self.maxmemory.load(Ordering::Relaxed);
+        max != 0 && used_memory(store) + bytes > max
     }
 
     /// Report `persist` as the persistence mode (`CONFIG GET appendonly`, `INFO`).
@@ -513,7 +567,13 @@ impl KvService {
                 },
             ),
             ("save".to_owned(), Vec::new()),
-            ("maxmemory".to_owned(), b"0".to_vec()),
+            (
+                "maxmemory".to_owned(),
+                self.maxmemory
+                    .load(Ordering::Relaxed)
+                    .to_string()
+                    .into_bytes(),
+            ),
             ("databases".to_owned(), DATABASES.to_string().into_bytes()),
             (
                 "requirepass".to_owned(),
@@ -580,7 +640,7 @@ impl Out<'_> {
 }
 
 /// The commands `pst kv` implements (`COMMAND COUNT`).
-const COMMANDS: [&str; 85] = [
+const COMMANDS: [&str; 87] = [
     "APPEND",
     "AUTH",
     "CLIENT",
@@ -649,6 +709,7 @@ const COMMANDS: [&str; 85] = [
     "RENAME",
     "RENAMENX",
     "RESET",
+    "SAVE",
     "SCAN",
     "SELECT",
     "SET",
@@ -656,6 +717,7 @@ const COMMANDS: [&str; 85] = [
     "SETEX",
     "SETNX",
     "SETRANGE",
+    "SHUTDOWN",
     "STRLEN",
     "SUBSTR",
     "SWAPDB",
@@ -1162,6 +1224,12 @@ impl KvService {
                 store.end_group();
                 return Some(go);
             }
+            _ if in_tx && NO_MULTI.contains(&name.as_str()) => {
+                if let Some(tx) = c.tx.as_mut() {
+                    tx.failed = true;
+                }
+                reply::error(&mut out.buf, "ERR Command not allowed inside a transaction");
+            }
             _ if in_tx && name != "QUIT" => {
                 let tx = c.tx.as_mut().expect("in a transaction");
                 if arity(&name).is_none() && !COMMANDS.contains(&name.as_str()) {
@@ -1564,6 +1632,35 @@ impl KvService {
                 reply::simple(&mut out.buf, "OK");
                 return false;
             }
+            // Every acknowledged write is already durable (group commit before replies):
+            // there is nothing more to save.
+            "SAVE" if n == 1 => reply::simple(&mut out.buf, "OK"),
+            "SHUTDOWN" => {
+                let mut abort = false;
+                for i in 1..n {
+                    match arg(&*io, i).to_ascii_uppercase().as_slice() {
+                        b"NOSAVE" | b"SAVE" | b"NOW" | b"FORCE" => {}
+                        b"ABORT" => abort = true,
+                        _ => {
+                            reply::error(&mut out.buf, "ERR syntax error");
+                            return true;
+                        }
+                    }
+                }
+                match &self.shutdown {
+                    _ if abort => reply::error(&mut out.buf, "ERR No shutdown in progress."),
+                    Some(stop) => {
+                        tracing::warn!(client = c.id, "SHUTDOWN: stopping the server");
+                        stop.store(true, Ordering::Relaxed);
+                        // As Redis: no reply, the connection closes.
+                        return false;
+                    }
+                    None => reply::error(
+                        &mut out.buf,
+                        "ERR SHUTDOWN is not enabled on this server (no stop flag)",
+                    ),
+                }
+            }
             // No password: the default user takes any password; other users do not exist.
             "AUTH" if n == 3 && arg(&*io, 1) == b"default" => reply::simple(&mut out.buf, "OK"),
             "AUTH" if n == 3 => reply::error(
@@ -1576,7 +1673,8 @@ impl KvService {
             "SET" | "MSET" | "INCR" | "DECR" | "INCRBY" | "DECRBY" | "GETSET" | "SETNX" | "MSETNX"
             | "SETEX" | "PSETEX" | "SETRANGE" | "HSET" | "HMSET" | "HSETNX" | "HINCRBY"
             | "HINCRBYFLOAT"
-                if !io.has_room(args[1..].iter().map(len).sum()) =>
+                if !io.has_room(args[1..].iter().map(len).sum())
+                    || self.over_maxmemory(store, args[1..].iter().map(len).sum()) =>
             {
                 reply::error(&mut out.buf, OOM)
             }
@@ -2062,7 +2160,7 @@ impl KvService {
                 let m = self.metrics.totals();
                 let sections = [
                     ("server", format!("redis_version:7.0.0\r\npst_version:{}\r\nredis_mode:standalone\r\nprocess_id:{}\r\nuptime_in_seconds:{}\r\n", env!("CARGO_PKG_VERSION"), std::process::id(), self.metrics.uptime() as u64)),
-                    ("memory", format!("used_memory:{}\r\nused_memory_rss:{}\r\npst_buffers_held:{}\r\n", st.buffers_held * pst_pool::Media::header(store.media()).geometry.buf_size as u64, process_rss(), st.buffers_held)),
+                    ("memory", format!("used_memory:{}\r\nused_memory_rss:{}\r\nmaxmemory:{}\r\npst_buffers_held:{}\r\n", used_memory(store), process_rss(), self.maxmemory.load(Ordering::Relaxed), st.buffers_held)),
                     ("persistence", format!("aof_enabled:{}\r\npst_persist:{}\r\npst_log_records:{}\r\npst_log_segments_free:{}/{}\r\npst_commits:{}\r\npst_compactions:{}\r\n", durable as u8, self.persist, st.records, st.free_segments, st.segments, st.commits, st.compactions)),
                     ("clients", format!("connected_clients:{}\r\n", m.conns)),
                     ("stats", format!(
@@ -2144,9 +2242,25 @@ impl KvService {
             }
             "CONFIG" if n >= 4 && n.is_multiple_of(2) && arg(&*io, 1).eq_ignore_ascii_case(b"SET") => {
                 let mut set = Vec::new();
+                let mut set_max = None;
                 for i in (2..n).step_by(2) {
                     let name = String::from_utf8_lossy(&arg(&*io, i)).to_ascii_lowercase();
                     let value = arg(&*io, i + 1);
+                    if name == "maxmemory" {
+                        match parse_memory(&value) {
+                            Some(v) => {
+                                set_max = Some(v);
+                                continue;
+                            }
+                            None => {
+                                error_line(
+                                    &mut out.buf,
+                                    "ERR CONFIG SET failed (possibly related to argument 'maxmemory') - argument must be a memory value",
+                                );
+                                return true;
+                            }
+                        }
+                    }
                     if harmless_knob(&name) && (value.len() > 64 || !value.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-')) {
                         error_line(
                             &mut out.buf,
@@ -2162,6 +2276,9 @@ impl KvService {
                         return true;
                     }
                     set.push((name, arg(&*io, i + 1)));
+                }
+                if let Some(v) = set_max {
+                    self.maxmemory.store(v, Ordering::Relaxed);
                 }
                 let mut tuning = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
                 for (name, value) in set {
@@ -2394,8 +2511,14 @@ impl KvService {
                 } else {
                     (0..count.unsigned_abs().min(1 << 20)).map(|_| &fields[random_index(fields.len())]).collect()
                 };
-                reply::array(&mut out.buf, picks.len() * if with_values { 2 } else { 1 });
+                // RESP3 nests each field with its value (Redis's reply schema); RESP2 is flat.
+                let nested = with_values && out.resp3;
+                let flat = if with_values && !nested { 2 } else { 1 };
+                reply::array(&mut out.buf, picks.len() * flat);
                 for f in picks {
+                    if nested {
+                        reply::array(&mut out.buf, 2);
+                    }
                     reply::bulk(&mut out.buf, f);
                     if with_values {
                         bulk_value(store, &field_key(&key, f), io, out);
@@ -3243,6 +3366,62 @@ mod tests {
     }
 
     #[test]
+    fn save_shutdown_and_maxmemory() {
+        let mut c = conv(None);
+        let say = |c: &mut Conversation<KvService>, a: &[&str]| c.say(&cmd(a));
+        assert_eq!(say(&mut c, &["SAVE"]), "+OK\r\n");
+        // Not inside MULTI (Redis's CMD_NO_MULTI): the transaction aborts.
+        assert_eq!(say(&mut c, &["MULTI"]), "+OK\r\n");
+        assert_eq!(say(&mut c, &["SET", "foo", "bar"]), "+QUEUED\r\n");
+        assert_eq!(
+            say(&mut c, &["SAVE"]),
+            "-ERR Command not allowed inside a transaction\r\n"
+        );
+        assert!(say(&mut c, &["EXEC"]).starts_with("-EXECABORT"));
+        assert_eq!(say(&mut c, &["GET", "foo"]), "$-1\r\n");
+        // A bad maxmemory inside MULTI fails at EXEC, as Redis words it.
+        assert_eq!(say(&mut c, &["MULTI"]), "+OK\r\n");
+        assert_eq!(say(&mut c, &["SET", "foo", "bar"]), "+QUEUED\r\n");
+        assert_eq!(
+            say(&mut c, &["CONFIG", "SET", "maxmemory", "bla"]),
+            "+QUEUED\r\n"
+        );
+        let r = say(&mut c, &["EXEC"]);
+        assert!(r.starts_with("*2\r\n+OK\r\n-ERR CONFIG SET failed"), "{r}");
+        // maxmemory bounds the pool bytes the store holds: writes refused, reads and deletes
+        // served, and writable again once it is lifted.
+        assert_eq!(
+            say(&mut c, &["CONFIG", "SET", "maxmemory", "1kb"]),
+            "+OK\r\n"
+        );
+        assert_eq!(
+            say(&mut c, &["CONFIG", "GET", "maxmemory"]),
+            "*2\r\n$9\r\nmaxmemory\r\n$4\r\n1024\r\n"
+        );
+        assert!(say(&mut c, &["SET", "big", &"x".repeat(2000)]).starts_with("-OOM"));
+        assert_eq!(say(&mut c, &["GET", "foo"]), "$3\r\nbar\r\n");
+        assert_eq!(say(&mut c, &["DEL", "foo"]), ":1\r\n");
+        assert_eq!(say(&mut c, &["CONFIG", "SET", "maxmemory", "0"]), "+OK\r\n");
+        assert_eq!(say(&mut c, &["SET", "big", "x"]), "+OK\r\n");
+        // SHUTDOWN: refused without a stop flag; with one, it sets it and closes silently.
+        assert!(say(&mut c, &["SHUTDOWN"]).starts_with("-ERR SHUTDOWN is not enabled"));
+        assert_eq!(say(&mut c, &["SHUTDOWN", "bogus"]), "-ERR syntax error\r\n");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut c = Conversation::new(
+            KvService::new(1 << 20, None).with_shutdown(stop.clone()),
+            true,
+        );
+        assert_eq!(
+            c.say(&cmd(&["SHUTDOWN", "ABORT"])),
+            "-ERR No shutdown in progress.\r\n"
+        );
+        assert!(!stop.load(Ordering::Relaxed));
+        let (reply, keep) = c.send(cmd(&["SHUTDOWN", "NOSAVE"]).as_bytes());
+        assert!(reply.is_empty() && !keep);
+        assert!(stop.load(Ordering::Relaxed));
+    }
+
+    #[test]
     fn multi_exec_discard_and_watch() {
         let mut c = conv(None);
         let say = |c: &mut Conversation<KvService>, a: &[&str]| c.say(&cmd(a));
@@ -3559,6 +3738,9 @@ mod tests {
             "at most every field"
         );
         assert!(say(&mut c, &["HRANDFIELD", "r", "-5", "WITHVALUES"]).starts_with("*10\r\n"));
+        assert_eq!(say(&mut c, &["HELLO", "3"]).chars().next(), Some('%'));
+        assert!(say(&mut c, &["HRANDFIELD", "r", "-5", "WITHVALUES"]).starts_with("*5\r\n*2\r\n"));
+        assert!(say(&mut c, &["HELLO", "2"]).starts_with('*'));
         assert_eq!(
             say(&mut c, &["HSCAN", "r", "0", "MATCH", "y"]),
             "*2\r\n$1\r\n0\r\n*2\r\n$1\r\ny\r\n$1\r\n2\r\n"
