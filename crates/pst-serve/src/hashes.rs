@@ -1,4 +1,7 @@
-//! Redis hashes for `pst kv`, stored in the same log as strings.
+//! Redis hashes and sets for `pst kv`, stored in the same log as strings.
+//!
+//! A set is stored like a hash whose fields (the members) have empty values: same field
+//! records, same atomic groups, same recovery; only its marker ([`SET_MARKER`]) differs.
 //!
 //! **On media**: each field is a record of its own under the reserved key `\xffpst:h` + the
 //! hash's stored key length (u32, big-endian) + the stored key + the field name; its value is
@@ -25,6 +28,45 @@ pub const FIELD_PREFIX: &[u8] = b"\xffpst:h";
 /// The value of a hash's own key.
 pub const MARKER: &[u8] = b"\xffpst:hash";
 
+/// The value of a set's own key.
+pub const SET_MARKER: &[u8] = b"\xffpst:set";
+
+/// What an aggregate key holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A hash: field → value.
+    Hash,
+    /// A set: members, stored as fields with empty values.
+    Set,
+}
+
+impl Kind {
+    /// The marker value of the aggregate's own key.
+    pub fn marker(self) -> &'static [u8] {
+        match self {
+            Kind::Hash => MARKER,
+            Kind::Set => SET_MARKER,
+        }
+    }
+
+    /// The kind a marker value names.
+    fn of_marker(v: &[u8]) -> Option<Kind> {
+        match v {
+            MARKER => Some(Kind::Hash),
+            SET_MARKER => Some(Kind::Set),
+            _ => None,
+        }
+    }
+
+    /// Its name for `TYPE`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Hash => "hash",
+            Kind::Set => "set",
+        }
+    }
+}
+
 /// The stored key of `field` of the hash stored as `key`.
 pub fn field_key(key: &[u8], field: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(FIELD_PREFIX.len() + 4 + key.len() + field.len());
@@ -43,11 +85,11 @@ fn split_field_key(k: &[u8]) -> Option<(&[u8], &[u8])> {
     (rest.len() >= len).then(|| rest.split_at(len))
 }
 
-/// The hashes of the store.
+/// The hashes and sets of the store.
 #[derive(Debug, Default)]
 pub struct Hashes {
     loaded: bool,
-    map: HashMap<Vec<u8>, BTreeSet<Vec<u8>>>,
+    map: HashMap<Vec<u8>, (Kind, BTreeSet<Vec<u8>>)>,
 }
 
 impl Hashes {
@@ -69,12 +111,16 @@ impl Hashes {
                 orphans.push(fk);
                 continue;
             };
-            let is_hash =
-                store.read_value(key, &mut v).is_ok_and(|found| found) && v.as_slice() == MARKER;
-            if is_hash {
+            let kind = if store.read_value(key, &mut v).is_ok_and(|found| found) {
+                Kind::of_marker(&v)
+            } else {
+                None
+            };
+            if let Some(kind) = kind {
                 self.map
                     .entry(key.to_vec())
-                    .or_default()
+                    .or_insert_with(|| (kind, BTreeSet::new()))
+                    .1
                     .insert(field.to_vec());
             } else {
                 orphans.push(fk);
@@ -84,11 +130,15 @@ impl Hashes {
         let markers: Vec<Vec<u8>> = store
             .keys()
             .filter(|k| !k.starts_with(FIELD_PREFIX) && !self.map.contains_key(*k))
-            .filter(|k| store.get(k).is_some_and(|r| r.len as usize == MARKER.len()))
+            .filter(|k| {
+                store.get(k).is_some_and(|r| {
+                    r.len as usize == MARKER.len() || r.len as usize == SET_MARKER.len()
+                })
+            })
             .map(<[u8]>::to_vec)
             .collect();
         for k in markers {
-            if store.read_value(&k, &mut v).is_ok_and(|f| f) && v.as_slice() == MARKER {
+            if store.read_value(&k, &mut v).is_ok_and(|f| f) && Kind::of_marker(&v).is_some() {
                 orphans.push(k);
             }
         }
@@ -108,7 +158,17 @@ impl Hashes {
 
     /// True when `key` is a hash.
     pub fn is_hash(&self, key: &[u8]) -> bool {
-        self.map.contains_key(key)
+        self.kind(key) == Some(Kind::Hash)
+    }
+
+    /// True when `key` is a set.
+    pub fn is_set(&self, key: &[u8]) -> bool {
+        self.kind(key) == Some(Kind::Set)
+    }
+
+    /// What `key` holds, if it is a hash or a set.
+    pub fn kind(&self, key: &[u8]) -> Option<Kind> {
+        self.map.get(key).map(|e| e.0)
     }
 
     /// True when no hash exists (the common case: the type checks cost nothing then).
@@ -116,17 +176,22 @@ impl Hashes {
         self.map.is_empty()
     }
 
-    /// The fields of hash `key` (empty if it is not a hash).
+    /// The fields of hash `key`, or the members of set `key` (empty if it is neither).
     pub fn fields(&self, key: &[u8]) -> impl Iterator<Item = &[u8]> {
         self.map
             .get(key)
             .into_iter()
-            .flat_map(|f| f.iter().map(|x| x.as_slice()))
+            .flat_map(|f| f.1.iter().map(|x| x.as_slice()))
     }
 
-    /// Number of fields of hash `key`.
+    /// True when `field` is a field (member) of `key`.
+    pub fn contains(&self, key: &[u8], field: &[u8]) -> bool {
+        self.map.get(key).is_some_and(|f| f.1.contains(field))
+    }
+
+    /// Number of fields (members) of `key`.
     pub fn len(&self, key: &[u8]) -> usize {
-        self.map.get(key).map_or(0, BTreeSet::len)
+        self.map.get(key).map_or(0, |f| f.1.len())
     }
 
     /// Set `field` of hash `key` to the value in `extents`. The hash is created (its marker
@@ -140,15 +205,44 @@ impl Hashes {
         field: &[u8],
         extents: Vec<pst::Extent>,
     ) -> Result<bool, StoreError> {
+        self.insert(store, io, Kind::Hash, key, field, extents)
+    }
+
+    /// Add `member` to set `key` (created if absent; the caller has checked that `key` is
+    /// not of another type). Returns whether it is new; an existing member writes nothing.
+    pub fn add_member(
+        &mut self,
+        store: &mut PoolStore,
+        io: &mut dyn Io,
+        key: &[u8],
+        member: &[u8],
+    ) -> Result<bool, StoreError> {
+        if self.contains(key, member) {
+            return Ok(false);
+        }
+        self.insert(store, io, Kind::Set, key, member, Vec::new())
+    }
+
+    /// Write `field` of the `kind` aggregate `key` (its marker too if it is new).
+    pub fn insert(
+        &mut self,
+        store: &mut PoolStore,
+        io: &mut dyn Io,
+        kind: Kind,
+        key: &[u8],
+        field: &[u8],
+        extents: Vec<pst::Extent>,
+    ) -> Result<bool, StoreError> {
         store.put(&field_key(key, field), extents)?;
         if !self.map.contains_key(key) {
-            let marker = io.copy_in(MARKER).ok_or(StoreError::LogFull)?;
+            let marker = io.copy_in(kind.marker()).ok_or(StoreError::LogFull)?;
             store.put(key, marker)?;
         }
         Ok(self
             .map
             .entry(key.to_vec())
-            .or_default()
+            .or_insert_with(|| (kind, BTreeSet::new()))
+            .1
             .insert(field.to_vec()))
     }
 
@@ -160,7 +254,7 @@ impl Hashes {
         key: &[u8],
         field: &[u8],
     ) -> Result<bool, StoreError> {
-        let Some(fields) = self.map.get_mut(key) else {
+        let Some((_, fields)) = self.map.get_mut(key) else {
             return Ok(false);
         };
         if !fields.remove(field) {
@@ -174,10 +268,10 @@ impl Hashes {
         Ok(true)
     }
 
-    /// Delete every field of hash `key` (not its own key: the caller deletes or overwrites
+    /// Delete every field of hash or set `key` (not its own key: the caller deletes or overwrites
     /// that). Returns whether it was a hash.
     pub fn drop_fields(&mut self, store: &mut PoolStore, key: &[u8]) -> Result<bool, StoreError> {
-        let Some(fields) = self.map.remove(key) else {
+        let Some((_, fields)) = self.map.remove(key) else {
             return Ok(false);
         };
         for f in fields {

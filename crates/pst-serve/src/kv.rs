@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use pst_resp::{reply, CommandFramer, Event, Limits};
 
 use crate::expiry::{now_ms, Ttl};
-use crate::hashes::{field_key, Hashes};
+use crate::hashes::{field_key, Hashes, Kind};
+
+mod sets;
 use crate::owned::{OwnedArgs, OwnedIo};
 use crate::protocol::{Io, Piece, Protocol};
 use crate::store::PoolStore;
@@ -130,7 +132,7 @@ impl Watches {
 }
 
 /// Commands that never change a key (everything else counts as a write for `WATCH`).
-const READ_ONLY: [&str; 40] = [
+const READ_ONLY: [&str; 49] = [
     "GET",
     "MGET",
     "EXISTS",
@@ -156,6 +158,15 @@ const READ_ONLY: [&str; 40] = [
     "HGETALL",
     "HRANDFIELD",
     "HSCAN",
+    "SCARD",
+    "SISMEMBER",
+    "SMISMEMBER",
+    "SMEMBERS",
+    "SRANDMEMBER",
+    "SSCAN",
+    "SINTER",
+    "SUNION",
+    "SDIFF",
     "GETBIT",
     "OBJECT",
     "MEMORY",
@@ -206,6 +217,13 @@ fn arity(name: &str) -> Option<i32> {
         "HMGET" | "HDEL" | "HSCAN" => -3,
         "HLEN" | "HKEYS" | "HVALS" | "HGETALL" => 2,
         "HRANDFIELD" => -2,
+        "SCARD" | "SMEMBERS" => 2,
+        "SISMEMBER" => 3,
+        "SMOVE" => 4,
+        "SADD" | "SREM" | "SMISMEMBER" | "SSCAN" | "SINTERSTORE" | "SUNIONSTORE" | "SDIFFSTORE" => {
+            -3
+        }
+        "SRANDMEMBER" | "SPOP" | "SINTER" | "SUNION" | "SDIFF" => -2,
         "SCAN" | "OBJECT" | "TOUCH" | "MEMORY" | "DEL" | "UNLINK" | "EXISTS" | "MGET" | "GETEX"
         | "CONFIG" | "CLIENT" | "FUNCTION" | "AUTH" | "WATCH" => -2,
         "PING" | "FLUSHALL" | "FLUSHDB" | "INFO" | "COMMAND" | "QUIT" | "SHUTDOWN" => -1,
@@ -640,7 +658,7 @@ impl Out<'_> {
 }
 
 /// The commands `pst kv` implements (`COMMAND COUNT`).
-const COMMANDS: [&str; 87] = [
+const COMMANDS: [&str; 103] = [
     "APPEND",
     "AUTH",
     "CLIENT",
@@ -709,8 +727,12 @@ const COMMANDS: [&str; 87] = [
     "RENAME",
     "RENAMENX",
     "RESET",
+    "SADD",
     "SAVE",
     "SCAN",
+    "SCARD",
+    "SDIFF",
+    "SDIFFSTORE",
     "SELECT",
     "SET",
     "SETBIT",
@@ -718,8 +740,20 @@ const COMMANDS: [&str; 87] = [
     "SETNX",
     "SETRANGE",
     "SHUTDOWN",
+    "SINTER",
+    "SINTERSTORE",
+    "SISMEMBER",
+    "SMEMBERS",
+    "SMISMEMBER",
+    "SMOVE",
+    "SPOP",
+    "SRANDMEMBER",
+    "SREM",
+    "SSCAN",
     "STRLEN",
     "SUBSTR",
+    "SUNION",
+    "SUNIONSTORE",
     "SWAPDB",
     "TIME",
     "TOUCH",
@@ -786,7 +820,12 @@ fn key_positions(name: &str, n: usize) -> Option<KeyArgs> {
         | "PSETEX" | "GETEX" | "TYPE" | "SETRANGE" | "GETBIT" | "SETBIT" | "INCRBYFLOAT"
         | "MOVE" | "HSET" | "HMSET" | "HSETNX" | "HGET" | "HMGET" | "HDEL" | "HLEN" | "HEXISTS"
         | "HSTRLEN" | "HKEYS" | "HVALS" | "HGETALL" | "HINCRBY" | "HINCRBYFLOAT" | "HRANDFIELD"
-        | "HSCAN" => (1..n.min(2)).collect(),
+        | "HSCAN" | "SADD" | "SREM" | "SCARD" | "SISMEMBER" | "SMISMEMBER" | "SMEMBERS"
+        | "SRANDMEMBER" | "SPOP" | "SSCAN" => (1..n.min(2)).collect(),
+        "SMOVE" => (1..n.min(3)).collect(),
+        "SINTER" | "SUNION" | "SDIFF" | "SINTERSTORE" | "SUNIONSTORE" | "SDIFFSTORE" => {
+            (1..n).collect()
+        }
         "COPY" | "LCS" => (1..n.min(3)).collect(),
         "MGET" | "DEL" | "UNLINK" | "EXISTS" | "TOUCH" => (1..n).collect(),
         "OBJECT" => (2..n.min(3)).collect(),
@@ -869,7 +908,8 @@ fn relocate(
     // Copies first (room checked per value), so that a move refused for lack of room
     // changes nothing; then whatever `to` held goes, then the records are written.
     let mut copies: Vec<(Option<Vec<u8>>, Vec<pst::Extent>)> = Vec::new();
-    let fields: Vec<Option<Vec<u8>>> = if hs.is_hash(from) {
+    let kind = hs.kind(from);
+    let fields: Vec<Option<Vec<u8>>> = if kind.is_some() {
         hs.fields(from).map(|f| Some(f.to_vec())).collect()
     } else {
         vec![None]
@@ -881,6 +921,8 @@ fn relocate(
             None => store.read_value(from, &mut v),
         };
         let exts = match found {
+            // A set member: nothing but its key.
+            Ok(true) if v.is_empty() => Some(Vec::new()),
             Ok(true) if io.has_room(v.len() as u64) => io.copy_in(&v),
             Ok(true) => None,
             Ok(false) => continue,
@@ -906,7 +948,7 @@ fn relocate(
     for (f, exts) in copies {
         match f {
             Some(f) => {
-                hs.set(store, io, to, &f, exts)?;
+                hs.insert(store, io, kind.unwrap_or(Kind::Hash), to, &f, exts)?;
             }
             None => {
                 store.put(to, exts)?;
@@ -1297,11 +1339,17 @@ impl KvService {
             }
             return TypeCheck::Ok;
         }
-        if STRING_COMMANDS.contains(&name) && hs.is_hash(&k1) {
+        if sets::SET_COMMANDS.contains(&name) {
+            if store.get(&k1).is_some() && !hs.is_set(&k1) {
+                return TypeCheck::Wrong;
+            }
+            return TypeCheck::Ok;
+        }
+        if STRING_COMMANDS.contains(&name) && hs.kind(&k1).is_some() {
             return TypeCheck::Wrong;
         }
         let overwritten: Vec<Vec<u8>> = match name {
-            "SET" if (3..n).any(|i| word(&*io, i) == b"GET") && hs.is_hash(&k1) => {
+            "SET" if (3..n).any(|i| word(&*io, i) == b"GET") && hs.kind(&k1).is_some() => {
                 return TypeCheck::Wrong
             }
             "SET" if (3..n).any(|i| word(&*io, i) == b"NX") => Vec::new(),
@@ -1539,7 +1587,10 @@ impl KvService {
                 }
             }
         }
-        if !hs.is_empty() || name.starts_with('H') {
+        if !hs.is_empty()
+            || name.starts_with('H')
+            || (name.starts_with('S') && sets::SET_COMMANDS.contains(&name.as_str()))
+        {
             match self.types(&name, args, io, store, hs, db) {
                 TypeCheck::Wrong => {
                     reply::error(&mut out.buf, WRONGTYPE);
@@ -1553,6 +1604,20 @@ impl KvService {
             e => reply::error(&mut out.buf, &format!("ERR {e}")),
         };
         let len = |r: &Range<u64>| r.end - r.start;
+        if name.starts_with('S') {
+            let writes = matches!(
+                name.as_str(),
+                "SADD" | "SMOVE" | "SINTERSTORE" | "SUNIONSTORE" | "SDIFFSTORE"
+            );
+            let bytes = args[1..].iter().map(len).sum();
+            if writes && (!io.has_room(bytes) || self.over_maxmemory(store, bytes)) {
+                reply::error(&mut out.buf, OOM);
+                return true;
+            }
+            if let Some(go) = sets::exec(&name, db, args, io, store, ttl, hs, out) {
+                return go;
+            }
+        }
         match name.as_str() {
             "HELLO" => {
                 // HELLO [protover [AUTH user pass] [SETNAME name]]
@@ -1873,7 +1938,7 @@ impl KvService {
                 let keys: Vec<&[u8]> = found[..end]
                     .iter()
                     .filter(|(_, k)| {
-                        let t: &[u8] = if hs.is_hash(k) { b"hash" } else { b"string" };
+                        let t = hs.kind(k).map_or("string", Kind::name).as_bytes();
                         want_type.as_deref().is_none_or(|w| w == t)
                     })
                     .map(|(_, k)| user_key(k))
@@ -1933,7 +1998,10 @@ impl KvService {
                         let mut v = Vec::new();
                         let _ = store.read_value(&key(&*io, 2), &mut v);
                         let k = key(&*io, 2);
-                        let enc = if hs.is_hash(&k) {
+                        let enc = if hs.is_set(&k) {
+                            let ints = hs.fields(&k).all(|m| parse_int(m).is_some());
+                            if ints && hs.len(&k) <= 512 { "intset" } else { "hashtable" }
+                        } else if hs.is_hash(&k) {
                             if hs.len(&k) <= 128 { "listpack" } else { "hashtable" }
                         } else if parse_int(&v).is_some() {
                             "int"
@@ -2012,7 +2080,7 @@ impl KvService {
                 reply::array(&mut out.buf, n - 1);
                 for i in 1..n {
                     let k = key(&*io, i);
-                    if hs.is_hash(&k) {
+                    if hs.kind(&k).is_some() {
                         out.null();
                     } else {
                         bulk_value(store, &k, io, out);
@@ -2389,7 +2457,7 @@ impl KvService {
                         }
                     }
                 }
-                if !hs.is_hash(&key) {
+                if hs.kind(&key).is_none() {
                     let _ = ttl.clear(store, &key);
                 }
                 reply::int(&mut out.buf, count);
@@ -2525,8 +2593,8 @@ impl KvService {
                     }
                 }
             }
-            "HSCAN" if n >= 3 => {
-                // One page: the whole hash, cursor 0 (a valid SCAN answer for any COUNT).
+            "HSCAN" | "SSCAN" if n >= 3 => {
+                // One page: the whole hash or set, cursor 0 (a valid SCAN answer for any COUNT).
                 let key = key(&*io, 1);
                 let mut pat = None;
                 let mut i = 3;
@@ -2553,10 +2621,13 @@ impl KvService {
                     .collect();
                 reply::array(&mut out.buf, 2);
                 reply::bulk(&mut out.buf, b"0");
-                reply::array(&mut out.buf, fields.len() * 2);
+                let values = name == "HSCAN";
+                reply::array(&mut out.buf, fields.len() * if values { 2 } else { 1 });
                 for f in fields {
                     reply::bulk(&mut out.buf, &f);
-                    bulk_value(store, &field_key(&key, &f), io, out);
+                    if values {
+                        bulk_value(store, &field_key(&key, &f), io, out);
+                    }
                 }
             }
             "LCS" if n >= 3 => {
@@ -2583,7 +2654,7 @@ impl KvService {
                     i += 1;
                 }
                 let (ka, kb) = (key(&*io, 1), key(&*io, 2));
-                if hs.is_hash(&ka) || hs.is_hash(&kb) {
+                if hs.kind(&ka).is_some() || hs.kind(&kb).is_some() {
                     reply::error(&mut out.buf, "ERR The specified keys must contain string values");
                     return true;
                 }
@@ -2912,7 +2983,7 @@ impl KvService {
             "TYPE" if n == 2 => {
                 let k = key(&*io, 1);
                 let t = match store.get(&k) {
-                    Some(_) if hs.is_hash(&k) => "hash",
+                    Some(_) if hs.kind(&k).is_some() => hs.kind(&k).map_or("string", Kind::name),
                     Some(_) => "string",
                     None => "none",
                 };
@@ -3363,6 +3434,74 @@ mod tests {
             .say(&cmd(&["AUTH", "default", "nope"]))
             .starts_with("-WRONGPASS"));
         assert_eq!(c.say(&cmd(&["AUTH", "default", "pw"])), "+OK\r\n");
+    }
+
+    #[test]
+    fn sets() {
+        let mut c = conv(None);
+        let say = |c: &mut Conversation<KvService>, a: &[&str]| c.say(&cmd(a));
+        assert_eq!(say(&mut c, &["SADD", "s", "a", "b", "c", "a"]), ":3\r\n");
+        assert_eq!(say(&mut c, &["SADD", "s", "a"]), ":0\r\n");
+        assert_eq!(say(&mut c, &["SCARD", "s"]), ":3\r\n");
+        assert_eq!(say(&mut c, &["TYPE", "s"]), "+set\r\n");
+        assert_eq!(say(&mut c, &["SISMEMBER", "s", "b"]), ":1\r\n");
+        assert_eq!(
+            say(&mut c, &["SMISMEMBER", "s", "b", "z"]),
+            "*2\r\n:1\r\n:0\r\n"
+        );
+        assert_eq!(
+            say(&mut c, &["SMEMBERS", "s"]),
+            "*3\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\nc\r\n"
+        );
+        assert_eq!(say(&mut c, &["SRANDMEMBER", "nope"]), "$-1\r\n");
+        assert!(say(&mut c, &["SRANDMEMBER", "s", "-5"]).starts_with("*5\r\n"));
+        assert!(say(&mut c, &["SRANDMEMBER", "s", "10"]).starts_with("*3\r\n"));
+        // Type rules both ways.
+        assert_eq!(say(&mut c, &["SET", "str", "x"]), "+OK\r\n");
+        assert!(say(&mut c, &["SADD", "str", "a"]).starts_with("-WRONGTYPE"));
+        assert!(say(&mut c, &["GET", "s"]).starts_with("-WRONGTYPE"));
+        assert!(say(&mut c, &["HGET", "s", "a"]).starts_with("-WRONGTYPE"));
+        assert!(say(&mut c, &["SINTER", "s", "str"]).starts_with("-WRONGTYPE"));
+        assert_eq!(say(&mut c, &["MGET", "s"]), "*1\r\n$-1\r\n");
+        // Algebra and STORE forms (the destination's old value goes, whatever its type).
+        assert_eq!(say(&mut c, &["SADD", "t", "b", "c", "d"]), ":3\r\n");
+        assert_eq!(
+            say(&mut c, &["SINTER", "s", "t"]),
+            "*2\r\n$1\r\nb\r\n$1\r\nc\r\n"
+        );
+        assert_eq!(
+            say(&mut c, &["SDIFF", "s", "t", "nope"]),
+            "*1\r\n$1\r\na\r\n"
+        );
+        assert_eq!(say(&mut c, &["SUNIONSTORE", "str", "s", "t"]), ":4\r\n");
+        assert_eq!(say(&mut c, &["TYPE", "str"]), "+set\r\n");
+        assert_eq!(say(&mut c, &["SINTERSTORE", "str", "s", "nope"]), ":0\r\n");
+        assert_eq!(say(&mut c, &["EXISTS", "str"]), ":0\r\n");
+        // SMOVE, SREM, SPOP; the set goes with its last member.
+        assert_eq!(say(&mut c, &["SMOVE", "s", "u", "a"]), ":1\r\n");
+        assert_eq!(say(&mut c, &["SMOVE", "s", "u", "a"]), ":0\r\n");
+        assert_eq!(say(&mut c, &["SMEMBERS", "u"]), "*1\r\n$1\r\na\r\n");
+        assert_eq!(say(&mut c, &["SREM", "u", "a", "zz"]), ":1\r\n");
+        assert_eq!(say(&mut c, &["EXISTS", "u"]), ":0\r\n");
+        assert!(say(&mut c, &["SPOP", "s", "-1"]).starts_with("-ERR value is out of range"));
+        assert!(say(&mut c, &["SPOP", "s", "5"]).starts_with("*2\r\n"));
+        assert_eq!(say(&mut c, &["EXISTS", "s"]), ":0\r\n");
+        // SSCAN with MATCH; RENAME and COPY keep the type; DEL drops the members.
+        assert_eq!(say(&mut c, &["SADD", "v", "1", "a", "ab"]), ":3\r\n");
+        assert_eq!(
+            say(&mut c, &["SSCAN", "v", "0", "MATCH", "a*"]),
+            "*2\r\n$1\r\n0\r\n*2\r\n$1\r\na\r\n$2\r\nab\r\n"
+        );
+        assert_eq!(say(&mut c, &["COPY", "v", "w"]), ":1\r\n");
+        assert_eq!(say(&mut c, &["RENAME", "w", "x"]), "+OK\r\n");
+        assert_eq!(say(&mut c, &["TYPE", "x"]), "+set\r\n");
+        assert_eq!(say(&mut c, &["SCARD", "x"]), ":3\r\n");
+        assert_eq!(say(&mut c, &["DEL", "v", "x"]), ":2\r\n");
+        assert_eq!(say(&mut c, &["SCARD", "x"]), ":0\r\n");
+        // RESP3: a set reply.
+        c.say(&cmd(&["HELLO", "3"]));
+        assert_eq!(say(&mut c, &["SADD", "y", "m"]), ":1\r\n");
+        assert_eq!(say(&mut c, &["SMEMBERS", "y"]), "~1\r\n$1\r\nm\r\n");
     }
 
     #[test]
