@@ -11,6 +11,7 @@ use pst_resp::{reply, CommandFramer, Event, Limits};
 use crate::expiry::{now_ms, Ttl};
 use crate::hashes::{field_key, Hashes, Kind};
 
+mod dump;
 mod sets;
 use crate::owned::{OwnedArgs, OwnedIo};
 use crate::protocol::{Io, Piece, Protocol};
@@ -132,7 +133,7 @@ impl Watches {
 }
 
 /// Commands that never change a key (everything else counts as a write for `WATCH`).
-const READ_ONLY: [&str; 49] = [
+const READ_ONLY: [&str; 50] = [
     "GET",
     "MGET",
     "EXISTS",
@@ -158,6 +159,7 @@ const READ_ONLY: [&str; 49] = [
     "HGETALL",
     "HRANDFIELD",
     "HSCAN",
+    "DUMP",
     "SCARD",
     "SISMEMBER",
     "SMISMEMBER",
@@ -217,6 +219,8 @@ fn arity(name: &str) -> Option<i32> {
         "HMGET" | "HDEL" | "HSCAN" => -3,
         "HLEN" | "HKEYS" | "HVALS" | "HGETALL" => 2,
         "HRANDFIELD" => -2,
+        "DUMP" => 2,
+        "RESTORE" => -4,
         "SCARD" | "SMEMBERS" => 2,
         "SISMEMBER" => 3,
         "SMOVE" => 4,
@@ -658,7 +662,7 @@ impl Out<'_> {
 }
 
 /// The commands `pst kv` implements (`COMMAND COUNT`).
-const COMMANDS: [&str; 103] = [
+const COMMANDS: [&str; 105] = [
     "APPEND",
     "AUTH",
     "CLIENT",
@@ -670,6 +674,7 @@ const COMMANDS: [&str; 103] = [
     "DECRBY",
     "DEL",
     "DISCARD",
+    "DUMP",
     "ECHO",
     "EXEC",
     "EXISTS",
@@ -727,6 +732,7 @@ const COMMANDS: [&str; 103] = [
     "RENAME",
     "RENAMENX",
     "RESET",
+    "RESTORE",
     "SADD",
     "SAVE",
     "SCAN",
@@ -821,7 +827,7 @@ fn key_positions(name: &str, n: usize) -> Option<KeyArgs> {
         | "MOVE" | "HSET" | "HMSET" | "HSETNX" | "HGET" | "HMGET" | "HDEL" | "HLEN" | "HEXISTS"
         | "HSTRLEN" | "HKEYS" | "HVALS" | "HGETALL" | "HINCRBY" | "HINCRBYFLOAT" | "HRANDFIELD"
         | "HSCAN" | "SADD" | "SREM" | "SCARD" | "SISMEMBER" | "SMISMEMBER" | "SMEMBERS"
-        | "SRANDMEMBER" | "SPOP" | "SSCAN" => (1..n.min(2)).collect(),
+        | "SRANDMEMBER" | "SPOP" | "SSCAN" | "DUMP" | "RESTORE" => (1..n.min(2)).collect(),
         "SMOVE" => (1..n.min(3)).collect(),
         "SINTER" | "SUNION" | "SDIFF" | "SINTERSTORE" | "SUNIONSTORE" | "SDIFFSTORE" => {
             (1..n).collect()
@@ -896,6 +902,54 @@ fn user_key_any(stored: &[u8]) -> &[u8] {
 
 /// Copy key `from` — a string or a hash, with its deadline — to `to`, replacing what `to`
 /// held; unless `keep`, delete `from`. Values are copied into fresh buffers.
+/// Write a `RESTORE`d value at `key`, replacing what it held (in the command's atomic
+/// group). A deadline already past restores nothing, as in Redis.
+#[allow(clippy::too_many_arguments)]
+fn restore(
+    store: &mut PoolStore,
+    io: &mut dyn Io,
+    ttl: &mut Ttl,
+    hs: &mut Hashes,
+    key: &[u8],
+    value: dump::Value,
+    deadline: Option<i64>,
+    now: i64,
+) -> Result<(), pst_store::StoreError> {
+    hs.drop_fields(store, key)?;
+    store.delete(key)?;
+    ttl.clear(store, key)?;
+    if deadline.is_some_and(|at| at <= now) {
+        return Ok(());
+    }
+    let copy = |io: &mut dyn Io, b: &[u8]| -> Result<Vec<pst::Extent>, pst_store::StoreError> {
+        if b.is_empty() {
+            return Ok(Vec::new());
+        }
+        io.copy_in(b).ok_or(pst_store::StoreError::LogFull)
+    };
+    match value {
+        dump::Value::String(v) => {
+            let exts = copy(io, &v)?;
+            store.put(key, exts)?;
+        }
+        dump::Value::Hash(pairs) => {
+            for (f, v) in pairs {
+                let exts = copy(io, &v)?;
+                hs.insert(store, io, Kind::Hash, key, &f, exts)?;
+            }
+        }
+        dump::Value::Set(members) => {
+            for m in members {
+                hs.add_member(store, io, key, &m)?;
+            }
+        }
+    }
+    if let Some(at) = deadline {
+        ttl.set(store, io, key, at)?;
+    }
+    Ok(())
+}
+
 fn relocate(
     store: &mut PoolStore,
     io: &mut dyn Io,
@@ -2980,6 +3034,101 @@ impl KvService {
                     Err(e) => write_err(out, e),
                 }
             }
+            "DUMP" if n == 2 => {
+                let k = key(&*io, 1);
+                let mut v = Vec::new();
+                let value = match hs.kind(&k) {
+                    Some(Kind::Set) => Some(dump::Value::Set(hs.fields(&k).map(<[u8]>::to_vec).collect())),
+                    Some(Kind::Hash) => {
+                        let fields: Vec<Vec<u8>> = hs.fields(&k).map(<[u8]>::to_vec).collect();
+                        let mut pairs = Vec::with_capacity(fields.len());
+                        for f in fields {
+                            if let Ok(true) = store.read_value(&field_key(&k, &f), &mut v) {
+                                pairs.push((f, std::mem::take(&mut v)));
+                            }
+                        }
+                        Some(dump::Value::Hash(pairs))
+                    }
+                    None => match store.read_value(&k, &mut v) {
+                        Ok(true) => Some(dump::Value::String(v)),
+                        Ok(false) => None,
+                        Err(_) => {
+                            reply::error(&mut out.buf, "ERR stored value is corrupt");
+                            return true;
+                        }
+                    },
+                };
+                match value {
+                    Some(v) => reply::bulk(&mut out.buf, &dump::encode(&v)),
+                    None => out.null(),
+                }
+            }
+            "RESTORE" if n >= 4 => {
+                // RESTORE key ttl payload [REPLACE] [ABSTTL] [IDLETIME s] [FREQ f]
+                let (mut replace, mut abs) = (false, false);
+                let mut i = 4;
+                while i < n {
+                    match arg(&*io, i).to_ascii_uppercase().as_slice() {
+                        b"REPLACE" => replace = true,
+                        b"ABSTTL" => abs = true,
+                        b"IDLETIME" | b"FREQ" if i + 1 < n => {
+                            // Eviction hints: pst does not evict. Checked, then ignored.
+                            if !matches!(parse_int(&arg(&*io, i + 1)), Some(v) if v >= 0) {
+                                reply::error(&mut out.buf, "ERR Invalid IDLETIME or FREQ value");
+                                return true;
+                            }
+                            i += 1;
+                        }
+                        _ => {
+                            reply::error(&mut out.buf, "ERR syntax error");
+                            return true;
+                        }
+                    }
+                    i += 1;
+                }
+                let k = key(&*io, 1);
+                let ttl_ms = match parse_int(&arg(&*io, 2)) {
+                    Some(t) if t >= 0 => t,
+                    Some(_) => {
+                        reply::error(&mut out.buf, "ERR Invalid TTL value, must be >= 0");
+                        return true;
+                    }
+                    None => {
+                        reply::error(&mut out.buf, "ERR value is not an integer or out of range");
+                        return true;
+                    }
+                };
+                if !replace && store.get(&k).is_some() {
+                    reply::error(&mut out.buf, "BUSYKEY Target key name already exists.");
+                    return true;
+                }
+                let value = match dump::decode(&arg(&*io, 3)) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        reply::error(&mut out.buf, e.reply());
+                        return true;
+                    }
+                };
+                let bytes = match &value {
+                    dump::Value::String(v) => v.len(),
+                    dump::Value::Hash(p) => p.iter().map(|(f, v)| f.len() + v.len()).sum(),
+                    dump::Value::Set(m) => m.iter().map(Vec::len).sum(),
+                } as u64;
+                if !io.has_room(bytes) || self.over_maxmemory(store, bytes) {
+                    reply::error(&mut out.buf, OOM);
+                    return true;
+                }
+                let deadline = match (ttl_ms, abs) {
+                    (0, _) => None,
+                    (t, true) => Some(t),
+                    (t, false) => Some(now.saturating_add(t)),
+                };
+                let written = restore(store, io, ttl, hs, &k, value, deadline, now);
+                match written {
+                    Ok(()) => reply::simple(&mut out.buf, "OK"),
+                    Err(e) => write_err(out, e),
+                }
+            }
             "TYPE" if n == 2 => {
                 let k = key(&*io, 1);
                 let t = match store.get(&k) {
@@ -3502,6 +3651,66 @@ mod tests {
         c.say(&cmd(&["HELLO", "3"]));
         assert_eq!(say(&mut c, &["SADD", "y", "m"]), ":1\r\n");
         assert_eq!(say(&mut c, &["SMEMBERS", "y"]), "~1\r\n$1\r\nm\r\n");
+    }
+
+    #[test]
+    fn dump_and_restore() {
+        let mut c = conv(None);
+        let say = |c: &mut Conversation<KvService>, a: &[&str]| c.say(&cmd(a));
+        assert_eq!(say(&mut c, &["DUMP", "nope"]), "$-1\r\n");
+        // A DUMP reply is one bulk string; RESTORE takes it back (binary-safe).
+        let payload = |c: &mut Conversation<KvService>, k: &str| -> Vec<u8> {
+            let (r, _) = c.send(cmd(&["DUMP", k]).as_bytes());
+            let head = r.iter().position(|&b| b == b'\n').unwrap() + 1;
+            r[head..r.len() - 2].to_vec()
+        };
+        let restore =
+            |c: &mut Conversation<KvService>, k: &str, ttl: &str, p: &[u8], extra: &[&str]| {
+                let mut m = format!("*{}\r\n", 4 + extra.len()).into_bytes();
+                for a in [&b"RESTORE"[..], k.as_bytes(), ttl.as_bytes(), p]
+                    .into_iter()
+                    .chain(extra.iter().map(|e| e.as_bytes()))
+                {
+                    m.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+                    m.extend_from_slice(a);
+                    m.extend_from_slice(b"\r\n");
+                }
+                String::from_utf8_lossy(&c.send(&m).0).into_owned()
+            };
+        assert_eq!(say(&mut c, &["SET", "s", "va\r\nlue"]), "+OK\r\n");
+        assert_eq!(say(&mut c, &["HSET", "h", "f1", "v1", "f2", ""]), ":2\r\n");
+        assert_eq!(say(&mut c, &["SADD", "set", "a", "b"]), ":2\r\n");
+        let (ps, ph, pset) = (
+            payload(&mut c, "s"),
+            payload(&mut c, "h"),
+            payload(&mut c, "set"),
+        );
+        assert_eq!(
+            restore(&mut c, "s", "0", &ps, &[]),
+            "-BUSYKEY Target key name already exists.\r\n"
+        );
+        assert_eq!(restore(&mut c, "s2", "0", &ps, &[]), "+OK\r\n");
+        assert_eq!(say(&mut c, &["GET", "s2"]), "$7\r\nva\r\nlue\r\n");
+        assert_eq!(restore(&mut c, "s", "0", &ph, &["REPLACE"]), "+OK\r\n");
+        assert_eq!(say(&mut c, &["HGET", "s", "f1"]), "$2\r\nv1\r\n");
+        assert_eq!(say(&mut c, &["HLEN", "s"]), ":2\r\n");
+        assert_eq!(restore(&mut c, "s3", "100000", &pset, &[]), "+OK\r\n");
+        assert_eq!(say(&mut c, &["TYPE", "s3"]), "+set\r\n");
+        let pttl: i64 = say(&mut c, &["PTTL", "s3"])[1..].trim().parse().unwrap();
+        assert!((90_000..=100_000).contains(&pttl), "{pttl}");
+        // A deadline already past restores nothing.
+        assert_eq!(restore(&mut c, "s4", "1", &ps, &["ABSTTL"]), "+OK\r\n");
+        assert_eq!(say(&mut c, &["EXISTS", "s4"]), ":0\r\n");
+        let mut bad = ps.clone();
+        bad[2] ^= 1;
+        assert_eq!(
+            restore(&mut c, "s5", "0", &bad, &[]),
+            "-ERR DUMP payload version or checksum are wrong\r\n"
+        );
+        assert_eq!(
+            restore(&mut c, "s5", "-1", &ps, &[]),
+            "-ERR Invalid TTL value, must be >= 0\r\n"
+        );
     }
 
     #[test]
