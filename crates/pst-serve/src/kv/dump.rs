@@ -23,13 +23,16 @@ const TYPE_SET_INTSET: u8 = 11;
 const TYPE_HASH_ZIPLIST: u8 = 13;
 const TYPE_HASH_LISTPACK: u8 = 16;
 
+/// A hash's field, value pairs.
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// A value as `DUMP` carries it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
     /// A string.
     String(Vec<u8>),
     /// A hash: field, value pairs.
-    Hash(Vec<(Vec<u8>, Vec<u8>)>),
+    Hash(Pairs),
     /// A set: its members.
     Set(Vec<Vec<u8>>),
 }
@@ -324,8 +327,8 @@ fn ziplist(b: &[u8]) -> Result<Vec<Vec<u8>>, DumpError> {
     Ok(out)
 }
 
-fn pairs(items: Vec<Vec<u8>>) -> Result<Vec<(Vec<u8>, Vec<u8>)>, DumpError> {
-    if items.len() % 2 != 0 {
+fn pairs(items: Vec<Vec<u8>>) -> Result<Pairs, DumpError> {
+    if !items.len().is_multiple_of(2) {
         return Err(DumpError::BadFormat);
     }
     let mut it = items.into_iter();
