@@ -1,6 +1,6 @@
 //! `pst kv` with Python's `redis` client (issue 12), on both engines, with its default RESP3
 //! (`HELLO 3`) for the writes and RESP2 for the reads: strings with expiry,
-//! hashes, a transactional pipeline (`transaction=True`, MULTI/EXEC under the hood), a
+//! hashes, sets, DUMP/RESTORE, a transactional pipeline (`transaction=True`, MULTI/EXEC under the hood), a
 //! `WATCH` conflict raising `WatchError`, `SCAN` iteration, and, after `kill -9`, the same data.
 //! `.ci/run` installs the client (`pip install redis`).
 mod common;
@@ -35,6 +35,8 @@ if phase == "write":
     assert r.get("t2") is None and r.get("missing") is None
     assert r.hgetall("h") == {"a": "42", "b": "2"}, "a map in RESP3"
     assert r.config_get("maxmemory*") is not None
+    assert r.sadd("st", "a", "b", "c") == 3 and r.srem("st", "c") == 1
+    assert r.restore("hcopy", 0, r.dump("h")) and r.hgetall("hcopy") == {"a": "42", "b": "2"}
     for i in range(50):
         r.set(f"k:{i}", i)
     assert sorted(r.scan_iter(match="k:*", count=7)) == sorted(f"k:{i}" for i in range(50))
@@ -43,7 +45,9 @@ else:
     assert r.get("s") == "v" and 980 <= r.ttl("s") <= 1000, r.ttl("s")
     assert r.hgetall("h") == {"a": "42", "b": "2"}
     assert r.get("t1") == "x" and r.get("n") == "100"
-    assert r.type("h") == "hash" and r.dbsize() == 54, r.dbsize()
+    assert r.smembers("st") == {"a", "b"} and r.type("st") == "set"
+    assert r.hgetall("hcopy") == {"a": "42", "b": "2"}
+    assert r.type("h") == "hash" and r.dbsize() == 56, r.dbsize()
     print("recovered")
 "#;
 

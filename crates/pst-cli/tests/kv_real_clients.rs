@@ -1,8 +1,11 @@
 //! `pst kv` driven by redis-cli, redis-benchmark and a Rust Redis client, on both engines; data
-//! survives a restart.
+//! survives a restart, and `redis-cli SHUTDOWN` stops the server cleanly. Hostile arguments
+//! (CR/LF in an unknown command's echo, inline quoting) never shift the replies.
 mod common;
 
+use std::io::{BufRead, BufReader, Write};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 fn cli(port: u16, args: &[&str]) -> String {
     common::redis_cli(port, args)
@@ -111,9 +114,62 @@ fn scenario(engine: &str) {
     }
     assert!(!text.to_lowercase().contains("error"), "{text}");
 
-    assert!(s.term().success());
+    // An unknown command whose argument holds CR/LF: one error reply, and the next reply is
+    // the next command's. Then inline commands with Redis's quoting, on a raw socket.
+    let err = redis::cmd("NOSUCH")
+        .arg("a\r\n+OK\r\nb")
+        .query::<String>(&mut con)
+        .unwrap_err();
+    assert!(err.to_string().contains("unknown command"), "{err}");
+    let pong: String = redis::cmd("PING").query(&mut con).unwrap();
+    assert_eq!(pong, "PONG");
+    let mut sock = std::net::TcpStream::connect(addr).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    sock.write_all(b"NOSUCH \"x\\r\\ny\"\r\nSET \"my key\" 'it\\'s here'\r\nGET \"my key\"\r\n")
+        .unwrap();
+    let mut r = BufReader::new(sock.try_clone().unwrap());
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert!(
+        line.starts_with("-ERR unknown command 'NOSUCH'")
+            && line.ends_with("\r\n")
+            && !line[..line.len() - 2].contains('\r'),
+        "{line:?}"
+    );
+    for want in ["+OK\r\n", "$9\r\n", "it's here\r\n"] {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        assert_eq!(line, want);
+    }
+    // Sets, and a value carried by DUMP/RESTORE.
+    assert_eq!(cli(port, &["SADD", "st", "a", "b", "c"]), "3");
+    assert_eq!(cli(port, &["SREM", "st", "c"]), "1");
+    let dumped: Vec<u8> = redis::cmd("DUMP").arg("k1").query(&mut con).unwrap();
+    let _: () = redis::cmd("RESTORE")
+        .arg("k1copy")
+        .arg(0)
+        .arg(&dumped)
+        .query(&mut con)
+        .unwrap();
+
+    // SHUTDOWN from a client: no reply, the server finishes, commits and exits 0.
+    let _ = cli(port, &["SHUTDOWN"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = s.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "SHUTDOWN did not stop the server"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
     let mut s = common::ServerProc::start(&args, addr);
     assert_eq!(cli(port, &["GET", "k1"]), "v1");
+    assert_eq!(cli(port, &["GET", "k1copy"]), "v1");
+    assert_eq!(cli(port, &["SMEMBERS", "st"]), "a\nb");
     assert_eq!(cli(port, &["GET", "p199"]), "value-199");
     let mut con = client.get_connection().unwrap();
     let got: Vec<u8> = redis::cmd("GET").arg("big").query(&mut con).unwrap();
