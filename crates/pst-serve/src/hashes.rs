@@ -12,10 +12,16 @@
 //! as one atomic group, so a crash never leaves half a command. On load, field records whose
 //! hash key is missing or not a hash are dropped, and a marker without fields is dropped.
 //!
-//! **In memory**: hash key → its field names (sorted), for `HLEN`, `HKEYS`, `HGETALL` and the
-//! type checks (a string command on a hash answers `WRONGTYPE`).
+//! **In memory**: hash key → its field names, for `HLEN`, `HKEYS`, `HGETALL` and the type
+//! checks (a string command on a hash answers `WRONGTYPE`). Fields keep their insertion order
+//! like a small Redis hash (a listpack), which clients and tests rely on; past
+//! [`ORDERED_UP_TO`] fields a delete moves the last field into the hole (O(1), like Redis's
+//! hashtable the order is then arbitrary). After a restart the order is that of the fields'
+//! latest records.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
+
+use indexmap::IndexSet;
 
 use pst_store::StoreError;
 
@@ -30,6 +36,9 @@ pub const MARKER: &[u8] = b"\xffpst:hash";
 
 /// The value of a set's own key.
 pub const SET_MARKER: &[u8] = b"\xffpst:set";
+
+/// Hashes (and sets) up to this many fields keep their insertion order through deletes.
+pub const ORDERED_UP_TO: usize = 128;
 
 /// What an aggregate key holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,7 +98,7 @@ fn split_field_key(k: &[u8]) -> Option<(&[u8], &[u8])> {
 #[derive(Debug, Default)]
 pub struct Hashes {
     loaded: bool,
-    map: HashMap<Vec<u8>, (Kind, BTreeSet<Vec<u8>>)>,
+    map: HashMap<Vec<u8>, (Kind, IndexSet<Vec<u8>>)>,
 }
 
 impl Hashes {
@@ -101,11 +110,14 @@ impl Hashes {
         self.loaded = true;
         let mut orphans = Vec::new();
         let mut v = Vec::new();
-        let fields: Vec<Vec<u8>> = store
+        // In the order they were last written: the closest to insertion order a restart has.
+        let mut fields: Vec<(u64, Vec<u8>)> = store
             .keys()
             .filter(|k| k.starts_with(FIELD_PREFIX))
-            .map(<[u8]>::to_vec)
+            .map(|k| (store.get(k).map_or(0, |r| r.seq), k.to_vec()))
             .collect();
+        fields.sort_unstable();
+        let fields = fields.into_iter().map(|(_, k)| k);
         for fk in fields {
             let Some((key, field)) = split_field_key(&fk) else {
                 orphans.push(fk);
@@ -119,7 +131,7 @@ impl Hashes {
             if let Some(kind) = kind {
                 self.map
                     .entry(key.to_vec())
-                    .or_insert_with(|| (kind, BTreeSet::new()))
+                    .or_insert_with(|| (kind, IndexSet::new()))
                     .1
                     .insert(field.to_vec());
             } else {
@@ -241,7 +253,7 @@ impl Hashes {
         Ok(self
             .map
             .entry(key.to_vec())
-            .or_insert_with(|| (kind, BTreeSet::new()))
+            .or_insert_with(|| (kind, IndexSet::new()))
             .1
             .insert(field.to_vec()))
     }
@@ -257,7 +269,12 @@ impl Hashes {
         let Some((_, fields)) = self.map.get_mut(key) else {
             return Ok(false);
         };
-        if !fields.remove(field) {
+        let removed = if fields.len() <= ORDERED_UP_TO {
+            fields.shift_remove(field)
+        } else {
+            fields.swap_remove(field)
+        };
+        if !removed {
             return Ok(false);
         }
         store.delete(&field_key(key, field))?;
