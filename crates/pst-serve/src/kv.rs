@@ -1641,10 +1641,12 @@ impl KvService {
                 }
             }
         }
-        if !hs.is_empty()
-            || name.starts_with('H')
-            || (name.starts_with('S') && sets::SET_COMMANDS.contains(&name.as_str()))
-        {
+        // A set command (not the hot `SET`): checked by name once, here.
+        let set_cmd = name.starts_with('S') && name != "SET" && {
+            let n = name.as_str();
+            sets::SET_COMMANDS.contains(&n) || n.ends_with("STORE")
+        };
+        if !hs.is_empty() || name.starts_with('H') || set_cmd {
             match self.types(&name, args, io, store, hs, db) {
                 TypeCheck::Wrong => {
                     reply::error(&mut out.buf, WRONGTYPE);
@@ -1658,7 +1660,7 @@ impl KvService {
             e => reply::error(&mut out.buf, &format!("ERR {e}")),
         };
         let len = |r: &Range<u64>| r.end - r.start;
-        if name.starts_with('S') {
+        if set_cmd {
             let writes = matches!(
                 name.as_str(),
                 "SADD" | "SMOVE" | "SINTERSTORE" | "SUNIONSTORE" | "SDIFFSTORE"
