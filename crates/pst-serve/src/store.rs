@@ -5,6 +5,7 @@
 
 use std::ops::Range;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -169,6 +170,8 @@ pub fn finish_commit(
 pub struct SharedStore {
     inner: Mutex<SharedInner>,
     parts: Vec<Range<u32>>,
+    /// Tests: completed background commits are not finished while set.
+    hold: AtomicBool,
 }
 
 /// The store and the per-partition queues of released extents, behind the lock.
@@ -233,7 +236,22 @@ impl SharedStore {
                 wakers: vec![None; n],
             }),
             parts,
+            hold: AtomicBool::new(false),
         })
+    }
+
+    /// For tests of the commit pipeline: while `true`, a worker whose background commit has
+    /// completed does not finish it, so the commit stays in flight as far as replies are
+    /// concerned (they stay held; reads of committed data still leave). Setting it back to
+    /// `false` lets the commit finish at the worker's next round (within a few milliseconds).
+    pub fn hold_commits(&self, hold: bool) {
+        // Relaxed: a test switch; the store lock orders everything it guards.
+        self.hold.store(hold, Ordering::Relaxed);
+    }
+
+    /// Whether [`SharedStore::hold_commits`] is on.
+    pub fn commits_held(&self) -> bool {
+        self.hold.load(Ordering::Relaxed)
     }
 
     /// Lock for one batch.

@@ -195,18 +195,23 @@ pub fn serve<P: Protocol>(
         s.lock().set_waker(ctx.index, port.waker().ok());
     }
     let mut wake: Vec<pst::Waker> = Vec::new();
+    // A completed background commit not finished yet (`SharedStore::hold_commits`).
+    let mut unfinished: Option<Result<(), pst::PersistError>> = None;
     let mut syncs = 0u64;
     let mut requests = 0u64;
     while !ctx.stopping() {
         let tick = if !parked.is_empty() {
             PARKED_TICK
-        } else if !holding.is_empty() && !port.pool_sync_in_flight() {
+        } else if (!holding.is_empty() && !port.pool_sync_in_flight()) || unfinished.is_some() {
             HELD_TICK
         } else {
             Duration::from_millis(100)
         };
         port.sync(Some(tick)).map_err(io("io_uring_enter"))?;
-        let synced = port.pool_synced();
+        let mut synced = unfinished.take().or_else(|| port.pool_synced());
+        if store.as_ref().is_some_and(|s| s.commits_held()) {
+            unfinished = synced.take(); // a test holds the commit in flight
+        }
         let mut guard = store.as_ref().map(|s| s.lock());
         let mut committed = true;
         if let (Some(shared), Some(g)) = (store.as_ref(), guard.as_mut()) {
@@ -435,6 +440,10 @@ pub fn serve<P: Protocol>(
         }
     }
     if let Some(shared) = &store {
+        if let Some(r) = unfinished {
+            let mut wake = Vec::new();
+            finish_commit(shared, &mut shared.lock(), r, &ctx.metrics, &mut wake);
+        }
         finish_in_flight(&mut port, shared, ctx, retention, &mut conns, &mut holding)?;
     }
     port.shutdown(DRAIN).map_err(io("draining the port"))
