@@ -51,6 +51,11 @@ impl PoolMedia {
         PoolMedia { pool, writable }
     }
 
+    /// The pool this media is part of.
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
     fn ptr(&self, off: u64, len: usize) -> *mut u8 {
         assert!(
             off + len as u64 <= self.pool.header.total_len,

@@ -469,6 +469,35 @@ impl Pool {
         Ok(())
     }
 
+    /// The file whose `fdatasync` is this pool's whole barrier, when it is one (`Fsync` mode on
+    /// a file, not poisoned): the caller may run that `fdatasync` elsewhere — an io_uring
+    /// `FSYNC` with `IORING_FSYNC_DATASYNC`, in flight while the event loop goes on — and must
+    /// then report its outcome with [`Pool::barrier_completed`]. `None`: call
+    /// [`Pool::barrier`] (a fence, nothing, or an anonymous pool).
+    pub fn barrier_file(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        // Relaxed: a latch, as in `barrier`.
+        if self.persist != PersistMode::Fsync || self.poisoned.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.file.as_ref().map(|f| f.as_fd())
+    }
+
+    /// The outcome of an `fdatasync` of [`Pool::barrier_file`] run elsewhere, as [`Pool::barrier`]
+    /// would have returned it: a failure poisons the pool (the kernel may have dropped the
+    /// dirty pages it could not write, so no later sync can vouch for them).
+    pub fn barrier_completed(&self, result: std::io::Result<()>) -> Result<(), PersistError> {
+        if let Err(e) = result {
+            self.poisoned.store(true, Ordering::Relaxed);
+            return Err(PersistError::Sync(e.to_string()));
+        }
+        if self.poisoned.load(Ordering::Relaxed) {
+            return Err(PersistError::Poisoned);
+        }
+        crate::persist::spin_ns(self.pm_latency_ns);
+        Ok(())
+    }
+
     /// True after a failed barrier.
     pub fn is_poisoned(&self) -> bool {
         self.poisoned.load(Ordering::Relaxed)

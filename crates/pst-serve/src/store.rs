@@ -1,9 +1,11 @@
 //! The store every worker shares: recovery at start, one lock per batch, released buffers
 //! routed back to the partition (thread) that owns them, and the end-of-batch work (space
-//! reclamation, group commit).
+//! reclamation, group commit — inline, or begun here and finished when the port's background
+//! `fdatasync` completes; see the [`uring`](crate::uring) module docs).
 
 use std::ops::Range;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -56,18 +58,9 @@ pub enum Retention {
     Compact,
 }
 
-/// End-of-batch store work: reclaim space if needed, group commit, route released buffers.
-/// Returns whether the commit succeeded (else the store is poisoned) and how many persist
-/// barriers it issued (each an `fdatasync` in Fsync mode). A commit that issued one is timed
-/// into `metrics`.
-pub fn end_batch(
-    shared: &SharedStore,
-    g: &mut SharedInner,
-    retention: Retention,
-    pressure: bool,
-    metrics: &crate::metrics::Metrics,
-) -> (bool, u64) {
-    let commits_before = g.store.stats().commits;
+/// Space reclamation at the end of a batch, before its commit: WAL retention drops the oldest
+/// segment when segments run low (or the pool is short of buffers), a KV compacts one.
+pub fn maintain(g: &mut SharedInner, retention: Retention, pressure: bool) {
     let (free, total) = g.store.segment_space();
     let low = free * 4 < total;
     let res = match retention {
@@ -82,6 +75,22 @@ pub fn end_batch(
     if let Err(e) = res {
         tracing::error!(error = %e, "store maintenance failed");
     }
+}
+
+/// End-of-batch store work, inline: reclaim space if needed, group commit with the barrier run
+/// right here (the epoll baseline, and the port's `none`/`pmem` modes), route released buffers.
+/// Returns whether the commit succeeded (else the store is poisoned) and how many persist
+/// barriers it issued (each an `fdatasync` in Fsync mode). A commit that issued one is timed
+/// into `metrics`.
+pub fn end_batch(
+    shared: &SharedStore,
+    g: &mut SharedInner,
+    retention: Retention,
+    pressure: bool,
+    metrics: &crate::metrics::Metrics,
+) -> (bool, u64) {
+    let commits_before = g.store.stats().commits;
+    maintain(g, retention, pressure);
     let t0 = Instant::now();
     let committed = g.store.commit();
     if g.store.stats().commits != commits_before {
@@ -98,12 +107,71 @@ pub fn end_batch(
     (ok, g.store.stats().commits - commits_before)
 }
 
+/// Begin a group commit whose barrier worker `worker` runs in the background (its port's
+/// `FSYNC`). `Ok(true)`: begun, the caller must start the barrier; `Ok(false)`: nothing to
+/// commit, or a commit is already in flight (it or the next one covers what is pending);
+/// `Err(())`: the store is poisoned.
+#[allow(clippy::result_unit_err)]
+pub fn begin_commit(g: &mut SharedInner, worker: usize) -> Result<bool, ()> {
+    if g.store.commit_in_flight().is_some() {
+        return Ok(false);
+    }
+    match g.store.begin_commit() {
+        Ok(Some(_)) => {
+            g.commit_owner = Some((worker, Instant::now()));
+            Ok(true)
+        }
+        Ok(None) => Ok(false),
+        Err(e) => {
+            tracing::error!(error = %e, "group commit refused: replies withheld");
+            Err(())
+        }
+    }
+}
+
+/// Finish the commit in flight with its barrier's outcome (timed into `metrics`), route the
+/// buffers it released, and collect the wakers of other workers whose held replies it
+/// released (or that must learn of a failure). Returns whether it succeeded.
+pub fn finish_commit(
+    shared: &SharedStore,
+    g: &mut SharedInner,
+    barrier: Result<(), pst::PersistError>,
+    metrics: &crate::metrics::Metrics,
+    wake: &mut Vec<pst::Waker>,
+) -> bool {
+    let owner = g.commit_owner.take();
+    let ok = match g.store.finish_commit(barrier) {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::error!(error = %e, "group commit failed: replies withheld, connections closed");
+            false
+        }
+    };
+    if let Some((_, t0)) = owner {
+        metrics.commit(t0.elapsed());
+    }
+    shared.route_released(g);
+    let durable = g.store.durable_seq();
+    let me = owner.map(|(w, _)| w);
+    for (i, w) in g.waits.iter_mut().enumerate() {
+        if Some(i) != me && *w != 0 && (*w <= durable || !ok) {
+            *w = 0;
+            if let Some(k) = g.wakers.get(i).and_then(|k| k.clone()) {
+                wake.push(k);
+            }
+        }
+    }
+    ok
+}
+
 /// The store shared by every worker thread, with per-partition queues of released extents
 /// (a buffer goes back to the allocator of the thread that owns its partition).
 #[derive(Debug)]
 pub struct SharedStore {
     inner: Mutex<SharedInner>,
     parts: Vec<Range<u32>>,
+    /// Tests: completed background commits are not finished while set.
+    hold: AtomicBool,
 }
 
 /// The store and the per-partition queues of released extents, behind the lock.
@@ -112,16 +180,78 @@ pub struct SharedInner {
     /// The store.
     pub store: PoolStore,
     returns: Vec<Vec<Extent>>,
+    /// The worker whose port runs the barrier of the commit in flight, and since when.
+    commit_owner: Option<(usize, Instant)>,
+    /// Per worker: the durable bound its oldest held reply waits for (0: none), and the waker
+    /// of its port (uring engine), so that whoever finishes that commit wakes it.
+    waits: Vec<u64>,
+    wakers: Vec<Option<pst::Waker>>,
+}
+
+impl SharedInner {
+    /// Worker `i` holds replies until `durable_seq` reaches `bound` (0: none): whoever
+    /// finishes the commit that gets it there wakes it.
+    pub fn wait_for(&mut self, i: usize, bound: u64) {
+        if let Some(w) = self.waits.get_mut(i) {
+            *w = bound;
+        }
+    }
+
+    /// Register (or, with `None`, withdraw) worker `i`'s waker.
+    pub fn set_waker(&mut self, i: usize, w: Option<pst::Waker>) {
+        if let Some(k) = self.wakers.get_mut(i) {
+            *k = w;
+        }
+    }
+
+    /// Every registered waker of a worker other than `me` that waits for something.
+    pub fn waiting_wakers(&mut self, me: usize, out: &mut Vec<pst::Waker>) {
+        for (i, w) in self.waits.iter_mut().enumerate() {
+            if i != me && *w != 0 {
+                *w = 0;
+                if let Some(k) = self.wakers.get(i).and_then(|k| k.clone()) {
+                    out.push(k);
+                }
+            }
+        }
+    }
+
+    /// The worker whose port runs the barrier of the commit in flight.
+    pub fn commit_owner(&self) -> Option<usize> {
+        self.commit_owner.map(|(w, _)| w)
+    }
 }
 
 impl SharedStore {
     /// Wrap a recovered store for workers owning `parts`.
     pub fn new(store: PoolStore, parts: Vec<Range<u32>>) -> Arc<SharedStore> {
         let returns = parts.iter().map(|_| Vec::new()).collect();
+        let n = parts.len();
         Arc::new(SharedStore {
-            inner: Mutex::new(SharedInner { store, returns }),
+            inner: Mutex::new(SharedInner {
+                store,
+                returns,
+                commit_owner: None,
+                waits: vec![0; n],
+                wakers: vec![None; n],
+            }),
             parts,
+            hold: AtomicBool::new(false),
         })
+    }
+
+    /// For tests of the commit pipeline: while `true`, a worker whose background commit has
+    /// completed does not finish it, so the commit stays in flight as far as replies are
+    /// concerned (they stay held; reads of committed data still leave). Setting it back to
+    /// `false` lets the commit finish at the worker's next round (within a few milliseconds).
+    pub fn hold_commits(&self, hold: bool) {
+        // Relaxed: a test switch; the store lock orders everything it guards.
+        self.hold.store(hold, Ordering::Relaxed);
+    }
+
+    /// Whether [`SharedStore::hold_commits`] is on.
+    pub fn commits_held(&self) -> bool {
+        self.hold.load(Ordering::Relaxed)
     }
 
     /// Lock for one batch.

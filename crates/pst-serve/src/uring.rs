@@ -4,6 +4,33 @@
 //! flushed as they go), one group commit, then the replies. The port keeps every received
 //! buffer as an extent until the framer no longer needs its bytes, so bodies are stored and
 //! values sent without a copy.
+//!
+//! **Pipelined group commit** (`--persist fsync` on a pool file). The batch's commit is begun
+//! ([`pst_store::Store::begin_commit`]: every record appended so far, by any worker) and its
+//! barrier — an `IORING_OP_FSYNC` with `IORING_FSYNC_DATASYNC` of the pool file — goes out in
+//! the same `io_uring_enter` as the batch's sends and re-arms. While it runs in the kernel the
+//! loop keeps receiving, parsing and applying the next batch; when its completion is reaped
+//! the commit is finished (`durable_seq` advances) at the start of that round, and the next one
+//! is begun at its end. `none` and `pmem` commit inline: a `sfence` (or nothing) costs less
+//! than a round trip through the ring, and the fence must run on the thread that flushed.
+//!
+//! **One commit in flight**, for the whole store: an `fdatasync` started while another runs on
+//! the same file mostly waits for it (the same dirty pages, the same journal commit), so a
+//! second one would buy little and split batches; meanwhile appends accumulate into the next
+//! commit, which is exactly group commit; and segment retirement (one invalidation durable per
+//! barrier, in order) stays as simple as inline.
+//!
+//! **Replies are gated by sequence number, not by batch.** After each call into the service,
+//! the store says which records the replies it just produced read or wrote
+//! ([`pst_store::Store::take_dependency`]). Replies whose records are all durable go out at once
+//! — a `GET` of committed data never waits for anyone's `fdatasync` — the others are held per
+//! connection, in order (`UConn::held`: a read queued behind a held write waits too), until
+//! `durable_seq` covers them. Another worker's appends are visible once it releases the lock,
+//! so a read of them is held the same way; the worker whose port completes a commit wakes the
+//! workers waiting on it (`IORING_OP_MSG_RING` into their rings; a short wait bound backs it up).
+//!
+//! **On failure** the store is poisoned ([`pst_store::Store::finish_commit`]): held replies
+//! are dropped and their connections closed, never sent; every later write is refused.
 
 use std::collections::VecDeque;
 use std::net::TcpListener;
@@ -16,7 +43,10 @@ use pst::{ConnId, Extent, Port, SlotKind};
 use crate::error::ServeError;
 use crate::metrics::WorkerMetrics;
 use crate::protocol::{Io, Limits, Piece, Protocol, PARKED_TICK};
-use crate::store::{end_batch, pool_pressure, PoolStore, Retention, SharedStore};
+use crate::store::{
+    begin_commit, end_batch, finish_commit, maintain, pool_pressure, PoolStore, Retention,
+    SharedStore,
+};
 use crate::worker::WorkerCtx;
 
 struct UConn<C> {
@@ -25,7 +55,13 @@ struct UConn<C> {
     /// Kept RX extents with the stream position of their first byte.
     chunks: VecDeque<(u64, Extent)>,
     pos: u64,
+    /// Reply pieces free to go (they wait only for buffers). All of them precede `held`.
     pending: Vec<Piece>,
+    /// Reply pieces waiting for durability, in order, in the groups `gates` describes.
+    held: VecDeque<Piece>,
+    /// `(bound, pieces)` per group of `held`: a group may leave once the store's `durable_seq`
+    /// reaches its bound, and only after every group before it.
+    gates: VecDeque<(u64, usize)>,
     close_after: bool,
     /// The protocol ended the connection (error, `Connection: close`, QUIT): lingering close.
     dead: bool,
@@ -120,6 +156,9 @@ impl Io for UringIo<'_> {
 
 /// How long a stopping worker lets queued replies go out before it closes what is left.
 const DRAIN: Duration = Duration::from_secs(2);
+/// Longest wait while replies are held for a commit another worker's port runs: that worker
+/// wakes this one when it completes; this bounds the delay should a wake-up be lost.
+const HELD_TICK: Duration = Duration::from_millis(2);
 
 /// Serve `proto` on `port`, accepting on `listener`, until `ctx` says stop; then drain.
 pub fn serve<P: Protocol>(
@@ -139,19 +178,49 @@ pub fn serve<P: Protocol>(
     let mut next_sweep = Instant::now() + Duration::from_secs(1);
     let mut dirty: Vec<usize> = Vec::new();
     let mut waiting: Vec<usize> = Vec::new();
+    // Connections with replies held for durability.
+    let mut holding: Vec<usize> = Vec::new();
     // Connections parked in a long poll (see `Protocol::parked`).
     let mut parked: Vec<usize> = Vec::new();
     let fsync = port.pool().persist_mode() == pst::PersistMode::Fsync;
+    // Commits run their barrier in the background (module docs) when it is an fdatasync of
+    // the very pool file this port receives into and the store logs into.
+    // Otherwise commits are inline, before the batch's replies leave and under the lock the
+    // whole batch holds: nothing needs gating.
+    let background = store.as_ref().is_some_and(|s| {
+        let g = s.lock();
+        Arc::ptr_eq(g.store.media().pool(), port.pool())
+    }) && port.pool().barrier_file().is_some();
+    if let Some(s) = &store {
+        s.lock().set_waker(ctx.index, port.waker().ok());
+    }
+    let mut wake: Vec<pst::Waker> = Vec::new();
+    // A completed background commit not finished yet (`SharedStore::hold_commits`).
+    let mut unfinished: Option<Result<(), pst::PersistError>> = None;
     let mut syncs = 0u64;
     let mut requests = 0u64;
     while !ctx.stopping() {
-        let tick = if parked.is_empty() {
-            Duration::from_millis(100)
-        } else {
+        let tick = if !parked.is_empty() {
             PARKED_TICK
+        } else if (!holding.is_empty() && !port.pool_sync_in_flight()) || unfinished.is_some() {
+            HELD_TICK
+        } else {
+            Duration::from_millis(100)
         };
         port.sync(Some(tick)).map_err(io("io_uring_enter"))?;
+        let mut synced = unfinished.take().or_else(|| port.pool_synced());
+        if store.as_ref().is_some_and(|s| s.commits_held()) {
+            unfinished = synced.take(); // a test holds the commit in flight
+        }
         let mut guard = store.as_ref().map(|s| s.lock());
+        let mut committed = true;
+        if let (Some(shared), Some(g)) = (store.as_ref(), guard.as_mut()) {
+            // What maintenance or another worker left behind is no reply's dependency.
+            g.store.take_dependency();
+            if let Some(r) = synced {
+                committed = finish_commit(shared, g, r, &ctx.metrics, &mut wake);
+            }
+        }
         let mut wrote = false;
         while let Some(s) = port.next_rx() {
             let ix = s.conn.index() as usize;
@@ -176,6 +245,8 @@ pub fn serve<P: Protocol>(
                         chunks: VecDeque::new(),
                         pos: 0,
                         pending: Vec::new(),
+                        held: VecDeque::new(),
+                        gates: VecDeque::new(),
                         close_after: false,
                         dead: false,
                         last_rx: Instant::now(),
@@ -209,6 +280,13 @@ pub fn serve<P: Protocol>(
                     wrote = true;
                     c.last_rx = Instant::now();
                     after_handling(&mut port, &*proto, c, keep, before, ix, &mut dirty);
+                    hold_new(
+                        c,
+                        before,
+                        guard.as_deref().filter(|_| background),
+                        ix,
+                        &mut holding,
+                    );
                     if proto.parked(&c.proto) {
                         parked.push(ix);
                     }
@@ -231,6 +309,13 @@ pub fn serve<P: Protocol>(
                             let st: Option<&mut PoolStore> = guard.as_mut().map(|g| &mut g.store);
                             let keep = proto.peer_closed(&mut c.proto, &mut io, st, &mut c.pending);
                             after_handling(&mut port, &*proto, c, keep, before, ix, &mut dirty);
+                            hold_new(
+                                c,
+                                before,
+                                guard.as_deref().filter(|_| background),
+                                ix,
+                                &mut holding,
+                            );
                         }
                         c.close_after = true;
                         c.dead = false; // the peer is gone: nothing to linger for
@@ -260,21 +345,48 @@ pub fn serve<P: Protocol>(
             let keep = proto.resume(&mut c.proto, &mut io, st, &mut c.pending);
             wrote = true;
             after_handling(&mut port, &*proto, c, keep, before, ix, &mut dirty);
+            hold_new(
+                c,
+                before,
+                guard.as_deref().filter(|_| background),
+                ix,
+                &mut holding,
+            );
             proto.parked(&c.proto)
         });
-        let mut committed = true;
         if let (Some(shared), Some(g)) = (store.as_ref(), guard.as_mut()) {
             if wrote || g.store.needs_commit() {
                 let pressure = pool_pressure(port.free_buffers(), port.capacity());
-                let (ok, barriers) = end_batch(shared, g, retention, pressure, &ctx.metrics);
-                committed = ok;
-                syncs += if fsync { barriers } else { 0 };
+                if background {
+                    maintain(g, retention, pressure);
+                    match begin_commit(g, ctx.index) {
+                        Ok(false) => {}
+                        // The barrier goes out with this batch's sends, in the next enter.
+                        Ok(true) if port.sync_pool().map_err(io("queueing the fsync"))? => {}
+                        // The pool was poisoned meanwhile: no fsync to run; fail the commit.
+                        Ok(true) => {
+                            let r = port.pool().barrier();
+                            committed &= finish_commit(shared, g, r, &ctx.metrics, &mut wake);
+                        }
+                        Err(()) => committed = false,
+                    }
+                } else {
+                    let (ok, barriers) = end_batch(shared, g, retention, pressure, &ctx.metrics);
+                    committed &= ok;
+                    syncs += if fsync { barriers } else { 0 };
+                }
             }
+            // Held replies whose records are durable now join the sendable ones.
+            let front = release_held(&mut conns, &mut holding, &g.store, &mut dirty, &mut port);
+            g.wait_for(ctx.index, front);
             for e in SharedStore::take_returns(g, ctx.index) {
                 port.release(e);
             }
         }
         drop(guard);
+        for w in wake.drain(..) {
+            port.wake(&w).map_err(io("waking a worker"))?;
+        }
         dirty.append(&mut waiting);
         dirty.sort_unstable();
         dirty.dedup();
@@ -283,17 +395,12 @@ pub fn serve<P: Protocol>(
                 continue;
             };
             if !committed {
-                for p in c.pending.drain(..) {
-                    if let Piece::Ext(e) = p {
-                        port.release(e);
-                    }
-                }
-                c.close_after = true;
+                drop_replies(&mut port, c);
             }
             send_pending(&mut port, c, ctx.metrics());
             if !c.pending.is_empty() {
                 waiting.push(ix); // replies wait for buffers: retried next batch
-            } else if c.close_after {
+            } else if c.close_after && c.gates.is_empty() {
                 let c = conns[ix].take().expect("present");
                 open -= 1;
                 for (_, e) in c.chunks {
@@ -320,23 +427,159 @@ pub fn serve<P: Protocol>(
                         || c.partial_since.is_some_and(|t| now - t > limits.request)
                 });
                 if expired {
-                    let c = slot.take().expect("checked");
+                    let mut c = slot.take().expect("checked");
                     tracing::debug!(conn = ?c.id, "closing an idle or slow connection");
                     open -= 1;
-                    for (_, e) in c.chunks {
+                    for (_, e) in c.chunks.drain(..) {
                         port.release(e);
                     }
-                    for p in c.pending {
-                        if let Piece::Ext(e) = p {
-                            port.release(e);
-                        }
-                    }
+                    drop_replies(&mut port, &mut c);
                     port.close(c.id);
                 }
             }
         }
     }
+    if let Some(shared) = &store {
+        if let Some(r) = unfinished {
+            let mut wake = Vec::new();
+            finish_commit(shared, &mut shared.lock(), r, &ctx.metrics, &mut wake);
+        }
+        finish_in_flight(&mut port, shared, ctx, retention, &mut conns, &mut holding)?;
+    }
     port.shutdown(DRAIN).map_err(io("draining the port"))
+}
+
+/// Stopping: let the commit this port runs complete, make the rest durable inline (after any
+/// other worker's commit in flight), and queue every reply that became sendable, so that
+/// [`Port::shutdown`] sends them before it closes the connections. Workers still waiting are
+/// woken: no commit of this port will wake them any more.
+fn finish_in_flight<C>(
+    port: &mut Port,
+    shared: &SharedStore,
+    ctx: &WorkerCtx,
+    retention: Retention,
+    conns: &mut [Option<UConn<C>>],
+    holding: &mut Vec<usize>,
+) -> Result<(), ServeError> {
+    let io = |what| move |source| ServeError::Io { what, source };
+    let deadline = Instant::now() + DRAIN;
+    let mut wake = Vec::new();
+    let mut g = loop {
+        port.sync(Some(Duration::from_millis(1)))
+            .map_err(io("io_uring_enter"))?;
+        let mut g = shared.lock();
+        if let Some(r) = port.pool_synced() {
+            finish_commit(shared, &mut g, r, &ctx.metrics, &mut wake);
+        }
+        let others = g.commit_owner().is_some_and(|o| o != ctx.index);
+        if !port.pool_sync_in_flight() && (!others || Instant::now() >= deadline) {
+            break g;
+        }
+    };
+    if g.store.commit_in_flight().is_none() && g.store.needs_commit() {
+        let pressure = pool_pressure(port.free_buffers(), port.capacity());
+        end_batch(shared, &mut g, retention, pressure, &ctx.metrics);
+    }
+    let mut dirty = Vec::new();
+    release_held(conns, holding, &g.store, &mut dirty, port);
+    g.wait_for(ctx.index, 0);
+    g.set_waker(ctx.index, None);
+    g.waiting_wakers(ctx.index, &mut wake);
+    for e in SharedStore::take_returns(&mut g, ctx.index) {
+        port.release(e);
+    }
+    drop(g);
+    for w in wake {
+        port.wake(&w).map_err(io("waking a worker"))?;
+    }
+    for ix in dirty {
+        if let Some(c) = conns.get_mut(ix).and_then(|c| c.as_mut()) {
+            send_pending(port, c, ctx.metrics());
+        }
+    }
+    Ok(())
+}
+
+/// Hold the reply pieces the service just added (`c.pending[before..]`) if they depend on
+/// records not yet durable — or if earlier replies of the connection are held (order).
+fn hold_new<C>(
+    c: &mut UConn<C>,
+    before: usize,
+    g: Option<&crate::store::SharedInner>,
+    ix: usize,
+    holding: &mut Vec<usize>,
+) {
+    let Some(g) = g else { return };
+    let need = g.store.take_dependency();
+    let n = c.pending.len().saturating_sub(before);
+    if n == 0 || (need <= g.store.durable_seq() && c.gates.is_empty()) {
+        return;
+    }
+    c.held.extend(c.pending.drain(before..));
+    match c.gates.back_mut() {
+        // Released together anyway: one group.
+        Some((bound, k)) if *bound >= need => *k += n,
+        _ => c.gates.push_back((need, n)),
+    }
+    if c.gates.len() == 1 {
+        holding.push(ix);
+    }
+}
+
+/// Move held replies whose bound `store` has made durable to their connections' sendable
+/// pieces (marking them `dirty`); after a failed commit, drop every held reply and close the
+/// connection. Returns the smallest bound still waited for (0: none).
+fn release_held<C>(
+    conns: &mut [Option<UConn<C>>],
+    holding: &mut Vec<usize>,
+    store: &PoolStore,
+    dirty: &mut Vec<usize>,
+    port: &mut Port,
+) -> u64 {
+    let durable = store.durable_seq();
+    let poisoned = store.is_poisoned();
+    let mut front = u64::MAX;
+    holding.sort_unstable();
+    holding.dedup();
+    holding.retain(|&ix| {
+        let Some(c) = conns.get_mut(ix).and_then(|c| c.as_mut()) else {
+            return false;
+        };
+        if poisoned && !c.gates.is_empty() {
+            drop_replies(port, c);
+            dirty.push(ix);
+            return false;
+        }
+        while c.gates.front().is_some_and(|(bound, _)| *bound <= durable) {
+            let (_, k) = c.gates.pop_front().expect("front");
+            c.pending.extend(c.held.drain(..k));
+            dirty.push(ix);
+        }
+        match c.gates.front() {
+            Some((bound, _)) => {
+                front = front.min(*bound);
+                true
+            }
+            None => false,
+        }
+    });
+    if front == u64::MAX {
+        0
+    } else {
+        front
+    }
+}
+
+/// Withhold every reply of `c` (a commit failed, or the connection is dropped): release their
+/// buffers and close the connection after what was already sent.
+fn drop_replies<C>(port: &mut Port, c: &mut UConn<C>) {
+    c.gates.clear();
+    for p in c.pending.drain(..).chain(c.held.drain(..)) {
+        if let Piece::Ext(e) = p {
+            port.release(e);
+        }
+    }
+    c.close_after = true;
 }
 
 /// After the protocol handled bytes (or resumed a parked connection): resolve echoed input,

@@ -101,6 +101,10 @@ impl<M: Media> Store<M> {
         self.head_pos += len;
         self.next_seq += 1;
         self.pending += 1;
+        if kind == Kind::Delete {
+            self.last_removal = seq;
+        }
+        self.depend_on(seq + 1);
         let meta = RecMeta {
             seq,
             seg: head,
@@ -129,6 +133,7 @@ impl<M: Media> Store<M> {
     /// Delete `key`; `Ok(None)` when it was absent (nothing logged).
     pub fn delete(&mut self, key: &[u8]) -> Result<Option<u64>, StoreError> {
         if !self.index.contains_key(key) {
+            self.depend_on_absence();
             return Ok(None);
         }
         self.add(Kind::Delete, Some(Arc::from(key)), Vec::new())
@@ -211,10 +216,34 @@ impl<M: Media> Store<M> {
         }
     }
 
-    /// Group commit: one persist barrier makes every record appended so far durable. Then
-    /// retire compacted segments (see the crate docs for the ordering). Returns the durable
-    /// sequence bound: every seq below it is durable.
+    /// Group commit, inline: [`Store::begin_commit`], the media's barrier, then
+    /// [`Store::finish_commit`]. One persist barrier makes every record appended so far
+    /// durable; compacted segments are retired one per barrier (see the crate docs for the
+    /// ordering). Returns the durable sequence bound: every seq below it is durable. Fails
+    /// with [`StoreError::CommitInFlight`] while a begun commit is not finished.
     pub fn commit(&mut self) -> Result<u64, StoreError> {
+        if self.begin_commit()?.is_none() {
+            return Ok(self.durable_seq);
+        }
+        let barrier = self.media.barrier();
+        self.finish_commit(barrier)
+    }
+
+    /// Begin a group commit whose barrier the caller runs (inline, or elsewhere: an io_uring
+    /// `FSYNC` of the pool file in flight while the next batch is received and appended).
+    /// Returns `Ok(None)` when there is nothing to commit; else the sequence bound the barrier
+    /// will make durable — every record appended before this call, by anyone — and the caller
+    /// must start the barrier *after* this call and report its outcome with
+    /// [`Store::finish_commit`]. Appends may go on meanwhile; they belong to the next commit.
+    ///
+    /// One commit at a time: a second `begin_commit` before the finish fails with
+    /// [`StoreError::CommitInFlight`]. Segment retirement needs it (one segment invalidated per
+    /// barrier, strictly in order, so valid segments on media always form one chain), and an
+    /// `fdatasync` started while another is running on the same file mostly waits for it.
+    pub fn begin_commit(&mut self) -> Result<Option<u64>, StoreError> {
+        if self.in_flight.is_some() {
+            return Err(StoreError::CommitInFlight);
+        }
         // A group still open here was abandoned (its writer panicked mid-EXEC): end it, or
         // every later record would carry the group flag and be dropped by recovery.
         if self.group.is_some() {
@@ -223,30 +252,84 @@ impl<M: Media> Store<M> {
         }
         self.check_writable()?;
         if !self.needs_commit() {
-            return Ok(self.durable_seq);
+            return Ok(None);
         }
-        if let Err(e) = self.media.barrier() {
+        self.pending = 0;
+        self.in_flight = Some(InFlight {
+            upto: self.next_seq,
+            invalidated: self.invalidating.take(),
+            retire_ready: self.retire.len(),
+        });
+        Ok(Some(self.next_seq))
+    }
+
+    /// The bound of the commit begun and not finished, if any.
+    pub fn commit_in_flight(&self) -> Option<u64> {
+        self.in_flight.as_ref().map(|c| c.upto)
+    }
+
+    /// Finish the commit begun with [`Store::begin_commit`], given its barrier's outcome.
+    /// On success every record below its bound is durable ([`Store::durable_seq`] advances),
+    /// the segment it invalidated is freed and its buffers released, and the next segment in
+    /// line is invalidated (durable at the next barrier). On failure the store is poisoned:
+    /// nothing appended since the last good commit may be acknowledged, and every later write
+    /// and commit fails. Returns the durable bound.
+    pub fn finish_commit(&mut self, barrier: Result<(), PersistError>) -> Result<u64, StoreError> {
+        let Some(c) = self.in_flight.take() else {
+            return Ok(self.durable_seq);
+        };
+        if let Err(e) = barrier {
             tracing::error!(error = %e, "persist barrier failed; store poisoned");
             self.poisoned = Some(e.clone());
             return Err(StoreError::Poisoned(e));
         }
         self.commits += 1;
-        self.pending = 0;
-        self.durable_seq = self.next_seq;
+        self.durable_seq = self.durable_seq.max(c.upto);
         // The invalidation written before this barrier is durable: release its buffers.
-        if let Some(r) = self.invalidating.take() {
+        if let Some(r) = c.invalidated {
             for rec in &r.recs {
                 self.drop_refs(rec);
             }
             self.segs[r.seg as usize] = SegState::Free;
         }
         // Next in line: zero its header (durable at the next barrier). Anything it depends on
-        // (a compacted segment's re-appended live records) was written before the barrier above.
-        if let Some(r) = self.retire.pop_front() {
-            self.invalidate_header(r.seg);
-            self.invalidating = Some(r);
+        // (a compacted segment's re-appended live records) was written before the barrier
+        // above began — only segments queued before then qualify.
+        if c.retire_ready > 0 {
+            if let Some(r) = self.retire.pop_front() {
+                self.invalidate_header(r.seg);
+                self.invalidating = Some(r);
+            }
         }
         Ok(self.durable_seq)
+    }
+
+    /// One past the newest record that anything read or written since the last call depends
+    /// on, and reset (0: nothing). A reply built from those reads and writes acknowledges
+    /// nothing a crash could take back once [`Store::durable_seq`] reaches this bound: writes
+    /// count their own record; a read of a key counts the record it found, or, when the key
+    /// is absent, the newest delete; reads of the whole index (`keys`, `len`, `read_from`)
+    /// count every record. [`Store::stats`] is monitoring and counts nothing.
+    pub fn take_dependency(&self) -> u64 {
+        self.dependency.replace(0)
+    }
+
+    pub(super) fn depend_on(&self, bound: u64) {
+        if bound > self.dependency.get() {
+            self.dependency.set(bound);
+        }
+    }
+
+    /// A read found `key` absent: that depends on the newest delete.
+    pub(super) fn depend_on_absence(&self) {
+        if self.last_removal > 0 {
+            self.depend_on(self.last_removal + 1);
+        }
+    }
+
+    /// True after a failed barrier: nothing will be made durable any more.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.is_some()
     }
 
     pub(super) fn invalidate_header(&mut self, s: u32) {
@@ -266,7 +349,8 @@ impl<M: Media> Store<M> {
         }
     }
 
-    /// True when a commit would do anything (appends pending, or segments to retire).
+    /// True when a commit would do anything (appends pending, or segments to retire). While a
+    /// commit is in flight, this says whether another one is needed after it.
     pub fn needs_commit(&self) -> bool {
         self.pending > 0 || self.invalidating.is_some() || !self.retire.is_empty()
     }

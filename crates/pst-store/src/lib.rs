@@ -7,6 +7,15 @@
 //! payload appended since the last commit with **one** barrier (one `sfence` or one
 //! `fdatasync`): callers reply only after it.
 //!
+//! The commit is split so that its barrier can run elsewhere — an io_uring `FSYNC` in flight
+//! while the next batch is received and appended: [`Store::begin_commit`] fixes the bound (every
+//! record appended before it, by any worker), the caller runs the barrier, and
+//! [`Store::finish_commit`] advances [`Store::durable_seq`], frees the segment the barrier
+//! invalidated and poisons the store if the barrier failed. One commit at a time. Which replies
+//! must wait is tracked by sequence number: [`Store::take_dependency`] says which records what a
+//! reply read or wrote depends on, and the reply may leave once `durable_seq` covers them — so a
+//! read of committed data never waits for someone else's commit.
+//!
 //! Ownership: each record holds a reference on the buffers it names, for as long as the record
 //! can be seen by recovery. Overwritten and deleted values therefore keep their buffers until
 //! compaction moves the live records of the oldest segment forward and frees the segment; the
@@ -26,6 +35,7 @@ mod recovery;
 pub mod sim;
 mod space;
 
+use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 use std::sync::Arc;
@@ -62,6 +72,9 @@ pub enum StoreError {
         /// The record's sequence number.
         seq: u64,
     },
+    /// A commit was begun and not finished: one commit at a time.
+    #[error("a commit is already in flight")]
+    CommitInFlight,
     /// The pool's log region already belongs to another store in this process.
     #[error("the pool's log is already claimed by another store")]
     LogClaimed,
@@ -235,6 +248,18 @@ struct Retiree {
     recs: Vec<RecMeta>,
 }
 
+/// A commit between [`Store::begin_commit`] and [`Store::finish_commit`].
+#[derive(Debug)]
+struct InFlight {
+    /// Every record below this sequence number is covered by the barrier.
+    upto: u64,
+    /// The segment whose zeroed header this barrier makes durable (written before it began).
+    invalidated: Option<Retiree>,
+    /// How many segments at the front of the retire queue were queued before the barrier
+    /// began, so that the records they depend on (re-appended live records) are covered by it.
+    retire_ready: usize,
+}
+
 #[derive(Debug)]
 struct BufRef {
     refs: u32,
@@ -308,6 +333,15 @@ pub struct Store<M: Media> {
     released: Vec<Extent>,
     pending: u64,
     durable_seq: u64,
+    /// The commit begun and not yet finished: its barrier runs elsewhere (an io_uring
+    /// `FSYNC`). At most one at a time (see [`Store::begin_commit`]).
+    in_flight: Option<InFlight>,
+    /// One past the newest record that what was read or written since the last
+    /// [`Store::take_dependency`] depends on (0: none).
+    dependency: Cell<u64>,
+    /// Sequence number of the newest delete record: a read that finds a key absent depends
+    /// on it (the delete could still be taken back by a crash).
+    last_removal: u64,
     poisoned: Option<PersistError>,
     scratch: Vec<u8>,
     live_bytes: u64,

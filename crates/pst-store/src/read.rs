@@ -5,7 +5,11 @@ use super::*;
 impl<M: Media> Store<M> {
     /// The current value of `key`.
     pub fn get(&self, key: &[u8]) -> Option<ValueRef<'_>> {
-        let seq = *self.index.get(key)?;
+        let Some(&seq) = self.index.get(key) else {
+            self.depend_on_absence();
+            return None;
+        };
+        self.depend_on(seq + 1);
         let r = self.rec(seq)?;
         Some(ValueRef {
             extents: &r.extents,
@@ -39,21 +43,25 @@ impl<M: Media> Store<M> {
 
     /// Live keys.
     pub fn keys(&self) -> impl Iterator<Item = &[u8]> {
+        self.depend_on(self.next_seq);
         self.index.keys().map(|k| &k[..])
     }
 
     /// Number of live keys.
     pub fn len(&self) -> usize {
+        self.depend_on(self.next_seq);
         self.index.len()
     }
 
     /// True when no key is live.
     pub fn is_empty(&self) -> bool {
+        self.depend_on(self.next_seq);
         self.index.is_empty()
     }
 
     /// Records from `seq` on (WAL consumers), skipping truncated ones.
     pub fn read_from(&self, seq: u64) -> impl Iterator<Item = RecordView<'_>> {
+        self.depend_on(self.next_seq);
         let from = seq.max(self.trunc_seq).saturating_sub(self.base_seq()) as usize;
         self.records
             .range(from.min(self.records.len())..)

@@ -6,7 +6,9 @@
 //! [`Driver::sync`] (`&mut self`). Network receives never go to io-wq workers (sockets
 //! support non-blocking attempts and retry by poll, and no SQE carries `IOSQE_ASYNC`). So
 //! while any `&Driver` borrow lives, the kernel writes no pool memory; the byte accessors
-//! below rely on exactly that.
+//! below rely on exactly that. The one request that does go to io-wq is the pool file's
+//! `FSYNC` (group commit in flight): it writes pool pages back to the file — it reads the
+//! mapping, never writes it — so it changes nothing the accessors see.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -34,6 +36,13 @@ const SEND_SETTLE_US: u32 = 200;
 /// The general timeout given with a min-wait to a sync without a timeout: the kernel ends a
 /// min-wait by itself only when no general timeout is set; this one never fires in practice.
 const DISTANT_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// `user_data` of the pool file's `fdatasync` (a kind byte the core never encodes).
+const POOL_SYNC: u64 = 0xA7 << 56;
+/// `user_data` of a wake-up another port posted into this ring with `MSG_RING`.
+const WAKE: u64 = 0xA8 << 56;
+/// `user_data` of this port's own `MSG_RING` submissions (their completions are skipped on
+/// success; a failure is only logged: the woken port has a bounded wait anyway).
+const WAKE_SENT: u64 = 0xA9 << 56;
 /// Most chunks gathered into one `sendmsg`.
 pub const MAX_IOV: usize = 64;
 
@@ -91,6 +100,10 @@ impl DriverStats {
     }
 }
 
+/// Wakes one port's ring from any thread ([`Driver::waker`], [`Driver::wake`]).
+#[derive(Debug, Clone)]
+pub struct Waker(Arc<OwnedFd>);
+
 /// Stable storage for one connection's in-flight `sendmsg`: the kernel reads it after submit.
 struct TxMsg {
     iov: [libc::iovec; MAX_IOV],
@@ -122,6 +135,10 @@ pub struct Driver {
     backoff_ts: Box<types::Timespec>,
     /// The kernel has min-wait (`IORING_FEAT_MIN_TIMEOUT`, Linux 6.12).
     min_timeout: bool,
+    /// An `fdatasync` of the pool file is in flight.
+    pool_sync_in_flight: bool,
+    /// The outcome of the last one, until taken.
+    pool_sync_done: Option<io::Result<()>>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -165,7 +182,61 @@ impl Driver {
             accepted: Vec::new(),
             backoff_ts: Box::new(types::Timespec::from(accept::BACKOFF)),
             min_timeout,
+            pool_sync_in_flight: false,
+            pool_sync_done: None,
         })
+    }
+
+    /// Queue an `fdatasync` of the pool file (`IORING_OP_FSYNC` with `IORING_FSYNC_DATASYNC`):
+    /// submitted by the next [`Driver::sync`] in the same `io_uring_enter` as the sends and
+    /// re-arms, it runs in an io-wq worker while this thread goes on; its outcome is taken with
+    /// [`Driver::take_pool_sync`]. Returns false — and queues nothing — when the pool's barrier
+    /// is not an `fdatasync` ([`Pool::barrier_file`]) or one is already in flight.
+    pub fn queue_pool_sync(&mut self) -> io::Result<bool> {
+        if self.pool_sync_in_flight {
+            return Ok(false);
+        }
+        let Some(fd) = self.pool.barrier_file().map(|f| f.as_raw_fd()) else {
+            return Ok(false);
+        };
+        let e = opcode::Fsync::new(types::Fd(fd))
+            .flags(types::FsyncFlags::DATASYNC)
+            .build()
+            .user_data(POOL_SYNC);
+        self.push(&[e])?;
+        self.pool_sync_in_flight = true;
+        Ok(true)
+    }
+
+    /// True while the pool file's `fdatasync` is queued or running.
+    pub fn pool_sync_in_flight(&self) -> bool {
+        self.pool_sync_in_flight
+    }
+
+    /// The outcome of the pool file's `fdatasync`, once it completed (then taken).
+    pub fn take_pool_sync(&mut self) -> Option<io::Result<()>> {
+        self.pool_sync_done.take()
+    }
+
+    /// A handle other threads use to wake this ring out of its wait ([`Driver::wake`]).
+    pub fn waker(&self) -> io::Result<Waker> {
+        // A duplicate of the ring fd: the waker keeps the ring's file alive, so a message sent
+        // after this driver is gone lands in a ring nobody reads (harmless), never in another.
+        // SAFETY: the ring fd is open for as long as `self.ring` lives, which outlasts this
+        // borrow.
+        let ring = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.ring.as_raw_fd()) };
+        let fd = rustix::io::dup(ring)?;
+        Ok(Waker(Arc::new(fd)))
+    }
+
+    /// Post a wake-up into `w`'s ring (`IORING_OP_MSG_RING`), submitted with the next sync:
+    /// one completion there, which ends its wait; no system call of its own.
+    pub fn wake(&mut self, w: &Waker) -> io::Result<()> {
+        let e = opcode::MsgRingData::new(types::Fd(w.0.as_raw_fd()), 0, WAKE, None)
+            .build()
+            .flags(squeue::Flags::SKIP_SUCCESS)
+            .user_data(WAKE_SENT);
+        self.push(&[e])
     }
 
     /// Counters.
@@ -339,6 +410,22 @@ impl Driver {
                 self.acceptor.armed = false;
                 continue;
             }
+            match cqe.user_data() {
+                POOL_SYNC => {
+                    self.pool_sync_in_flight = false;
+                    self.pool_sync_done = Some(match cqe.result() {
+                        r if r < 0 => Err(io::Error::from_raw_os_error(-r)),
+                        _ => Ok(()),
+                    });
+                    continue;
+                }
+                WAKE => continue, // its whole purpose was ending the wait
+                WAKE_SENT => {
+                    tracing::warn!(errno = -cqe.result(), "waking another port failed");
+                    continue;
+                }
+                _ => {}
+            }
             // SAFETY: a completion our ring produced for an op this core issued.
             unsafe { core.complete(completion(cqe.user_data(), cqe.result(), cqe.flags())) };
         }
@@ -501,7 +588,10 @@ impl Driver {
             // - a sendmsg's msghdr/iovec live in a `Box<TxMsg>` of this driver that is never
             //   freed and is reused only for the connection's next send, which the core issues
             //   after this one completed (one send in flight per connection);
-            // - recv buffers come from the registered buffer ring, owned by the driver.
+            // - recv buffers come from the registered buffer ring, owned by the driver;
+            // - the pool file's fsync names the pool's fd, which `self.pool` keeps open; the
+            //   kernel takes its own file reference when it issues the request;
+            // - a MSG_RING names a ring fd its `Waker` holds, also referenced at issue.
             let pushed = unsafe { self.ring.submission().push_multiple(entries) };
             if pushed.is_ok() {
                 self.stats.sqes += entries.len() as u64;

@@ -17,5 +17,5 @@ mod driver;
 mod net;
 
 pub use bufring::BufRing;
-pub use driver::{Driver, DriverConfig, DriverStats, MAX_IOV};
+pub use driver::{Driver, DriverConfig, DriverStats, Waker, MAX_IOV};
 pub use net::{listener, listener_with, set_nodelay};

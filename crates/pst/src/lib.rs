@@ -54,7 +54,7 @@ use std::time::Duration;
 pub use pst_pool::Partition;
 pub use pst_pool::{BufIdx, Geometry, PersistError, PersistMode, Pool, PoolError, PoolOptions};
 pub use pst_ring::{Buffers, ConnId, CoreStats, Extent, SendError, Slot, SlotKind, LINGER_MAX};
-pub use pst_uring::{DriverConfig, DriverStats};
+pub use pst_uring::{DriverConfig, DriverStats, Waker};
 
 use pst_ring::{BufAlloc, Core, CoreConfig};
 use pst_uring::Driver;
@@ -249,6 +249,42 @@ impl Port {
     pub fn sync(&mut self, timeout: Option<Duration>) -> io::Result<usize> {
         self.rx_cursor = 0;
         self.driver.sync(&mut self.core, timeout)
+    }
+
+    /// Start the pool's persist barrier in the background when it is an `fdatasync` of the
+    /// pool file (`--persist fsync` on a file): an io_uring `FSYNC` (`IORING_FSYNC_DATASYNC`)
+    /// submitted by the next [`Port::sync`], in the same `io_uring_enter` as the sends and
+    /// re-arms, completing while the loop goes on receiving. It covers everything written to
+    /// the pool before that sync. Returns false when the barrier is something else (a fence,
+    /// nothing, an anonymous or poisoned pool: call [`Pool::barrier`] inline) or one is already
+    /// in flight. Its outcome comes from [`Port::pool_synced`].
+    pub fn sync_pool(&mut self) -> io::Result<bool> {
+        self.driver.queue_pool_sync()
+    }
+
+    /// True while the pool file's `fdatasync` started with [`Port::sync_pool`] has not
+    /// completed.
+    pub fn pool_sync_in_flight(&self) -> bool {
+        self.driver.pool_sync_in_flight()
+    }
+
+    /// The outcome of the background `fdatasync` once it completed (then taken), as
+    /// [`Pool::barrier`] reports it: a failure poisons the pool.
+    pub fn pool_synced(&mut self) -> Option<Result<(), PersistError>> {
+        let r = self.driver.take_pool_sync()?;
+        Some(self.pool.barrier_completed(r))
+    }
+
+    /// A handle that wakes this port out of a blocking [`Port::sync`] from another thread's
+    /// port ([`Port::wake`]).
+    pub fn waker(&self) -> io::Result<Waker> {
+        self.driver.waker()
+    }
+
+    /// Wake the port `w` belongs to (an `IORING_OP_MSG_RING` submitted with this port's next
+    /// sync): its blocking sync returns.
+    pub fn wake(&mut self, w: &Waker) -> io::Result<()> {
+        self.driver.wake(w)
     }
 
     /// The next slot of the RX ring filled by the last sync, in order; `None` when all were
