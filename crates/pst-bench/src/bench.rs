@@ -518,7 +518,8 @@ fn start_peer(
     server_cpu: usize,
 ) -> anyhow::Result<(Server, SocketAddr)> {
     let (base, _) = bench_dir(pool_dir);
-    let dir = base.join(format!("peer-{kind}"));
+    // Absolute: peers run in it, and are told it (`--dir`, config files).
+    let dir = std::path::absolute(base.join(format!("peer-{kind}")))?;
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let addr = free_port()?;
