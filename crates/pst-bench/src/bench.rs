@@ -923,6 +923,17 @@ fn print_row(a: &BenchArgs, row: &Row) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A plot line's name: the system and persist mode (kvmix: with or without its writers).
+fn plot_label(r: &Row) -> String {
+    let alone = r.mix.as_ref().is_some_and(|m| m.writers == 0);
+    format!(
+        "{} {}{}",
+        r.label(),
+        r.persist,
+        if alone { " GET-only" } else { "" }
+    )
+}
+
 /// requests/s against connections, one line per system.
 fn plot(path: &Path, a: &BenchArgs, rows: &[Row]) -> anyhow::Result<()> {
     use plotters::prelude::*;
@@ -948,16 +959,13 @@ fn plot(path: &Path, a: &BenchArgs, rows: &[Row]) -> anyhow::Result<()> {
         .x_desc("connections")
         .y_desc("requests/s")
         .draw()?;
-    let mut labels: Vec<String> = rows
-        .iter()
-        .map(|r| format!("{} {}", r.label(), r.persist))
-        .collect();
+    let mut labels: Vec<String> = rows.iter().map(plot_label).collect();
     labels.dedup();
     for (i, label) in labels.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
         let pts: Vec<(f64, f64)> = rows
             .iter()
-            .filter(|r| &format!("{} {}", r.label(), r.persist) == label)
+            .filter(|r| &plot_label(r) == label)
             .map(|r| (r.conns as f64, r.rps))
             .collect();
         chart
