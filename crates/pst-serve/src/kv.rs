@@ -469,6 +469,23 @@ fn parse_memory(v: &[u8]) -> Option<u64> {
     num.parse::<u64>().ok()?.checked_mul(mul)
 }
 
+/// Commands (besides hash and set commands) whose reply reads the in-memory tables of hash
+/// fields, set members or deadlines.
+const DERIVED_READS: [&str; 12] = [
+    "TTL",
+    "PTTL",
+    "EXPIRETIME",
+    "PEXPIRETIME",
+    "TYPE",
+    "DUMP",
+    "OBJECT",
+    "MEMORY",
+    "MGET",
+    "SCAN",
+    "RANDOMKEY",
+    "LCS",
+];
+
 /// Commands Redis refuses inside `MULTI` (`CMD_NO_MULTI`) that `pst kv` has.
 const NO_MULTI: [&str; 2] = ["SAVE", "SHUTDOWN"];
 
@@ -1646,9 +1663,18 @@ impl KvService {
             let n = name.as_str();
             sets::SET_COMMANDS.contains(&n) || n.ends_with("STORE")
         };
+        // Answers from the in-memory tables (hash fields, set members, deadlines) carry no
+        // record of their own: they wait until everything written so far is durable, so no
+        // reply shows a field or deadline a crash could take back (pipelined commit).
+        if (set_cmd || name.starts_with('H') || DERIVED_READS.contains(&name.as_str()))
+            && (!hs.is_empty() || !ttl.is_empty())
+        {
+            store.depend_on_all();
+        }
         if !hs.is_empty() || name.starts_with('H') || set_cmd {
             match self.types(&name, args, io, store, hs, db) {
                 TypeCheck::Wrong => {
+                    store.depend_on_all();
                     reply::error(&mut out.buf, WRONGTYPE);
                     return true;
                 }

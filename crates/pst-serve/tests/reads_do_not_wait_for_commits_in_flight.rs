@@ -271,3 +271,59 @@ fn two_workers_release_each_others_held_replies() {
         scenario(2, false);
     }
 }
+
+/// Answers from the service's in-memory tables (hash fields, set members, deadlines) have no
+/// record of their own to depend on: they too wait for the commit of what they show — here a
+/// new field of a hash and a deadline of a key that were both committed before.
+#[test]
+fn reads_of_fields_members_and_deadlines_wait_for_their_commit() {
+    let srv = Server::start(1);
+    let mut a = Client::connect(srv.addr);
+    let mut b = Client::connect(srv.addr);
+    let mut c = Client::connect(srv.addr);
+    assert_eq!(a.call(&[b"SET", b"old", b"v0"]), b"+OK\r\n");
+    assert_eq!(a.call(&[b"HSET", b"h", b"f1", b"v"]), b":1\r\n");
+    assert_eq!(a.call(&[b"SADD", b"s", b"m1"]), b":1\r\n");
+    assert_eq!(b.call(&[b"PING"]), b"+PONG\r\n");
+    assert_eq!(c.call(&[b"PING"]), b"+PONG\r\n");
+
+    // The three writes in one EXEC: one round, so one commit covers them all.
+    assert_eq!(a.call(&[b"MULTI"]), b"+OK\r\n");
+    assert_eq!(a.call(&[b"HSET", b"h", b"f2", b"v"]), b"+QUEUED\r\n");
+    assert_eq!(a.call(&[b"SADD", b"s", b"m2"]), b"+QUEUED\r\n");
+    assert_eq!(a.call(&[b"EXPIRE", b"old", b"1000"]), b"+QUEUED\r\n");
+    srv.store.hold_commits(true);
+    let base = srv.requests();
+    a.send(&[b"EXEC"]);
+    srv.wait_requests(base + 1);
+    srv.wait_commit_in_flight();
+    let queries: [&[&[u8]]; 4] = [
+        &[b"HLEN", b"h"],
+        &[b"SCARD", b"s"],
+        &[b"SISMEMBER", b"s", b"m2"],
+        &[b"TTL", b"old"],
+    ];
+    for (i, q) in queries.iter().enumerate() {
+        c.send(q);
+        srv.wait_requests(base + 2 + i as u64);
+    }
+    // A later request on another connection of the same worker is answered: the held
+    // replies would be in the socket by now if they had not been held.
+    assert_eq!(b.call(&[b"GET", b"old"]), b"$2\r\nv0\r\n");
+    assert!(a.silent(), "writes acknowledged before their commit");
+    assert!(
+        c.silent(),
+        "a field, member or deadline was shown before its commit"
+    );
+
+    srv.store.hold_commits(false);
+    assert_eq!(a.reply(), b"*3\r\n");
+    assert_eq!(a.reply(), b":1\r\n");
+    assert_eq!(a.reply(), b":1\r\n");
+    assert_eq!(a.reply(), b":1\r\n");
+    assert_eq!(c.reply(), b":2\r\n");
+    assert_eq!(c.reply(), b":2\r\n");
+    assert_eq!(c.reply(), b":1\r\n");
+    let ttl = String::from_utf8(c.reply()).unwrap();
+    assert!(ttl.starts_with(":99") || ttl == ":1000\r\n", "{ttl}");
+}

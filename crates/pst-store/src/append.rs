@@ -314,6 +314,13 @@ impl<M: Media> Store<M> {
         self.dependency.replace(0)
     }
 
+    /// Make what was read since the last [`Store::take_dependency`] depend on every record
+    /// written so far: for a caller that answered from state it derives from the records
+    /// (an in-memory table of hash fields or deadlines) rather than through the store's reads.
+    pub fn depend_on_all(&self) {
+        self.depend_on(self.next_seq);
+    }
+
     pub(super) fn depend_on(&self, bound: u64) {
         if bound > self.dependency.get() {
             self.dependency.set(bound);
