@@ -357,6 +357,10 @@ pub struct Row {
     rps_min: f64,
     rps_max: f64,
     p999_us: u64,
+    /// Bytes the server process sent toward storage per request over the measured window
+    /// (`/proc/<pid>/io` `write_bytes`, counted when pages are dirtied: the pool's mapped pages
+    /// for pst, the AOF for Redis-likes); `None` when the server was not ours to watch.
+    storage_bytes_per_req: Option<f64>,
     /// kvmix only (absent from other workloads' rows).
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     mix: Option<MixFigures>,
@@ -428,6 +432,14 @@ impl Drop for Server {
 
 fn free_port() -> anyhow::Result<SocketAddr> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// Bytes process `pid` has caused to be written to storage (`/proc/<pid>/io` `write_bytes`).
+pub fn process_write_bytes(pid: u32) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// CPU time of every thread of `pid` (nanosecond `schedstat` run time).
@@ -863,7 +875,7 @@ fn print_header(a: &BenchArgs) {
         return;
     }
     println!(
-        "{:<6} {:<10} {:<7} {:>5} {:>6} {:>10} {:>8} {:>8} {:>9} {:>12} {:>8}",
+        "{:<6} {:<10} {:<7} {:>5} {:>6} {:>10} {:>8} {:>8} {:>9} {:>12} {:>8} {:>10}",
         "work",
         "engine",
         "persist",
@@ -874,7 +886,8 @@ fn print_header(a: &BenchArgs) {
         "p99 us",
         "sys/req",
         "srv us/req",
-        "cli cpu"
+        "cli cpu",
+        "disk B/req"
     );
 }
 
@@ -904,7 +917,7 @@ fn print_row(a: &BenchArgs, row: &Row) -> anyhow::Result<()> {
         );
     } else {
         println!(
-            "{:<6} {:<13} {:<7} {:>5} {:>6} {:>10.0} {:>8} {:>8} {:>9} {:>12.2} {:>7.0}%",
+            "{:<6} {:<13} {:<7} {:>5} {:>6} {:>10.0} {:>8} {:>8} {:>9} {:>12.2} {:>7.0}% {:>10}",
             row.workload,
             row.label(),
             row.persist,
@@ -917,7 +930,10 @@ fn print_row(a: &BenchArgs, row: &Row) -> anyhow::Result<()> {
                 .map(|s| format!("{s:.3}"))
                 .unwrap_or_else(|| "-".into()),
             row.server_cpu_us_per_req,
-            row.client_cpu_pct
+            row.client_cpu_pct,
+            row.storage_bytes_per_req
+                .map(|b| format!("{b:.0}"))
+                .unwrap_or_else(|| "-".into())
         );
     }
     Ok(())
@@ -1079,11 +1095,12 @@ fn measure(
             format!("{} {engine} conns={conns}{w}", a.workload.name())
         }),
     };
-    let mut snap = [(None, Duration::ZERO); 2];
+    let mut snap = [(None, Duration::ZERO, None); 2];
     let r = loadgen::run(&spec, |start| {
         if let Some(server) = &server {
             let sys = server.stats.as_ref().and_then(|s| s.totals()).map(|t| t.0);
-            snap[if start { 0 } else { 1 }] = (sys, process_cpu(server.child.id()));
+            let pid = server.child.id();
+            snap[if start { 0 } else { 1 }] = (sys, process_cpu(pid), process_write_bytes(pid));
         }
     })?;
     let measured_server = server.is_some();
@@ -1139,6 +1156,10 @@ fn measure(
         rps_min: 0.0,
         rps_max: 0.0,
         p999_us: r.hist.value_at_quantile(0.999),
+        storage_bytes_per_req: match (snap[0].2, snap[1].2) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / req),
+            _ => None,
+        },
         mix,
     })
 }
@@ -1210,6 +1231,7 @@ mod tests {
             rps_min: 10.0,
             rps_max: 10.0,
             p999_us: 3,
+            storage_bytes_per_req: Some(2048.0),
             mix,
         }
     }
