@@ -159,6 +159,11 @@ const DRAIN: Duration = Duration::from_secs(2);
 /// Longest wait while replies are held for a commit another worker's port runs: that worker
 /// wakes this one when it completes; this bounds the delay should a wake-up be lost.
 const HELD_TICK: Duration = Duration::from_millis(2);
+/// After a commit's replies are released, the next commit waits (at most this long) for the
+/// connections they released to send their next requests. Begun at once, it would leave them
+/// for the commit after: in a closed loop the clients split into two groups taking turns, and
+/// each `fdatasync` covers half of them.
+const GATHER: Duration = Duration::from_micros(200);
 
 /// Serve `proto` on `port`, accepting on `listener`, until `ctx` says stop; then drain.
 pub fn serve<P: Protocol>(
@@ -199,8 +204,15 @@ pub fn serve<P: Protocol>(
     let mut unfinished: Option<Result<(), pst::PersistError>> = None;
     let mut syncs = 0u64;
     let mut requests = 0u64;
+    // Gathering for the next commit (`GATHER`): since when, how many connections were
+    // released, and how many requests arrived since.
+    let mut gather: Option<(Instant, usize)> = None;
+    let mut arrivals = 0usize;
     while !ctx.stopping() {
-        let tick = if !parked.is_empty() {
+        let gathering = gather.map(|(t, _)| GATHER.saturating_sub(t.elapsed()));
+        let tick = if let Some(left) = gathering.filter(|l| !l.is_zero()) {
+            left
+        } else if !parked.is_empty() {
             PARKED_TICK
         } else if (!holding.is_empty() && !port.pool_sync_in_flight()) || unfinished.is_some() {
             HELD_TICK
@@ -265,6 +277,7 @@ pub fn serve<P: Protocol>(
                     };
                     let Some(ext) = port.keep(&s) else { continue };
                     ctx.metrics().received(ext.len() as u64);
+                    arrivals += 1;
                     let start = c.pos;
                     c.pos += ext.len() as u64;
                     c.chunks.push_back((start, ext));
@@ -355,7 +368,19 @@ pub fn serve<P: Protocol>(
             proto.parked(&c.proto)
         });
         if let (Some(shared), Some(g)) = (store.as_ref(), guard.as_mut()) {
-            if wrote || g.store.needs_commit() {
+            if background {
+                // Replies a commit finished this round made sendable go out with this round's
+                // sends; the connections they release then get a moment to join the next one.
+                let before = dirty.len();
+                release_held(&mut conns, &mut holding, &g.store, &mut dirty, &mut port);
+                if dirty.len() > before {
+                    gather = Some((Instant::now(), dirty.len() - before));
+                    arrivals = 0;
+                }
+            }
+            let gathered = gather.is_none_or(|(t, n)| arrivals >= n || t.elapsed() >= GATHER);
+            if (wrote || g.store.needs_commit()) && (!background || gathered) {
+                gather = None;
                 let pressure = pool_pressure(port.free_buffers(), port.capacity());
                 if background {
                     maintain(g, retention, pressure);
