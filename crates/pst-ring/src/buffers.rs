@@ -70,3 +70,24 @@ impl Buffers {
         self.alloc.capacity()
     }
 }
+
+impl crate::pack::PackTarget for Buffers {
+    fn pack_alloc(&mut self) -> Option<Extent> {
+        self.alloc()
+    }
+
+    fn pack_write(&mut self, _: &crate::pack::PackToken, b: BufIdx, off: u32, bytes: &[u8]) {
+        // SAFETY: the packer holds `b` and nobody references its bytes from `off` on (the
+        // token's contract, module `pack`); `&mut self` excludes every other writer.
+        unsafe { self.part.bytes_mut(b, off, bytes.len() as u32) }.copy_from_slice(bytes);
+    }
+
+    fn pack_retain(&mut self, b: BufIdx, off: u32, len: u32) -> Option<Extent> {
+        self.alloc.retain(b).ok()?;
+        Some(Extent::owned(b, off, len))
+    }
+
+    fn pack_release(&mut self, e: Extent) {
+        self.release(e);
+    }
+}

@@ -17,6 +17,7 @@ mod bid;
 mod buffers;
 mod completion;
 mod core;
+pub mod pack;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
 mod slot;
@@ -26,6 +27,7 @@ pub use bid::BidTable;
 pub use buffers::Buffers;
 pub use completion::{Completion, Errno};
 pub use core::{Core, CoreConfig, CoreStats, Op, SendError, LINGER_MAX};
+pub use pack::{PackTarget, PackToken, Packer};
 pub use pst_pool::{BufAlloc, BufIdx, Partition};
 pub use slot::{ConnId, Extent, Slot, SlotKind};
 pub use userdata::{OpKind, UserData};

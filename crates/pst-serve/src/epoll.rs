@@ -379,6 +379,14 @@ struct EpollService<P: Protocol> {
     syncs: u64,
     /// Requests handled by this worker.
     requests: u64,
+    /// Packs small values densely, as the uring engine does ([`crate::protocol::packs`]).
+    packer: pst::Packer,
+}
+
+impl<P: Protocol> Drop for EpollService<P> {
+    fn drop(&mut self) {
+        self.packer.close(&mut self.bufs);
+    }
 }
 
 impl<P: Protocol> EpollService<P> {
@@ -401,6 +409,7 @@ impl<P: Protocol> EpollService<P> {
             fsync,
             syncs: 0,
             requests: 0,
+            packer: pst::Packer::new(),
         }
     }
 }
@@ -426,6 +435,7 @@ impl<P: Protocol> EpollService<P> {
                 base: c.base,
                 bufs: &mut self.bufs,
                 requests: &mut self.requests,
+                packer: &mut self.packer,
             };
             let st: Option<&mut PoolStore> = guard.as_mut().map(|g| &mut g.store);
             if data.is_empty() {
@@ -477,6 +487,7 @@ struct EpollIo<'a> {
     base: u64,
     bufs: &'a mut Buffers,
     requests: &'a mut u64,
+    packer: &'a mut pst::Packer,
 }
 
 impl Io for EpollIo<'_> {
@@ -486,10 +497,16 @@ impl Io for EpollIo<'_> {
 
     fn extents(&mut self, r: Range<u64>) -> Option<Vec<Extent>> {
         let bytes = &self.data[(r.start - self.base) as usize..(r.end - self.base) as usize];
+        if crate::protocol::packs(bytes.len() as u64, self.bufs.buf_size()) {
+            return Some(vec![self.packer.pack(self.bufs, bytes)?]);
+        }
         pst::copy_into(self.bufs, bytes)
     }
 
     fn copy_in(&mut self, bytes: &[u8]) -> Option<Vec<Extent>> {
+        if crate::protocol::packs(bytes.len() as u64, self.bufs.buf_size()) {
+            return Some(vec![self.packer.pack(self.bufs, bytes)?]);
+        }
         pst::copy_into(self.bufs, bytes)
     }
 
@@ -559,6 +576,7 @@ impl<P: Protocol> EpollService<P> {
                 base: c.base,
                 bufs: &mut self.bufs,
                 requests: &mut self.requests,
+                packer: &mut self.packer,
             };
             let st: Option<&mut PoolStore> = guard.as_mut().map(|g| &mut g.store);
             self.proto.peer_closed(proto, &mut io, st, &mut pieces);

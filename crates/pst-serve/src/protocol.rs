@@ -131,6 +131,14 @@ pub fn has_room(free: usize, capacity: usize, buf_size: u32, bytes: u64) -> bool
     free.saturating_sub(need) * 16 >= capacity
 }
 
+/// Whether a value of `len` bytes is packed densely ([`pst::Packer`]: copied next to other
+/// small values) rather than kept where it landed: non-empty and at most half a buffer. A
+/// 100-byte value then costs about 100 bytes of pool instead of a whole buffer; larger values
+/// stay zero copy, where one buffer per value wastes at most half of it.
+pub fn packs(len: u64, buf_size: u32) -> bool {
+    len > 0 && len <= (buf_size / 2) as u64
+}
+
 /// Connection limits shared by both engines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {

@@ -76,6 +76,9 @@ struct UringIo<'a> {
     chunks: &'a VecDeque<(u64, Extent)>,
     /// This worker's request count.
     requests: &'a mut u64,
+    /// Packs values of at most half a buffer densely ([`crate::protocol::packs`]); `None`:
+    /// keep every byte where it landed (echo's `Piece::Input`).
+    packer: Option<&'a mut pst::Packer>,
 }
 
 impl UringIo<'_> {
@@ -98,6 +101,14 @@ impl Io for UringIo<'_> {
     }
 
     fn extents(&mut self, r: Range<u64>) -> Option<Vec<Extent>> {
+        let packs = crate::protocol::packs(r.end - r.start, self.port.pool().buf_size());
+        if packs && self.packer.is_some() {
+            let mut v = Vec::with_capacity((r.end - r.start) as usize);
+            self.gather(r.clone(), &mut v);
+            if let Some(packer) = self.packer.as_mut() {
+                return Some(vec![packer.pack(self.port, &v)?]);
+            }
+        }
         let parts: Vec<(u32, u32, u32)> = self
             .overlapping(&r)
             .map(|(e, s, l)| (e.buf().0, e.off() + s, l))
@@ -114,6 +125,11 @@ impl Io for UringIo<'_> {
     }
 
     fn copy_in(&mut self, bytes: &[u8]) -> Option<Vec<Extent>> {
+        if let Some(packer) = self.packer.as_mut() {
+            if crate::protocol::packs(bytes.len() as u64, self.port.pool().buf_size()) {
+                return Some(vec![packer.pack(self.port, bytes)?]);
+            }
+        }
         pst::copy_into(self.port, bytes)
     }
 
@@ -183,6 +199,8 @@ pub fn serve<P: Protocol>(
     let mut next_sweep = Instant::now() + Duration::from_secs(1);
     let mut dirty: Vec<usize> = Vec::new();
     let mut waiting: Vec<usize> = Vec::new();
+    // Small values are packed densely into this worker's buffers.
+    let mut packer = pst::Packer::new();
     // Connections with replies held for durability.
     let mut holding: Vec<usize> = Vec::new();
     // Connections parked in a long poll (see `Protocol::parked`).
@@ -286,6 +304,7 @@ pub fn serve<P: Protocol>(
                         port: &mut port,
                         chunks: &c.chunks,
                         requests: &mut requests,
+                        packer: Some(&mut packer),
                     };
                     let st: Option<&mut PoolStore> = guard.as_mut().map(|g| &mut g.store);
                     let keep =
@@ -318,6 +337,7 @@ pub fn serve<P: Protocol>(
                                 port: &mut port,
                                 chunks: &c.chunks,
                                 requests: &mut requests,
+                                packer: Some(&mut packer),
                             };
                             let st: Option<&mut PoolStore> = guard.as_mut().map(|g| &mut g.store);
                             let keep = proto.peer_closed(&mut c.proto, &mut io, st, &mut c.pending);
@@ -353,6 +373,7 @@ pub fn serve<P: Protocol>(
                 port: &mut port,
                 chunks: &c.chunks,
                 requests: &mut requests,
+                packer: Some(&mut packer),
             };
             let st: Option<&mut PoolStore> = guard.as_mut().map(|g| &mut g.store);
             let keep = proto.resume(&mut c.proto, &mut io, st, &mut c.pending);
@@ -471,6 +492,7 @@ pub fn serve<P: Protocol>(
         }
         finish_in_flight(&mut port, shared, ctx, retention, &mut conns, &mut holding)?;
     }
+    packer.close(&mut port);
     port.shutdown(DRAIN).map_err(io("draining the port"))
 }
 
@@ -662,6 +684,7 @@ fn resolve_input(
                     port: &mut *port,
                     chunks,
                     requests: &mut 0,
+                    packer: None,
                 };
                 let exts = io.extents(r).unwrap_or_default();
                 pending.extend(exts.into_iter().map(Piece::Ext));

@@ -280,6 +280,16 @@ impl Driver {
         self.part.bytes(b, off, len)
     }
 
+    /// Write `bytes` at `off` of buffer `b` for a [`pst_ring::Packer`]: the packer holds `b`
+    /// (allocated, never lent to the kernel) and nobody references its bytes from `off` on —
+    /// the [`pst_ring::PackToken`], which only the packer can make, stands for that.
+    #[allow(unsafe_code)]
+    pub fn write_packed(&mut self, _: &pst_ring::PackToken, b: BufIdx, off: u32, bytes: &[u8]) {
+        // SAFETY: no reference covers these bytes and the kernel does not have the buffer
+        // (the token's contract); `&mut self` excludes the kernel's writes (`sync`) meanwhile.
+        unsafe { self.part.bytes_mut(b, off, bytes.len() as u32) }.copy_from_slice(bytes);
+    }
+
     /// Write access to an extent's bytes. Panics unless the extent holds the only reference on
     /// its buffer in `core` (a shared buffer — a stored value a store may be reading on another
     /// thread, a reply in flight — is never written).

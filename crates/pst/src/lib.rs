@@ -53,7 +53,9 @@ use std::time::Duration;
 
 pub use pst_pool::Partition;
 pub use pst_pool::{BufIdx, Geometry, PersistError, PersistMode, Pool, PoolError, PoolOptions};
-pub use pst_ring::{Buffers, ConnId, CoreStats, Extent, SendError, Slot, SlotKind, LINGER_MAX};
+pub use pst_ring::{
+    Buffers, ConnId, CoreStats, Extent, PackTarget, Packer, SendError, Slot, SlotKind, LINGER_MAX,
+};
 pub use pst_uring::{DriverConfig, DriverStats, Waker};
 
 use pst_ring::{BufAlloc, Core, CoreConfig};
@@ -439,6 +441,21 @@ pub trait BufferSource {
     fn extent_mut(&mut self, ext: &mut Extent) -> &mut [u8];
     /// Give an extent back.
     fn release_extent(&mut self, ext: Extent);
+}
+
+impl pst_ring::PackTarget for Port {
+    fn pack_alloc(&mut self) -> Option<Extent> {
+        self.core.alloc_extent()
+    }
+    fn pack_write(&mut self, token: &pst_ring::PackToken, b: BufIdx, off: u32, bytes: &[u8]) {
+        self.driver.write_packed(token, b, off, bytes)
+    }
+    fn pack_retain(&mut self, b: BufIdx, off: u32, len: u32) -> Option<Extent> {
+        self.core.retain(b, off, len)
+    }
+    fn pack_release(&mut self, e: Extent) {
+        self.core.release(e)
+    }
 }
 
 impl BufferSource for Port {
