@@ -35,6 +35,11 @@ pub enum Workload {
     /// (`pst kv --persist fsync`; peers: redis/valkey `appendfsync always`, kevy); GET and SET
     /// figures reported apart, plus a GET-only run (no writers) as the baseline.
     Kvmix,
+    /// Pool density: `SET key:<n> <--size bytes>` (pipelined --depth deep, `pst kv --persist
+    /// none` on a --fill-pool pool) until the first refusal (`-OOM`); prints pool bytes per
+    /// stored key, checks the server still answers, and stores as many keys in redis-server
+    /// (`--peers redis`, no persistence) to print its `used_memory` per key beside.
+    Fill,
 }
 
 impl Workload {
@@ -45,6 +50,7 @@ impl Workload {
             Workload::Wal => "wal",
             Workload::Kv => "kv",
             Workload::Kvmix => "kvmix",
+            Workload::Fill => "fill",
         }
     }
 
@@ -70,7 +76,7 @@ impl Workload {
             Workload::Echo => &["echo"],
             Workload::Rpc => &["httpd", "--store", "none"],
             Workload::Wal => &["httpd", "--store", "wal"],
-            Workload::Kv | Workload::Kvmix => &["kv"],
+            Workload::Kv | Workload::Kvmix | Workload::Fill => &["kv"],
         }
     }
 
@@ -78,7 +84,7 @@ impl Workload {
         match self {
             Workload::Echo => Framer::Fixed(size),
             Workload::Rpc | Workload::Wal => Framer::Http,
-            Workload::Kv | Workload::Kvmix => Framer::Resp,
+            Workload::Kv | Workload::Kvmix | Workload::Fill => Framer::Resp,
         }
     }
 
@@ -119,7 +125,7 @@ impl Workload {
                 r.extend((0..size).map(|i| b'a' + (i % 26) as u8));
                 r
             },
-            Workload::Kv | Workload::Kvmix => {
+            Workload::Kv | Workload::Kvmix | Workload::Fill => {
                 |conn, size| resp(&[b"SET", format!("key:{conn:06}").as_bytes(), &value(size)])
             }
         }
@@ -182,6 +188,7 @@ impl Peer {
             (Peer::H2o, Workload::Rpc) => &["h2o"],
             (Peer::Redis, Workload::Kv) => &["redis-always", "redis-none"],
             (Peer::Redis, Workload::Kvmix) => &["redis-always"],
+            (Peer::Redis, Workload::Fill) => &["redis-none"],
             (Peer::Valkey, Workload::Kv) => &["valkey", "valkey-none"],
             (Peer::Valkey, Workload::Kvmix) => &["valkey"],
             (Peer::Kevy, Workload::Kv | Workload::Kvmix) => &["kevy"],
@@ -305,6 +312,12 @@ pub struct BenchArgs {
     /// Requests outstanding per connection (pipelining depth).
     #[arg(long, default_value_t = 1)]
     pub depth: usize,
+    /// fill: size of the pst pool to fill (MiB).
+    #[arg(long, default_value_t = 64)]
+    pub fill_pool_mib: u64,
+    /// fill: the pool's log share in percent (`pst kv --log-share`; default: pst's).
+    #[arg(long)]
+    pub log_share: Option<f64>,
     /// Run each configuration this many times and report the run with the median requests/s
     /// (this machine is shared and noisy; `rps_min`/`rps_max` show the spread).
     #[arg(long, default_value_t = 1)]
@@ -665,7 +678,15 @@ fn start_server(
     buf_size: Option<u32>,
     pool_dir: Option<&Path>,
     server_cpu: usize,
+    (fill_pool_mib, log_share): (u64, Option<f64>),
 ) -> anyhow::Result<(Server, SocketAddr)> {
+    let pool_size = match workload {
+        Workload::Fill => format!("{}MiB", fill_pool_mib),
+        _ => "256MiB".to_string(),
+    };
+    let log_share: Vec<String> = log_share
+        .map(|l| vec!["--log-share".into(), l.to_string()])
+        .unwrap_or_default();
     let (dir, owns_dir) = bench_dir(pool_dir);
     std::fs::create_dir_all(&dir)?;
     let pool = dir.join("bench-pool");
@@ -684,12 +705,13 @@ fn start_server(
             "--send-zc-min",
             &send_zc_min.to_string(),
         ])
-        .args(["--pool-size", "256MiB", "--cpu", &server_cpu.to_string()])
+        .args(["--pool-size", &pool_size, "--cpu", &server_cpu.to_string()])
         .args(
             buf_size
                 .map(|b| vec!["--buf-size".to_string(), b.to_string()])
                 .unwrap_or_default(),
         )
+        .args(&log_share)
         .arg("--pool")
         .arg(&pool)
         .arg("--stats-file")
@@ -735,6 +757,9 @@ pub fn run(mut a: BenchArgs) -> anyhow::Result<()> {
         .unwrap_or(1);
     let (server_cpu, client_cpu) = if cpus >= 2 { (0, 1) } else { (0, 0) };
     pin_to(client_cpu);
+    if a.workload == Workload::Fill {
+        return run_fill(&a, server_cpu);
+    }
     let mut rows = Vec::new();
     if !a.json {
         print_header(&a);
@@ -1022,6 +1047,7 @@ fn run_one(
                 a.buf_size,
                 a.pool.as_deref(),
                 server_cpu,
+                (a.fill_pool_mib, None),
             )?;
             (Some(s), addr)
         }
@@ -1162,6 +1188,206 @@ fn measure(
         },
         mix,
     })
+}
+
+/// One `fill` result (JSON line with `--json`).
+#[derive(Debug, Serialize)]
+struct FillRow {
+    workload: &'static str,
+    engine: String,
+    size: u64,
+    depth: usize,
+    /// Keys stored before the first refusal (pst), or stored (redis: as many as pst's best).
+    keys: u64,
+    /// pst: the pool file's size; redis: `used_memory` after the fill.
+    bytes: u64,
+    /// `bytes / keys`.
+    bytes_per_key: f64,
+    /// redis only: (`used_memory` after − before) / keys.
+    delta_bytes_per_key: Option<f64>,
+    /// The first refusal's text (pst).
+    refusal: Option<String>,
+    /// After the refusal: `PING` answered and a stored key read back.
+    serving_after: bool,
+}
+
+/// SET keys `key:<n>` from `from` on, `depth` at a time, until `limit` keys or the first error
+/// reply; returns the keys stored and that error.
+fn fill_keys(
+    addr: SocketAddr,
+    size: usize,
+    depth: usize,
+    from: u64,
+    limit: u64,
+) -> anyhow::Result<(u64, Option<String>)> {
+    use std::io::{BufRead, BufReader, Write};
+    let s = std::net::TcpStream::connect(addr)?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut w = s.try_clone()?;
+    let mut r = BufReader::new(s);
+    let v = value(size);
+    let (mut n, mut line, mut batch) = (from, String::new(), Vec::new());
+    while n < limit {
+        let k = (limit - n).min(depth.max(1) as u64);
+        batch.clear();
+        for i in 0..k {
+            batch.extend(resp(&[b"SET", format!("key:{:09}", n + i).as_bytes(), &v]));
+        }
+        w.write_all(&batch)?;
+        let mut err = None;
+        for _ in 0..k {
+            line.clear();
+            if r.read_line(&mut line)? == 0 {
+                anyhow::bail!("the server closed the connection after {n} keys");
+            }
+            match line.as_bytes().first() {
+                Some(b'+') if err.is_none() => n += 1,
+                Some(b'-') if err.is_none() => err = Some(line.trim_end().to_string()),
+                _ => {}
+            }
+        }
+        if err.is_some() {
+            return Ok((n, err));
+        }
+    }
+    Ok((n, None))
+}
+
+/// A one-line RESP request's reply line (`PING`, `GET` head) on a fresh connection.
+fn fill_still_serves(addr: SocketAddr, size: usize) -> bool {
+    use std::io::{BufRead, BufReader, Write};
+    let check = || -> anyhow::Result<bool> {
+        let s = std::net::TcpStream::connect(addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut w = s.try_clone()?;
+        let mut r = BufReader::new(s);
+        w.write_all(&resp(&[b"PING"]))?;
+        w.write_all(&resp(&[b"GET", b"key:000000000"]))?;
+        let mut l = String::new();
+        r.read_line(&mut l)?;
+        let pong = l.trim_end() == "+PONG";
+        l.clear();
+        r.read_line(&mut l)?;
+        Ok(pong && l.trim_end() == format!("${size}"))
+    };
+    check().unwrap_or(false)
+}
+
+/// `INFO memory`'s `used_memory` of a Redis-protocol server.
+fn used_memory(addr: SocketAddr) -> anyhow::Result<u64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(&resp(&[b"INFO", b"memory"]))?;
+    let mut got = Vec::new();
+    let mut b = [0u8; 8192];
+    while !String::from_utf8_lossy(&got).contains("used_memory:") || !got.ends_with(b"\r\n") {
+        let n = s.read(&mut b)?;
+        anyhow::ensure!(n > 0, "INFO: connection closed");
+        got.extend_from_slice(&b[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    text.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("no used_memory in INFO memory")
+}
+
+/// The `fill` workload (see [`Workload::Fill`]).
+fn run_fill(a: &BenchArgs, server_cpu: usize) -> anyhow::Result<()> {
+    let size = a.size as usize;
+    let pool_bytes = a.fill_pool_mib << 20;
+    // Generous: a key costs more than 16 bytes of pool.
+    let limit = pool_bytes / 16;
+    let mut rows = Vec::new();
+    for &engine in &a.engine {
+        let (server, addr) = start_server(
+            Workload::Fill,
+            engine,
+            PersistMode::None,
+            0,
+            0,
+            a.buf_size,
+            a.pool.as_deref(),
+            server_cpu,
+            (a.fill_pool_mib, a.log_share),
+        )?;
+        let (keys, refusal) = fill_keys(addr, size, a.depth, 0, limit)?;
+        let serving_after = fill_still_serves(addr, size);
+        drop(server);
+        rows.push(FillRow {
+            workload: "fill",
+            engine: engine.to_string(),
+            size: a.size,
+            depth: a.depth,
+            keys,
+            bytes: pool_bytes,
+            bytes_per_key: pool_bytes as f64 / keys.max(1) as f64,
+            delta_bytes_per_key: None,
+            refusal,
+            serving_after,
+        });
+    }
+    let most = rows.iter().map(|r| r.keys).max().unwrap_or(0);
+    for &peer in &a.peers {
+        if !peer.kinds(Workload::Fill).contains(&"redis-none") {
+            eprintln!("pst bench: peer {peer:?} does not serve the fill workload; skipped");
+            continue;
+        }
+        let program = match peer.program() {
+            Ok(p) => p,
+            Err(why) => {
+                eprintln!("pst bench: {why}; redis-none skipped");
+                continue;
+            }
+        };
+        let (server, addr) = start_peer("redis-none", &program, a.pool.as_deref(), server_cpu)?;
+        let before = used_memory(addr)?;
+        let (keys, _) = fill_keys(addr, size, a.depth, 0, most)?;
+        let after = used_memory(addr)?;
+        let serving_after = fill_still_serves(addr, size);
+        drop(server);
+        rows.push(FillRow {
+            workload: "fill",
+            engine: "redis-none".into(),
+            size: a.size,
+            depth: a.depth,
+            keys,
+            bytes: after,
+            bytes_per_key: after as f64 / keys.max(1) as f64,
+            delta_bytes_per_key: Some(after.saturating_sub(before) as f64 / keys.max(1) as f64),
+            refusal: None,
+            serving_after,
+        });
+    }
+    if a.json {
+        for r in &rows {
+            println!("{}", serde_json::to_string(r)?);
+        }
+    } else {
+        println!(
+            "{:<6} {:<11} {:>6} {:>5} {:>10} {:>12} {:>10} {:>10} {:>8}",
+            "work", "engine", "size", "depth", "keys", "bytes", "B/key", "delta B/key", "serving"
+        );
+        for r in &rows {
+            println!(
+                "{:<6} {:<11} {:>6} {:>5} {:>10} {:>12} {:>10.0} {:>10} {:>8}",
+                r.workload,
+                r.engine,
+                r.size,
+                r.depth,
+                r.keys,
+                r.bytes,
+                r.bytes_per_key,
+                r.delta_bytes_per_key
+                    .map(|d| format!("{d:.0}"))
+                    .unwrap_or_else(|| "-".into()),
+                r.serving_after
+            );
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

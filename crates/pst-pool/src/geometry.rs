@@ -24,11 +24,29 @@ pub struct Geometry {
     pub log_len: u64,
 }
 
+/// The pool's share for the log region when not given: a sixteenth.
+pub const DEFAULT_LOG_SHARE: f64 = 1.0 / 16.0;
+
 impl Geometry {
     /// Geometry for a pool of about `total` bytes: 1/16 of it (at least 64 KiB) for the log, the
     /// rest as `buf_size` buffers.
     pub fn for_size(total: u64, buf_size: u32) -> Result<Geometry, String> {
-        let log_len = ((total / 16).max(64 << 10) + 4095) & !4095;
+        Self::for_size_with_log(total, buf_size, DEFAULT_LOG_SHARE)
+    }
+
+    /// Like [`Geometry::for_size`], with `log_share` (0 < share < 1) of the pool for the log
+    /// region. Every stored value is a log record of about 80–90 bytes (key included) besides
+    /// its bytes, so small values need a larger share: with 100-byte values the log fills
+    /// first below about a third of the pool; with 1 KiB values an eighth is about balanced.
+    pub fn for_size_with_log(
+        total: u64,
+        buf_size: u32,
+        log_share: f64,
+    ) -> Result<Geometry, String> {
+        if !(log_share > 0.0 && log_share < 1.0) {
+            return Err(format!("log share {log_share} is not between 0 and 1"));
+        }
+        let log_len = (((total as f64 * log_share) as u64).max(64 << 10) + 4095) & !4095;
         let data = total
             .checked_sub(HEADER_REGION + log_len)
             .filter(|d| *d >= buf_size as u64 * 8)
@@ -81,5 +99,26 @@ impl Geometry {
                 i * per..end
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod log_share_tests {
+    use super::*;
+
+    #[test]
+    fn the_default_log_share_is_the_old_sixteenth_and_others_are_honoured() {
+        for total in [1u64 << 20, 16 << 20, 256 << 20, 1_000_003 << 4] {
+            let g = Geometry::for_size(total, 2048).unwrap();
+            assert_eq!(
+                g.log_len,
+                ((total / 16).max(64 << 10) + 4095) & !4095,
+                "{total}"
+            );
+        }
+        let g = Geometry::for_size_with_log(64 << 20, 2048, 0.35).unwrap();
+        assert!(g.log_len >= (64u64 << 20) * 35 / 100 && g.log_len % 4096 == 0);
+        assert!(Geometry::for_size_with_log(64 << 20, 2048, 0.0).is_err());
+        assert!(Geometry::for_size_with_log(64 << 20, 2048, 1.0).is_err());
     }
 }
