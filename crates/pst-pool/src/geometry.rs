@@ -117,7 +117,7 @@ mod log_share_tests {
             );
         }
         let g = Geometry::for_size_with_log(64 << 20, 2048, 0.35).unwrap();
-        assert!(g.log_len >= (64u64 << 20) * 35 / 100 && g.log_len % 4096 == 0);
+        assert!(g.log_len >= (64u64 << 20) * 35 / 100 && g.log_len.is_multiple_of(4096));
         assert!(Geometry::for_size_with_log(64 << 20, 2048, 0.0).is_err());
         assert!(Geometry::for_size_with_log(64 << 20, 2048, 1.0).is_err());
     }
