@@ -1666,8 +1666,8 @@ impl KvService {
         // Answers from the in-memory tables (hash fields, set members, deadlines) carry no
         // record of their own: they wait until everything written so far is durable, so no
         // reply shows a field or deadline a crash could take back (pipelined commit).
-        if (set_cmd || name.starts_with('H') || DERIVED_READS.contains(&name.as_str()))
-            && (!hs.is_empty() || !ttl.is_empty())
+        if (!hs.is_empty() || !ttl.is_empty())
+            && (set_cmd || name.starts_with('H') || DERIVED_READS.contains(&name.as_str()))
         {
             store.depend_on_all();
         }
