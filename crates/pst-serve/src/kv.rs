@@ -2529,20 +2529,11 @@ impl KvService {
             }
             "HDEL" if n >= 3 => {
                 let key = key(&*io, 1);
-                let mut count = 0;
-                for i in 2..n {
-                    match hs.del_field(store, &key, &arg(&*io, i)) {
-                        Ok(d) => count += d as i64,
-                        Err(e) => {
-                            write_err(out, e);
-                            return true;
-                        }
-                    }
+                let fields: Vec<Vec<u8>> = (2..n).map(|i| arg(&*io, i)).collect();
+                match sets::remove_fields(store, ttl, hs, &key, &fields) {
+                    Ok(count) => reply::int(&mut out.buf, count),
+                    Err(e) => write_err(out, e),
                 }
-                if hs.kind(&key).is_none() {
-                    let _ = ttl.clear(store, &key);
-                }
-                reply::int(&mut out.buf, count);
             }
             "HLEN" if n == 2 => reply::int(&mut out.buf, hs.len(&key(&*io, 1)) as i64),
             "HEXISTS" if n == 3 => {

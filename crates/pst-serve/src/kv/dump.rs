@@ -192,6 +192,14 @@ impl<'a> Rd<'a> {
     }
 }
 
+/// A little-endian two's-complement integer of 1 to 8 bytes.
+fn le_signed(bytes: &[u8]) -> i64 {
+    let mut v = [0u8; 8];
+    v[..bytes.len()].copy_from_slice(bytes);
+    let shift = 64 - 8 * bytes.len() as u32;
+    (i64::from_le_bytes(v) << shift) >> shift
+}
+
 /// The entries of a listpack (Redis 7's compact encoding), as strings.
 fn listpack(b: &[u8]) -> Result<Vec<Vec<u8>>, DumpError> {
     let bad = DumpError::BadFormat;
@@ -204,12 +212,6 @@ fn listpack(b: &[u8]) -> Result<Vec<Vec<u8>>, DumpError> {
     while b[at] != 0xff {
         let e = b[at];
         let get = |from: usize, n: usize| b.get(from..from + n).ok_or(bad);
-        let int = |bytes: &[u8]| {
-            let mut v = [0u8; 8];
-            v[..bytes.len()].copy_from_slice(bytes);
-            let shift = 64 - 8 * bytes.len() as u32;
-            (i64::from_le_bytes(v) << shift) >> shift
-        };
         let (value, size): (Vec<u8>, usize) = if e & 0x80 == 0 {
             ((e & 0x7f).to_string().into_bytes(), 1)
         } else if e & 0xc0 == 0x80 {
@@ -228,10 +230,10 @@ fn listpack(b: &[u8]) -> Result<Vec<Vec<u8>>, DumpError> {
                         u32::from_le_bytes(get(at + 1, 4)?.try_into().map_err(|_| bad)?) as usize;
                     (get(at + 5, n)?.to_vec(), 5 + n)
                 }
-                0xf1 => (int(get(at + 1, 2)?).to_string().into_bytes(), 3),
-                0xf2 => (int(get(at + 1, 3)?).to_string().into_bytes(), 4),
-                0xf3 => (int(get(at + 1, 4)?).to_string().into_bytes(), 5),
-                0xf4 => (int(get(at + 1, 8)?).to_string().into_bytes(), 9),
+                0xf1 => (le_signed(get(at + 1, 2)?).to_string().into_bytes(), 3),
+                0xf2 => (le_signed(get(at + 1, 3)?).to_string().into_bytes(), 4),
+                0xf3 => (le_signed(get(at + 1, 4)?).to_string().into_bytes(), 5),
+                0xf4 => (le_signed(get(at + 1, 8)?).to_string().into_bytes(), 9),
                 _ => return Err(bad),
             }
         };
@@ -289,12 +291,6 @@ fn ziplist(b: &[u8]) -> Result<Vec<Vec<u8>>, DumpError> {
         at += if b[at] == 0xfe { 5 } else { 1 };
         let e = *b.get(at).ok_or(bad)?;
         let get = |from: usize, n: usize| b.get(from..from + n).ok_or(bad);
-        let int = |bytes: &[u8]| {
-            let mut v = [0u8; 8];
-            v[..bytes.len()].copy_from_slice(bytes);
-            let shift = 64 - 8 * bytes.len() as u32;
-            (i64::from_le_bytes(v) << shift) >> shift
-        };
         let (value, size): (Vec<u8>, usize) = match e >> 6 {
             0 => {
                 let n = (e & 0x3f) as usize;
@@ -309,11 +305,11 @@ fn ziplist(b: &[u8]) -> Result<Vec<Vec<u8>>, DumpError> {
                 (get(at + 5, n)?.to_vec(), 5 + n)
             }
             _ => match e {
-                0xc0 => (int(get(at + 1, 2)?).to_string().into_bytes(), 3),
-                0xd0 => (int(get(at + 1, 4)?).to_string().into_bytes(), 5),
-                0xe0 => (int(get(at + 1, 8)?).to_string().into_bytes(), 9),
-                0xf0 => (int(get(at + 1, 3)?).to_string().into_bytes(), 4),
-                0xfe => (int(get(at + 1, 1)?).to_string().into_bytes(), 2),
+                0xc0 => (le_signed(get(at + 1, 2)?).to_string().into_bytes(), 3),
+                0xd0 => (le_signed(get(at + 1, 4)?).to_string().into_bytes(), 5),
+                0xe0 => (le_signed(get(at + 1, 8)?).to_string().into_bytes(), 9),
+                0xf0 => (le_signed(get(at + 1, 3)?).to_string().into_bytes(), 4),
+                0xfe => (le_signed(get(at + 1, 1)?).to_string().into_bytes(), 2),
                 0xf1..=0xfd => (((e & 0x0f) as i64 - 1).to_string().into_bytes(), 1),
                 _ => return Err(bad),
             },

@@ -99,21 +99,11 @@ pub(super) fn exec(
         }
         "SREM" if n >= 3 => {
             let k = key(&*io, 1);
-            let mut removed = 0;
-            for i in 2..n {
-                match hs.del_field(store, &k, &arg(&*io, i)) {
-                    Ok(d) => removed += d as i64,
-                    Err(e) => {
-                        store_err(out, e);
-                        return Some(true);
-                    }
-                }
+            let members: Vec<Vec<u8>> = (2..n).map(|i| arg(&*io, i)).collect();
+            match remove_fields(store, ttl, hs, &k, &members) {
+                Ok(removed) => reply::int(&mut out.buf, removed),
+                Err(e) => store_err(out, e),
             }
-            if hs.kind(&k).is_none() {
-                // The set went with its last member: so does its deadline.
-                let _ = ttl.clear(store, &k);
-            }
-            reply::int(&mut out.buf, removed);
         }
         "SCARD" if n == 2 => reply::int(&mut out.buf, hs.len(&key(&*io, 1)) as i64),
         "SISMEMBER" if n == 3 => {
@@ -143,7 +133,7 @@ pub(super) fn exec(
             }
             let m = &members[random_index(members.len())];
             if name == "SPOP" {
-                if let Err(e) = pop(store, ttl, hs, &k, std::slice::from_ref(m)) {
+                if let Err(e) = remove_fields(store, ttl, hs, &k, std::slice::from_ref(m)) {
                     store_err(out, e);
                     return Some(true);
                 }
@@ -183,7 +173,7 @@ pub(super) fn exec(
                     .collect()
             };
             if name == "SPOP" {
-                if let Err(e) = pop(store, ttl, hs, &k, &picks) {
+                if let Err(e) = remove_fields(store, ttl, hs, &k, &picks) {
                     store_err(out, e);
                     return Some(true);
                 }
@@ -209,7 +199,7 @@ pub(super) fn exec(
             if src != dst {
                 let moved = hs
                     .add_member(store, io, &dst, &m)
-                    .and_then(|_| pop(store, ttl, hs, &src, std::slice::from_ref(&m)));
+                    .and_then(|_| remove_fields(store, ttl, hs, &src, std::slice::from_ref(&m)));
                 if let Err(e) = moved {
                     store_err(out, e);
                     return Some(true);
@@ -256,21 +246,23 @@ pub(super) fn exec(
     Some(true)
 }
 
-/// Remove `members` from set `k`; the set (and its deadline) goes with its last member.
-fn pop(
+/// Remove `fields` (members) from hash or set `k` (`HDEL`, `SREM`, `SPOP`, `SMOVE`); the key
+/// and its deadline go with its last one. Returns how many existed.
+pub(super) fn remove_fields(
     store: &mut PoolStore,
     ttl: &mut Ttl,
     hs: &mut Hashes,
     k: &[u8],
-    members: &[Vec<u8>],
-) -> Result<(), pst_store::StoreError> {
-    for m in members {
-        hs.del_field(store, k, m)?;
+    fields: &[Vec<u8>],
+) -> Result<i64, pst_store::StoreError> {
+    let mut removed = 0;
+    for f in fields {
+        removed += hs.del_field(store, k, f)? as i64;
     }
     if hs.kind(k).is_none() {
         ttl.clear(store, k)?;
     }
-    Ok(())
+    Ok(removed)
 }
 
 /// `SINTER`, `SUNION` or `SDIFF` of `sets` (the first minus the others for `SDIFF`).
