@@ -105,13 +105,20 @@ fn damaged_acknowledged_value_is_reported_and_the_server_refuses_to_start() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // Flip one byte of the first (acknowledged, followed by later records) value.
+    // Flip one byte of the first (acknowledged, followed by later records) value: of every
+    // copy of it in the file (a small value is packed: the stored copy is not necessarily
+    // the buffer it was received in, which stays in the file too).
     let mut bytes = std::fs::read(&pool).unwrap();
-    let at = bytes
+    let copies: Vec<usize> = bytes
         .windows(marker.len())
-        .position(|w| w == marker)
-        .expect("value stored in place");
-    bytes[at + 3] ^= 0xff;
+        .enumerate()
+        .filter(|(_, w)| *w == marker)
+        .map(|(i, _)| i)
+        .collect();
+    assert!(!copies.is_empty(), "value stored in the pool");
+    for at in copies {
+        bytes[at + 3] ^= 0xff;
+    }
     std::fs::write(&pool, &bytes).unwrap();
     let out = common::pst().args(["inspect", p]).output().unwrap();
     assert!(
