@@ -46,6 +46,8 @@ pub struct Packer {
     open: Option<(Extent, u32)>,
     /// Values packed so far.
     packed: u64,
+    /// A reusable staging buffer for callers that gather a value before packing it.
+    scratch: Vec<u8>,
 }
 
 impl Packer {
@@ -92,6 +94,19 @@ impl Packer {
     /// Values packed so far.
     pub fn packed(&self) -> u64 {
         self.packed
+    }
+
+    /// A reusable, empty staging buffer for a value the caller must gather before packing it
+    /// (no allocation per value); give it back with [`Packer::put_scratch`].
+    pub fn take_scratch(&mut self) -> Vec<u8> {
+        let mut v = std::mem::take(&mut self.scratch);
+        v.clear();
+        v
+    }
+
+    /// Return the staging buffer taken with [`Packer::take_scratch`].
+    pub fn put_scratch(&mut self, v: Vec<u8>) {
+        self.scratch = v;
     }
 }
 

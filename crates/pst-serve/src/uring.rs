@@ -102,12 +102,12 @@ impl Io for UringIo<'_> {
 
     fn extents(&mut self, r: Range<u64>) -> Option<Vec<Extent>> {
         let packs = crate::protocol::packs(r.end - r.start, self.port.pool().buf_size());
-        if packs && self.packer.is_some() {
-            let mut v = Vec::with_capacity((r.end - r.start) as usize);
-            self.gather(r.clone(), &mut v);
-            if let Some(packer) = self.packer.as_mut() {
-                return Some(vec![packer.pack(self.port, &v)?]);
-            }
+        if let Some(mut v) = self.packer.as_mut().filter(|_| packs).map(|p| p.take_scratch()) {
+            self.gather(r, &mut v);
+            let packer = self.packer.as_mut().expect("taken from it");
+            let e = packer.pack(self.port, &v);
+            packer.put_scratch(v);
+            return Some(vec![e?]);
         }
         let parts: Vec<(u32, u32, u32)> = self
             .overlapping(&r)
