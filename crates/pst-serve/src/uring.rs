@@ -102,7 +102,12 @@ impl Io for UringIo<'_> {
 
     fn extents(&mut self, r: Range<u64>) -> Option<Vec<Extent>> {
         let packs = crate::protocol::packs(r.end - r.start, self.port.pool().buf_size());
-        if let Some(mut v) = self.packer.as_mut().filter(|_| packs).map(|p| p.take_scratch()) {
+        if let Some(mut v) = self
+            .packer
+            .as_mut()
+            .filter(|_| packs)
+            .map(|p| p.take_scratch())
+        {
             self.gather(r, &mut v);
             let packer = self.packer.as_mut().expect("taken from it");
             let e = packer.pack(self.port, &v);
