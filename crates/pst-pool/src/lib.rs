@@ -17,6 +17,7 @@ pub mod media;
 pub mod partition;
 pub mod persist;
 mod pool;
+mod writeback;
 
 pub use alloc::{AllocError, BufAlloc};
 pub use geometry::{BufIdx, Geometry, DEFAULT_BUF_SIZE, DEFAULT_POOL_SIZE};

@@ -23,8 +23,14 @@ unsafe impl Sync for Mapping {}
 
 impl Mapping {
     /// Map `len` bytes of `file` shared. Tries `MAP_SYNC` first (DAX); falls back to plain
-    /// `MAP_SHARED` when the filesystem does not support it (EOPNOTSUPP/EINVAL).
-    pub(crate) fn file(file: &File, len: u64, read_only: bool) -> io::Result<Mapping> {
+    /// `MAP_SHARED` when the filesystem does not support it (EOPNOTSUPP/EINVAL) — or, with
+    /// `private`, to `MAP_PRIVATE` (the caller writes back what must persist: `writeback`).
+    pub(crate) fn file(
+        file: &File,
+        len: u64,
+        read_only: bool,
+        private: bool,
+    ) -> io::Result<Mapping> {
         let len = usize::try_from(len).map_err(io::Error::other)?;
         let prot = if read_only {
             libc::PROT_READ
@@ -44,6 +50,15 @@ impl Mapping {
                     dax: true,
                 });
             }
+        }
+        if private && !read_only {
+            let ptr = Self::mmap(len, prot, libc::MAP_PRIVATE, file.as_raw_fd())?;
+            Self::small_folios(file, ptr, len);
+            return Ok(Mapping {
+                ptr,
+                len,
+                dax: false,
+            });
         }
         let ptr = Self::mmap(len, prot, libc::MAP_SHARED, file.as_raw_fd())?;
         if !read_only {

@@ -138,6 +138,9 @@ pub struct Pool {
     pub(crate) log_claimed: AtomicBool,
     /// Buffer ranges claimed by live partitions ([`Pool::claim`]).
     pub(crate) claims: std::sync::Mutex<Vec<std::ops::Range<u32>>>,
+    /// `fsync` mode on a file mapped privately: the flushed ranges to write back at the
+    /// barrier (module `writeback`); `None` when the mapping is shared (or DAX, or anonymous).
+    writeback: Option<crate::writeback::WriteBack>,
 }
 
 impl Pool {
@@ -191,20 +194,17 @@ impl Pool {
                 wanted: opts.geometry,
             });
         }
-        let map =
-            map::Mapping::file(&file, header.total_len, opts.read_only).map_err(|source| {
-                PoolError::Map {
-                    len: header.total_len,
-                    source,
-                }
-            })?;
-        Ok(Self::assemble(
-            map,
-            Some(file),
-            Some(path.to_owned()),
-            header,
-            opts,
-        ))
+        let private = opts.persist == PersistMode::Fsync && !opts.read_only;
+        let map = map::Mapping::file(&file, header.total_len, opts.read_only, private).map_err(
+            |source| PoolError::Map {
+                len: header.total_len,
+                source,
+            },
+        )?;
+        let writeback = (private && !map.dax()).then(crate::writeback::WriteBack::default);
+        let mut pool = Self::assemble(map, Some(file), Some(path.to_owned()), header, opts);
+        pool.writeback = writeback;
+        Ok(pool)
     }
 
     /// An anonymous (DRAM-only) pool: nothing survives the process.
@@ -256,6 +256,7 @@ impl Pool {
             poisoned: AtomicBool::new(false),
             log_claimed: AtomicBool::new(false),
             claims: std::sync::Mutex::new(Vec::new()),
+            writeback: None,
         };
         tracing::debug!(
             path = ?pool.path,
@@ -442,7 +443,45 @@ impl Pool {
         if self.persist == PersistMode::Pmem {
             // SAFETY: inside our mapping (this function's contract), which `&self` keeps alive.
             unsafe { self.flush.flush(ptr, len) };
+        } else if let Some(w) = &self.writeback {
+            let off = ptr as usize - self.map.ptr_at(0) as usize;
+            w.mark(off as u64, len as u64);
         }
+    }
+
+    /// Write the ranges flushed since the last barrier back into the file (private mapping in
+    /// `fsync` mode; nothing otherwise). A failure poisons the pool.
+    #[allow(unsafe_code)]
+    fn write_back(&self) -> Result<(), PersistError> {
+        let (Some(w), Some(f)) = (&self.writeback, &self.file) else {
+            return Ok(());
+        };
+        let ranges = w.take(self.header.total_len);
+        // SAFETY: the ranges were recorded by `flush` from pointers inside our mapping and
+        // capped at its length; `&self` keeps the mapping alive.
+        match unsafe { crate::writeback::WriteBack::write(f, self.map.ptr_at(0), &ranges) } {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.poisoned.store(true, Ordering::Relaxed);
+                Err(PersistError::Sync(format!("writing back the pool: {e}")))
+            }
+        }
+    }
+
+    /// True when this pool's memory is a private copy written back at each barrier (`fsync`
+    /// mode on a file; module `writeback`), false when the file is mapped shared.
+    pub fn writes_back(&self) -> bool {
+        self.writeback.is_some()
+    }
+
+    /// True when this pool's barrier ends in an `fdatasync` of its file (`Fsync` mode on a file,
+    /// not poisoned), which a caller may run elsewhere through [`Pool::barrier_file`]. No side
+    /// effect (unlike `barrier_file`, which writes back the flushed ranges first).
+    pub fn syncs_file(&self) -> bool {
+        // Relaxed: a latch, as in `barrier`.
+        self.persist == PersistMode::Fsync
+            && self.file.is_some()
+            && !self.poisoned.load(Ordering::Relaxed)
     }
 
     /// The once-per-batch persist barrier: after it returns `Ok`, everything written to the pool
@@ -457,6 +496,7 @@ impl Pool {
             PersistMode::None => {}
             PersistMode::Pmem => crate::persist::sfence(),
             PersistMode::Fsync => {
+                self.write_back()?;
                 if let Some(f) = &self.file {
                     if let Err(e) = f.sync_data() {
                         self.poisoned.store(true, Ordering::Relaxed);
@@ -480,6 +520,9 @@ impl Pool {
         if self.persist != PersistMode::Fsync || self.poisoned.load(Ordering::Relaxed) {
             return None;
         }
+        // The flushed ranges go into the file now (copies into the page cache: quick); the
+        // `fdatasync` that makes them durable is the caller's to run.
+        self.write_back().ok()?;
         self.file.as_ref().map(|f| f.as_fd())
     }
 
@@ -541,6 +584,45 @@ mod tests {
             std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o600
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// `fsync` mode on a file: the memory is a private copy, and only what was flushed before
+    /// a barrier reaches the file (what a crash leaves is exactly what was made durable).
+    #[test]
+    fn fsync_mode_writes_back_exactly_the_flushed_ranges() {
+        let dir = std::env::temp_dir().join(format!("pst-pool-wb-{}", std::process::id()));
+        let path = dir.join("pool");
+        let _ = std::fs::remove_dir_all(&dir);
+        let opts = PoolOptions {
+            persist: PersistMode::Fsync,
+            ..small()
+        };
+        let p = Pool::open(&path, &opts).unwrap();
+        assert!(p.writes_back());
+        // SAFETY: the test owns the whole pool; nobody else touches buffers 3 and 4.
+        unsafe {
+            p.bytes_mut(BufIdx(3), 0, 5).copy_from_slice(b"kept!");
+            p.bytes_mut(BufIdx(4), 0, 5).copy_from_slice(b"lost!");
+            p.flush(p.buf_ptr(BufIdx(3)), 5);
+        }
+        p.barrier().unwrap();
+        // Written after the barrier, flushed, never made durable: not in the file either.
+        // SAFETY: as above.
+        unsafe {
+            p.bytes_mut(BufIdx(3), 5, 4).copy_from_slice(b"late");
+            p.flush(p.buf_ptr(BufIdx(3)).add(5), 4);
+        }
+        drop(p); // like a crash: no barrier
+        let ro = PoolOptions {
+            read_only: true,
+            ..opts.clone()
+        };
+        let p = Pool::open(&path, &ro).unwrap();
+        // SAFETY: as above (read-only).
+        assert_eq!(unsafe { p.bytes(BufIdx(3), 0, 9) }, b"kept!\0\0\0\0");
+        // SAFETY: as above (read-only).
+        assert_eq!(unsafe { p.bytes(BufIdx(4), 0, 5) }, &[0u8; 5]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -218,7 +218,7 @@ pub fn serve<P: Protocol>(
     let background = store.as_ref().is_some_and(|s| {
         let g = s.lock();
         Arc::ptr_eq(g.store.media().pool(), port.pool())
-    }) && port.pool().barrier_file().is_some();
+    }) && port.pool().syncs_file();
     if let Some(s) = &store {
         s.lock().set_waker(ctx.index, port.waker().ok());
     }
