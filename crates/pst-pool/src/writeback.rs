@@ -23,10 +23,10 @@
 //! in anonymous memory (up to the pool's size) besides the page cache's clean copies, as a
 //! Redis holds its data set in memory. The first write to each page takes a copy-on-write
 //! fault, once. Measured (`pst bench kv --persist fsync`, 1 KiB values, 100 connections, ext4,
-//! 3 s warm-up): the uring engine wrote 2,199 bytes to storage per request against 3,428 with
-//! the shared mapping — received bytes that were never kept are no longer written — at 12.3
-//! against 14.0 µs of server CPU per request; writing below a 4 KiB page per commit needs
-//! `O_DIRECT` at sector granularity.
+//! interleaved runs): the uring engine wrote 2,195–2,198 bytes to storage per request against
+//! 4,008–4,136 with the shared mapping — received bytes that were never kept are no longer
+//! written — at 11.9–13.2 against 15.4–15.6 µs of server CPU per request; writing below a
+//! 4 KiB page per commit needs `O_DIRECT` at sector granularity.
 //!
 //! A range rounded out to sectors may carry neighbouring bytes of the same buffer or log
 //! block: they are bytes this process wrote (received, or appended) and no durable record
