@@ -1254,7 +1254,8 @@ fn fill_keys(
     Ok((n, None))
 }
 
-/// A one-line RESP request's reply line (`PING`, `GET` head) on a fresh connection.
+/// On a fresh connection, `PING` answers `PONG` and `GET key:000000000` a value of `size`
+/// bytes (the server still serves after refusing writes).
 fn fill_still_serves(addr: SocketAddr, size: usize) -> bool {
     use std::io::{BufRead, BufReader, Write};
     let check = || -> anyhow::Result<bool> {

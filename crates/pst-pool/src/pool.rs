@@ -432,8 +432,9 @@ impl Pool {
     }
 
     /// Start persisting `[ptr, ptr+len)` (a range in this pool). In `Pmem` mode this flushes its
-    /// cache lines now, so the flushes overlap with the rest of the batch; the other modes do
-    /// their work in [`Pool::barrier`].
+    /// cache lines now, so the flushes overlap with the rest of the batch; in `Fsync` mode on a
+    /// file it records the range, which the next barrier writes back (module `writeback`).
+    /// Only flushed bytes are persisted, in every mode but `None`.
     ///
     /// # Safety
     /// The range must lie inside this pool's mapping (as pointers from [`Pool::buf_ptr`] and
@@ -485,8 +486,9 @@ impl Pool {
     }
 
     /// The once-per-batch persist barrier: after it returns `Ok`, everything written to the pool
-    /// before it (and, in `Pmem` mode, flushed with [`Pool::flush`]) is persisted under the mode,
-    /// so replies acknowledging it may leave.
+    /// and flushed with [`Pool::flush`] before it is persisted under the mode, so replies
+    /// acknowledging it may leave. Bytes written but never flushed are not (`Fsync` mode writes
+    /// back only flushed ranges).
     pub fn barrier(&self) -> Result<(), PersistError> {
         // Relaxed: the flag is only a latch; the barrier's own syscalls/fences order the data.
         if self.poisoned.load(Ordering::Relaxed) {
@@ -516,8 +518,7 @@ impl Pool {
     /// [`Pool::barrier`] (a fence, nothing, or an anonymous pool).
     pub fn barrier_file(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         use std::os::fd::AsFd;
-        // Relaxed: a latch, as in `barrier`.
-        if self.persist != PersistMode::Fsync || self.poisoned.load(Ordering::Relaxed) {
+        if !self.syncs_file() {
             return None;
         }
         // The flushed ranges go into the file now (copies into the page cache: quick); the

@@ -44,8 +44,6 @@ pub trait PackTarget {
 pub struct Packer {
     /// The open buffer (the packer's own reference) and the bytes of it handed out.
     open: Option<(Extent, u32)>,
-    /// Values packed so far.
-    packed: u64,
     /// A reusable staging buffer for callers that gather a value before packing it.
     scratch: Vec<u8>,
 }
@@ -80,7 +78,6 @@ impl Packer {
         t.pack_write(&PackToken(()), b, at, bytes);
         let e = t.pack_retain(b, at, len)?;
         *used += len;
-        self.packed += 1;
         Some(e)
     }
 
@@ -89,11 +86,6 @@ impl Packer {
         if let Some((e, _)) = self.open.take() {
             t.pack_release(e);
         }
-    }
-
-    /// Values packed so far.
-    pub fn packed(&self) -> u64 {
-        self.packed
     }
 
     /// A reusable, empty staging buffer for a value the caller must gather before packing it

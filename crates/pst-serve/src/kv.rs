@@ -791,6 +791,14 @@ const COMMANDS: [&str; 105] = [
 /// log is full (DESIGN §4), and keeps serving reads, deletes and `FLUSHALL`.
 const OOM: &str = "OOM command not allowed when used memory > 'maxmemory'.";
 
+/// A store write's failure as the client sees it: a full log is Redis's `-OOM`.
+fn write_err(out: &mut Out<'_>, e: pst_store::StoreError) {
+    match e {
+        pst_store::StoreError::LogFull => reply::error(&mut out.buf, OOM),
+        e => reply::error(&mut out.buf, &format!("ERR {e}")),
+    }
+}
+
 fn arity_error(out: &mut Vec<u8>, name: &str) {
     reply::error(
         out,
@@ -938,12 +946,7 @@ fn restore(
     if deadline.is_some_and(|at| at <= now) {
         return Ok(());
     }
-    let copy = |io: &mut dyn Io, b: &[u8]| -> Result<Vec<pst::Extent>, pst_store::StoreError> {
-        if b.is_empty() {
-            return Ok(Vec::new());
-        }
-        io.copy_in(b).ok_or(pst_store::StoreError::LogFull)
-    };
+    let copy = |io: &mut dyn Io, b: &[u8]| io.copy_in(b).ok_or(pst_store::StoreError::LogFull);
     match value {
         dump::Value::String(v) => {
             let exts = copy(io, &v)?;
@@ -1681,10 +1684,6 @@ impl KvService {
                 TypeCheck::Ok => {}
             }
         }
-        let write_err = |out: &mut Out<'_>, e: pst_store::StoreError| match e {
-            pst_store::StoreError::LogFull => reply::error(&mut out.buf, OOM),
-            e => reply::error(&mut out.buf, &format!("ERR {e}")),
-        };
         let len = |r: &Range<u64>| r.end - r.start;
         if set_cmd {
             let writes = matches!(

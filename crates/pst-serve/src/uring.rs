@@ -602,9 +602,14 @@ fn release_held<C>(
             dirty.push(ix);
             return false;
         }
+        let mut released = false;
         while c.gates.front().is_some_and(|(bound, _)| *bound <= durable) {
             let (_, k) = c.gates.pop_front().expect("front");
             c.pending.extend(c.held.drain(..k));
+            released = true;
+        }
+        if released {
+            // Once per connection: the next commit gathers for as many requests.
             dirty.push(ix);
         }
         match c.gates.front() {

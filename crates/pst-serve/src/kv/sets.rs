@@ -9,7 +9,7 @@ use std::ops::Range;
 
 use pst_resp::reply;
 
-use super::{db_key, parse_int, random_index, Out, OOM, WRONGTYPE};
+use super::{db_key, parse_int, random_index, write_err, Out, WRONGTYPE};
 use crate::expiry::Ttl;
 use crate::hashes::{Hashes, Kind};
 use crate::protocol::Io;
@@ -39,13 +39,6 @@ fn set_head(out: &mut Out<'_>, n: usize) {
         let _ = write!(out.buf, "~{n}\r\n");
     } else {
         reply::array(&mut out.buf, n);
-    }
-}
-
-fn store_err(out: &mut Out<'_>, e: pst_store::StoreError) {
-    match e {
-        pst_store::StoreError::LogFull => reply::error(&mut out.buf, OOM),
-        e => reply::error(&mut out.buf, &format!("ERR {e}")),
     }
 }
 
@@ -90,7 +83,7 @@ pub(super) fn exec(
                 match hs.add_member(store, io, &k, &m) {
                     Ok(new) => added += new as i64,
                     Err(e) => {
-                        store_err(out, e);
+                        write_err(out, e);
                         return Some(true);
                     }
                 }
@@ -102,7 +95,7 @@ pub(super) fn exec(
             let members: Vec<Vec<u8>> = (2..n).map(|i| arg(&*io, i)).collect();
             match remove_fields(store, ttl, hs, &k, &members) {
                 Ok(removed) => reply::int(&mut out.buf, removed),
-                Err(e) => store_err(out, e),
+                Err(e) => write_err(out, e),
             }
         }
         "SCARD" if n == 2 => reply::int(&mut out.buf, hs.len(&key(&*io, 1)) as i64),
@@ -134,7 +127,7 @@ pub(super) fn exec(
             let m = &members[random_index(members.len())];
             if name == "SPOP" {
                 if let Err(e) = remove_fields(store, ttl, hs, &k, std::slice::from_ref(m)) {
-                    store_err(out, e);
+                    write_err(out, e);
                     return Some(true);
                 }
             }
@@ -174,7 +167,7 @@ pub(super) fn exec(
             };
             if name == "SPOP" {
                 if let Err(e) = remove_fields(store, ttl, hs, &k, &picks) {
-                    store_err(out, e);
+                    write_err(out, e);
                     return Some(true);
                 }
                 set_head(out, picks.len());
@@ -201,7 +194,7 @@ pub(super) fn exec(
                     .add_member(store, io, &dst, &m)
                     .and_then(|_| remove_fields(store, ttl, hs, &src, std::slice::from_ref(&m)));
                 if let Err(e) = moved {
-                    store_err(out, e);
+                    write_err(out, e);
                     return Some(true);
                 }
             }
@@ -238,7 +231,7 @@ pub(super) fn exec(
                 });
             match written {
                 Ok(()) => reply::int(&mut out.buf, result.len() as i64),
-                Err(e) => store_err(out, e),
+                Err(e) => write_err(out, e),
             }
         }
         _ => return None,
