@@ -1,4 +1,4 @@
-//! `pst` with no arguments (what `cargo run --release` runs on a fresh clone) serves HTTP on
+//! `pst` with no arguments (what `cargo run --release --bin pst` runs on a fresh clone) serves HTTP on
 //! 127.0.0.1:60000 with the pool ./pst-data/pool, created in the working directory.
 
 mod common;
