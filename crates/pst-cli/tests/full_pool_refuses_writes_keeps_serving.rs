@@ -256,3 +256,91 @@ fn kv_full_log_still_deletes() {
         let _ = std::fs::remove_dir_all(dir);
     }
 }
+
+/// A log full of small values, after `kill -9` and a restart on it: deleting half the keys one
+/// request at a time, in the order they were written (the oldest log segments empty first
+/// while the tombstones fill the head), is never refused, and writes are accepted again
+/// afterwards. Before the cleaner's cost-benefit rule, `DEL` was refused from the second
+/// delete on (it rotated the oldest segment at the first dead record and used up the free
+/// segment deletes need) and the store could never be emptied.
+#[test]
+fn kv_full_log_empties_by_half_after_kill_9() {
+    for engine in ["uring", "epoll"] {
+        let dir = common::tmpdir(&format!("full-log-half-{engine}"));
+        let pool = dir.join("pool");
+        let p = pool.to_str().unwrap();
+        let args = [
+            "kv",
+            "--engine",
+            engine,
+            "--pool",
+            p,
+            "--pool-size",
+            "16MiB",
+            "--persist",
+            "fsync",
+        ];
+        let addr = common::free_addr();
+        let mut s = common::ServerProc::start(&args, addr);
+        let mut c = con(addr);
+        let value = vec![b'x'; 100];
+        let mut stored = 0usize;
+        'fill: for batch in 0..1000 {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for i in 0..100 {
+                pipe.cmd("SET")
+                    .arg(format!("k{}", batch * 100 + i))
+                    .arg(&value);
+            }
+            let replies: Vec<redis::Value> = pipe.query(&mut c).unwrap();
+            for r in replies {
+                match r {
+                    redis::Value::Okay => stored += 1,
+                    redis::Value::ServerError(e) => {
+                        assert!(format!("{e:?}").contains("OOM"), "{engine}: {e:?}");
+                        break 'fill;
+                    }
+                    other => panic!("{engine}: {other:?}"),
+                }
+            }
+        }
+        assert!(
+            stored > 5000,
+            "{engine}: only {stored} keys before the refusal"
+        );
+        drop(c);
+        s.child.kill().unwrap();
+        s.child.wait().unwrap();
+        drop(s);
+        let _s = common::ServerProc::start(&args, addr);
+        let mut c = con(addr);
+        let n: usize = redis::cmd("DBSIZE").query(&mut c).unwrap();
+        assert_eq!(n, stored, "{engine}: keys after the restart");
+        for k in 0..stored / 2 {
+            let r: redis::RedisResult<i64> = redis::cmd("DEL").arg(format!("k{k}")).query(&mut c);
+            assert_eq!(
+                r.ok(),
+                Some(1),
+                "{engine}: DEL k{k} of {stored} on a full log"
+            );
+        }
+        for k in 0..100 {
+            let r: redis::RedisResult<String> = redis::cmd("SET")
+                .arg(format!("new{k}"))
+                .arg(&value)
+                .query(&mut c);
+            assert_eq!(
+                r.ok().as_deref(),
+                Some("OK"),
+                "{engine}: SET after deleting half"
+            );
+        }
+        let v: Vec<u8> = redis::cmd("GET")
+            .arg(format!("k{}", stored - 1))
+            .query(&mut c)
+            .unwrap();
+        assert_eq!(v, value, "{engine}: a kept key");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -216,6 +216,11 @@ pub struct StoreStats {
     pub free_segments: u64,
     /// Segments compacted so far.
     pub compactions: u64,
+    /// Log bytes held by dead records (superseded or deleted values, tombstones) until the
+    /// cleaner rotates past them.
+    pub dead_log_bytes: u64,
+    /// Usable log bytes (segments less their headers).
+    pub log_capacity: u64,
     /// Barriers issued.
     pub commits: u64,
 }
@@ -229,6 +234,13 @@ struct RecMeta {
     extents: Box<[RawExtent]>,
     payload_len: u32,
     payload_crc: u32,
+}
+
+impl RecMeta {
+    /// Bytes the record takes in its segment.
+    fn log_len(&self) -> u64 {
+        format::record_len(self.key.as_ref().map_or(0, |k| k.len()), self.extents.len()) as u64
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -345,6 +357,10 @@ pub struct Store<M: Media> {
     poisoned: Option<PersistError>,
     scratch: Vec<u8>,
     live_bytes: u64,
+    /// Log bytes of the KV records in `records` that are dead (superseded or deleted puts,
+    /// tombstones): what rotating the whole log would give back. Kept by `index_apply` and
+    /// the two places records leave `records`.
+    dead_log_bytes: u64,
     compactions: u64,
     commits: u64,
     /// An open atomic group, with the log offset and length of its last record so far.
@@ -423,17 +439,24 @@ impl<M: Media> Store<M> {
             Kind::Put => {
                 let key = m.key.clone().expect("put has a key");
                 if let Some(old) = self.index.insert(key, m.seq) {
-                    let old_len = self.rec(old).map(|r| r.payload_len).unwrap_or(0);
-                    self.live_bytes -= old_len as u64;
+                    let (len, rec) = self
+                        .rec(old)
+                        .map_or((0, 0), |r| (r.payload_len, r.log_len()));
+                    self.live_bytes -= len as u64;
+                    self.dead_log_bytes += rec;
                 }
                 self.live_bytes += m.payload_len as u64;
             }
             Kind::Delete => {
                 let key = m.key.as_ref().expect("delete has a key");
                 if let Some(old) = self.index.remove(key) {
-                    let old_len = self.rec(old).map(|r| r.payload_len).unwrap_or(0);
-                    self.live_bytes -= old_len as u64;
+                    let (len, rec) = self
+                        .rec(old)
+                        .map_or((0, 0), |r| (r.payload_len, r.log_len()));
+                    self.live_bytes -= len as u64;
+                    self.dead_log_bytes += rec;
                 }
+                self.dead_log_bytes += m.log_len(); // a tombstone is dead from the start
             }
         }
     }
@@ -448,6 +471,8 @@ impl<M: Media> Store<M> {
             segments: self.segs.len() as u64,
             free_segments: self.free_segments() as u64,
             compactions: self.compactions,
+            dead_log_bytes: self.dead_log_bytes,
+            log_capacity: self.segs.len() as u64 * (self.seg_size - SEG_HEADER as u64),
             commits: self.commits,
         }
     }

@@ -44,6 +44,7 @@ impl<M: Media> Store<M> {
             poisoned: None,
             scratch: Vec::new(),
             live_bytes: 0,
+            dead_log_bytes: 0,
             compactions: 0,
             commits: 0,
             group: None,

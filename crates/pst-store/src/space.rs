@@ -24,6 +24,8 @@ impl<M: Media> Store<M> {
                 let r = self.records.pop_front().expect("front");
                 if r.kind == Kind::Append {
                     self.live_bytes -= r.payload_len as u64;
+                } else {
+                    self.dead_log_bytes -= r.log_len(); // all dead, checked above
                 }
                 recs.push(r);
             }
@@ -59,35 +61,85 @@ impl<M: Media> Store<M> {
         }
     }
 
-    /// Space reclamation, bounded work per call: when free segments run low (or `pressure` says
-    /// the pool is short of buffers), compact the oldest segment — re-append its live records
-    /// (same payload extents, no copy) and retire it. Call once per batch, before `commit`.
+    /// Space reclamation, bounded work per call: rotate the oldest segment — re-append its
+    /// live records at the head (same payload extents, no copy) and retire it (freed after the
+    /// next two barriers). Call once per batch, before `commit`. Returns whether it rotated.
+    ///
+    /// The cleaner is Sprite LFS's, restricted to age order (recovery needs segments to retire
+    /// oldest first, so the oldest is the only candidate) with a cost-benefit rule for *when*:
+    /// - an oldest segment with nothing live is retired as soon as segments run low (or the
+    ///   pool is short of buffers): free of charge;
+    /// - one at least half dead is rotated when segments run low: it gives back more than it
+    ///   costs. Below that, waiting is cheaper — deletes that walk the keys in write order
+    ///   empty the oldest segments completely, and rotating one early would only move its
+    ///   remaining keys to the head, where their tombstones then land beside them;
+    /// - when the pool is short of buffers, any dead record is worth it (its buffers return);
+    /// - when the log is *blocked* — fewer free segments than deletes need, the head nearly
+    ///   full, and no retired segment on its way back — the oldest is rotated whatever it holds, as long as some record
+    ///   anywhere in the log is dead: the log has to move for the dead records further on,
+    ///   tombstones included, to reach the tail and be dropped.
+    ///
+    /// Rotation never fails part-way: it runs only when the live records fit (in the head's
+    /// remainder, or in one free segment, which holds every live record of a segment since
+    /// they fitted in the segment they come from). Free segments are kept back in tiers
+    /// (`open_segment`): puts need three, deletes two, rotation one.
     pub fn maintain(&mut self, pressure: bool) -> Result<bool, StoreError> {
         self.check_writable()?;
-        let low = self.free_segments() * 4 < self.segs.len();
-        if !(low || pressure) || self.order.len() < 2 {
+        if self.order.len() < 2 {
+            return Ok(false);
+        }
+        let free = self.free_segments();
+        let low = free * 4 < self.segs.len();
+        if !(low || pressure || free < 2) {
             return Ok(false);
         }
         let s = self.order[0];
-        let recs: Vec<usize> = (0..self.records.len())
-            .take_while(|&i| self.records[i].seg == s)
-            .collect();
-        let live = recs
-            .iter()
-            .filter(|&&i| self.is_live(&self.records[i]))
-            .count();
-        if live == recs.len() && !recs.is_empty() {
-            return Ok(false); // nothing to reclaim here
+        let (mut live, mut dead) = (0u64, 0u64);
+        for r in self.records.iter().take_while(|r| r.seg == s) {
+            if self.is_live(r) {
+                live += r.log_len();
+            } else {
+                dead += r.log_len();
+            }
         }
-        self.compact_oldest()?;
-        Ok(true)
+        let cap = self.seg_size - SEG_HEADER as u64;
+        let head_room = self.seg_size - self.head_pos;
+        if free == 0 && live > head_room {
+            return Ok(false); // would not fit: wait for a retired segment to come back
+        }
+        // Blocked: deletes are about to be refused, and no retired segment is on its way back
+        // (one is, two barriers after its rotation: waiting for it beats rotating a mostly
+        // live segment into the last free one).
+        let returning = !self.retire.is_empty() || self.invalidating.is_some();
+        let blocked = free < 2 && head_room < cap / 4 && !returning;
+        // Advancing: segments run low and two segments' worth of dead records (tombstones,
+        // mostly: one costs nearly what the put it deletes did) sit further on. Rotate, one
+        // rotation in flight at a time, so that they reach the tail before deletes are
+        // blocked; the head keeps a quarter segment for the deletes of the two batches until
+        // the rotated segment is back.
+        let advance = low && !returning && self.dead_log_bytes >= 2 * cap && head_room >= cap / 4;
+        let rotate = if live == 0 {
+            low || pressure || blocked
+        } else if dead == 0 {
+            (blocked || advance) && self.dead_log_bytes > 0
+        } else {
+            pressure || blocked || advance || (low && dead * 4 >= cap * 3)
+        };
+        if rotate {
+            self.compact_oldest()?;
+        }
+        Ok(rotate)
     }
 
     pub(super) fn compact_oldest(&mut self) -> Result<(), StoreError> {
         let s = self.order.pop_front().expect("at least two segments");
         let mut old = Vec::new();
         while self.records.front().is_some_and(|r| r.seg == s) {
-            old.push(self.records.pop_front().expect("front"));
+            let r = self.records.pop_front().expect("front");
+            if r.kind != Kind::Append && !self.is_live(&r) {
+                self.dead_log_bytes -= r.log_len();
+            }
+            old.push(r);
         }
         for r in &old {
             if !self.is_live(r) {
@@ -117,5 +169,58 @@ impl<M: Media> Store<M> {
             self.delete(k)?;
         }
         Ok(keys.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::Landing;
+    use pst_pool::{Geometry, PersistMode, SimPm};
+    use rand::{Rng, SeedableRng};
+
+    /// The dead-bytes counter the cleaner decides by matches a scan of the log, through
+    /// overwrites, deletes, rotations, retirements and a reopen (recovery rebuilds it).
+    #[test]
+    fn dead_log_bytes_match_a_scan() {
+        fn scan(st: &Store<SimPm>) -> u64 {
+            st.records
+                .iter()
+                .filter(|r| r.kind != Kind::Append && !st.is_live(r))
+                .map(RecMeta::log_len)
+                .sum()
+        }
+        let h = Header::layout(Geometry {
+            buf_size: 512,
+            buf_count: 2048,
+            log_len: 64 << 10,
+        })
+        .unwrap();
+        let media = SimPm::new(h, PersistMode::Fsync);
+        let log = h.log_off..h.log_off + h.geometry.log_len;
+        let (mut st, _) = Store::open(media.clone(), log.clone()).unwrap();
+        let mut land = Landing::new(media.clone());
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for i in 0..20_000u32 {
+            let key = format!("k{}", rng.gen_range(0..300u32));
+            let r = if rng.gen_bool(0.3) {
+                st.delete(key.as_bytes()).map(|_| ())
+            } else {
+                let ext = land.land(&[b'v'; 40], true).unwrap();
+                st.put(key.as_bytes(), ext).map(|_| ())
+            };
+            assert!(matches!(r, Ok(()) | Err(StoreError::LogFull)), "{r:?}");
+            if i % 7 == 0 {
+                st.maintain(land.free_count() < 64).unwrap();
+                st.commit().unwrap();
+                land.release(st.take_released());
+            }
+            assert_eq!(st.dead_log_bytes, scan(&st), "after op {i}");
+        }
+        assert!(st.compactions > 10, "{}", st.compactions);
+        st.commit().unwrap();
+        drop(st);
+        let (st, _) = Store::open(media, log).unwrap();
+        assert_eq!(st.dead_log_bytes, scan(&st), "after the reopen");
     }
 }
