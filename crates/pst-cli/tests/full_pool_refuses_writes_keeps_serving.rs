@@ -260,7 +260,8 @@ fn kv_full_log_still_deletes() {
 /// A log full of small values, after `kill -9` and a restart on it: deleting half the keys one
 /// request at a time, in the order they were written (the oldest log segments empty first
 /// while the tombstones fill the head), is never refused, and writes are accepted again
-/// afterwards. Before the cleaner's cost-benefit rule, `DEL` was refused from the second
+/// afterwards; filled again, `FLUSHALL` empties it (one clear record) and stays done after
+/// `kill -9`. Before the cleaner's cost-benefit rule, `DEL` was refused from the second
 /// delete on (it rotated the oldest segment at the first dead record and used up the free
 /// segment deletes need) and the store could never be emptied.
 #[test]
@@ -313,7 +314,7 @@ fn kv_full_log_empties_by_half_after_kill_9() {
         s.child.kill().unwrap();
         s.child.wait().unwrap();
         drop(s);
-        let _s = common::ServerProc::start(&args, addr);
+        let s2 = common::ServerProc::start(&args, addr);
         let mut c = con(addr);
         let n: usize = redis::cmd("DBSIZE").query(&mut c).unwrap();
         assert_eq!(n, stored, "{engine}: keys after the restart");
@@ -341,6 +342,41 @@ fn kv_full_log_empties_by_half_after_kill_9() {
             .query(&mut c)
             .unwrap();
         assert_eq!(v, value, "{engine}: a kept key");
+        // Full again, then FLUSHALL: one record, whatever the number of keys, and it survives
+        // kill -9.
+        'refill: for batch in 0..1000 {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for i in 0..100 {
+                pipe.cmd("SET")
+                    .arg(format!("r{}", batch * 100 + i))
+                    .arg(&value);
+            }
+            let replies: Vec<redis::Value> = pipe.query(&mut c).unwrap();
+            if replies
+                .iter()
+                .any(|r| matches!(r, redis::Value::ServerError(_)))
+            {
+                break 'refill;
+            }
+        }
+        let ok: String = redis::cmd("FLUSHALL").query(&mut c).unwrap();
+        assert_eq!(ok, "OK", "{engine}: FLUSHALL on a full log");
+        drop(c);
+        let mut s2 = s2;
+        s2.child.kill().unwrap();
+        s2.child.wait().unwrap();
+        drop(s2);
+        let _s = common::ServerProc::start(&args, addr);
+        let mut c = con(addr);
+        let n: usize = redis::cmd("DBSIZE").query(&mut c).unwrap();
+        assert_eq!(n, 0, "{engine}: keys after FLUSHALL and kill -9");
+        let ok: String = redis::cmd("SET")
+            .arg("after")
+            .arg(&value)
+            .query(&mut c)
+            .unwrap();
+        assert_eq!(ok, "OK", "{engine}: SET after FLUSHALL");
         let _ = std::fs::remove_dir_all(dir);
     }
 }

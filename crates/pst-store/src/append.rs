@@ -26,7 +26,7 @@ impl<M: Media> Store<M> {
     ) -> Result<(), StoreError> {
         let need = match (for_compaction, kind) {
             (true, _) => 1,
-            (false, Kind::Delete) => 2,
+            (false, Kind::Delete | Kind::Clear) => 2,
             (false, _) => 3,
         };
         if self.free_segments() < need {
@@ -101,7 +101,7 @@ impl<M: Media> Store<M> {
         self.head_pos += len;
         self.next_seq += 1;
         self.pending += 1;
-        if kind == Kind::Delete {
+        if matches!(kind, Kind::Delete | Kind::Clear) {
             self.last_removal = seq;
         }
         self.depend_on(seq + 1);

@@ -29,7 +29,7 @@
 //! | 4  | 4 | record length in the log, a multiple of 8 |
 //! | 8  | 8 | sequence number (consecutive across the log) |
 //! | 16 | 4 | low 32 bits of the segment's epoch |
-//! | 20 | 1 | kind: 1 append (WAL), 2 put (KV), 3 delete (KV) |
+//! | 20 | 1 | kind: 1 append (WAL), 2 put (KV), 3 delete (KV), 4 clear (KV: every key) |
 //! | 21 | 1 | flags: bit 0 = [`FLAG_GROUP`], the other bits 0 |
 //! | 22 | 2 | key length |
 //! | 24 | 4 | payload length (sum of the extents' lengths) |
@@ -199,6 +199,12 @@ pub enum Kind {
     Put = 2,
     /// KV delete of key (no payload).
     Delete = 3,
+    /// KV clear: every key written before it is deleted (`FLUSHALL`); no key, no payload.
+    /// One record whatever the number of keys, so a log full of live data can always be
+    /// emptied, and atomically. Added after the first v1 logs: a reader that predates it
+    /// stops at such a record as at damage (and refuses it if acknowledged records follow),
+    /// never misreading it.
+    Clear = 4,
 }
 
 impl Kind {
@@ -207,6 +213,7 @@ impl Kind {
             1 => Some(Kind::Append),
             2 => Some(Kind::Put),
             3 => Some(Kind::Delete),
+            4 => Some(Kind::Clear),
             _ => None,
         }
     }
@@ -388,6 +395,7 @@ impl Record {
             Kind::Append => key_len == 0,
             Kind::Put => true,
             Kind::Delete => n == 0,
+            Kind::Clear => key_len == 0 && n == 0,
         };
         if total != payload_len as u64 || !shape_ok {
             return Err(RecordError::Invalid);

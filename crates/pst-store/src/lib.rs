@@ -458,6 +458,15 @@ impl<M: Media> Store<M> {
                 }
                 self.dead_log_bytes += m.log_len(); // a tombstone is dead from the start
             }
+            Kind::Clear => {
+                for (_, old) in std::mem::take(&mut self.index) {
+                    if let Some((len, rec)) = self.rec(old).map(|r| (r.payload_len, r.log_len())) {
+                        self.live_bytes -= len as u64;
+                        self.dead_log_bytes += rec;
+                    }
+                }
+                self.dead_log_bytes += m.log_len();
+            }
         }
     }
 

@@ -288,7 +288,7 @@ impl<M: Media> Store<M> {
 
     pub(super) fn replay(&mut self, rec: Record, seg: u32) {
         let key: Option<Arc<[u8]>> =
-            (rec.kind != Kind::Append).then(|| Arc::from(rec.key.as_slice()));
+            matches!(rec.kind, Kind::Put | Kind::Delete).then(|| Arc::from(rec.key.as_slice()));
         let meta = RecMeta {
             seq: rec.seq,
             seg,

@@ -133,7 +133,21 @@ fn run(seed: u64, mode: PersistMode, crashes: usize) -> u64 {
                         Err(e) => panic!("{e}"),
                     }
                 }
-                55..=69 => {
+                55 => {
+                    // FLUSHALL: one clear record; every key is gone (or none is, before the
+                    // commit).
+                    let keys: Vec<Vec<u8>> = st.keys().map(<[u8]>::to_vec).collect();
+                    match st.clear() {
+                        Ok(n) => {
+                            assert_eq!(n, keys.len());
+                            batch.extend(keys.into_iter().map(|k| (k, None)));
+                            assert_eq!(st.stats().live_keys, 0);
+                        }
+                        Err(StoreError::LogFull) => {}
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                56..=69 => {
                     if let Ok(Some(_)) = st.delete(&key) {
                         batch.push((key, None));
                     }
