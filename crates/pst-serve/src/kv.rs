@@ -63,6 +63,46 @@ pub struct KvConn {
     resp3: bool,
     /// Decoded arguments of inline commands (kept while a `MULTI` queues them).
     inline: OwnedArgs,
+    /// A delete held back until the log has room for its records, with the commands that
+    /// arrived behind it (see [`Deferred`]).
+    deferred: Option<Deferred>,
+}
+
+/// A command that frees space (`DEL`, `UNLINK`, `GETDEL`, `FLUSHALL`) but needs log space for
+/// its records, met when the log has none to spare: rather than refusing it with `-OOM`, the
+/// connection holds it (and what follows, so replies stay in order) until the cleaner gives
+/// space back — a few commits — and runs it then. Reads and writes of other connections go
+/// on meanwhile. After [`DEFER_LIMIT`] it runs anyway and gets the refusal.
+#[derive(Debug)]
+struct Deferred {
+    events: std::collections::VecDeque<Event>,
+    since: std::time::Instant,
+}
+
+/// Longest a delete waits for log space before it is refused.
+const DEFER_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Removal records a command will log, and the bytes of their keys: `None` for a command that
+/// does not remove (or whose need is unknown).
+fn removal_need(io: &dyn Io, args: &[Range<u64>]) -> Option<(usize, usize)> {
+    let mut name = [0u8; 8];
+    let len = (args[0].end - args[0].start) as usize;
+    if len > name.len() {
+        return None;
+    }
+    io.with_bytes(args[0].clone(), &mut |b| name[..b.len()].copy_from_slice(b));
+    let keys = || {
+        args[1..]
+            .iter()
+            .map(|r| (r.end - r.start) as usize + 2)
+            .sum()
+    };
+    match &name[..len].to_ascii_uppercase()[..] {
+        b"DEL" | b"UNLINK" if args.len() >= 2 => Some((args.len() - 1, keys())),
+        b"GETDEL" if args.len() == 2 => Some((1, keys())),
+        b"FLUSHALL" => Some((1, 0)),
+        _ => None,
+    }
 }
 
 /// A `WATCH`ed key: its version and whether it existed when watched.
@@ -3285,6 +3325,7 @@ impl Protocol for KvService {
             watched: Vec::new(),
             resp3: false,
             inline: OwnedArgs::default(),
+            deferred: None,
         }
     }
 
@@ -3294,7 +3335,50 @@ impl Protocol for KvService {
                 .and_then(|t| t.queued.first())
                 .and_then(|args| args.first())
                 .map_or(u64::MAX, |r| r.start);
-        c.framer.needed_from().min(queued)
+        let deferred = c
+            .deferred
+            .as_ref()
+            .and_then(|d| {
+                d.events.iter().find_map(|e| match e {
+                    Event::Command(args) => args.first().map(|r| r.start),
+                    _ => None,
+                })
+            })
+            .unwrap_or(u64::MAX);
+        c.framer.needed_from().min(queued).min(deferred)
+    }
+
+    fn parked(&self, c: &KvConn) -> bool {
+        c.deferred.is_some()
+    }
+
+    fn resume(
+        &self,
+        c: &mut KvConn,
+        io: &mut dyn Io,
+        store: Option<&mut PoolStore>,
+        pieces: &mut Vec<Piece>,
+    ) -> bool {
+        let Some(d) = c.deferred.take() else {
+            return true;
+        };
+        let Some(store) = store else { return false };
+        self.run(c, d.events, Some(d.since), io, store, pieces)
+    }
+
+    fn peer_closed(
+        &self,
+        c: &mut KvConn,
+        io: &mut dyn Io,
+        store: Option<&mut PoolStore>,
+        pieces: &mut Vec<Piece>,
+    ) -> bool {
+        // The client sent all it will: answer what it waits for now (a held delete runs and
+        // is refused if there is still no room).
+        if let Some(d) = c.deferred.as_mut() {
+            d.since = std::time::Instant::now() - DEFER_LIMIT;
+        }
+        self.resume(c, io, store, pieces)
     }
 
     fn on_chunk(
@@ -3308,6 +3392,34 @@ impl Protocol for KvService {
         let mut events = Vec::new();
         io.with_bytes(chunk, &mut |b| c.framer.feed(b, &mut events));
         let Some(store) = store else { return false };
+        if let Some(d) = c.deferred.as_mut() {
+            d.events.extend(events); // behind the held command, in order
+            return true;
+        }
+        self.run(c, events.into(), None, io, store, pieces)
+    }
+
+    fn busy_reply(&self) -> &'static [u8] {
+        b"-ERR max number of clients reached\r\n"
+    }
+
+    fn metrics(&self) -> &std::sync::Arc<crate::metrics::Metrics> {
+        &self.metrics
+    }
+}
+
+impl KvService {
+    /// Run a connection's framed commands in order; a removal the log has no room for yet
+    /// holds the rest back ([`Deferred`]; `held_since`: when the first of them was held).
+    fn run(
+        &self,
+        c: &mut KvConn,
+        mut events: std::collections::VecDeque<Event>,
+        mut held_since: Option<std::time::Instant>,
+        io: &mut dyn Io,
+        store: &mut PoolStore,
+        pieces: &mut Vec<Piece>,
+    ) -> bool {
         let mut ttl = self.ttl.lock().unwrap_or_else(|e| e.into_inner());
         let mut hs = self.hashes.lock().unwrap_or_else(|e| e.into_inner());
         let mut w = self.watches.lock().unwrap_or_else(|e| e.into_inner());
@@ -3324,7 +3436,18 @@ impl Protocol for KvService {
             resp3: c.resp3,
         };
         let mut keep = true;
-        for ev in events {
+        while let Some(ev) = events.pop_front() {
+            if let Event::Command(args) = &ev {
+                let full = c.tx.is_none()
+                    && removal_need(&*io, args).is_some_and(|(n, b)| !store.removal_room(n, b));
+                let since = held_since.unwrap_or_else(std::time::Instant::now);
+                if full && since.elapsed() < DEFER_LIMIT {
+                    events.push_front(ev);
+                    c.deferred = Some(Deferred { events, since });
+                    break;
+                }
+            }
+            held_since = None; // the held command runs now; a later one waits afresh
             let args = match ev {
                 Event::Command(args) => args,
                 Event::Inline(owned) => c.inline.stage(owned),
@@ -3366,14 +3489,6 @@ impl Protocol for KvService {
         }
         out.flush();
         keep
-    }
-
-    fn busy_reply(&self) -> &'static [u8] {
-        b"-ERR max number of clients reached\r\n"
-    }
-
-    fn metrics(&self) -> &std::sync::Arc<crate::metrics::Metrics> {
-        &self.metrics
     }
 }
 

@@ -48,6 +48,24 @@ impl<M: Media> Store<M> {
         true
     }
 
+    /// Whether `records` removals (tombstones or a clear record) with `key_bytes` of keys in
+    /// all fit in the log now: in the head segment's remainder and the free segments deletes
+    /// may open (all but the one kept for rotation). Conservative (each record counted at its
+    /// largest padding, each segment less one record's slack). A server holds a delete back
+    /// while this is false, rather than refusing it: space comes back within a few commits.
+    pub fn removal_room(&self, records: usize, key_bytes: usize) -> bool {
+        let need = (records * (REC_HEADER + 8) + key_bytes) as u64;
+        let cap = self.seg_size - SEG_HEADER as u64;
+        let head = if self.order.is_empty() {
+            0
+        } else {
+            self.seg_size - self.head_pos
+        };
+        let slack = (REC_HEADER + 8 + key_bytes.min(format::MAX_KEY)) as u64;
+        let fresh = self.free_segments().saturating_sub(1) as u64 * cap.saturating_sub(slack);
+        need <= head + fresh
+    }
+
     /// Free log segments and total segments.
     pub fn segment_space(&self) -> (usize, usize) {
         (self.free_segments(), self.segs.len())
