@@ -460,7 +460,9 @@ impl Pool {
         let ranges = w.take(self.header.total_len);
         // SAFETY: the ranges were recorded by `flush` from pointers inside our mapping and
         // capped at its length; `&self` keeps the mapping alive.
-        match unsafe { crate::writeback::WriteBack::write(f, self.map.ptr_at(0), &ranges) } {
+        let written = unsafe { crate::writeback::WriteBack::write(f, self.map.ptr_at(0), &ranges) };
+        w.give_back(ranges);
+        match written {
             Ok(_) => Ok(()),
             Err(e) => {
                 self.poisoned.store(true, Ordering::Relaxed);

@@ -46,6 +46,9 @@ const SECTOR: u64 = 512;
 pub(crate) struct WriteBack {
     /// File ranges `(start, end)` flushed since the last barrier.
     dirty: Mutex<Vec<(u64, u64)>>,
+    /// The list of the barrier before, handed back empty ([`WriteBack::give_back`]): the two
+    /// alternate, so steady traffic allocates none.
+    spare: Mutex<Vec<(u64, u64)>>,
 }
 
 impl WriteBack {
@@ -59,21 +62,36 @@ impl WriteBack {
     }
 
     /// Take the recorded ranges, rounded out to sectors within `[0, total)`, sorted and merged.
+    /// Hand the list back with [`WriteBack::give_back`] once written.
     pub(crate) fn take(&self, total: u64) -> Vec<(u64, u64)> {
-        let mut d = std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut d = std::mem::take(&mut *self.spare.lock().unwrap_or_else(|e| e.into_inner()));
+        std::mem::swap(
+            &mut d,
+            &mut *self.dirty.lock().unwrap_or_else(|e| e.into_inner()),
+        );
         for r in d.iter_mut() {
             r.0 -= r.0 % SECTOR;
             r.1 = r.1.div_ceil(SECTOR).saturating_mul(SECTOR).min(total);
         }
         d.sort_unstable();
-        let mut out: Vec<(u64, u64)> = Vec::with_capacity(d.len());
-        for (s, e) in d {
-            match out.last_mut() {
-                Some(last) if s <= last.1 => last.1 = last.1.max(e),
-                _ => out.push((s, e)),
+        let mut n = 0;
+        for i in 0..d.len() {
+            let (s, e) = d[i];
+            if n > 0 && s <= d[n - 1].1 {
+                d[n - 1].1 = d[n - 1].1.max(e);
+            } else {
+                d[n] = (s, e);
+                n += 1;
             }
         }
-        out
+        d.truncate(n);
+        d
+    }
+
+    /// Return a list [`WriteBack::take`] gave out, for the next barrier to reuse.
+    pub(crate) fn give_back(&self, mut ranges: Vec<(u64, u64)>) {
+        ranges.clear();
+        *self.spare.lock().unwrap_or_else(|e| e.into_inner()) = ranges;
     }
 
     /// Copy `ranges` of the private memory at `base` into `file` at the same offsets.

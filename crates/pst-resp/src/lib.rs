@@ -182,6 +182,15 @@ impl CommandFramer {
     }
 
     /// Every byte before this stream position is no longer needed.
+    /// Give back the argument list of a handled [`Event::Command`]: the next command's
+    /// arguments go in it, so a connection's steady stream of commands allocates none.
+    pub fn recycle(&mut self, mut args: Vec<Range<u64>>) {
+        if self.args.capacity() == 0 {
+            args.clear();
+            self.args = args;
+        }
+    }
+
     pub fn needed_from(&self) -> u64 {
         match self.state {
             State::Idle | State::Dead => self.pos,

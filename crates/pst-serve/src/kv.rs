@@ -63,20 +63,19 @@ pub struct KvConn {
     resp3: bool,
     /// Decoded arguments of inline commands (kept while a `MULTI` queues them).
     inline: OwnedArgs,
-    /// A delete held back until the log has room for its records, with the commands that
-    /// arrived behind it (see [`Deferred`]).
-    deferred: Option<Deferred>,
-}
-
-/// A command that frees space (`DEL`, `UNLINK`, `GETDEL`, `FLUSHALL`) but needs log space for
-/// its records, met when the log has none to spare: rather than refusing it with `-OOM`, the
-/// connection holds it (and what follows, so replies stay in order) until the cleaner gives
-/// space back — a few commits — and runs it then. Reads and writes of other connections go
-/// on meanwhile. After [`DEFER_LIMIT`] it runs anyway and gets the refusal.
-#[derive(Debug)]
-struct Deferred {
-    events: std::collections::VecDeque<Event>,
-    since: std::time::Instant,
+    /// Framed commands not yet run: normally empty between chunks; while a command is held
+    /// (`deferred`), it and those behind it. Kept, like `fed`, so that steady traffic
+    /// allocates no queue.
+    queue: std::collections::VecDeque<Event>,
+    /// The framer's output for one chunk.
+    fed: Vec<Event>,
+    /// A command that frees space (`DEL`, `UNLINK`, `GETDEL`, `FLUSHALL`) but needs log space
+    /// for its records, met when the log has none to spare: rather than refusing it with
+    /// `-OOM`, the connection holds it at the front of `queue` (what follows waits behind it,
+    /// so replies stay in order) until the cleaner gives space back — a few commits — and
+    /// runs it then, or at this deadline ([`DEFER_LIMIT`] after it was held), when it gets the
+    /// refusal. Other connections go on meanwhile.
+    deferred: Option<std::time::Instant>,
 }
 
 /// Longest a delete waits for log space before it is refused.
@@ -85,22 +84,16 @@ const DEFER_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Removal records a command will log, and the bytes of their keys: `None` for a command that
 /// does not remove (or whose need is unknown).
 fn removal_need(io: &dyn Io, args: &[Range<u64>]) -> Option<(usize, usize)> {
-    let mut name = [0u8; 8];
-    let len = (args[0].end - args[0].start) as usize;
-    if len > name.len() {
-        return None;
-    }
-    io.with_bytes(args[0].clone(), &mut |b| name[..b.len()].copy_from_slice(b));
     let keys = || {
         args[1..]
             .iter()
             .map(|r| (r.end - r.start) as usize + 2)
             .sum()
     };
-    match &name[..len].to_ascii_uppercase()[..] {
-        b"DEL" | b"UNLINK" if args.len() >= 2 => Some((args.len() - 1, keys())),
-        b"GETDEL" if args.len() == 2 => Some((1, keys())),
-        b"FLUSHALL" => Some((1, 0)),
+    match COMMANDS[command_index(io, &args[0])?] {
+        "DEL" | "UNLINK" if args.len() >= 2 => Some((args.len() - 1, keys())),
+        "GETDEL" if args.len() == 2 => Some((1, keys())),
+        "FLUSHALL" => Some((1, 0)),
         _ => None,
     }
 }
@@ -1176,6 +1169,35 @@ fn command_index(io: &dyn Io, r: &Range<u64>) -> Option<usize> {
         .ok()
 }
 
+/// A command's name, upper-cased: a known command's static name (no allocation on the hot
+/// path), else the bytes as sent.
+enum CmdName {
+    Known(&'static str),
+    Other(String),
+}
+
+impl std::ops::Deref for CmdName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        match self {
+            CmdName::Known(s) => s,
+            CmdName::Other(s) => s,
+        }
+    }
+}
+
+fn command_name(io: &dyn Io, r: &Range<u64>) -> CmdName {
+    match command_index(io, r) {
+        Some(i) => CmdName::Known(COMMANDS[i]),
+        None => {
+            let mut name = Vec::new();
+            io.gather(r.clone(), &mut name);
+            name.make_ascii_uppercase();
+            CmdName::Other(String::from_utf8_lossy(&name).into_owned())
+        }
+    }
+}
+
 /// Redis's answer to a command on a key of the other type.
 const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
 
@@ -1283,10 +1305,8 @@ impl KvService {
         w: &mut Watches,
         out: &mut Out<'_>,
     ) -> Option<bool> {
-        let mut name = Vec::new();
-        io.gather(args[0].clone(), &mut name);
-        name.make_ascii_uppercase();
-        let name = String::from_utf8_lossy(&name).into_owned();
+        let name_buf = command_name(&*io, &args[0]);
+        let name: &str = &name_buf;
         let n = args.len();
         if name == "RESET" && n == 1 {
             // Back to a fresh connection's state (no auth needed, as in Redis).
@@ -1307,9 +1327,9 @@ impl KvService {
             None => true,
         };
         let in_tx = c.tx.is_some();
-        match name.as_str() {
-            "MULTI" | "EXEC" | "DISCARD" | "WATCH" | "UNWATCH" if !arity_ok(&name) => {
-                arity_error(&mut out.buf, &name);
+        match name {
+            "MULTI" | "EXEC" | "DISCARD" | "WATCH" | "UNWATCH" if !arity_ok(name) => {
+                arity_error(&mut out.buf, name);
                 if let Some(tx) = c.tx.as_mut() {
                     tx.failed = true;
                 }
@@ -1380,7 +1400,7 @@ impl KvService {
                 store.end_group();
                 return Some(go);
             }
-            _ if in_tx && NO_MULTI.contains(&name.as_str()) => {
+            _ if in_tx && NO_MULTI.contains(&name) => {
                 if let Some(tx) = c.tx.as_mut() {
                     tx.failed = true;
                 }
@@ -1388,13 +1408,13 @@ impl KvService {
             }
             _ if in_tx && name != "QUIT" => {
                 let tx = c.tx.as_mut().expect("in a transaction");
-                if arity(&name).is_none() && !COMMANDS.contains(&name.as_str()) {
+                if arity(name).is_none() && !COMMANDS.contains(&name) {
                     tx.failed = true;
                     return None; // exec answers the unknown command, as Redis words it
                 }
-                if !arity_ok(&name) {
+                if !arity_ok(name) {
                     tx.failed = true;
-                    arity_error(&mut out.buf, &name);
+                    arity_error(&mut out.buf, name);
                 } else {
                     let span = args.last().map_or(0, |l| l.end) - args[0].start;
                     if tx.queued.len() >= MAX_QUEUED || tx.bytes + span > self.limits.max_bulk {
@@ -1646,10 +1666,8 @@ impl KvService {
         hs: &mut Hashes,
         out: &mut Out<'_>,
     ) -> bool {
-        let mut name = Vec::new();
-        io.gather(args[0].clone(), &mut name);
-        name.make_ascii_uppercase();
-        let name = String::from_utf8_lossy(&name).into_owned();
+        let name_buf = command_name(&*io, &args[0]);
+        let name: &str = &name_buf;
         let n = args.len();
         let arg = |io: &dyn Io, i: usize| {
             let mut v = Vec::new();
@@ -1660,7 +1678,7 @@ impl KvService {
         // Argument `i` as a key of the selected database.
         let key = |io: &dyn Io, i: usize| db_key(db, arg(io, i));
         if let Some(pw) = &self.password {
-            if !c.authed && !matches!(name.as_str(), "AUTH" | "PING" | "QUIT" | "HELLO") {
+            if !c.authed && !matches!(name, "AUTH" | "PING" | "QUIT" | "HELLO") {
                 reply::error(&mut out.buf, "NOAUTH Authentication required.");
                 return true;
             }
@@ -1672,7 +1690,7 @@ impl KvService {
                     _ => None,
                 };
                 match ok {
-                    None => arity_error(&mut out.buf, &name),
+                    None => arity_error(&mut out.buf, name),
                     Some(true) => {
                         c.authed = true;
                         reply::simple(&mut out.buf, "OK");
@@ -1688,7 +1706,7 @@ impl KvService {
         // Lazy expiry: the keys this command names, or every due key for commands that count
         // or list keys.
         let now = now_ms();
-        match (!ttl.is_empty()).then(|| key_positions(&name, n)).flatten() {
+        match (!ttl.is_empty()).then(|| key_positions(name, n)).flatten() {
             None => {}
             Some(KeyArgs::All) => {
                 for k in ttl.reap_due(store, now, usize::MAX) {
@@ -1703,19 +1721,19 @@ impl KvService {
         }
         // A set command (not the hot `SET`): checked by name once, here.
         let set_cmd = name.starts_with('S') && name != "SET" && {
-            let n = name.as_str();
+            let n = name;
             sets::SET_COMMANDS.contains(&n) || n.ends_with("STORE")
         };
         // Answers from the in-memory tables (hash fields, set members, deadlines) carry no
         // record of their own: they wait until everything written so far is durable, so no
         // reply shows a field or deadline a crash could take back (pipelined commit).
         if (!hs.is_empty() || !ttl.is_empty())
-            && (set_cmd || name.starts_with('H') || DERIVED_READS.contains(&name.as_str()))
+            && (set_cmd || name.starts_with('H') || DERIVED_READS.contains(&name))
         {
             store.depend_on_all();
         }
         if !hs.is_empty() || name.starts_with('H') || set_cmd {
-            match self.types(&name, args, io, store, hs, db) {
+            match self.types(name, args, io, store, hs, db) {
                 TypeCheck::Wrong => {
                     store.depend_on_all();
                     reply::error(&mut out.buf, WRONGTYPE);
@@ -1727,7 +1745,7 @@ impl KvService {
         let len = |r: &Range<u64>| r.end - r.start;
         if set_cmd {
             let writes = matches!(
-                name.as_str(),
+                name,
                 "SADD" | "SMOVE" | "SINTERSTORE" | "SUNIONSTORE" | "SDIFFSTORE"
             );
             let bytes = args[1..].iter().map(len).sum();
@@ -1735,11 +1753,11 @@ impl KvService {
                 reply::error(&mut out.buf, OOM);
                 return true;
             }
-            if let Some(go) = sets::exec(&name, db, args, io, store, ttl, hs, out) {
+            if let Some(go) = sets::exec(name, db, args, io, store, ttl, hs, out) {
                 return go;
             }
         }
-        match name.as_str() {
+        match name {
             "HELLO" => {
                 // HELLO [protover [AUTH user pass] [SETNAME name]]
                 let mut proto = if c.resp3 { 3 } else { 2 };
@@ -1811,7 +1829,7 @@ impl KvService {
             "PING" => match n {
                 1 => reply::simple(&mut out.buf, "PONG"),
                 2 => reply::bulk(&mut out.buf, &arg(&*io, 1)),
-                _ => arity_error(&mut out.buf, &name),
+                _ => arity_error(&mut out.buf, name),
             },
             "ECHO" if n == 2 => reply::bulk(&mut out.buf, &arg(&*io, 1)),
             "QUIT" => {
@@ -1854,7 +1872,7 @@ impl KvService {
                 "WRONGPASS invalid username-password pair or user is disabled.",
             ),
             "AUTH" if n > 3 => reply::error(&mut out.buf, "ERR syntax error"),
-            "AUTH" if n == 1 => arity_error(&mut out.buf, &name),
+            "AUTH" if n == 1 => arity_error(&mut out.buf, name),
             "AUTH" if n == 2 => reply::error(&mut out.buf, "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?"),
             "SET" | "MSET" | "INCR" | "DECR" | "INCRBY" | "DECRBY" | "GETSET" | "SETNX" | "MSETNX"
             | "SETEX" | "PSETEX" | "SETRANGE" | "HSET" | "HMSET" | "HSETNX" | "HINCRBY"
@@ -2250,7 +2268,7 @@ impl KvService {
                 reply::int(&mut out.buf, count as i64);
             }
             "INCR" | "DECR" | "INCRBY" | "DECRBY" => {
-                let by: Option<i64> = match (name.as_str(), n) {
+                let by: Option<i64> = match (name, n) {
                     ("INCR", 2) => Some(1),
                     ("DECR", 2) => Some(-1),
                     ("INCRBY", 3) | ("DECRBY", 3) => {
@@ -2265,7 +2283,7 @@ impl KvService {
                         })
                     }
                     _ => {
-                        arity_error(&mut out.buf, &name);
+                        arity_error(&mut out.buf, name);
                         None
                     }
                 };
@@ -2535,7 +2553,7 @@ impl KvService {
                         }
                     }
                 }
-                match name.as_str() {
+                match name {
                     "HSET" => reply::int(&mut out.buf, added),
                     _ => reply::simple(&mut out.buf, "OK"),
                 }
@@ -2990,7 +3008,7 @@ impl KvService {
                     return true;
                 }
                 if src == dst {
-                    match name.as_str() {
+                    match name {
                         "RENAME" => reply::simple(&mut out.buf, "OK"),
                         "RENAMENX" => reply::int(&mut out.buf, 0),
                         _ => reply::error(&mut out.buf, "ERR source and destination objects are the same"),
@@ -3039,7 +3057,7 @@ impl KvService {
                     return true;
                 }
                 let Some(at) = deadline(v, name.starts_with('P'), name.ends_with("AT"), now) else {
-                    invalid_expire(&mut out.buf, &name);
+                    invalid_expire(&mut out.buf, name);
                     return true;
                 };
                 let key = key(&*io, 1);
@@ -3072,7 +3090,7 @@ impl KvService {
                 let v = match (store.get(&key).is_some(), ttl.get(&key)) {
                     (false, _) => -2,
                     (true, None) => -1,
-                    (true, Some(at)) => match name.as_str() {
+                    (true, Some(at)) => match name {
                         "TTL" => ((at - now).max(0) + 500) / 1000,
                         "PTTL" => (at - now).max(0),
                         "EXPIRETIME" => at / 1000,
@@ -3202,7 +3220,7 @@ impl KvService {
                     return true;
                 };
                 let Some(at) = (v > 0).then(|| deadline(v, name == "PSETEX", false, now)).flatten() else {
-                    invalid_expire(&mut out.buf, &name);
+                    invalid_expire(&mut out.buf, name);
                     return true;
                 };
                 let key = key(&*io, 1);
@@ -3284,7 +3302,7 @@ impl KvService {
             | "OBJECT" | "TIME" | "HSET" | "HMSET" | "HSETNX" | "HGET" | "HMGET" | "HDEL" | "HLEN"
             | "HEXISTS" | "HSTRLEN" | "HKEYS" | "HVALS" | "HGETALL" | "HINCRBY" | "HINCRBYFLOAT"
             | "HRANDFIELD" | "HSCAN" | "MEMORY" | "LCS" | "SWAPDB" => {
-                arity_error(&mut out.buf, &name)
+                arity_error(&mut out.buf, name)
             }
             _ => {
                 // As Redis: the name and the first arguments, at most 128 bytes each and in
@@ -3325,6 +3343,8 @@ impl Protocol for KvService {
             watched: Vec::new(),
             resp3: false,
             inline: OwnedArgs::default(),
+            queue: std::collections::VecDeque::new(),
+            fed: Vec::new(),
             deferred: None,
         }
     }
@@ -3336,13 +3356,11 @@ impl Protocol for KvService {
                 .and_then(|args| args.first())
                 .map_or(u64::MAX, |r| r.start);
         let deferred = c
-            .deferred
-            .as_ref()
-            .and_then(|d| {
-                d.events.iter().find_map(|e| match e {
-                    Event::Command(args) => args.first().map(|r| r.start),
-                    _ => None,
-                })
+            .queue
+            .iter()
+            .find_map(|e| match e {
+                Event::Command(args) => args.first().map(|r| r.start),
+                _ => None,
             })
             .unwrap_or(u64::MAX);
         c.framer.needed_from().min(queued).min(deferred)
@@ -3359,11 +3377,11 @@ impl Protocol for KvService {
         store: Option<&mut PoolStore>,
         pieces: &mut Vec<Piece>,
     ) -> bool {
-        let Some(d) = c.deferred.take() else {
+        let Some(deadline) = c.deferred.take() else {
             return true;
         };
         let Some(store) = store else { return false };
-        self.run(c, d.events, Some(d.since), io, store, pieces)
+        self.run(c, Some(deadline), io, store, pieces)
     }
 
     fn peer_closed(
@@ -3376,7 +3394,7 @@ impl Protocol for KvService {
         // The client sent all it will: answer what it waits for now (a held delete runs and
         // is refused if there is still no room).
         if let Some(d) = c.deferred.as_mut() {
-            d.since = std::time::Instant::now() - DEFER_LIMIT;
+            *d = std::time::Instant::now();
         }
         self.resume(c, io, store, pieces)
     }
@@ -3389,14 +3407,15 @@ impl Protocol for KvService {
         store: Option<&mut PoolStore>,
         pieces: &mut Vec<Piece>,
     ) -> bool {
-        let mut events = Vec::new();
-        io.with_bytes(chunk, &mut |b| c.framer.feed(b, &mut events));
+        let mut fed = std::mem::take(&mut c.fed);
+        io.with_bytes(chunk, &mut |b| c.framer.feed(b, &mut fed));
+        c.queue.extend(fed.drain(..)); // behind a held command, if any: in order
+        c.fed = fed;
         let Some(store) = store else { return false };
-        if let Some(d) = c.deferred.as_mut() {
-            d.events.extend(events); // behind the held command, in order
+        if c.deferred.is_some() {
             return true;
         }
-        self.run(c, events.into(), None, io, store, pieces)
+        self.run(c, None, io, store, pieces)
     }
 
     fn busy_reply(&self) -> &'static [u8] {
@@ -3409,13 +3428,12 @@ impl Protocol for KvService {
 }
 
 impl KvService {
-    /// Run a connection's framed commands in order; a removal the log has no room for yet
-    /// holds the rest back ([`Deferred`]; `held_since`: when the first of them was held).
+    /// Run a connection's queued commands in order; a removal the log has no room for yet
+    /// holds the rest back (`KvConn::deferred`; `held`: the deadline of the one at the front).
     fn run(
         &self,
         c: &mut KvConn,
-        mut events: std::collections::VecDeque<Event>,
-        mut held_since: Option<std::time::Instant>,
+        mut held: Option<std::time::Instant>,
         io: &mut dyn Io,
         store: &mut PoolStore,
         pieces: &mut Vec<Piece>,
@@ -3436,24 +3454,27 @@ impl KvService {
             resp3: c.resp3,
         };
         let mut keep = true;
-        while let Some(ev) = events.pop_front() {
+        while let Some(ev) = c.queue.pop_front() {
             if let Event::Command(args) = &ev {
                 let full = c.tx.is_none()
                     && removal_need(&*io, args).is_some_and(|(n, b)| !store.removal_room(n, b));
-                let since = held_since.unwrap_or_else(std::time::Instant::now);
-                if full && since.elapsed() < DEFER_LIMIT {
-                    events.push_front(ev);
-                    c.deferred = Some(Deferred { events, since });
-                    break;
+                if full {
+                    let deadline = held.unwrap_or_else(|| std::time::Instant::now() + DEFER_LIMIT);
+                    if std::time::Instant::now() < deadline {
+                        c.queue.push_front(ev);
+                        c.deferred = Some(deadline);
+                        break;
+                    }
                 }
             }
-            held_since = None; // the held command runs now; a later one waits afresh
+            held = None; // the held command runs now; a later one waits afresh
             let args = match ev {
                 Event::Command(args) => args,
                 Event::Inline(owned) => c.inline.stage(owned),
                 Event::Error(why) => {
                     reply::error(&mut out.buf, &format!("ERR Protocol error: {why}"));
                     keep = false;
+                    c.queue.clear();
                     break;
                 }
             };
@@ -3482,8 +3503,10 @@ impl KvService {
                 // Nothing queued refers to them any more.
                 c.inline.clear();
             }
+            c.framer.recycle(args); // a transaction queues copies
             if !go {
                 keep = false;
+                c.queue.clear();
                 break;
             }
         }

@@ -127,7 +127,16 @@ impl<M: Media> Store<M> {
 
     /// Put `key` → `value` (extents as in [`Store::append`]).
     pub fn put(&mut self, key: &[u8], value: Vec<Extent>) -> Result<u64, StoreError> {
-        self.add(Kind::Put, Some(Arc::from(key)), value)
+        let key = self.key_arc(key);
+        self.add(Kind::Put, Some(key), value)
+    }
+
+    /// The key as the index holds it (shared, no allocation) when present, else a new one.
+    fn key_arc(&self, key: &[u8]) -> Arc<[u8]> {
+        match self.index.get_key_value(key) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(key),
+        }
     }
 
     /// Delete `key`; `Ok(None)` when it was absent (nothing logged).
@@ -136,8 +145,8 @@ impl<M: Media> Store<M> {
             self.depend_on_absence();
             return Ok(None);
         }
-        self.add(Kind::Delete, Some(Arc::from(key)), Vec::new())
-            .map(Some)
+        let key = self.key_arc(key);
+        self.add(Kind::Delete, Some(key), Vec::new()).map(Some)
     }
 
     pub(super) fn add(
