@@ -705,8 +705,19 @@ impl Out<'_> {
 
     fn flush(&mut self) {
         if !self.buf.is_empty() {
+            let next = crate::protocol::reply_buf();
             self.pieces
-                .push(Piece::Bytes(std::mem::take(&mut self.buf)));
+                .push(Piece::Bytes(std::mem::replace(&mut self.buf, next)));
+        }
+    }
+
+    /// The last flush: the buffer goes out with the pieces, or back to the spares if empty.
+    fn finish(mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        if buf.is_empty() {
+            crate::protocol::recycle_reply(buf);
+        } else {
+            self.pieces.push(Piece::Bytes(buf));
         }
     }
 }
@@ -3449,7 +3460,7 @@ impl KvService {
             }
         }
         let mut out = Out {
-            buf: Vec::new(),
+            buf: crate::protocol::reply_buf(),
             pieces,
             resp3: c.resp3,
         };
@@ -3510,7 +3521,7 @@ impl KvService {
                 break;
             }
         }
-        out.flush();
+        out.finish();
         keep
     }
 }

@@ -27,6 +27,34 @@ pub enum Piece {
     Input(Range<u64>),
 }
 
+thread_local! {
+    /// Emptied reply byte vectors of this worker thread, for the next replies.
+    static SPARE_REPLIES: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A vector to build reply bytes in ([`Piece::Bytes`]): one the engine gave back with
+/// [`recycle_reply`] when there is one, so steady traffic allocates none.
+pub fn reply_buf() -> Vec<u8> {
+    SPARE_REPLIES
+        .with(|s| s.borrow_mut().pop())
+        .unwrap_or_default()
+}
+
+/// Give back a [`Piece::Bytes`] vector whose bytes were copied out (engines do this).
+/// Kept: at most 256 of at most 64 KiB each, per thread.
+pub fn recycle_reply(mut v: Vec<u8>) {
+    if v.capacity() == 0 || v.capacity() > 64 << 10 {
+        return;
+    }
+    v.clear();
+    SPARE_REPLIES.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < 256 {
+            s.push(v);
+        }
+    });
+}
+
 /// Byte access the engine gives a service for one connection.
 pub trait Io {
     /// Call `f` on the stream bytes `r`, piece by piece, in order.

@@ -707,22 +707,46 @@ fn resolve_input(
 /// Queue a connection's pending reply pieces on the port (small byte pieces coalesced into one
 /// buffer copy). Pieces that do not fit for lack of buffers stay pending.
 fn send_pending<C>(port: &mut Port, c: &mut UConn<C>, m: &WorkerMetrics) {
-    let mut bytes: Vec<u8> = Vec::new();
-    let mut pieces = std::mem::take(&mut c.pending).into_iter().peekable();
+    // Drained in place: the list keeps its capacity for the next replies.
+    let mut list = std::mem::take(&mut c.pending);
+    let mut pieces = list.drain(..).peekable();
+    // Consecutive byte pieces are joined into one copy; a lone one is copied as it is.
+    let mut joined: Vec<u8> = Vec::new();
     while let Some(p) = pieces.next() {
         match p {
             Piece::Bytes(b) => {
-                bytes.extend_from_slice(&b);
-                if matches!(pieces.peek(), Some(Piece::Bytes(_))) {
+                let more = matches!(pieces.peek(), Some(Piece::Bytes(_)));
+                if more || !joined.is_empty() {
+                    joined.extend_from_slice(&b);
+                    crate::protocol::recycle_reply(b);
+                    if more {
+                        continue;
+                    }
+                    let r = port.send_copy(c.id, &joined);
+                    match r {
+                        Ok(()) => {
+                            m.sent(joined.len() as u64);
+                            joined.clear();
+                        }
+                        Err(pst::SendCopyError::PoolExhausted) => {
+                            c.pending.push(Piece::Bytes(std::mem::take(&mut joined)));
+                            c.pending.extend(pieces);
+                            return;
+                        }
+                        Err(pst::SendCopyError::Closed) => {
+                            release_rest(port, pieces);
+                            return;
+                        }
+                    }
                     continue;
                 }
-                match port.send_copy(c.id, &bytes) {
+                match port.send_copy(c.id, &b) {
                     Ok(()) => {
-                        m.sent(bytes.len() as u64);
-                        bytes.clear();
+                        m.sent(b.len() as u64);
+                        crate::protocol::recycle_reply(b);
                     }
                     Err(pst::SendCopyError::PoolExhausted) => {
-                        c.pending.push(Piece::Bytes(std::mem::take(&mut bytes)));
+                        c.pending.push(Piece::Bytes(b));
                         c.pending.extend(pieces);
                         return;
                     }
@@ -743,6 +767,8 @@ fn send_pending<C>(port: &mut Port, c: &mut UConn<C>, m: &WorkerMetrics) {
             Piece::Input(_) => {}
         }
     }
+    drop(pieces);
+    c.pending = list;
 }
 
 fn release_rest(port: &mut Port, rest: impl Iterator<Item = Piece>) {

@@ -369,6 +369,21 @@ impl Port {
 
     /// Copy `data` into pool buffers and queue them on `conn`: for small replies.
     pub fn send_copy(&mut self, conn: ConnId, data: &[u8]) -> Result<(), SendCopyError> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        // Most replies fit one buffer: copy and queue it without building a list.
+        if data.len() <= self.pool.geometry().buf_size as usize {
+            let mut src = TxSource(self);
+            let mut e = src.alloc_extent().ok_or(SendCopyError::PoolExhausted)?;
+            if data.len() <= e.len() as usize {
+                e.narrow(0, data.len() as u32);
+                src.extent_mut(&mut e).copy_from_slice(data);
+                // A refused send releases its extent.
+                return self.core.send(conn, e).map_err(|_| SendCopyError::Closed);
+            }
+            src.release_extent(e);
+        }
         let exts = copy_into(&mut TxSource(self), data).ok_or(SendCopyError::PoolExhausted)?;
         let mut exts = exts.into_iter();
         for e in exts.by_ref() {

@@ -219,6 +219,9 @@ pub struct Core {
     /// sent data in sequence order, so its notifications arrive in that order). Outlives the
     /// connection: a notification can arrive after the close.
     zc_held: HashMap<u64, VecDeque<Vec<Extent>>>,
+    /// The extents a send completion frees, gathered then released (kept: no allocation per
+    /// completion).
+    sent: Vec<Extent>,
     stats: CoreStats,
 }
 
@@ -248,6 +251,7 @@ impl Core {
             scratch: Vec::new(),
             consumed: 0,
             zc_held: HashMap::new(),
+            sent: Vec::new(),
             stats: CoreStats::default(),
         }
     }

@@ -31,8 +31,10 @@ impl Core {
     /// A send's result. `notif`: the user data under which a zero-copy notification will
     /// follow (the result had `more`); the sent extents are held until it arrives.
     pub(super) fn on_send(&mut self, id: ConnId, result: Result<u32, Errno>, notif: Option<u64>) {
+        let mut released = std::mem::take(&mut self.sent);
         let Some(c) = self.conn_mut(id) else {
             self.stats.stale += 1;
+            self.sent = released;
             return;
         };
         let was_behind = c.tx == Tx::InFlight { behind: true };
@@ -42,7 +44,6 @@ impl Core {
         } else {
             Tx::Idle
         };
-        let mut released = Vec::new();
         if let Ok(mut n) = result {
             while n > 0 {
                 let Some(head) = c.txq.front() else { break };
@@ -74,9 +75,10 @@ impl Core {
                 self.zc_held.entry(ud).or_default().push_back(released);
             }
             None => {
-                for e in released {
+                for e in released.drain(..) {
                     self.release(e);
                 }
+                self.sent = released;
             }
         }
         if let Some(e) = notify {
