@@ -49,6 +49,10 @@ pub fn run(a: InspectArgs) -> std::process::ExitCode {
                         "log segments: {} of {} in use",
                         rep.segments.1, rep.segments.0
                     );
+                    println!(
+                        "log space:    {} B usable, {} B held by dead records (superseded, deleted, tombstones) until the cleaner passes",
+                        s.log_capacity, s.dead_log_bytes
+                    );
                     println!("live keys:    {}", rep.live_keys);
                     println!(
                         "live bytes:   {} in {} buffers held; {} buffers free",
@@ -56,6 +60,12 @@ pub fn run(a: InspectArgs) -> std::process::ExitCode {
                         s.buffers_held,
                         g.buf_count as u64 - s.buffers_held
                     );
+                    if s.live_bytes > 0 {
+                        println!(
+                            "space amp:    {:.2} (bytes of the buffers held over live bytes)",
+                            (s.buffers_held * g.buf_size as u64) as f64 / s.live_bytes as f64
+                        );
+                    }
                     println!(
                         "tail:         {}",
                         rep.torn
