@@ -501,22 +501,22 @@ impl Io for EpollIo<'_> {
         f(&self.data[(r.start - self.base) as usize..(r.end - self.base) as usize]);
     }
 
-    fn extents(&mut self, r: Range<u64>) -> Option<Vec<Extent>> {
+    fn extents(&mut self, r: Range<u64>) -> Option<pst_store::ValueExtents> {
         let bytes = &self.data[(r.start - self.base) as usize..(r.end - self.base) as usize];
         if crate::protocol::packs(bytes.len() as u64, self.bufs.buf_size()) {
-            return Some(vec![self.packer.pack(self.bufs, bytes)?]);
+            return Some(smallvec::smallvec![self.packer.pack(self.bufs, bytes)?]);
         }
-        pst::copy_into(self.bufs, bytes)
+        pst::copy_into(self.bufs, bytes).map(Into::into)
     }
 
-    fn copy_in(&mut self, bytes: &[u8]) -> Option<Vec<Extent>> {
+    fn copy_in(&mut self, bytes: &[u8]) -> Option<pst_store::ValueExtents> {
         if crate::protocol::packs(bytes.len() as u64, self.bufs.buf_size()) {
-            return Some(vec![self.packer.pack(self.bufs, bytes)?]);
+            return Some(smallvec::smallvec![self.packer.pack(self.bufs, bytes)?]);
         }
-        pst::copy_into(self.bufs, bytes)
+        pst::copy_into(self.bufs, bytes).map(Into::into)
     }
 
-    fn zero_copy(&mut self, _: &[(u32, u32, u32)]) -> Option<Vec<Extent>> {
+    fn zero_copy(&mut self, _: &[(u32, u32, u32)]) -> Option<pst_store::ValueExtents> {
         None
     }
 

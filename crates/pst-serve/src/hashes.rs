@@ -215,7 +215,7 @@ impl Hashes {
         io: &mut dyn Io,
         key: &[u8],
         field: &[u8],
-        extents: Vec<pst::Extent>,
+        extents: pst_store::ValueExtents,
     ) -> Result<bool, StoreError> {
         self.insert(store, io, Kind::Hash, key, field, extents)
     }
@@ -232,7 +232,14 @@ impl Hashes {
         if self.contains(key, member) {
             return Ok(false);
         }
-        self.insert(store, io, Kind::Set, key, member, Vec::new())
+        self.insert(
+            store,
+            io,
+            Kind::Set,
+            key,
+            member,
+            pst_store::ValueExtents::new(),
+        )
     }
 
     /// Write `field` of the `kind` aggregate `key` (its marker too if it is new).
@@ -243,7 +250,7 @@ impl Hashes {
         kind: Kind,
         key: &[u8],
         field: &[u8],
-        extents: Vec<pst::Extent>,
+        extents: pst_store::ValueExtents,
     ) -> Result<bool, StoreError> {
         store.put(&field_key(key, field), extents)?;
         if !self.map.contains_key(key) {

@@ -9,7 +9,6 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pst::Extent;
 use pst_http::{write_head_for, Event, FrameError, Limits, Method, Request, RequestFramer};
 
 use crate::metrics::Metrics;
@@ -586,7 +585,7 @@ fn release_pieces(io: &mut dyn Io, parts: Vec<Piece>) {
 /// The pool extents of a request's body content, one buffer reference each: zero copy on the
 /// port; a body cut into many small chunks is gathered into fresh buffers instead (fewer,
 /// fuller extents for the log record). `None` when the pool is out of buffers.
-fn body_extents(req: &Request, io: &mut dyn Io) -> Option<Vec<Extent>> {
+fn body_extents(req: &Request, io: &mut dyn Io) -> Option<pst_store::ValueExtents> {
     if req.chunks.len() > GATHER_CHUNKS {
         // One pass over the body as sent, then the chunk data cut out of it (a lookup per
         // chunk would scan the connection's kept buffers once per chunk).
@@ -599,7 +598,7 @@ fn body_extents(req: &Request, io: &mut dyn Io) -> Option<Vec<Extent>> {
         }
         return io.copy_in(&body);
     }
-    let mut out = Vec::new();
+    let mut out = pst_store::ValueExtents::new();
     for r in req.data() {
         match io.extents(r) {
             Some(e) => out.extend(e),

@@ -274,6 +274,41 @@ const DATABASES: u8 = 16;
 /// keys are stored as they are (so pools written before databases existed read the same).
 const DB_PREFIX: &[u8] = b"\xffpst:db";
 
+thread_local! {
+    /// The key buffer of [`hot_key`], between uses.
+    static KEY_SPARE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A key read out of a request into this thread's kept buffer (given back on drop): the hot
+/// commands (`GET k`, `SET k v`) read their key without allocating.
+struct HotKey(Vec<u8>);
+
+impl std::ops::Deref for HotKey {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for HotKey {
+    fn drop(&mut self) {
+        let v = std::mem::take(&mut self.0);
+        if v.capacity() <= 4096 {
+            KEY_SPARE.with(|s| *s.borrow_mut() = v);
+        }
+    }
+}
+
+/// Argument `r` as a key of database `db` ([`db_key`]'s form), in a [`HotKey`].
+fn hot_key(io: &dyn Io, db: u8, r: &Range<u64>) -> HotKey {
+    let mut k = KEY_SPARE.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    io.gather(r.clone(), &mut k);
+    if db != 0 || k.first() == Some(&0xff) {
+        k = db_key(db, k);
+    }
+    HotKey(k)
+}
+
 /// The stored form of `key` in database `db`. A database-0 key that itself begins with the
 /// reserved `\xff` byte is prefixed too, so that no key of one database can pose as another's.
 fn db_key(db: u8, key: Vec<u8>) -> Vec<u8> {
@@ -1025,7 +1060,7 @@ fn relocate(
 ) -> Result<(), pst_store::StoreError> {
     // Copies first (room checked per value), so that a move refused for lack of room
     // changes nothing; then whatever `to` held goes, then the records are written.
-    let mut copies: Vec<(Option<Vec<u8>>, Vec<pst::Extent>)> = Vec::new();
+    let mut copies: Vec<(Option<Vec<u8>>, pst_store::ValueExtents)> = Vec::new();
     let kind = hs.kind(from);
     let fields: Vec<Option<Vec<u8>>> = if kind.is_some() {
         hs.fields(from).map(|f| Some(f.to_vec())).collect()
@@ -1040,7 +1075,7 @@ fn relocate(
         };
         let exts = match found {
             // A set member: nothing but its key.
-            Ok(true) if v.is_empty() => Some(Vec::new()),
+            Ok(true) if v.is_empty() => Some(pst_store::ValueExtents::new()),
             Ok(true) if io.has_room(v.len() as u64) => io.copy_in(&v),
             Ok(true) => None,
             Ok(false) => continue,
@@ -1894,7 +1929,7 @@ impl KvService {
                 reply::error(&mut out.buf, OOM)
             }
             "SET" if n == 3 => {
-                let key = key(&*io, 1);
+                let key = hot_key(&*io, db, &args[1]);
                 match io.extents(args[2].clone()) {
                     None => reply::error(&mut out.buf, OOM),
                     Some(exts) => match store.put(&key, exts).and_then(|_| ttl.clear(store, &key)) {
@@ -2225,7 +2260,7 @@ impl KvService {
                 }
                 reply::bulk(&mut out.buf, redis_range(&val, start, end));
             }
-            "GET" if n == 2 => bulk_value(store, &key(&*io, 1), io, out),
+            "GET" if n == 2 => bulk_value(store, &hot_key(&*io, db, &args[1]), io, out),
             "MGET" if n >= 2 => {
                 reply::array(&mut out.buf, n - 1);
                 for i in 1..n {

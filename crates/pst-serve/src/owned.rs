@@ -85,18 +85,18 @@ impl Io for OwnedIo<'_, '_> {
         }
     }
 
-    fn extents(&mut self, r: Range<u64>) -> Option<Vec<Extent>> {
+    fn extents(&mut self, r: Range<u64>) -> Option<pst_store::ValueExtents> {
         match self.owned.get(&r) {
             Some(b) => self.inner.copy_in(b),
             None => self.inner.extents(r),
         }
     }
 
-    fn copy_in(&mut self, bytes: &[u8]) -> Option<Vec<Extent>> {
+    fn copy_in(&mut self, bytes: &[u8]) -> Option<pst_store::ValueExtents> {
         self.inner.copy_in(bytes)
     }
 
-    fn zero_copy(&mut self, extents: &[(u32, u32, u32)]) -> Option<Vec<Extent>> {
+    fn zero_copy(&mut self, extents: &[(u32, u32, u32)]) -> Option<pst_store::ValueExtents> {
         self.inner.zero_copy(extents)
     }
 

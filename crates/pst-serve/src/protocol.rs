@@ -62,12 +62,12 @@ pub trait Io {
     /// Extents in pool buffers holding the stream bytes `r`, each one buffer reference, for a
     /// store (zero copy on the port; a copy into pool buffers on epoll). `None` when the pool
     /// is exhausted.
-    fn extents(&mut self, r: Range<u64>) -> Option<Vec<Extent>>;
+    fn extents(&mut self, r: Range<u64>) -> Option<pst_store::ValueExtents>;
     /// Copy `bytes` into fresh pool buffers (values the service computes, e.g. INCR).
-    fn copy_in(&mut self, bytes: &[u8]) -> Option<Vec<Extent>>;
+    fn copy_in(&mut self, bytes: &[u8]) -> Option<pst_store::ValueExtents>;
     /// New references on a stored value's extents for a zero-copy reply; `None` where that is
     /// not possible (epoll, or buffers of another thread's partition): copy instead.
-    fn zero_copy(&mut self, extents: &[(u32, u32, u32)]) -> Option<Vec<Extent>>;
+    fn zero_copy(&mut self, extents: &[(u32, u32, u32)]) -> Option<pst_store::ValueExtents>;
 
     /// Whether a write of `bytes` may be stored: after it, at least a sixteenth of this
     /// worker's buffers would still be free ([`has_room`]). Below that, writes are refused
@@ -320,15 +320,16 @@ pub(crate) mod testing {
             f(&self.data[r.start as usize..r.end as usize]);
         }
 
-        fn extents(&mut self, r: Range<u64>) -> Option<Vec<Extent>> {
+        fn extents(&mut self, r: Range<u64>) -> Option<pst_store::ValueExtents> {
             pst::copy_into(&mut self.bufs, &self.data[r.start as usize..r.end as usize])
+                .map(Into::into)
         }
 
-        fn copy_in(&mut self, bytes: &[u8]) -> Option<Vec<Extent>> {
-            pst::copy_into(&mut self.bufs, bytes)
+        fn copy_in(&mut self, bytes: &[u8]) -> Option<pst_store::ValueExtents> {
+            pst::copy_into(&mut self.bufs, bytes).map(Into::into)
         }
 
-        fn zero_copy(&mut self, _: &[(u32, u32, u32)]) -> Option<Vec<Extent>> {
+        fn zero_copy(&mut self, _: &[(u32, u32, u32)]) -> Option<pst_store::ValueExtents> {
             None
         }
 

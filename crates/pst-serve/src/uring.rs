@@ -100,7 +100,7 @@ impl Io for UringIo<'_> {
         }
     }
 
-    fn extents(&mut self, r: Range<u64>) -> Option<Vec<Extent>> {
+    fn extents(&mut self, r: Range<u64>) -> Option<pst_store::ValueExtents> {
         let packs = crate::protocol::packs(r.end - r.start, self.port.pool().buf_size());
         if let Some(mut v) = self
             .packer
@@ -112,13 +112,13 @@ impl Io for UringIo<'_> {
             let packer = self.packer.as_mut().expect("taken from it");
             let e = packer.pack(self.port, &v);
             packer.put_scratch(v);
-            return Some(vec![e?]);
+            return Some(smallvec::smallvec![e?]);
         }
-        let parts: Vec<(u32, u32, u32)> = self
+        let parts: smallvec::SmallVec<[(u32, u32, u32); 2]> = self
             .overlapping(&r)
             .map(|(e, s, l)| (e.buf().0, e.off() + s, l))
             .collect();
-        let mut out = Vec::with_capacity(parts.len());
+        let mut out = pst_store::ValueExtents::with_capacity(parts.len());
         for (b, off, len) in parts {
             out.push(
                 self.port
@@ -129,16 +129,16 @@ impl Io for UringIo<'_> {
         Some(out)
     }
 
-    fn copy_in(&mut self, bytes: &[u8]) -> Option<Vec<Extent>> {
+    fn copy_in(&mut self, bytes: &[u8]) -> Option<pst_store::ValueExtents> {
         if let Some(packer) = self.packer.as_mut() {
             if crate::protocol::packs(bytes.len() as u64, self.port.pool().buf_size()) {
-                return Some(vec![packer.pack(self.port, bytes)?]);
+                return Some(smallvec::smallvec![packer.pack(self.port, bytes)?]);
             }
         }
-        pst::copy_into(self.port, bytes)
+        pst::copy_into(self.port, bytes).map(Into::into)
     }
 
-    fn zero_copy(&mut self, extents: &[(u32, u32, u32)]) -> Option<Vec<Extent>> {
+    fn zero_copy(&mut self, extents: &[(u32, u32, u32)]) -> Option<pst_store::ValueExtents> {
         if !extents
             .iter()
             .all(|&(b, _, _)| self.port.owns(pst::BufIdx(b)))

@@ -57,7 +57,7 @@ impl<M: Media> Store<M> {
         &mut self,
         kind: Kind,
         key: Option<Arc<[u8]>>,
-        extents: Box<[RawExtent]>,
+        extents: Extents,
         payload_len: u32,
         payload_crc: u32,
         for_compaction: bool,
@@ -121,14 +121,14 @@ impl<M: Media> Store<M> {
     /// Append a record naming `payload` (each extent is one buffer reference the store takes
     /// over; on error they are released). Flushes the payload's cache lines now (Pmem); it is
     /// durable after the next [`Store::commit`]. Returns the sequence number (the ticket).
-    pub fn append(&mut self, payload: Vec<Extent>) -> Result<u64, StoreError> {
-        self.add(Kind::Append, None, payload)
+    pub fn append(&mut self, payload: impl Into<ValueExtents>) -> Result<u64, StoreError> {
+        self.add(Kind::Append, None, payload.into())
     }
 
     /// Put `key` → `value` (extents as in [`Store::append`]).
-    pub fn put(&mut self, key: &[u8], value: Vec<Extent>) -> Result<u64, StoreError> {
+    pub fn put(&mut self, key: &[u8], value: impl Into<ValueExtents>) -> Result<u64, StoreError> {
         let key = self.key_arc(key);
-        self.add(Kind::Put, Some(key), value)
+        self.add(Kind::Put, Some(key), value.into())
     }
 
     /// The key as the index holds it (shared, no allocation) when present, else a new one.
@@ -146,20 +146,21 @@ impl<M: Media> Store<M> {
             return Ok(None);
         }
         let key = self.key_arc(key);
-        self.add(Kind::Delete, Some(key), Vec::new()).map(Some)
+        self.add(Kind::Delete, Some(key), ValueExtents::new())
+            .map(Some)
     }
 
     pub(super) fn add(
         &mut self,
         kind: Kind,
         key: Option<Arc<[u8]>>,
-        payload: Vec<Extent>,
+        payload: ValueExtents,
     ) -> Result<u64, StoreError> {
         if let Err(e) = self.check_writable() {
             self.released.extend(payload);
             return Err(e);
         }
-        let extents: Box<[RawExtent]> = payload
+        let extents: Extents = payload
             .iter()
             .map(|e| (e.buf().0, e.off(), e.len()))
             .collect();

@@ -45,6 +45,11 @@ use pst_pool::{BufIdx, Header, Media, PersistError};
 use pst_ring::Extent;
 
 pub use format::Kind as RecordKind;
+
+/// A value's extents as handed to [`Store::put`] and [`Store::append`]: up to two inline
+/// (a value in one or two buffers, the common case, allocates no list). A `Vec<Extent>`
+/// converts into it.
+pub type ValueExtents = smallvec::SmallVec<[Extent; 2]>;
 pub use pst_pool::PoolMedia;
 
 /// A store over a real pool (its log region and buffers): what servers use.
@@ -231,10 +236,14 @@ struct RecMeta {
     seg: u32,
     kind: Kind,
     key: Option<Arc<[u8]>>,
-    extents: Box<[RawExtent]>,
+    extents: Extents,
     payload_len: u32,
     payload_crc: u32,
 }
+
+/// A record's extents: one inline (a value that landed in, or was packed into, one buffer:
+/// no allocation per record), more on the heap.
+type Extents = smallvec::SmallVec<[RawExtent; 1]>;
 
 impl RecMeta {
     /// Bytes the record takes in its segment.
@@ -275,7 +284,7 @@ struct InFlight {
 #[derive(Debug)]
 struct BufRef {
     refs: u32,
-    handles: Vec<Extent>,
+    handles: smallvec::SmallVec<[Extent; 2]>,
 }
 
 /// A value as stored: its extents, length and checksum.

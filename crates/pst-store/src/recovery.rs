@@ -294,7 +294,7 @@ impl<M: Media> Store<M> {
             seg,
             kind: rec.kind,
             key,
-            extents: rec.extents.into_boxed_slice(),
+            extents: Extents::from_vec(rec.extents),
             payload_len: rec.payload_len,
             payload_crc: rec.payload_crc,
         };
@@ -309,7 +309,7 @@ impl<M: Media> Store<M> {
                 .entry(b)
                 .or_insert(BufRef {
                     refs: 0,
-                    handles: Vec::new(),
+                    handles: smallvec::SmallVec::new(),
                 })
                 .refs += 1;
         }

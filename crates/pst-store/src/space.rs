@@ -188,7 +188,7 @@ impl<M: Media> Store<M> {
             self.depend_on_absence();
             return Ok(0);
         }
-        self.add(Kind::Clear, None, Vec::new())?;
+        self.add(Kind::Clear, None, ValueExtents::new())?;
         Ok(n)
     }
 }

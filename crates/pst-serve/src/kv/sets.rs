@@ -225,7 +225,14 @@ pub(super) fn exec(
                 .and_then(|_| ttl.clear(store, &dst).map(|_| ()))
                 .and_then(|_| {
                     for m in &result {
-                        hs.insert(store, io, Kind::Set, &dst, m, Vec::new())?;
+                        hs.insert(
+                            store,
+                            io,
+                            Kind::Set,
+                            &dst,
+                            m,
+                            pst_store::ValueExtents::new(),
+                        )?;
                     }
                     Ok(())
                 });
