@@ -1,7 +1,14 @@
-//! Buffer ownership bookkeeping for one pool partition: a free stack and a reference count per
+//! Buffer ownership bookkeeping for one pool partition: a free bitmap and a reference count per
 //! buffer. Pure code, no I/O; one partition belongs to one thread (one `Port`).
 //!
-//! A buffer is free (count 0, on the free stack) or held by one or more owners: the kernel's
+//! Address-ordered: [`BufAlloc::alloc`] hands out the lowest free buffer, for data that stays
+//! (packed values, copies the store keeps), and [`BufAlloc::alloc_high`] the highest, for
+//! buffers that come back soon (the kernel's receive ring, reply copies). Kept data so fills
+//! the file in runs of adjacent buffers, and a barrier writes them back as whole blocks: with
+//! a free stack instead, a reply buffer freed between two packed buffers put them 2 KiB apart,
+//! and every 2 KiB buffer cost a 4 KiB block on disk.
+//!
+//! A buffer is free (count 0, its bit set) or held by one or more owners: the kernel's
 //! provided-buffer ring, an RX slot, kept [`Extent`](crate::BufIdx)s that share it (a buffer may
 //! hold the end of one message and the start of the next), a TX queue, a log record.
 
@@ -21,12 +28,17 @@ pub enum AllocError {
     Overflow(BufIdx),
 }
 
-/// Free list and reference counts of the buffers `first..first + len`.
+/// Free bitmap and reference counts of the buffers `first..first + len`.
 #[derive(Debug, Clone)]
 pub struct BufAlloc {
     first: u32,
     refs: Vec<u16>,
-    free: Vec<BufIdx>,
+    /// Bit `i % 64` of word `i / 64`: buffer `first + i` is free.
+    free: Vec<u64>,
+    free_count: usize,
+    /// No free bit in a word below `low` or above `high` (scan hints).
+    low: usize,
+    high: usize,
 }
 
 impl BufAlloc {
@@ -38,13 +50,21 @@ impl BufAlloc {
     /// Start with the reference counts `live(idx)` (0 = free), as rebuilt by recovery.
     pub fn with_live(first: u32, len: u32, mut live: impl FnMut(BufIdx) -> u16) -> BufAlloc {
         let refs: Vec<u16> = (first..first + len).map(|i| live(BufIdx(i))).collect();
-        // Reverse so the lowest indices are handed out first: nicer to read in traces.
-        let free = (first..first + len)
-            .rev()
-            .filter(|&i| refs[(i - first) as usize] == 0)
-            .map(BufIdx)
-            .collect();
-        BufAlloc { first, refs, free }
+        let mut free = vec![0u64; (len as usize).div_ceil(64)];
+        let mut free_count = 0;
+        for (i, _) in refs.iter().enumerate().filter(|(_, &r)| r == 0) {
+            free[i / 64] |= 1 << (i % 64);
+            free_count += 1;
+        }
+        let high = free.len().saturating_sub(1);
+        BufAlloc {
+            first,
+            refs,
+            free,
+            free_count,
+            low: 0,
+            high,
+        }
     }
 
     /// The partition's range of buffer indices.
@@ -59,14 +79,41 @@ impl BufAlloc {
 
     /// Number of free buffers.
     pub fn free_count(&self) -> usize {
-        self.free.len()
+        self.free_count
     }
 
-    /// Take a free buffer with one reference.
+    /// Take the lowest free buffer with one reference (for data that stays).
     pub fn alloc(&mut self) -> Option<BufIdx> {
-        let b = self.free.pop()?;
-        self.refs[(b.0 - self.first) as usize] = 1;
-        Some(b)
+        if self.free_count == 0 {
+            return None;
+        }
+        let mut w = self.low;
+        while self.free[w] == 0 {
+            w += 1;
+        }
+        self.low = w;
+        Some(self.take(w, self.free[w].trailing_zeros() as usize))
+    }
+
+    /// Take the highest free buffer with one reference (for buffers that come back soon).
+    pub fn alloc_high(&mut self) -> Option<BufIdx> {
+        if self.free_count == 0 {
+            return None;
+        }
+        let mut w = self.high;
+        while self.free[w] == 0 {
+            w -= 1;
+        }
+        self.high = w;
+        Some(self.take(w, 63 - self.free[w].leading_zeros() as usize))
+    }
+
+    fn take(&mut self, w: usize, bit: usize) -> BufIdx {
+        self.free[w] &= !(1u64 << bit);
+        self.free_count -= 1;
+        let i = w * 64 + bit;
+        self.refs[i] = 1;
+        BufIdx(self.first + i as u32)
     }
 
     /// The reference count of `b` (0 when free).
@@ -95,7 +142,11 @@ impl BufAlloc {
             n => {
                 self.refs[i] = n - 1;
                 if n == 1 {
-                    self.free.push(b);
+                    let w = i / 64;
+                    self.free[w] |= 1 << (i % 64);
+                    self.free_count += 1;
+                    self.low = self.low.min(w);
+                    self.high = self.high.max(w);
                 }
                 Ok(n == 1)
             }
@@ -127,6 +178,33 @@ mod tests {
         assert_eq!(a.retain(BufIdx(9)), Err(AllocError::Foreign(BufIdx(9))));
         assert_eq!(a.free_count(), 2);
         assert!(a.alloc().is_some() && a.alloc().is_some() && a.alloc().is_none());
+    }
+
+    #[test]
+    fn lowest_for_data_highest_for_transients() {
+        let mut a = BufAlloc::new(100, 130);
+        assert_eq!(a.alloc(), Some(BufIdx(100)));
+        assert_eq!(a.alloc_high(), Some(BufIdx(229)));
+        assert_eq!(a.alloc(), Some(BufIdx(101)));
+        // A transient between two kept buffers does not split them: it comes from the top.
+        let t = a.alloc_high().unwrap();
+        assert_eq!(a.alloc(), Some(BufIdx(102)));
+        a.release(t).unwrap();
+        assert_eq!(a.alloc_high(), Some(t));
+        a.release(BufIdx(101)).unwrap();
+        assert_eq!(
+            a.alloc(),
+            Some(BufIdx(101)),
+            "a freed low buffer is reused first"
+        );
+        let mut got = vec![];
+        while let Some(b) = a.alloc() {
+            got.push(b.0);
+        }
+        assert_eq!(got.len(), 130 - 5);
+        assert!(got.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(a.free_count(), 0);
+        assert_eq!(a.alloc_high(), None);
     }
 
     #[test]

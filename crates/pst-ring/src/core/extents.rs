@@ -23,9 +23,14 @@ impl Core {
     /// A whole buffer for transient TX data (a reply copy): from the TX buffers when the port
     /// has them, else from the pool. `None` when exhausted.
     pub fn alloc_tx_extent(&mut self) -> Option<Extent> {
-        match self.tx_alloc.as_mut().and_then(|t| t.alloc()) {
+        // From the top of the partition: a reply copy comes back once sent, and should not
+        // sit between the buffers of kept data (see `pst_pool::alloc`).
+        match self.tx_alloc.as_mut().and_then(|t| t.alloc_high()) {
             Some(b) => Some(Extent::owned(b, 0, self.cfg.buf_size)),
-            None => self.alloc_extent(),
+            None => self
+                .alloc
+                .alloc_high()
+                .map(|b| Extent::owned(b, 0, self.cfg.buf_size)),
         }
     }
 

@@ -34,7 +34,10 @@ impl Core {
         self.consumed = 0;
         while self.alloc.free_count() > self.cfg.reserve && self.bids.lent() + batch.len() < target
         {
-            let Some(buf) = self.alloc.alloc() else { break };
+            // From the top: receive buffers come back soon (`pst_pool::alloc`).
+            let Some(buf) = self.alloc.alloc_high() else {
+                break;
+            };
             batch.push(buf);
         }
         batch.sort_unstable();
