@@ -34,6 +34,33 @@ fn fill(c: &mut redis::Connection) -> usize {
     panic!("a 16 MiB pool took 20,000 values of 3,000 bytes");
 }
 
+/// `SET <prefix><n> <value>`, pipelined 100 per round trip, until the first refusal (which must
+/// be the OOM error); returns how many were stored.
+fn fill_pipelined(c: &mut redis::Connection, prefix: &str, value: &[u8], engine: &str) -> usize {
+    let mut stored = 0;
+    for batch in 0..10_000 {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for i in 0..100 {
+            pipe.cmd("SET")
+                .arg(format!("{prefix}{}", batch * 100 + i))
+                .arg(value);
+        }
+        let replies: Vec<redis::Value> = pipe.query(c).unwrap();
+        for r in replies {
+            match r {
+                redis::Value::Okay => stored += 1,
+                redis::Value::ServerError(e) => {
+                    assert!(format!("{e:?}").contains("OOM"), "{engine}: {e:?}");
+                    return stored;
+                }
+                other => panic!("{engine}: {other:?}"),
+            }
+        }
+    }
+    panic!("{engine}: a 16 MiB pool took a million values");
+}
+
 fn still_serves(addr: std::net::SocketAddr, stored: usize) {
     let mut c = con(addr);
     let pong: String = redis::cmd("PING").query(&mut c).unwrap();
@@ -271,26 +298,7 @@ fn kv_full_log_still_deletes() {
             addr,
         );
         let mut c = con(addr);
-        let mut stored = 0;
-        'fill: for batch in 0..1000 {
-            let mut pipe = redis::pipe();
-            for i in 0..100 {
-                pipe.cmd("SET")
-                    .arg(format!("k{}", batch * 100 + i))
-                    .arg("v");
-            }
-            let replies: Vec<redis::Value> = pipe.query(&mut c).unwrap_or_default();
-            for r in replies {
-                match r {
-                    redis::Value::Okay => stored += 1,
-                    redis::Value::ServerError(e) => {
-                        assert!(format!("{e:?}").contains("OOM"), "{engine}: {e:?}");
-                        break 'fill;
-                    }
-                    other => panic!("{engine}: {other:?}"),
-                }
-            }
-        }
+        let stored = fill_pipelined(&mut c, "k", b"v", engine);
         assert!(stored > 1000, "{engine}: {stored}");
         // Refused writes, but deletes go through and space comes back.
         let n: i64 = redis::cmd("DEL")
@@ -309,8 +317,7 @@ fn kv_full_log_still_deletes() {
 /// A log full of small values, after `kill -9` and a restart on it: deleting half the keys in
 /// the order they were written (the oldest log segments empty first while the tombstones fill
 /// the head), a quarter in pipelines of 1,000 and a quarter one request at a time, is never
-/// refused, and writes are accepted again
-/// afterwards; filled again, `FLUSHALL` empties it (one clear record) and stays done after
+/// refused, and writes are accepted again afterwards; filled again, `FLUSHALL` empties it (one clear record) and stays done after
 /// `kill -9`. Before the cleaner's cost-benefit rule, `DEL` was refused from the second
 /// delete on (it rotated the oldest segment at the first dead record and used up the free
 /// segment deletes need) and the store could never be emptied.
@@ -335,27 +342,7 @@ fn kv_full_log_empties_by_half_after_kill_9() {
         let mut s = common::ServerProc::start(&args, addr);
         let mut c = con(addr);
         let value = vec![b'x'; 100];
-        let mut stored = 0usize;
-        'fill: for batch in 0..1000 {
-            let mut pipe = redis::pipe();
-            pipe.ignore_errors();
-            for i in 0..100 {
-                pipe.cmd("SET")
-                    .arg(format!("k{}", batch * 100 + i))
-                    .arg(&value);
-            }
-            let replies: Vec<redis::Value> = pipe.query(&mut c).unwrap();
-            for r in replies {
-                match r {
-                    redis::Value::Okay => stored += 1,
-                    redis::Value::ServerError(e) => {
-                        assert!(format!("{e:?}").contains("OOM"), "{engine}: {e:?}");
-                        break 'fill;
-                    }
-                    other => panic!("{engine}: {other:?}"),
-                }
-            }
-        }
+        let stored = fill_pipelined(&mut c, "k", &value, engine);
         assert!(
             stored > 5000,
             "{engine}: only {stored} keys before the refusal"
@@ -409,22 +396,7 @@ fn kv_full_log_empties_by_half_after_kill_9() {
         assert_eq!(v, value, "{engine}: a kept key");
         // Full again, then FLUSHALL: one record, whatever the number of keys, and it survives
         // kill -9.
-        'refill: for batch in 0..1000 {
-            let mut pipe = redis::pipe();
-            pipe.ignore_errors();
-            for i in 0..100 {
-                pipe.cmd("SET")
-                    .arg(format!("r{}", batch * 100 + i))
-                    .arg(&value);
-            }
-            let replies: Vec<redis::Value> = pipe.query(&mut c).unwrap();
-            if replies
-                .iter()
-                .any(|r| matches!(r, redis::Value::ServerError(_)))
-            {
-                break 'refill;
-            }
-        }
+        fill_pipelined(&mut c, "r", &value, engine);
         let ok: String = redis::cmd("FLUSHALL").query(&mut c).unwrap();
         assert_eq!(ok, "OK", "{engine}: FLUSHALL on a full log");
         drop(c);
