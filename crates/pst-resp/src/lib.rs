@@ -181,7 +181,6 @@ impl CommandFramer {
         }
     }
 
-    /// Every byte before this stream position is no longer needed.
     /// Give back the argument list of a handled [`Event::Command`]: the next command's
     /// arguments go in it, so a connection's steady stream of commands allocates none.
     pub fn recycle(&mut self, mut args: Vec<Range<u64>>) {
@@ -191,6 +190,7 @@ impl CommandFramer {
         }
     }
 
+    /// Every byte before this stream position is no longer needed.
     pub fn needed_from(&self) -> u64 {
         match self.state {
             State::Idle | State::Dead => self.pos,

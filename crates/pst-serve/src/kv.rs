@@ -81,16 +81,16 @@ pub struct KvConn {
 /// Longest a delete waits for log space before it is refused.
 const DEFER_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Removal records a command will log, and the bytes of their keys: `None` for a command that
-/// does not remove (or whose need is unknown).
-fn removal_need(io: &dyn Io, args: &[Range<u64>]) -> Option<(usize, usize)> {
+/// Removal records a command (`cmd`: its [`command_index`]) will log, and the bytes of their
+/// keys: `None` for a command that does not remove (or whose need is unknown).
+fn removal_need(cmd: Option<usize>, args: &[Range<u64>]) -> Option<(usize, usize)> {
     let keys = || {
         args[1..]
             .iter()
             .map(|r| (r.end - r.start) as usize + 2)
             .sum()
     };
-    match COMMANDS[command_index(io, &args[0])?] {
+    match COMMANDS[cmd?] {
         "DEL" | "UNLINK" if args.len() >= 2 => Some((args.len() - 1, keys())),
         "GETDEL" if args.len() == 2 => Some((1, keys())),
         "FLUSHALL" => Some((1, 0)),
@@ -1649,50 +1649,41 @@ impl KvService {
         if grouped {
             store.begin_group();
         }
+        let name_buf = command_name(&*io, &args[0]);
+        let name: &str = &name_buf;
         // FLUSHALL/FLUSHDB touch the watched keys they delete (not absent ones).
         let mut flushed = Vec::new();
-        if !w.is_empty() {
-            let mut name = Vec::new();
-            io.gather(args[0].clone(), &mut name);
-            name.make_ascii_uppercase();
-            if name == b"FLUSHALL" || name == b"FLUSHDB" {
-                flushed = w.existing(store, (name == b"FLUSHDB").then_some(c.db));
-            }
+        if !w.is_empty() && (name == "FLUSHALL" || name == "FLUSHDB") {
+            flushed = w.existing(store, (name == "FLUSHDB").then_some(c.db));
         }
-        let go = self.exec_one(c, args, io, store, ttl, hs, out);
+        let go = self.exec_one(c, name, args, io, store, ttl, hs, out);
         if grouped {
             store.end_group();
         }
-        if !w.is_empty() {
-            let mut name = Vec::new();
-            io.gather(args[0].clone(), &mut name);
-            name.make_ascii_uppercase();
-            let name = String::from_utf8_lossy(&name);
-            if !READ_ONLY.contains(&name.as_ref()) {
-                match name.as_ref() {
-                    "FLUSHALL" | "FLUSHDB" => {
-                        for k in &flushed {
-                            w.touch(k);
-                        }
+        if !w.is_empty() && !READ_ONLY.contains(&name) {
+            match name {
+                "FLUSHALL" | "FLUSHDB" => {
+                    for k in &flushed {
+                        w.touch(k);
                     }
-                    "SWAPDB" if args.len() == 3 => {
-                        // Every watched key of both databases may have changed.
-                        let db = |i: usize| {
-                            let mut v = Vec::new();
-                            io.gather(args[i].clone(), &mut v);
-                            parse_int(&v)
-                        };
-                        if let (Some(a), Some(b)) = (db(1), db(2)) {
-                            w.touch_dbs(&[a, b]);
-                        }
+                }
+                "SWAPDB" if args.len() == 3 => {
+                    // Every watched key of both databases may have changed.
+                    let db = |i: usize| {
+                        let mut v = Vec::new();
+                        io.gather(args[i].clone(), &mut v);
+                        parse_int(&v)
+                    };
+                    if let (Some(a), Some(b)) = (db(1), db(2)) {
+                        w.touch_dbs(&[a, b]);
                     }
-                    _ => {
-                        if let Some(KeyArgs::At(pos)) = key_positions(&name, args.len()) {
-                            for i in pos {
-                                let mut k = Vec::new();
-                                io.gather(args[i].clone(), &mut k);
-                                w.touch(&db_key(c.db, k));
-                            }
+                }
+                _ => {
+                    if let Some(KeyArgs::At(pos)) = key_positions(name, args.len()) {
+                        for i in pos {
+                            let mut k = Vec::new();
+                            io.gather(args[i].clone(), &mut k);
+                            w.touch(&db_key(c.db, k));
                         }
                     }
                 }
@@ -1705,6 +1696,7 @@ impl KvService {
     fn exec_one(
         &self,
         c: &mut KvConn,
+        name: &str,
         args: &[Range<u64>],
         io: &mut dyn Io,
         store: &mut PoolStore,
@@ -1712,8 +1704,6 @@ impl KvService {
         hs: &mut Hashes,
         out: &mut Out<'_>,
     ) -> bool {
-        let name_buf = command_name(&*io, &args[0]);
-        let name: &str = &name_buf;
         let n = args.len();
         let arg = |io: &dyn Io, i: usize| {
             let mut v = Vec::new();
@@ -1766,10 +1756,9 @@ impl KvService {
             }
         }
         // A set command (not the hot `SET`): checked by name once, here.
-        let set_cmd = name.starts_with('S') && name != "SET" && {
-            let n = name;
-            sets::SET_COMMANDS.contains(&n) || n.ends_with("STORE")
-        };
+        let set_cmd = name.starts_with('S')
+            && name != "SET"
+            && (sets::SET_COMMANDS.contains(&name) || name.ends_with("STORE"));
         // Answers from the in-memory tables (hash fields, set members, deadlines) carry no
         // record of their own: they wait until everything written so far is durable, so no
         // reply shows a field or deadline a crash could take back (pipelined commit).
@@ -3501,9 +3490,13 @@ impl KvService {
         };
         let mut keep = true;
         while let Some(ev) = c.queue.pop_front() {
+            // The command's index, once looked up (for the hold check, then for the counts).
+            let mut looked_up = None;
             if let Event::Command(args) = &ev {
+                let idx = command_index(&*io, &args[0]);
+                looked_up = Some(idx);
                 let full = c.tx.is_none()
-                    && removal_need(&*io, args).is_some_and(|(n, b)| !store.removal_room(n, b));
+                    && removal_need(idx, args).is_some_and(|(n, b)| !store.removal_room(n, b));
                 if full {
                     let deadline = held.unwrap_or_else(|| std::time::Instant::now() + DEFER_LIMIT);
                     if std::time::Instant::now() < deadline {
@@ -3536,7 +3529,7 @@ impl KvService {
                 };
                 &mut owned
             };
-            let idx = command_index(&*io, &args[0]);
+            let idx = looked_up.unwrap_or_else(|| command_index(&*io, &args[0]));
             let (t0, before) = (std::time::Instant::now(), out.buf.len());
             let go =
                 match self.transaction(c, &args, io, store, &mut ttl, &mut hs, &mut w, &mut out) {

@@ -710,43 +710,21 @@ fn send_pending<C>(port: &mut Port, c: &mut UConn<C>, m: &WorkerMetrics) {
     // Drained in place: the list keeps its capacity for the next replies.
     let mut list = std::mem::take(&mut c.pending);
     let mut pieces = list.drain(..).peekable();
-    // Consecutive byte pieces are joined into one copy; a lone one is copied as it is.
-    let mut joined: Vec<u8> = Vec::new();
     while let Some(p) = pieces.next() {
         match p {
-            Piece::Bytes(b) => {
-                let more = matches!(pieces.peek(), Some(Piece::Bytes(_)));
-                if more || !joined.is_empty() {
-                    joined.extend_from_slice(&b);
+            Piece::Bytes(mut data) => {
+                // Consecutive byte pieces go out as one copy: appended to the first.
+                while let Some(Piece::Bytes(b)) = pieces.next_if(|p| matches!(p, Piece::Bytes(_))) {
+                    data.extend_from_slice(&b);
                     crate::protocol::recycle_reply(b);
-                    if more {
-                        continue;
-                    }
-                    let r = port.send_copy(c.id, &joined);
-                    match r {
-                        Ok(()) => {
-                            m.sent(joined.len() as u64);
-                            joined.clear();
-                        }
-                        Err(pst::SendCopyError::PoolExhausted) => {
-                            c.pending.push(Piece::Bytes(std::mem::take(&mut joined)));
-                            c.pending.extend(pieces);
-                            return;
-                        }
-                        Err(pst::SendCopyError::Closed) => {
-                            release_rest(port, pieces);
-                            return;
-                        }
-                    }
-                    continue;
                 }
-                match port.send_copy(c.id, &b) {
+                match port.send_copy(c.id, &data) {
                     Ok(()) => {
-                        m.sent(b.len() as u64);
-                        crate::protocol::recycle_reply(b);
+                        m.sent(data.len() as u64);
+                        crate::protocol::recycle_reply(data);
                     }
                     Err(pst::SendCopyError::PoolExhausted) => {
-                        c.pending.push(Piece::Bytes(b));
+                        c.pending.push(Piece::Bytes(data));
                         c.pending.extend(pieces);
                         return;
                     }

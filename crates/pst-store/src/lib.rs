@@ -448,34 +448,45 @@ impl<M: Media> Store<M> {
             Kind::Put => {
                 let key = m.key.clone().expect("put has a key");
                 if let Some(old) = self.index.insert(key, m.seq) {
-                    let (len, rec) = self
-                        .rec(old)
-                        .map_or((0, 0), |r| (r.payload_len, r.log_len()));
-                    self.live_bytes -= len as u64;
-                    self.dead_log_bytes += rec;
+                    self.value_gone(old);
                 }
                 self.live_bytes += m.payload_len as u64;
             }
             Kind::Delete => {
                 let key = m.key.as_ref().expect("delete has a key");
                 if let Some(old) = self.index.remove(key) {
-                    let (len, rec) = self
-                        .rec(old)
-                        .map_or((0, 0), |r| (r.payload_len, r.log_len()));
-                    self.live_bytes -= len as u64;
-                    self.dead_log_bytes += rec;
+                    self.value_gone(old);
                 }
                 self.dead_log_bytes += m.log_len(); // a tombstone is dead from the start
             }
             Kind::Clear => {
                 for (_, old) in std::mem::take(&mut self.index) {
-                    if let Some((len, rec)) = self.rec(old).map(|r| (r.payload_len, r.log_len())) {
-                        self.live_bytes -= len as u64;
-                        self.dead_log_bytes += rec;
-                    }
+                    self.value_gone(old);
                 }
                 self.dead_log_bytes += m.log_len();
             }
+        }
+    }
+
+    /// The put record `seq` left the index (overwritten, deleted, cleared): its value is no
+    /// longer live and its record is dead log space.
+    fn value_gone(&mut self, seq: u64) {
+        if let Some((len, rec)) = self.rec(seq).map(|r| (r.payload_len, r.log_len())) {
+            self.live_bytes -= len as u64;
+            self.dead_log_bytes += rec;
+        }
+    }
+
+    /// Record bytes one segment holds (its size less its header).
+    fn seg_capacity(&self) -> u64 {
+        self.seg_size - SEG_HEADER as u64
+    }
+
+    /// Bytes left in the head segment (0 when none is open).
+    fn head_room(&self) -> u64 {
+        match self.order.is_empty() {
+            true => 0,
+            false => self.seg_size - self.head_pos,
         }
     }
 
@@ -490,7 +501,7 @@ impl<M: Media> Store<M> {
             free_segments: self.free_segments() as u64,
             compactions: self.compactions,
             dead_log_bytes: self.dead_log_bytes,
-            log_capacity: self.segs.len() as u64 * (self.seg_size - SEG_HEADER as u64),
+            log_capacity: self.segs.len() as u64 * self.seg_capacity(),
             commits: self.commits,
         }
     }

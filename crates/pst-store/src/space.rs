@@ -55,15 +55,10 @@ impl<M: Media> Store<M> {
     /// while this is false, rather than refusing it: space comes back within a few commits.
     pub fn removal_room(&self, records: usize, key_bytes: usize) -> bool {
         let need = (records * (REC_HEADER + 8) + key_bytes) as u64;
-        let cap = self.seg_size - SEG_HEADER as u64;
-        let head = if self.order.is_empty() {
-            0
-        } else {
-            self.seg_size - self.head_pos
-        };
         let slack = (REC_HEADER + 8 + key_bytes.min(format::MAX_KEY)) as u64;
-        let fresh = self.free_segments().saturating_sub(1) as u64 * cap.saturating_sub(slack);
-        need <= head + fresh
+        let fresh = self.free_segments().saturating_sub(1) as u64
+            * self.seg_capacity().saturating_sub(slack);
+        need <= self.head_room() + fresh
     }
 
     /// Free log segments and total segments.
@@ -87,15 +82,18 @@ impl<M: Media> Store<M> {
     /// oldest first, so the oldest is the only candidate) with a cost-benefit rule for *when*:
     /// - an oldest segment with nothing live is retired as soon as segments run low (or the
     ///   pool is short of buffers): free of charge;
-    /// - one at least half dead is rotated when segments run low: it gives back more than it
-    ///   costs. Below that, waiting is cheaper — deletes that walk the keys in write order
-    ///   empty the oldest segments completely, and rotating one early would only move its
-    ///   remaining keys to the head, where their tombstones then land beside them;
+    /// - one at least three quarters dead is rotated when segments run low. Below that,
+    ///   waiting is cheaper — deletes that walk the keys in write order empty the oldest
+    ///   segments completely, and rotating one early would only move its remaining keys to the
+    ///   head, where their tombstones then land beside them;
     /// - when the pool is short of buffers, any dead record is worth it (its buffers return);
+    /// - to *advance*: when segments run low and two segments' worth of dead records
+    ///   (tombstones, mostly) sit further on, one rotation at a time while the head has a
+    ///   quarter segment left, so that they reach the tail before deletes are blocked;
     /// - when the log is *blocked* — fewer free segments than deletes need, the head nearly
-    ///   full, and no retired segment on its way back — the oldest is rotated whatever it holds, as long as some record
-    ///   anywhere in the log is dead: the log has to move for the dead records further on,
-    ///   tombstones included, to reach the tail and be dropped.
+    ///   full, and no retired segment on its way back — the oldest is rotated whatever it
+    ///   holds, as long as some record anywhere in the log is dead: the log has to move for
+    ///   the dead records further on, tombstones included, to reach the tail and be dropped.
     ///
     /// Rotation never fails part-way: it runs only when the live records fit (in the head's
     /// remainder, or in one free segment, which holds every live record of a segment since
@@ -120,8 +118,8 @@ impl<M: Media> Store<M> {
                 dead += r.log_len();
             }
         }
-        let cap = self.seg_size - SEG_HEADER as u64;
-        let head_room = self.seg_size - self.head_pos;
+        let cap = self.seg_capacity();
+        let head_room = self.head_room();
         if free == 0 && live > head_room {
             return Ok(false); // would not fit: wait for a retired segment to come back
         }
