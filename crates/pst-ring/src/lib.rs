@@ -30,4 +30,8 @@ pub use core::{Core, CoreConfig, CoreStats, Op, SendError, LINGER_MAX};
 pub use pack::{PackTarget, PackToken, Packer};
 pub use pst_pool::{BufAlloc, BufIdx, Partition};
 pub use slot::{ConnId, Extent, Slot, SlotKind};
+
+/// A list of extents, up to two inline: a value or a reply in one or two buffers (the common
+/// case) needs no heap allocation for its list.
+pub type ExtentList = smallvec::SmallVec<[Extent; 2]>;
 pub use userdata::{OpKind, UserData};

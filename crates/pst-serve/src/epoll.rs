@@ -506,14 +506,14 @@ impl Io for EpollIo<'_> {
         if crate::protocol::packs(bytes.len() as u64, self.bufs.buf_size()) {
             return Some(smallvec::smallvec![self.packer.pack(self.bufs, bytes)?]);
         }
-        pst::copy_into(self.bufs, bytes).map(Into::into)
+        pst::copy_into(self.bufs, bytes)
     }
 
     fn copy_in(&mut self, bytes: &[u8]) -> Option<pst_store::ValueExtents> {
         if crate::protocol::packs(bytes.len() as u64, self.bufs.buf_size()) {
             return Some(smallvec::smallvec![self.packer.pack(self.bufs, bytes)?]);
         }
-        pst::copy_into(self.bufs, bytes).map(Into::into)
+        pst::copy_into(self.bufs, bytes)
     }
 
     fn zero_copy(&mut self, _: &[(u32, u32, u32)]) -> Option<pst_store::ValueExtents> {

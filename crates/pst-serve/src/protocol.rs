@@ -322,11 +322,10 @@ pub(crate) mod testing {
 
         fn extents(&mut self, r: Range<u64>) -> Option<pst_store::ValueExtents> {
             pst::copy_into(&mut self.bufs, &self.data[r.start as usize..r.end as usize])
-                .map(Into::into)
         }
 
         fn copy_in(&mut self, bytes: &[u8]) -> Option<pst_store::ValueExtents> {
-            pst::copy_into(&mut self.bufs, bytes).map(Into::into)
+            pst::copy_into(&mut self.bufs, bytes)
         }
 
         fn zero_copy(&mut self, _: &[(u32, u32, u32)]) -> Option<pst_store::ValueExtents> {

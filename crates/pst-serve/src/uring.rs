@@ -135,7 +135,7 @@ impl Io for UringIo<'_> {
                 return Some(smallvec::smallvec![packer.pack(self.port, bytes)?]);
             }
         }
-        pst::copy_into(self.port, bytes).map(Into::into)
+        pst::copy_into(self.port, bytes)
     }
 
     fn zero_copy(&mut self, extents: &[(u32, u32, u32)]) -> Option<pst_store::ValueExtents> {

@@ -49,7 +49,7 @@ pub use format::Kind as RecordKind;
 /// A value's extents as handed to [`Store::put`] and [`Store::append`]: up to two inline
 /// (a value in one or two buffers, the common case, allocates no list). A `Vec<Extent>`
 /// converts into it.
-pub type ValueExtents = smallvec::SmallVec<[Extent; 2]>;
+pub type ValueExtents = pst_ring::ExtentList;
 pub use pst_pool::PoolMedia;
 
 /// A store over a real pool (its log region and buffers): what servers use.
@@ -284,7 +284,7 @@ struct InFlight {
 #[derive(Debug)]
 struct BufRef {
     refs: u32,
-    handles: smallvec::SmallVec<[Extent; 2]>,
+    handles: pst_ring::ExtentList,
 }
 
 /// A value as stored: its extents, length and checksum.

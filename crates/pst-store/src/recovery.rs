@@ -309,7 +309,7 @@ impl<M: Media> Store<M> {
                 .entry(b)
                 .or_insert(BufRef {
                     refs: 0,
-                    handles: smallvec::SmallVec::new(),
+                    handles: pst_ring::ExtentList::new(),
                 })
                 .refs += 1;
         }

@@ -173,7 +173,7 @@ fn execute(
             let extents = match (value, kept) {
                 (Value::InPlace(skip, len), Some(buf)) => Some(vec![port.share(buf, skip, len)]),
                 (Value::InPlace(..), None) => None,
-                (Value::Copied(bytes), _) => pst::copy_into(port, &bytes),
+                (Value::Copied(bytes), _) => pst::copy_into(port, &bytes).map(|e| e.into_vec()),
             };
             let Some(extents) = extents else {
                 return (b"ERR pool exhausted\n".to_vec(), false);

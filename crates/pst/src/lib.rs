@@ -54,7 +54,8 @@ use std::time::Duration;
 pub use pst_pool::Partition;
 pub use pst_pool::{BufIdx, Geometry, PersistError, PersistMode, Pool, PoolError, PoolOptions};
 pub use pst_ring::{
-    Buffers, ConnId, CoreStats, Extent, PackTarget, Packer, SendError, Slot, SlotKind, LINGER_MAX,
+    Buffers, ConnId, CoreStats, Extent, ExtentList, PackTarget, Packer, SendError, Slot, SlotKind,
+    LINGER_MAX,
 };
 pub use pst_uring::{DriverConfig, DriverStats, Waker};
 
@@ -369,21 +370,6 @@ impl Port {
 
     /// Copy `data` into pool buffers and queue them on `conn`: for small replies.
     pub fn send_copy(&mut self, conn: ConnId, data: &[u8]) -> Result<(), SendCopyError> {
-        if data.is_empty() {
-            return Ok(());
-        }
-        // Most replies fit one buffer: copy and queue it without building a list.
-        if data.len() <= self.pool.geometry().buf_size as usize {
-            let mut src = TxSource(self);
-            let mut e = src.alloc_extent().ok_or(SendCopyError::PoolExhausted)?;
-            if data.len() <= e.len() as usize {
-                e.narrow(0, data.len() as u32);
-                src.extent_mut(&mut e).copy_from_slice(data);
-                // A refused send releases its extent.
-                return self.core.send(conn, e).map_err(|_| SendCopyError::Closed);
-            }
-            src.release_extent(e);
-        }
         let exts = copy_into(&mut TxSource(self), data).ok_or(SendCopyError::PoolExhausted)?;
         let mut exts = exts.into_iter();
         for e in exts.by_ref() {
@@ -513,9 +499,9 @@ impl BufferSource for TxSource<'_> {
 }
 
 /// Copy `bytes` into fresh buffers of `src`, one extent per buffer; all or nothing (`None`
-/// when the buffers run out, with nothing held).
-pub fn copy_into(src: &mut impl BufferSource, mut bytes: &[u8]) -> Option<Vec<Extent>> {
-    let mut out = Vec::new();
+/// when the buffers run out, with nothing held). Up to two buffers' worth allocates no list.
+pub fn copy_into(src: &mut impl BufferSource, mut bytes: &[u8]) -> Option<ExtentList> {
+    let mut out = ExtentList::new();
     while !bytes.is_empty() {
         let Some(mut e) = src.alloc_extent() else {
             for e in out {
