@@ -108,6 +108,33 @@ impl BufAlloc {
         Some(self.take(w, 63 - self.free[w].leading_zeros() as usize))
     }
 
+    /// Take a run of `k` free buffers, one reference each, whose first index is a multiple of
+    /// `k` (a slot of the data region a store's log may borrow): the highest such run, away
+    /// from the low end where kept data is packed. Returns its first buffer; `None` when no
+    /// whole slot inside the partition is free.
+    pub fn alloc_run(&mut self, k: u32) -> Option<BufIdx> {
+        if k == 0 || self.free_count < k as usize {
+            return None;
+        }
+        let end = self.first + self.refs.len() as u32;
+        let mut start = (end / k).checked_mul(k)?;
+        while start >= self.first {
+            if start + k <= end && (start..start + k).all(|b| self.is_free(b - self.first)) {
+                for b in start..start + k {
+                    let i = (b - self.first) as usize;
+                    self.take(i / 64, i % 64);
+                }
+                return Some(BufIdx(start));
+            }
+            start = start.checked_sub(k)?;
+        }
+        None
+    }
+
+    fn is_free(&self, i: u32) -> bool {
+        self.free[i as usize / 64] & (1 << (i % 64)) != 0
+    }
+
     fn take(&mut self, w: usize, bit: usize) -> BufIdx {
         self.free[w] &= !(1u64 << bit);
         self.free_count -= 1;
@@ -205,6 +232,32 @@ mod tests {
         assert!(got.windows(2).all(|w| w[0] < w[1]));
         assert_eq!(a.free_count(), 0);
         assert_eq!(a.alloc_high(), None);
+    }
+
+    #[test]
+    fn runs_are_aligned_whole_and_highest_first() {
+        // Buffers 10..74: slots of 16 are 16..32, 32..48, 48..64 (0..16 and 64..80 are not
+        // wholly inside).
+        let mut a = BufAlloc::new(10, 64);
+        assert_eq!(a.alloc_run(16), Some(BufIdx(48)));
+        assert_eq!(a.refs(BufIdx(48)), Ok(1));
+        assert_eq!(a.refs(BufIdx(63)), Ok(1));
+        assert_eq!(a.refs(BufIdx(64)), Ok(0));
+        assert_eq!(
+            a.alloc(),
+            Some(BufIdx(10)),
+            "kept data still starts at the bottom"
+        );
+        assert_eq!(a.alloc_run(16), Some(BufIdx(32)));
+        assert_eq!(a.alloc_run(16), Some(BufIdx(16)));
+        assert_eq!(a.alloc_run(16), None);
+        assert_eq!(a.free_count(), 64 - 1 - 48);
+        assert_eq!(a.alloc_run(0), None);
+        // One live buffer inside 32..48 rules that slot out.
+        let mut c = BufAlloc::with_live(10, 64, |b| (b.0 == 40) as u16);
+        assert_eq!(c.alloc_run(16), Some(BufIdx(48)));
+        assert_eq!(c.alloc_run(16), Some(BufIdx(16)));
+        assert_eq!(c.alloc_run(16), None);
     }
 
     #[test]

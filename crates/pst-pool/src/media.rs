@@ -285,7 +285,10 @@ impl Pool {
     /// if it was already claimed: there is never a second writer of the log.
     ///
     /// The store reads pool buffers only while it holds references on them (so the kernel is
-    /// not writing them), which is what makes its reads through the media race-free.
+    /// not writing them), which is what makes its reads through the media race-free; recovery,
+    /// which runs before any port lends buffers to the kernel, also reads the data region's
+    /// segment slots. In a version 2 pool the store may also write the data region: only the
+    /// slots it borrowed for its log, whose buffers it holds the only reference on.
     pub fn claim_log(self: &std::sync::Arc<Self>) -> Option<PoolMedia> {
         // AcqRel: the claim is a one-shot latch between threads; nothing else is ordered by it.
         if self
@@ -298,8 +301,13 @@ impl Pool {
         #[allow(unsafe_code)]
         // SAFETY: the latch above makes this the only media that writes the log region; the
         // reading discipline is documented on this method and upheld by pst-store, which reads
-        // only its log region and buffers it holds references on.
-        Some(unsafe { PoolMedia::new(self.clone(), h.log_off..h.log_off + h.geometry.log_len) })
+        // only its log region and buffers it holds references on, and writes the data region
+        // (version 2) only in slots whose buffers it holds alone.
+        let end = match h.log_may_grow() {
+            true => h.total_len,
+            false => h.log_off + h.geometry.log_len,
+        };
+        Some(unsafe { PoolMedia::new(self.clone(), h.log_off..end) })
     }
 }
 

@@ -143,6 +143,20 @@ pub struct Pool {
     writeback: Option<crate::writeback::WriteBack>,
 }
 
+/// A random 64-bit number for a new pool's log salt: std's `RandomState` draws its keys from
+/// the operating system's random source; time and process id make each call differ too.
+fn random_salt() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
 impl Pool {
     /// Open the pool at `path`, creating it (and its parent directories) if absent.
     ///
@@ -271,7 +285,9 @@ impl Pool {
     }
 
     fn create(path: &Path, geometry: Geometry) -> Result<(), PoolError> {
-        let header = Header::layout(geometry).map_err(|e| PoolError::Geometry(e.to_string()))?;
+        let header = Header::layout(geometry)
+            .map_err(|e| PoolError::Geometry(e.to_string()))?
+            .with_salt(random_salt());
         let io = |source| PoolError::Io {
             path: path.to_owned(),
             source,

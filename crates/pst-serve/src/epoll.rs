@@ -621,6 +621,12 @@ impl<P: Protocol> EpollService<P> {
         for e in SharedStore::take_returns(&mut g, self.part) {
             self.bufs.release(e);
         }
+        let room = (
+            self.bufs.free_count(),
+            self.bufs.capacity(),
+            self.bufs.buf_size(),
+        );
+        shared.grow(&mut g, self.retention, room, |k| self.bufs.alloc_run(k));
         ok
     }
 

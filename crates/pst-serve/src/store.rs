@@ -270,6 +270,51 @@ impl SharedStore {
         }
     }
 
+    /// Let a KV store's log borrow slots of the data region while it wants them and this
+    /// partition can spare them: `run(k)` takes a free aligned slot of `k` buffers from the
+    /// partition's allocator. A slot is taken only when the buffers left after it (and after a
+    /// second one) keep the write reserve ([`crate::protocol::has_room`]): the log never takes
+    /// what receiving and admitted writes need. The log gives slots back itself when it has
+    /// plenty free ([`pst_store::Store::lend_back`], from `maintain`). At most two per batch.
+    /// Returns how many were granted.
+    pub fn grow(
+        &self,
+        g: &mut SharedInner,
+        retention: Retention,
+        (free, capacity, buf_size): (usize, usize, u32),
+        mut run: impl FnMut(u32) -> Option<Vec<Extent>>,
+    ) -> usize {
+        if retention != Retention::Compact {
+            return 0; // a WAL keeps to its log region: its retention drops the oldest records
+        }
+        let (mut granted, mut free) = (0, free);
+        while granted < 2 {
+            let Some(k) = g.store.segment_wanted() else {
+                break;
+            };
+            let bytes = 2 * k as u64 * buf_size as u64;
+            if !crate::protocol::has_room(free, capacity, buf_size, bytes) {
+                break;
+            }
+            let Some(slot) = run(k) else {
+                break;
+            };
+            if let Err(back) = g.store.grant_segment(slot) {
+                tracing::error!(buffers = back.len(), "the log refused a slot it asked for");
+                for e in back {
+                    let b = e.buf().0;
+                    if let Some(i) = self.parts.iter().position(|p| p.contains(&b)) {
+                        g.returns[i].push(e);
+                    }
+                }
+                break;
+            }
+            granted += 1;
+            free -= k as usize;
+        }
+        granted
+    }
+
     /// Extents partition `i` must release.
     pub fn take_returns(g: &mut SharedInner, i: usize) -> Vec<Extent> {
         std::mem::take(&mut g.returns[i])

@@ -433,6 +433,8 @@ pub fn serve<P: Protocol>(
             for e in SharedStore::take_returns(g, ctx.index) {
                 port.release(e);
             }
+            let room = (port.free_buffers(), port.capacity(), port.pool().buf_size());
+            shared.grow(g, retention, room, |k| port.alloc_run(k));
         }
         drop(guard);
         for w in wake.drain(..) {

@@ -43,7 +43,7 @@ impl<M: Media> Store<M> {
             first_seq: self.next_seq,
         };
         let off = self.seg_off(s);
-        self.media.write(off, &h.encode());
+        self.media.write(off, &h.encode(self.salt()));
         self.media.flush(off, SEG_HEADER as u64);
         self.segs[s as usize] = SegState::Active;
         self.order.push_back(s);

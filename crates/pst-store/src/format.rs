@@ -1,22 +1,36 @@
-//! The on-media log format, version 1. Pure encode/decode with checked views: decoding never
-//! panics on arbitrary bytes.
+//! The on-media log format, versions 1 and 2. Pure encode/decode with checked views: decoding
+//! never panics on arbitrary bytes.
 //!
 //! The log region is cut into equal **segments** ([`segment_size`]). Each starts with a 64-byte
 //! segment header; records follow at 8-byte aligned offsets. All integers little-endian. The
 //! offsets in the tables below are the ones the code uses, named in the private `seg` and `rec`
 //! layout modules.
 //!
+//! **Version 2** (pools with a version 2 header, `pst_pool::header`) adds segments outside the
+//! log region: the buffers of the data region are grouped in **slots** of
+//! `segment size / buffer size` buffers (slot `j` is buffers `j*k .. (j+1)*k`, at file offset
+//! `data_off + j * segment size`), and the store may borrow a whole free slot from the buffer
+//! allocator and use it as one more segment of its log; once the cleaner has emptied it and its
+//! invalidation is durable, it goes back to the buffers. So the log and the values share one
+//! space: small values no longer fill the log region first while buffers stay empty, and large
+//! ones are not held back by a log region sized for small ones. Segments are numbered log
+//! region first (`0..n`), then slots (`n + j`). Recovery reads every segment position, slots
+//! included; since slots hold clients' values when they are not lent to the log, a version 2
+//! segment header's checksum is seeded with the pool's random log salt (CRC32C over the salt's
+//! 8 bytes, then over bytes 0..36), which a client cannot know: no value passes for a segment
+//! header. Records are the same in both versions.
+//!
 //! Segment header:
 //!
 //! | off | size | field |
 //! |---|---|---|
 //! | 0  | 8 | magic `b"PSTSEG01"` |
-//! | 8  | 4 | format version (1) |
+//! | 8  | 4 | format version (1, or 2 in a version 2 pool) |
 //! | 12 | 4 | segment size in bytes |
 //! | 16 | 8 | epoch: increases by one for every segment ever opened in this log |
 //! | 24 | 8 | sequence number of the first record written in this segment |
 //! | 32 | 4 | reserved (0) |
-//! | 36 | 4 | CRC32C of bytes 0..36 |
+//! | 36 | 4 | CRC32C of bytes 0..36 (version 2: seeded with the log salt, see above) |
 //!
 //! A freed segment has its header zeroed; a reused one gets a new header with a new epoch, so
 //! stale records left in it (which carry the old epoch) are never mistaken for new ones.
@@ -114,8 +128,11 @@ pub const REC_HEADER: usize = rec::KEY;
 pub const SEG_MAGIC: [u8; 8] = *b"PSTSEG01";
 /// Record magic.
 pub const REC_MAGIC: u32 = 0x5053_5452;
-/// Log format version.
+/// Log format version written in the segment headers of a version 1 pool.
 pub const VERSION: u32 = 1;
+/// Log format version written in the segment headers of a version 2 pool (salted checksum,
+/// segments in the data region).
+pub const VERSION_2: u32 = 2;
 /// Most extents one record may name (the record's extent count is a u16). A 10 MiB body that
 /// landed in 2 KiB buffers names over 5,000; the record must still fit in one log segment.
 pub const MAX_EXTENTS: usize = u16::MAX as usize;
@@ -157,28 +174,36 @@ pub struct SegHeader {
 }
 
 impl SegHeader {
-    /// Encode.
-    pub fn encode(&self) -> [u8; SEG_HEADER] {
+    /// Encode; `salt` is the pool's log salt in a version 2 pool, `None` in a version 1 pool.
+    pub fn encode(&self, salt: Option<u64>) -> [u8; SEG_HEADER] {
         let mut b = [0u8; SEG_HEADER];
         b[seg::MAGIC].copy_from_slice(&SEG_MAGIC);
-        b[seg::VERSION].copy_from_slice(&VERSION.to_le_bytes());
+        let version = if salt.is_some() { VERSION_2 } else { VERSION };
+        b[seg::VERSION].copy_from_slice(&version.to_le_bytes());
         b[seg::SIZE].copy_from_slice(&self.size.to_le_bytes());
         b[seg::EPOCH].copy_from_slice(&self.epoch.to_le_bytes());
         b[seg::FIRST_SEQ].copy_from_slice(&self.first_seq.to_le_bytes());
-        let crc = crc32c::crc32c(&b[seg::CRC_COVERS]);
+        let crc = Self::crc(&b, salt);
         b[seg::CRC].copy_from_slice(&crc.to_le_bytes());
         b
     }
 
-    /// Decode; `None` for anything that is not a valid header of a segment of `size` bytes.
-    pub fn decode(b: &[u8], size: u64) -> Option<SegHeader> {
-        if b.len() < SEG_HEADER || b[seg::MAGIC] != SEG_MAGIC || u32_at(b, seg::VERSION) != VERSION
+    fn crc(b: &[u8], salt: Option<u64>) -> u32 {
+        match salt {
+            None => crc32c::crc32c(&b[seg::CRC_COVERS]),
+            Some(s) => crc32c::crc32c_append(crc32c::crc32c(&s.to_le_bytes()), &b[seg::CRC_COVERS]),
+        }
+    }
+
+    /// Decode; `None` for anything that is not a valid header of a segment of `size` bytes of
+    /// this pool's version (and, in version 2, salt).
+    pub fn decode(b: &[u8], size: u64, salt: Option<u64>) -> Option<SegHeader> {
+        let version = if salt.is_some() { VERSION_2 } else { VERSION };
+        if b.len() < SEG_HEADER || b[seg::MAGIC] != SEG_MAGIC || u32_at(b, seg::VERSION) != version
         {
             return None;
         }
-        if crc32c::crc32c(&b[seg::CRC_COVERS]) != u32_at(b, seg::CRC)
-            || u32_at(b, seg::SIZE) as u64 != size
-        {
+        if Self::crc(b, salt) != u32_at(b, seg::CRC) || u32_at(b, seg::SIZE) as u64 != size {
             return None;
         }
         Some(SegHeader {
@@ -475,9 +500,15 @@ mod tests {
             epoch: 9,
             first_seq: 1234,
         };
-        assert_eq!(SegHeader::decode(&h.encode(), 65536), Some(h));
-        assert_eq!(SegHeader::decode(&h.encode(), 32768), None);
-        assert_eq!(SegHeader::decode(&[0; 64], 65536), None);
+        assert_eq!(SegHeader::decode(&h.encode(None), 65536, None), Some(h));
+        assert_eq!(SegHeader::decode(&h.encode(None), 32768, None), None);
+        assert_eq!(SegHeader::decode(&[0; 64], 65536, None), None);
+        // Version 2: only with the same salt, never across versions.
+        let v2 = h.encode(Some(42));
+        assert_eq!(SegHeader::decode(&v2, 65536, Some(42)), Some(h));
+        assert_eq!(SegHeader::decode(&v2, 65536, Some(43)), None);
+        assert_eq!(SegHeader::decode(&v2, 65536, None), None);
+        assert_eq!(SegHeader::decode(&h.encode(None), 65536, Some(42)), None);
         assert_eq!(segment_size(1 << 20), 64 << 10);
         assert_eq!(segment_size(16 << 20), 1 << 20);
         assert_eq!(segment_size(64 << 10), 16 << 10);

@@ -226,6 +226,8 @@ pub struct StoreStats {
     pub dead_log_bytes: u64,
     /// Usable log bytes (segments less their headers).
     pub log_capacity: u64,
+    /// Segments borrowed from the data region (version 2 pools), included in `segments`.
+    pub borrowed_segments: u64,
     /// Barriers issued.
     pub commits: u64,
 }
@@ -258,6 +260,9 @@ enum SegState {
     Active,
     /// Dropped from the log, waiting in the retire queue or being invalidated.
     Retiring,
+    /// A slot of the data region the log does not have: its buffers are the allocator's
+    /// (version 2 pools; see [`Store::segment_wanted`]).
+    Lent,
 }
 
 /// A segment on its way out. Retiring is strictly oldest-first and one segment per barrier, so
@@ -336,7 +341,11 @@ pub struct Store<M: Media> {
     header: Header,
     log: Range<u64>,
     seg_size: u64,
+    /// Segments `0..n_base` are the log region's; the rest are slots of the data region
+    /// (format docs), each `slot_bufs` buffers.
     segs: Vec<SegState>,
+    n_base: u32,
+    slot_bufs: u32,
     /// Active segments, oldest first; the last is the head.
     order: VecDeque<u32>,
     head_pos: u64,
@@ -414,7 +423,28 @@ impl<M: Media> Store<M> {
     }
 
     fn seg_off(&self, s: u32) -> u64 {
-        self.log.start + s as u64 * self.seg_size
+        match s.checked_sub(self.n_base) {
+            None => self.log.start + s as u64 * self.seg_size,
+            Some(j) => self.header.data_off + j as u64 * self.seg_size,
+        }
+    }
+
+    /// The log salt that seeds segment header checksums (version 2 pools).
+    fn salt(&self) -> Option<u64> {
+        self.header.log_may_grow().then_some(self.header.log_salt)
+    }
+
+    /// The buffers of slot segment `s` (empty for a log region segment).
+    fn slot_buffers(&self, s: u32) -> Range<u32> {
+        match s.checked_sub(self.n_base) {
+            None => 0..0,
+            Some(j) => j * self.slot_bufs..(j + 1) * self.slot_bufs,
+        }
+    }
+
+    /// Segments the log has now: the log region's and the slots it borrowed.
+    fn owned_segments(&self) -> usize {
+        self.segs.iter().filter(|s| **s != SegState::Lent).count()
     }
 
     fn buf_off(&self, b: u32, off: u32) -> u64 {
@@ -497,11 +527,12 @@ impl<M: Media> Store<M> {
             live_keys: self.index.len() as u64,
             live_bytes: self.live_bytes,
             buffers_held: self.bufs.len() as u64,
-            segments: self.segs.len() as u64,
+            segments: self.owned_segments() as u64,
             free_segments: self.free_segments() as u64,
             compactions: self.compactions,
             dead_log_bytes: self.dead_log_bytes,
-            log_capacity: self.segs.len() as u64 * self.seg_capacity(),
+            log_capacity: self.owned_segments() as u64 * self.seg_capacity(),
+            borrowed_segments: (self.owned_segments() - self.n_base as usize) as u64,
             commits: self.commits,
         }
     }

@@ -18,12 +18,28 @@ impl<M: Media> Store<M> {
                 "{len} bytes give {n} segments; at least 3 are needed"
             )));
         }
+        // Version 2: the data region's buffers, in slots of one segment each, may be borrowed.
+        let bs = header.geometry.buf_size as u64;
+        let slot_bufs = match header.log_may_grow() && seg_size >= bs && seg_size % bs == 0 {
+            true => (seg_size / bs) as u32,
+            false => 0,
+        };
+        let slots = header
+            .geometry
+            .buf_count
+            .checked_div(slot_bufs)
+            .unwrap_or(0);
         let mut st = Store {
             media,
             header,
             log: log.start..log.start + n * seg_size,
             seg_size,
-            segs: (0..n).map(|_| SegState::Free).collect(),
+            segs: (0..n)
+                .map(|_| SegState::Free)
+                .chain((0..slots).map(|_| SegState::Lent))
+                .collect(),
+            n_base: n as u32,
+            slot_bufs,
             order: VecDeque::new(),
             head_pos: 0,
             next_seq: 1,
@@ -57,9 +73,10 @@ impl<M: Media> Store<M> {
         let mut report = RecoveryReport::default();
         let mut found: Vec<(u64, u32, SegHeader)> = Vec::new();
         let mut hb = [0u8; SEG_HEADER];
+        let salt = self.salt();
         for s in 0..self.segs.len() as u32 {
             self.media.read(self.seg_off(s), &mut hb);
-            if let Some(h) = SegHeader::decode(&hb, self.seg_size) {
+            if let Some(h) = SegHeader::decode(&hb, self.seg_size, salt) {
                 found.push((h.epoch, s, h));
             }
         }
@@ -75,7 +92,7 @@ impl<M: Media> Store<M> {
         // epoch (found by fuzzing: with every header lost, epochs restarted at 1 and stale
         // records with matching sequence numbers came back after the next write). So every
         // decodable record counts; the scan checks the magic first and costs one read of the
-        // log region.
+        // log region (and of the data region's slots, in a version 2 pool).
         let mut max_epoch = found.last().map_or(0, |f| f.0);
         for s in 0..self.segs.len() as u32 {
             self.media.read(self.seg_off(s), &mut seg_bytes);
@@ -203,6 +220,16 @@ impl<M: Media> Store<M> {
         for &s in &chain {
             self.segs[s as usize] = SegState::Active;
             self.order.push_back(s);
+            // A borrowed slot's buffers: one reference, the segment's own.
+            for b in self.slot_buffers(s) {
+                self.bufs
+                    .entry(b)
+                    .or_insert(BufRef {
+                        refs: 0,
+                        handles: pst_ring::ExtentList::new(),
+                    })
+                    .refs += 1;
+            }
         }
         // Buffers referenced by replayed records: one allocator reference each, as a handle.
         let bs = self.header.geometry.buf_size;
@@ -215,7 +242,7 @@ impl<M: Media> Store<M> {
                 .push(unsafe { Extent::from_raw(BufIdx(b), 0, bs) });
         }
         report.live_keys = self.index.len() as u64;
-        report.segments = (self.segs.len(), chain.len());
+        report.segments = (self.owned_segments(), chain.len());
         if mode != Recovery::Inspect {
             if let Some(c) = &report.corrupt {
                 // Never drop acknowledged data silently: refuse, unless the operator asked to

@@ -1,6 +1,11 @@
-//! Space: dropping or compacting the oldest segment, truncation, clearing.
+//! Space: dropping or compacting the oldest segment, truncation, clearing, and borrowing
+//! segments from the data region.
 
 use super::*;
+
+/// The log asks for a slot of the data region when it has fewer free segments than this
+/// (puts need three: `open_segment`).
+pub const GROW_BELOW: usize = 5;
 
 impl<M: Media> Store<M> {
     /// Drop WAL records below `seq`. Segments holding only such records are freed (their
@@ -61,9 +66,92 @@ impl<M: Media> Store<M> {
         need <= self.head_room() + fresh
     }
 
-    /// Free log segments and total segments.
+    /// Free log segments and the segments the log has (its region's and borrowed slots).
     pub fn segment_space(&self) -> (usize, usize) {
-        (self.free_segments(), self.segs.len())
+        (self.free_segments(), self.owned_segments())
+    }
+
+    /// Whether the log wants one more segment from the data region, and if so how many
+    /// buffers the slot is (version 2 pools; see the format docs). The caller takes a free,
+    /// aligned run of that many buffers from its allocator — when the pool can spare them —
+    /// and hands it over with [`Store::grant_segment`].
+    ///
+    /// The log grows when it runs short of free segments (fewer than `GROW_BELOW`, five) while
+    /// most of it is live: then cleaning would win little, and the pool's free buffers are
+    /// better spent on the log than left empty beside a full one. When half of it is dead,
+    /// the cleaner ([`Store::maintain`]) makes room instead.
+    pub fn segment_wanted(&self) -> Option<u32> {
+        if self.slot_bufs == 0 || self.poisoned.is_some() {
+            return None;
+        }
+        let free = self.free_segments();
+        let capacity = self.owned_segments() as u64 * self.seg_capacity();
+        let wanted = free < GROW_BELOW && self.dead_log_bytes * 2 < capacity;
+        let any = self.segs[self.n_base as usize..].contains(&SegState::Lent);
+        (wanted && any).then_some(self.slot_bufs)
+    }
+
+    /// Take the buffers of `run` (one reference each, contiguous, starting at a multiple of
+    /// the slot size: one whole slot the allocator has given up) as a free log segment.
+    /// Gives the run back when it is not such a slot, or the slot is already the log's.
+    pub fn grant_segment(&mut self, run: Vec<Extent>) -> Result<(), Vec<Extent>> {
+        let k = self.slot_bufs;
+        let first = run.first().map(|e| e.buf().0);
+        let slot = first.filter(|f| k > 0 && f % k == 0).map(|f| f / k);
+        let fits = slot.is_some_and(|j| {
+            run.len() == k as usize
+                && run
+                    .iter()
+                    .enumerate()
+                    .all(|(i, e)| e.buf().0 == j * k + i as u32)
+                && self.segs.get((self.n_base + j) as usize) == Some(&SegState::Lent)
+        });
+        let Some(j) = slot.filter(|_| fits) else {
+            return Err(run);
+        };
+        let s = self.n_base + j;
+        for e in run {
+            let b = e.buf().0;
+            let mut handles = pst_ring::ExtentList::new();
+            handles.push(e);
+            self.bufs.insert(b, BufRef { refs: 1, handles });
+        }
+        self.segs[s as usize] = SegState::Free;
+        tracing::debug!(segment = s, "log borrowed a slot of the data region");
+        Ok(())
+    }
+
+    /// Give one free borrowed slot back to the buffers when the log has plenty of free
+    /// segments (or the pool is short of buffers and it has a few): its buffers come back
+    /// through [`Store::take_released`]. Its header is already invalid on media: a segment
+    /// becomes free only after its invalidation is durable, and a granted slot never had a
+    /// header of this log's. Returns whether it gave one back.
+    pub fn lend_back(&mut self, pressure: bool) -> bool {
+        let free = self.free_segments();
+        let plenty = free > 2 * GROW_BELOW + self.owned_segments() / 8;
+        if !(plenty || (pressure && free > GROW_BELOW)) {
+            return false;
+        }
+        let Some(s) = (self.n_base as usize..self.segs.len())
+            .rev()
+            .find(|&s| self.segs[s] == SegState::Free)
+        else {
+            return false;
+        };
+        self.segs[s] = SegState::Lent;
+        for b in self.slot_buffers(s as u32) {
+            let e = self
+                .bufs
+                .get_mut(&b)
+                .expect("a borrowed slot's buffer is held");
+            e.refs -= 1;
+            if e.refs == 0 {
+                let e = self.bufs.remove(&b).expect("present");
+                self.released.extend(e.handles);
+            }
+        }
+        tracing::debug!(segment = s, "log gave a slot back to the buffers");
+        true
     }
 
     pub(super) fn is_live(&self, r: &RecMeta) -> bool {
@@ -104,8 +192,9 @@ impl<M: Media> Store<M> {
         if self.order.len() < 2 {
             return Ok(false);
         }
+        self.lend_back(pressure);
         let free = self.free_segments();
-        let low = free * 4 < self.segs.len();
+        let low = free * 4 < self.owned_segments();
         if !(low || pressure || free < 2) {
             return Ok(false);
         }

@@ -337,6 +337,13 @@ impl Port {
         self.core.alloc_extent()
     }
 
+    /// A whole free slot of `k` buffers of this port's partition, one extent per buffer, for
+    /// a store's log to borrow (`pst_store::Store::segment_wanted`); `None` when no such
+    /// slot is free. Buffers lent to the kernel are never part of one.
+    pub fn alloc_run(&mut self, k: u32) -> Option<Vec<Extent>> {
+        self.core.alloc_run(k)
+    }
+
     /// Split an extent in two at `at`; both halves keep the buffer alive.
     pub fn split(&mut self, ext: Extent, at: u32) -> (Extent, Extent) {
         self.core.split(ext, at)

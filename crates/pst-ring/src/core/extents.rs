@@ -76,6 +76,18 @@ impl Core {
             .map(|b| Extent::owned(b, 0, self.cfg.buf_size))
     }
 
+    /// A whole free slot of `k` buffers (see [`BufAlloc::alloc_run`]), one extent per
+    /// buffer: for a store's log to borrow. `None` when no such slot is free.
+    pub fn alloc_run(&mut self, k: u32) -> Option<Vec<Extent>> {
+        let first = self.alloc.alloc_run(k)?.0;
+        let bs = self.cfg.buf_size;
+        Some(
+            (first..first + k)
+                .map(|b| Extent::owned(BufIdx(b), 0, bs))
+                .collect(),
+        )
+    }
+
     /// Give an extent's reference back.
     pub fn release(&mut self, ext: Extent) {
         let (b, _, _) = ext.into_raw();
