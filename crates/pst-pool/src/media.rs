@@ -298,15 +298,15 @@ impl Pool {
             return None;
         }
         let h = self.header;
+        let end = match h.log_may_grow() {
+            true => h.total_len,
+            false => h.log_off + h.geometry.log_len,
+        };
         #[allow(unsafe_code)]
         // SAFETY: the latch above makes this the only media that writes the log region; the
         // reading discipline is documented on this method and upheld by pst-store, which reads
         // only its log region and buffers it holds references on, and writes the data region
         // (version 2) only in slots whose buffers it holds alone.
-        let end = match h.log_may_grow() {
-            true => h.total_len,
-            false => h.log_off + h.geometry.log_len,
-        };
         Some(unsafe { PoolMedia::new(self.clone(), h.log_off..end) })
     }
 }
