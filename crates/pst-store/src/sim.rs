@@ -103,6 +103,17 @@ impl Landing {
         Some(out)
     }
 
+    /// A whole free slot of `k` buffers for a store's log to borrow (`Store::segment_wanted`,
+    /// `Store::grant_segment`), one extent per buffer; `None` when none is free.
+    pub fn take_run(&mut self, k: u32) -> Option<Vec<Extent>> {
+        let first = self.alloc.alloc_run(k)?;
+        Some(
+            (first.0..first.0 + k)
+                .map(|b| Self::extent(BufIdx(b), 0, self.buf_size))
+                .collect(),
+        )
+    }
+
     /// Give back extents (a store's `take_released`, or values not stored). Panics on a
     /// reference that was never taken: a store releasing what it did not own is a bug.
     pub fn release(&mut self, extents: impl IntoIterator<Item = Extent>) {

@@ -169,7 +169,8 @@ impl<M: Media> Store<M> {
     /// The cleaner is Sprite LFS's, restricted to age order (recovery needs segments to retire
     /// oldest first, so the oldest is the only candidate) with a cost-benefit rule for *when*:
     /// - an oldest segment with nothing live is retired as soon as segments run low (or the
-    ///   pool is short of buffers): free of charge;
+    ///   pool is short of buffers, or the log holds borrowed slots: their buffers go back
+    ///   early): free of charge;
     /// - one at least three quarters dead is rotated when segments run low. Below that,
     ///   waiting is cheaper — deletes that walk the keys in write order empty the oldest
     ///   segments completely, and rotating one early would only move its remaining keys to the
@@ -189,13 +190,17 @@ impl<M: Media> Store<M> {
     /// (`open_segment`): puts need three, deletes two, rotation one.
     pub fn maintain(&mut self, pressure: bool) -> Result<bool, StoreError> {
         self.check_writable()?;
+        self.lend_back(pressure);
         if self.order.len() < 2 {
             return Ok(false);
         }
-        self.lend_back(pressure);
         let free = self.free_segments();
         let low = free * 4 < self.owned_segments();
-        if !(low || pressure || free < 2) {
+        // While the log holds borrowed slots, an oldest segment with nothing live goes at
+        // once (it costs one invalidation): dead segments give their slots back to the
+        // buffers instead of waiting for the pool to run short.
+        let borrowed = self.owned_segments() > self.n_base as usize;
+        if !(low || pressure || free < 2 || borrowed) {
             return Ok(false);
         }
         let s = self.order[0];
@@ -224,7 +229,9 @@ impl<M: Media> Store<M> {
         // the rotated segment is back.
         let advance = low && !returning && self.dead_log_bytes >= 2 * cap && head_room >= cap / 4;
         let rotate = if live == 0 {
-            low || pressure || blocked
+            low || pressure || blocked || (borrowed && dead > 0)
+        } else if !(low || pressure || free < 2) {
+            false // only the free rotation above runs when segments are plentiful
         } else if dead == 0 {
             (blocked || advance) && self.dead_log_bytes > 0
         } else {
