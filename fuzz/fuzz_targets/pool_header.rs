@@ -1,13 +1,14 @@
 //! Pool header parsing: `Header::decode` over arbitrary header bytes and file lengths.
 //!
 //! Input: byte 0 says whether to fix up the checksum (so the fuzzer gets past it and reaches
-//! the geometry checks), bytes 1..9 the file length, the rest the header bytes. Checked: no
+//! the geometry checks; bit 0: version 2's at 124..128, bit 1: version 1's at 60..64), bytes
+//! 1..9 the file length, the rest the header bytes. Checked: no
 //! panic, no overflow; an accepted header describes a layout that fits the file, with ordered,
 //! aligned regions, and encodes back to exactly the bytes it was decoded from.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pst_pool::header::{HEADER_LEN, HEADER_REGION};
+use pst_pool::header::{HEADER_LEN, HEADER_LEN_V1, HEADER_REGION};
 use pst_pool::Header;
 
 fuzz_target!(|input: &[u8]| {
@@ -20,6 +21,10 @@ fuzz_target!(|input: &[u8]| {
     if fix_crc && bytes.len() >= HEADER_LEN {
         let crc = crc32c(&bytes[..HEADER_LEN - 4]);
         bytes[HEADER_LEN - 4..HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
+    }
+    if input[0] & 2 == 2 && bytes.len() >= HEADER_LEN_V1 {
+        let crc = crc32c(&bytes[..HEADER_LEN_V1 - 4]);
+        bytes[HEADER_LEN_V1 - 4..HEADER_LEN_V1].copy_from_slice(&crc.to_le_bytes());
     }
     let Ok(h) = Header::decode(&bytes, file_len) else {
         return;
@@ -36,9 +41,10 @@ fuzz_target!(|input: &[u8]| {
         h.total_len - h.data_off,
         g.buf_size as u64 * g.buf_count as u64
     );
+    // A version's header covers its own length (version 1: the first 64 bytes).
     assert_eq!(
-        &h.encode()[..],
-        &bytes[..HEADER_LEN],
+        &h.encode()[..h.len()],
+        &bytes[..h.len()],
         "decode/encode round trip"
     );
 });

@@ -1,7 +1,7 @@
 //! Log recovery over damaged and arbitrary log bytes.
 //!
 //! The input drives a real store on simulated persistent memory (puts, deletes, group commits,
-//! compaction), then optionally crashes it (a random subset of unpersisted cache lines
+//! compaction, the log borrowing slots of the data region and giving them back), then optionally crashes it (a random subset of unpersisted cache lines
 //! survives), then damages the log region: bit flips, arbitrary bytes, and valid log bytes
 //! copied to other places (stale segment headers and records where they do not belong).
 //!
@@ -33,6 +33,8 @@ enum StoreOp {
     Delete { key: u8 },
     Commit,
     Maintain { pressure: bool },
+    /// Lend the log a slot of the data region when it wants one (format v2).
+    Grow,
 }
 
 #[derive(Debug, Arbitrary)]
@@ -120,6 +122,17 @@ fuzz_target!(|input: Input| {
             }
             StoreOp::Commit => st.commit().map(|_| ()),
             StoreOp::Maintain { pressure } => st.maintain(pressure).map(|_| ()),
+            StoreOp::Grow => {
+                if let Some(first) = st.segment_wanted().and_then(|k| {
+                    alloc.alloc_run(k).map(|f| (f.0..f.0 + k))
+                }) {
+                    let run = first
+                        .map(|b| unsafe { Extent::from_raw(pst_pool::BufIdx(b), 0, BUF) })
+                        .collect();
+                    st.grant_segment(run).expect("a whole aligned slot");
+                }
+                Ok(())
+            }
         };
         if r.is_err() {
             break; // log full: the server would refuse the write
