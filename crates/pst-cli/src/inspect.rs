@@ -25,10 +25,16 @@ pub fn run(a: InspectArgs) -> std::process::ExitCode {
             let h = pool.header();
             let g = h.geometry;
             println!("pool:         {}", a.path.display());
-            println!(
-                "format:       v{} (header checksum ok)",
-                pst_pool::header::VERSION
-            );
+            match h.log_may_grow() {
+                true => println!(
+                    "format:       v{} (header checksum ok; the log may borrow slots of the data region)",
+                    h.version
+                ),
+                false => println!(
+                    "format:       v{} (header checksum ok; the log stays in its region: a pool created by this release lets it grow into the buffers)",
+                    h.version
+                ),
+            }
             println!(
                 "buffers:      {} x {} B = {} B",
                 g.buf_count,
@@ -46,8 +52,8 @@ pub fn run(a: InspectArgs) -> std::process::ExitCode {
                     let s = st.stats();
                     println!("log records:  {} (last seq {}), every header and payload checksum verified", rep.records, rep.last_seq);
                     println!(
-                        "log segments: {} of {} in use",
-                        rep.segments.1, rep.segments.0
+                        "log segments: {} in use, {} borrowed from the data region",
+                        rep.segments.1, s.borrowed_segments
                     );
                     println!(
                         "log space:    {} B usable, {} B held by dead records (superseded, deleted, tombstones) until the cleaner passes",
@@ -62,7 +68,7 @@ pub fn run(a: InspectArgs) -> std::process::ExitCode {
                     );
                     if s.live_bytes > 0 {
                         println!(
-                            "space amp:    {:.2} (bytes of the buffers held over live bytes)",
+                            "space amp:    {:.2} (bytes of the buffers held, borrowed log slots included, over live bytes)",
                             (s.buffers_held * g.buf_size as u64) as f64 / s.live_bytes as f64
                         );
                     }

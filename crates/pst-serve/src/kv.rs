@@ -2403,7 +2403,7 @@ impl KvService {
                 let sections = [
                     ("server", format!("redis_version:7.0.0\r\npst_version:{}\r\nredis_mode:standalone\r\nprocess_id:{}\r\nuptime_in_seconds:{}\r\n", env!("CARGO_PKG_VERSION"), std::process::id(), self.metrics.uptime() as u64)),
                     ("memory", format!("used_memory:{}\r\nused_memory_rss:{}\r\nmaxmemory:{}\r\npst_buffers_held:{}\r\n", used_memory(store), process_rss(), self.maxmemory.load(Ordering::Relaxed), st.buffers_held)),
-                    ("persistence", format!("aof_enabled:{}\r\npst_persist:{}\r\npst_log_records:{}\r\npst_log_segments_free:{}/{}\r\npst_log_capacity_bytes:{}\r\npst_log_dead_bytes:{}\r\npst_commits:{}\r\npst_compactions:{}\r\n", durable as u8, self.persist, st.records, st.free_segments, st.segments, st.log_capacity, st.dead_log_bytes, st.commits, st.compactions)),
+                    ("persistence", format!("aof_enabled:{}\r\npst_persist:{}\r\npst_log_records:{}\r\npst_log_segments_free:{}/{}\r\npst_log_capacity_bytes:{}\r\npst_log_dead_bytes:{}\r\npst_log_borrowed_segments:{}\r\npst_commits:{}\r\npst_compactions:{}\r\n", durable as u8, self.persist, st.records, st.free_segments, st.segments, st.log_capacity, st.dead_log_bytes, st.borrowed_segments, st.commits, st.compactions)),
                     ("clients", format!("connected_clients:{}\r\n", m.conns)),
                     ("stats", format!(
                         "total_commands_processed:{}\r\ntotal_net_input_bytes:{}\r\ntotal_net_output_bytes:{}\r\npst_syscalls:{}\r\npst_syscalls_per_request:{:.3}\r\npst_pool_capacity_buffers:{}\r\npst_pool_free_buffers:{}\r\npst_commit_latency_avg_us:{:.1}\r\n",
