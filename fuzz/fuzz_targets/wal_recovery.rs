@@ -33,7 +33,8 @@ enum StoreOp {
     Delete { key: u8 },
     Commit,
     Maintain { pressure: bool },
-    /// Lend the log a slot of the data region when it wants one (format v2).
+    /// Lend the log a slot of the data region when it wants one (format v2), and spares for
+    /// relocated values.
     Grow,
 }
 
@@ -130,6 +131,11 @@ fuzz_target!(|input: Input| {
                         .map(|b| unsafe { Extent::from_raw(pst_pool::BufIdx(b), 0, BUF) })
                         .collect();
                     st.grant_segment(run).expect("a whole aligned slot");
+                }
+                // Spares for the values the cleaner relocates (a few; the pool is small).
+                while st.spare_wanted() && alloc.free_count() > 16 && st.stats().spare_buffers < 4 {
+                    let b = alloc.alloc().expect("counted");
+                    st.grant_spare(unsafe { Extent::from_raw(b, 0, BUF) });
                 }
                 Ok(())
             }

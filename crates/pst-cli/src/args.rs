@@ -29,10 +29,11 @@ pub struct ServerArgs {
     /// Buffer size in bytes (power of two, 512..=65536).
     #[arg(long, default_value_t = pst_pool::DEFAULT_BUF_SIZE)]
     pub buf_size: u32,
-    /// Percent of a new pool given to the log region (the rest holds values). Each stored
-    /// key costs a log record of ~90 bytes besides its value: for values of ~100 bytes give
-    /// the log about 35, for ~1 KiB about 12; the default (6.25) suits larger values. An
-    /// existing pool keeps its layout (with --pool-size it must match, as the size must).
+    /// Percent of a new pool given to the log's own region (the rest holds values). Each
+    /// stored key costs a log record of ~80 bytes besides its value; a kv log that outgrows
+    /// its region borrows slots of the buffers (and gives them back when the cleaner empties
+    /// them), so the default suits small and large values alike. An existing pool keeps its
+    /// layout (with --pool-size it must match, as the size must).
     #[arg(long, default_value_t = 6.25, value_parser = parse_log_share)]
     pub log_share: f64,
     /// Persistence per batch: none, pmem (clwb + sfence), fsync (fdatasync).

@@ -621,12 +621,7 @@ impl<P: Protocol> EpollService<P> {
         for e in SharedStore::take_returns(&mut g, self.part) {
             self.bufs.release(e);
         }
-        let room = (
-            self.bufs.free_count(),
-            self.bufs.capacity(),
-            self.bufs.buf_size(),
-        );
-        shared.grow(&mut g, self.retention, room, |k| self.bufs.alloc_run(k));
+        shared.grow(&mut g, self.retention, &mut self.bufs);
         ok
     }
 

@@ -270,33 +270,30 @@ impl SharedStore {
         }
     }
 
-    /// Let a KV store's log borrow slots of the data region while it wants them and this
-    /// partition can spare them: `run(k)` takes a free aligned slot of `k` buffers from the
-    /// partition's allocator. A slot is taken only when the buffers left after it (and after a
-    /// second one) keep the write reserve ([`crate::protocol::has_room`]): the log never takes
-    /// what receiving and admitted writes need. The log gives slots back itself when it has
-    /// plenty free ([`pst_store::Store::lend_back`], from `maintain`). At most two per batch.
-    /// Returns how many were granted.
-    pub fn grow(
-        &self,
-        g: &mut SharedInner,
-        retention: Retention,
-        (free, capacity, buf_size): (usize, usize, u32),
-        mut run: impl FnMut(u32) -> Option<Vec<Extent>>,
-    ) -> usize {
+    /// Lend a KV store what its space management asks for, from this worker's partition:
+    /// whole slots of buffers while its log wants to grow ([`pst_store::Store::segment_wanted`]),
+    /// and spare buffers to pack the values its cleaner relocates out of mostly dead buffers
+    /// ([`pst_store::Store::spare_wanted`]). A slot is lent only when the buffers left after
+    /// it (and after a second one) keep the write reserve ([`crate::protocol::has_room`]): the
+    /// log never takes what receiving and admitted writes need. Spares come out of half that
+    /// reserve: relocation is what gives buffers back when the pool is full of sparse ones.
+    /// The log gives slots back itself when it has plenty free ([`pst_store::Store::lend_back`],
+    /// from `maintain`). At most two slots per batch. Returns how many slots were lent.
+    pub fn grow(&self, g: &mut SharedInner, retention: Retention, src: &mut impl Lender) -> usize {
         if retention != Retention::Compact {
             return 0; // a WAL keeps to its log region: its retention drops the oldest records
         }
-        let (mut granted, mut free) = (0, free);
+        let (capacity, buf_size) = (src.capacity(), src.buf_size());
+        let mut granted = 0;
         while granted < 2 {
             let Some(k) = g.store.segment_wanted() else {
                 break;
             };
             let bytes = 2 * k as u64 * buf_size as u64;
-            if !crate::protocol::has_room(free, capacity, buf_size, bytes) {
+            if !crate::protocol::has_room(src.free(), capacity, buf_size, bytes) {
                 break;
             }
-            let Some(slot) = run(k) else {
+            let Some(slot) = src.slot(k) else {
                 break;
             };
             if let Err(back) = g.store.grant_segment(slot) {
@@ -310,7 +307,12 @@ impl SharedStore {
                 break;
             }
             granted += 1;
-            free -= k as usize;
+        }
+        while g.store.spare_wanted() && src.free() * 32 > capacity {
+            let Some(e) = src.one() else {
+                break;
+            };
+            g.store.grant_spare(e);
         }
         granted
     }
@@ -323,6 +325,56 @@ impl SharedStore {
     /// True when the store references buffer `b` (recovery → port allocator).
     pub fn holds(&self, b: BufIdx) -> bool {
         self.lock().store.holds(b)
+    }
+}
+
+/// A worker's buffers, as [`SharedStore::grow`] lends them to the store.
+pub trait Lender {
+    /// Free buffers.
+    fn free(&self) -> usize;
+    /// Buffers in the partition.
+    fn capacity(&self) -> usize;
+    /// Bytes per buffer.
+    fn buf_size(&self) -> u32;
+    /// A whole free aligned slot of `k` buffers (the highest).
+    fn slot(&mut self, k: u32) -> Option<Vec<Extent>>;
+    /// One free buffer (the lowest: relocated values are kept data).
+    fn one(&mut self) -> Option<Extent>;
+}
+
+impl Lender for pst::Port {
+    fn free(&self) -> usize {
+        self.free_buffers()
+    }
+    fn capacity(&self) -> usize {
+        pst::Port::capacity(self)
+    }
+    fn buf_size(&self) -> u32 {
+        self.pool().buf_size()
+    }
+    fn slot(&mut self, k: u32) -> Option<Vec<Extent>> {
+        self.alloc_run(k)
+    }
+    fn one(&mut self) -> Option<Extent> {
+        self.alloc()
+    }
+}
+
+impl Lender for pst::Buffers {
+    fn free(&self) -> usize {
+        self.free_count()
+    }
+    fn capacity(&self) -> usize {
+        pst::Buffers::capacity(self)
+    }
+    fn buf_size(&self) -> u32 {
+        pst::Buffers::buf_size(self)
+    }
+    fn slot(&mut self, k: u32) -> Option<Vec<Extent>> {
+        self.alloc_run(k)
+    }
+    fn one(&mut self) -> Option<Extent> {
+        self.alloc()
     }
 }
 

@@ -433,8 +433,7 @@ pub fn serve<P: Protocol>(
             for e in SharedStore::take_returns(g, ctx.index) {
                 port.release(e);
             }
-            let room = (port.free_buffers(), port.capacity(), port.pool().buf_size());
-            shared.grow(g, retention, room, |k| port.alloc_run(k));
+            shared.grow(g, retention, &mut port);
         }
         drop(guard);
         for w in wake.drain(..) {

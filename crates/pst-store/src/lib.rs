@@ -228,6 +228,10 @@ pub struct StoreStats {
     pub log_capacity: u64,
     /// Segments borrowed from the data region (version 2 pools), included in `segments`.
     pub borrowed_segments: u64,
+    /// Buffers lent for relocated values and not yet used.
+    pub spare_buffers: u64,
+    /// Values the cleaner moved out of mostly dead buffers.
+    pub relocations: u64,
     /// Barriers issued.
     pub commits: u64,
 }
@@ -286,9 +290,12 @@ struct InFlight {
     retire_ready: usize,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct BufRef {
     refs: u32,
+    /// Bytes of live KV values in the buffer: the cleaner relocates the values of buffers
+    /// that are mostly dead (`space::Store::relocate`).
+    live: u32,
     handles: pst_ring::ExtentList,
 }
 
@@ -383,6 +390,12 @@ pub struct Store<M: Media> {
     commits: u64,
     /// An open atomic group, with the log offset and length of its last record so far.
     group: Option<Option<(u64, u64)>>,
+    /// Buffers the caller lent for relocated values ([`Store::grant_spare`]), each held by
+    /// the store's own reference until filled; the one being filled and its bytes used.
+    spares: VecDeque<u32>,
+    target: Option<(u32, u32)>,
+    /// Values relocated so far.
+    relocations: u64,
 }
 
 impl Store<PoolMedia> {
@@ -481,6 +494,7 @@ impl<M: Media> Store<M> {
                     self.value_gone(old);
                 }
                 self.live_bytes += m.payload_len as u64;
+                self.buf_live(&m.extents, true);
             }
             Kind::Delete => {
                 let key = m.key.as_ref().expect("delete has a key");
@@ -501,9 +515,25 @@ impl<M: Media> Store<M> {
     /// The put record `seq` left the index (overwritten, deleted, cleared): its value is no
     /// longer live and its record is dead log space.
     fn value_gone(&mut self, seq: u64) {
-        if let Some((len, rec)) = self.rec(seq).map(|r| (r.payload_len, r.log_len())) {
+        if let Some((len, rec, ext)) = self
+            .rec(seq)
+            .map(|r| (r.payload_len, r.log_len(), r.extents.clone()))
+        {
             self.live_bytes -= len as u64;
             self.dead_log_bytes += rec;
+            self.buf_live(&ext, false);
+        }
+    }
+
+    /// Count a value's bytes in (or out of) its buffers' live bytes.
+    fn buf_live(&mut self, extents: &[RawExtent], add: bool) {
+        for &(b, _, l) in extents {
+            if let Some(r) = self.bufs.get_mut(&b) {
+                match add {
+                    true => r.live += l,
+                    false => r.live = r.live.saturating_sub(l),
+                }
+            }
         }
     }
 
@@ -533,6 +563,8 @@ impl<M: Media> Store<M> {
             dead_log_bytes: self.dead_log_bytes,
             log_capacity: self.owned_segments() as u64 * self.seg_capacity(),
             borrowed_segments: (self.owned_segments() - self.n_base as usize) as u64,
+            spare_buffers: self.spares.len() as u64,
+            relocations: self.relocations,
             commits: self.commits,
         }
     }

@@ -94,6 +94,19 @@ impl<M: Media> Store<M> {
         self.next_seq
     }
 
+    /// The buffers the store holds for itself rather than for records: its borrowed slots,
+    /// its spares and the spare being filled (for accounting checks: every held buffer is
+    /// named by a record or is one of these).
+    pub fn own_buffers(&self) -> Vec<u32> {
+        let slots = (self.n_base..self.segs.len() as u32)
+            .filter(|&s| self.segs[s as usize] != SegState::Lent)
+            .flat_map(|s| self.slot_buffers(s));
+        slots
+            .chain(self.spares.iter().copied())
+            .chain(self.target.map(|t| t.0))
+            .collect()
+    }
+
     /// True when the store holds a reference on buffer `b` (recovery: the port must treat it
     /// as allocated).
     pub fn holds(&self, b: BufIdx) -> bool {

@@ -64,6 +64,9 @@ impl<M: Media> Store<M> {
             compactions: 0,
             commits: 0,
             group: None,
+            spares: VecDeque::new(),
+            target: None,
+            relocations: 0,
         };
         let report = st.recover(mode)?;
         Ok((st, report))
@@ -222,13 +225,7 @@ impl<M: Media> Store<M> {
             self.order.push_back(s);
             // A borrowed slot's buffers: one reference, the segment's own.
             for b in self.slot_buffers(s) {
-                self.bufs
-                    .entry(b)
-                    .or_insert(BufRef {
-                        refs: 0,
-                        handles: pst_ring::ExtentList::new(),
-                    })
-                    .refs += 1;
+                self.bufs.entry(b).or_default().refs += 1;
             }
         }
         // Buffers referenced by replayed records: one allocator reference each, as a handle.
@@ -332,13 +329,7 @@ impl<M: Media> Store<M> {
     /// index updated, the record appended (replay and new appends alike).
     pub(super) fn track(&mut self, meta: RecMeta) {
         for &(b, _, _) in meta.extents.iter() {
-            self.bufs
-                .entry(b)
-                .or_insert(BufRef {
-                    refs: 0,
-                    handles: pst_ring::ExtentList::new(),
-                })
-                .refs += 1;
+            self.bufs.entry(b).or_default().refs += 1;
         }
         self.index_apply(&meta);
         self.records.push_back(meta);

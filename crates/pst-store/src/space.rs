@@ -7,6 +7,9 @@ use super::*;
 /// (puts need three: `open_segment`).
 pub const GROW_BELOW: usize = 5;
 
+/// Spare buffers a version 2 store asks for, to pack relocated values into.
+pub const SPARES: usize = 32;
+
 impl<M: Media> Store<M> {
     /// Drop WAL records below `seq`. Segments holding only such records are freed (their
     /// buffers released after the next durable barrier); records sharing a segment with newer
@@ -114,7 +117,14 @@ impl<M: Media> Store<M> {
             let b = e.buf().0;
             let mut handles = pst_ring::ExtentList::new();
             handles.push(e);
-            self.bufs.insert(b, BufRef { refs: 1, handles });
+            self.bufs.insert(
+                b,
+                BufRef {
+                    refs: 1,
+                    live: 0,
+                    handles,
+                },
+            );
         }
         self.segs[s as usize] = SegState::Free;
         tracing::debug!(segment = s, "log borrowed a slot of the data region");
@@ -258,10 +268,17 @@ impl<M: Media> Store<M> {
                 continue;
             }
             self.live_bytes -= r.payload_len as u64; // re-added by write_record
+            let extents = match self.relocate(r) {
+                Some(moved) => moved,
+                None => r.extents.clone(),
+            };
+            if r.kind == Kind::Put {
+                self.buf_live(&r.extents, false); // the new record counts its own
+            }
             self.write_record(
                 r.kind,
                 r.key.clone(),
-                r.extents.clone(),
+                extents,
                 r.payload_len,
                 r.payload_crc,
                 true,
@@ -272,6 +289,91 @@ impl<M: Media> Store<M> {
         self.retire.push_back(Retiree { seg: s, recs: old });
         self.compactions += 1;
         Ok(())
+    }
+
+    /// Whether the store wants one more spare buffer for relocated values
+    /// ([`Store::grant_spare`]): version 2 pools, while it holds fewer than [`SPARES`].
+    pub fn spare_wanted(&self) -> bool {
+        self.header.log_may_grow()
+            && self.poisoned.is_none()
+            && self.spares.len() + (self.target.is_some() as usize) < SPARES
+    }
+
+    /// Take a whole free buffer (one reference) as a spare: the cleaner packs values it moves
+    /// out of mostly dead buffers into spares. Spares are the store's until filled; a spare
+    /// never filled is free again after a restart (no record names it).
+    pub fn grant_spare(&mut self, e: Extent) {
+        let b = e.buf().0;
+        let mut handles = pst_ring::ExtentList::new();
+        handles.push(e);
+        let prev = self.bufs.insert(
+            b,
+            BufRef {
+                refs: 1,
+                live: 0,
+                handles,
+            },
+        );
+        debug_assert!(prev.is_none(), "a spare must be a free buffer");
+        self.spares.push_back(b);
+    }
+
+    /// The cleaner is moving live record `r` forward: if it is a small value all of whose
+    /// buffers are more than half dead, copy its bytes into the spare being filled and return
+    /// the new extent (the record moved forward names it). Its old buffers lose one more
+    /// live value and come free once every record naming them has retired — the usual path:
+    /// the old record stays valid on media until its segment's invalidation is durable, so a
+    /// crash before the copy and its record are durable recovers the old ones. `None`: leave
+    /// it where it is (no spare, not worth it, or a version 1 pool, whose buffers the store
+    /// may not write).
+    fn relocate(&mut self, r: &RecMeta) -> Option<Extents> {
+        let bs = self.header.geometry.buf_size;
+        if r.kind != Kind::Put || r.payload_len == 0 || r.payload_len > bs / 2 {
+            return None;
+        }
+        let target = self.target.map(|t| t.0);
+        let sparse = r.extents.iter().all(|&(b, _, _)| {
+            Some(b) != target && self.bufs.get(&b).is_some_and(|x| x.live * 2 < bs)
+        });
+        if !sparse || !self.header.log_may_grow() {
+            return None;
+        }
+        if self
+            .target
+            .is_none_or(|(_, used)| used + r.payload_len > bs)
+        {
+            let next = self.spares.pop_front()?;
+            self.close_target();
+            self.target = Some((next, 0));
+        }
+        let (t, used) = self.target.expect("opened above");
+        let mut bytes = std::mem::take(&mut self.scratch);
+        bytes.clear();
+        for &(b, o, l) in r.extents.iter() {
+            self.media.with_bytes(self.buf_off(b, o), l as usize, |x| {
+                bytes.extend_from_slice(x)
+            });
+        }
+        let off = self.buf_off(t, used);
+        self.media.write(off, &bytes);
+        self.media.flush(off, bytes.len() as u64);
+        self.scratch = bytes;
+        self.target = Some((t, used + r.payload_len));
+        self.relocations += 1;
+        Some(smallvec::smallvec![(t, used, r.payload_len)])
+    }
+
+    /// Stop filling the current spare: drop the store's own reference on it (the records that
+    /// name it keep theirs).
+    fn close_target(&mut self) {
+        if let Some((t, _)) = self.target.take() {
+            let e = self.bufs.get_mut(&t).expect("a spare is held");
+            e.refs -= 1;
+            if e.refs == 0 {
+                let e = self.bufs.remove(&t).expect("present");
+                self.released.extend(e.handles);
+            }
+        }
     }
 
     /// Delete every key (Redis FLUSHALL) with one clear record, atomically: a crash leaves
