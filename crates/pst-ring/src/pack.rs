@@ -15,8 +15,29 @@
 //! targets' write method therefore takes a [`PackToken`], which only this module can make.
 //!
 //! A buffer returns to the free list when its last value dies and the packer has moved on:
-//! never worse than one buffer per live value, as before. Reclaiming buffers kept by one
-//! long-lived value among dead ones needs relocation (a cleaner), which is not here yet.
+//! never worse than one buffer per live value, as before. Buffers kept by a few long-lived
+//! values among dead ones are reclaimed by the store's cleaner, which relocates the values of
+//! mostly dead buffers into spares as it moves their records forward (`pst_store`, `maintain`).
+//!
+//! **Why a copy here, and not the kernel packing receives (`IOU_PBUF_RING_INC`).** Incremental
+//! provided buffers let the kernel land the bytes of every connection one after another in a
+//! large chunk, which would make small values dense without this copy. It was weighed and not
+//! taken, for now:
+//! - the unit of reclamation gets worse, not better: a chunk goes back to the kernel only when
+//!   every byte of it is consumed, so one kept 100-byte value pins a whole chunk of other
+//!   connections' requests, replies' headers and framing (a kept value is a small fraction of
+//!   what is received) — the cleaner would have to relocate out of nearly every chunk, which is
+//!   this copy, later and under pressure;
+//! - commands, keys and framing bytes would share chunks with kept values, so a chunk's dirty
+//!   pages hold mostly bytes nobody keeps: more to write back at each `fdatasync`;
+//! - incremental consumption combined with bundles hands buffers back out of order on some
+//!   6.13+ kernels (the known bug), and the ring core's "one slot, one buffer" rule,
+//!   on which its ownership checks rest, would become "one slot, a range of a shared chunk";
+//! - the copy of a value of at most half a buffer (1 KiB) costs tens of nanoseconds against
+//!   about 9 µs of server time per request (`pst bench kv`), and the epoll engine, which reads
+//!   into its own buffers, packs with the same code.
+//!
+//! Values above half a buffer stay zero copy, where the kernel landed them.
 
 use pst_pool::BufIdx;
 
