@@ -10,6 +10,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+mod common;
+
+use common::{write_at, BUF};
 use pst_pool::{BufAlloc, BufIdx, Geometry, PersistMode, Pool, PoolOptions};
 use pst_ring::Extent;
 use pst_store::Store;
@@ -24,7 +27,7 @@ const FILLERS: u64 = 1000;
 fn opts() -> PoolOptions {
     PoolOptions {
         geometry: Geometry {
-            buf_size: 512,
+            buf_size: BUF,
             buf_count: 256, // 8 slots of 32 buffers (16 KiB segments)
             log_len: 64 << 10,
         },
@@ -32,36 +35,6 @@ fn opts() -> PoolOptions {
         persist: PersistMode::Fsync,
         ..PoolOptions::default()
     }
-}
-
-fn expected() -> Vec<(&'static str, Vec<u8>)> {
-    vec![
-        ("alpha", b"first value".to_vec()),
-        ("beta", (0..1500u32).map(|i| (i % 251) as u8).collect()), // spans three buffers
-        ("gamma", b"overwritten".to_vec()),
-    ]
-}
-
-/// Land bytes in fresh buffers through the media (as the kernel would) and return extents.
-fn land(pool: &Pool, alloc: &mut BufAlloc, data: &[u8]) -> Vec<Extent> {
-    data.chunks(512)
-        .map(|c| {
-            let b = alloc.alloc().unwrap();
-            // Buffers are outside the log: write them through a second, test-only path.
-            write_at(pool, b.0 as u64 * 512, c);
-            unsafe { Extent::from_raw(b, 0, c.len() as u32) }
-        })
-        .collect()
-}
-
-/// Write `data` at `off` of the data region through a second, test-only path.
-fn write_at(pool: &Pool, off: u64, data: &[u8]) {
-    let off = pool.header().data_off + off;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(pool.path().unwrap())
-        .and_then(|f| std::os::unix::fs::FileExt::write_all_at(&f, data, off))
-        .unwrap();
 }
 
 #[test]
@@ -75,20 +48,7 @@ fn write_fixture() {
     let (mut st, _) =
         Store::open(media.clone(), h.log_off..h.log_off + h.geometry.log_len).unwrap();
     let mut alloc = BufAlloc::new(0, 256);
-    let put = |st: &mut Store<_>, alloc: &mut BufAlloc, k: &str, v: &[u8]| {
-        let e = land(&pool, alloc, v);
-        st.put(k.as_bytes(), e).unwrap();
-    };
-    put(&mut st, &mut alloc, "alpha", b"first value");
-    put(&mut st, &mut alloc, "gamma", b"original");
-    put(&mut st, &mut alloc, "delta", b"to be deleted");
-    let wal = land(&pool, &mut alloc, b"a wal record");
-    st.append(wal).unwrap();
-    st.commit().unwrap();
-    put(&mut st, &mut alloc, "beta", &expected()[1].1);
-    put(&mut st, &mut alloc, "gamma", b"overwritten");
-    st.delete(b"delta").unwrap();
-    st.commit().unwrap();
+    common::write_named(&mut st, &pool, &mut alloc);
     // Fillers sharing buffers (a key per record, 16 B values): more records than the four
     // segments of the log region hold, so the log borrows slots (when it wants them, as a
     // server lends them).
@@ -141,18 +101,8 @@ fn version_2_fixture_recovers_exactly() {
     // Records live in borrowed slots; unwritten borrowed slots went back to the buffers.
     let borrowed = st.stats().borrowed_segments;
     assert!(borrowed >= 1, "{:?}", st.stats());
+    common::check_named(&st);
     let mut v = Vec::new();
-    for (k, want) in expected() {
-        assert!(st.read_value(k.as_bytes(), &mut v).unwrap(), "{k} missing");
-        assert_eq!(v, want, "{k}");
-    }
-    assert!(!st.read_value(b"delta", &mut v).unwrap());
-    let wal: Vec<_> = st
-        .read_from(0)
-        .filter(|r| r.kind == pst_store::RecordKind::Append)
-        .collect();
-    assert_eq!(wal.len(), 1);
-    assert!(st.holds(BufIdx(0)));
     for i in 0..FILLERS {
         assert!(st
             .read_value(format!("f{i:05}").as_bytes(), &mut v)
