@@ -152,12 +152,7 @@ pub trait Protocol: Send + Sync + 'static {
 /// record another worker appended).
 pub const PARKED_TICK: std::time::Duration = std::time::Duration::from_millis(5);
 
-/// Whether `free` of `capacity` buffers of `buf_size` bytes leave room for a write of
-/// `bytes`: at least a sixteenth of the buffers stay free after it.
-pub fn has_room(free: usize, capacity: usize, buf_size: u32, bytes: u64) -> bool {
-    let need = bytes.div_ceil(buf_size.max(1) as u64) as usize;
-    free.saturating_sub(need) * 16 >= capacity
-}
+pub use crate::store::has_room;
 
 /// Whether a value of `len` bytes is packed densely ([`pst::Packer`]: copied next to other
 /// small values) rather than kept where it landed: non-empty and at most half a buffer. A

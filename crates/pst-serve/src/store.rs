@@ -274,7 +274,7 @@ impl SharedStore {
     /// whole slots of buffers while its log wants to grow ([`pst_store::Store::segment_wanted`]),
     /// and spare buffers to pack the values its cleaner relocates out of mostly dead buffers
     /// ([`pst_store::Store::spare_wanted`]). A slot is lent only when the buffers left after
-    /// it (and after a second one) keep the write reserve ([`crate::protocol::has_room`]): the
+    /// it (and after a second one) keep the write reserve ([`has_room`]): the
     /// log never takes what receiving and admitted writes need. Spares come out of half that
     /// reserve: relocation is what gives buffers back when the pool is full of sparse ones.
     /// The log gives slots back itself when it has plenty free ([`pst_store::Store::lend_back`],
@@ -290,7 +290,7 @@ impl SharedStore {
                 break;
             };
             let bytes = 2 * k as u64 * buf_size as u64;
-            if !crate::protocol::has_room(src.free(), capacity, buf_size, bytes) {
+            if !has_room(src.free(), capacity, buf_size, bytes) {
                 break;
             }
             let Some(slot) = src.slot(k) else {
@@ -376,6 +376,14 @@ impl Lender for pst::Buffers {
     fn one(&mut self) -> Option<Extent> {
         self.alloc()
     }
+}
+
+/// Whether `free` of `capacity` buffers of `buf_size` bytes leave room for a write of
+/// `bytes`: at least a sixteenth of the buffers stay free after it (the write reserve, which
+/// receiving and replies draw on; the log borrows slots only above it too).
+pub fn has_room(free: usize, capacity: usize, buf_size: u32, bytes: u64) -> bool {
+    let need = bytes.div_ceil(buf_size.max(1) as u64) as usize;
+    free.saturating_sub(need) * 16 >= capacity
 }
 
 /// Whether a batch should compact or truncate: true when a partition is short of buffers.

@@ -292,7 +292,7 @@ impl<M: Media> Store<M> {
     }
 
     /// Whether the store wants one more spare buffer for relocated values
-    /// ([`Store::grant_spare`]): version 2 pools, while it holds fewer than [`SPARES`].
+    /// ([`Store::grant_spare`]): version 2 pools, while it holds fewer than `SPARES` (32).
     pub fn spare_wanted(&self) -> bool {
         self.header.log_may_grow()
             && self.poisoned.is_none()
