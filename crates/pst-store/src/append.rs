@@ -88,6 +88,7 @@ impl<M: Media> Store<M> {
             payload_crc,
             durable_before: self.durable_seq,
             grouped: self.group.is_some() && !for_compaction,
+            salt: self.salt(),
         }
         .encode(&mut buf);
         let head = *self.order.back().expect("a head segment exists");
@@ -215,7 +216,7 @@ impl<M: Media> Store<M> {
         };
         let mut b = vec![0u8; len as usize];
         self.media.read(off, &mut b);
-        if format::Record::seal_group(&mut b) {
+        if format::Record::seal_group(&mut b, self.salt()) {
             self.media.write(off, &b);
             self.media.flush(off, len);
         } else {

@@ -18,7 +18,9 @@
 //! included; since slots hold clients' values when they are not lent to the log, a version 2
 //! segment header's checksum is seeded with the pool's random log salt (CRC32C over the salt's
 //! 8 bytes, then over bytes 0..36), which a client cannot know: no value passes for a segment
-//! header. Records are the same in both versions.
+//! header. A version 2 record's header checksum is seeded the same way: a slot's bytes past its
+//! head are whatever a client stored there in the slot's earlier life, and must never pass for
+//! a record of the current epoch either. Otherwise records are the same in both versions.
 //!
 //! Segment header:
 //!
@@ -51,7 +53,7 @@
 //! | 30 | 2 | reserved (0) |
 //! | 32 | 4 | CRC32C of the payload bytes, extent by extent |
 //! | 36 | 8 | durable bound when written: every lower sequence number was already committed |
-//! | 44 | 4 | CRC32C of bytes 0..44, the key and the extent table |
+//! | 44 | 4 | CRC32C of bytes 0..44, the key and the extent table (version 2: seeded with the log salt) |
 //! | 48 | key length | key bytes |
 //! | 48 + key, padded to 4 | 12 per extent | extent table: buffer index u32, offset u32, length u32 |
 //!
@@ -309,6 +311,8 @@ pub struct RecordFields<'a> {
     pub durable_before: u64,
     /// [`FLAG_GROUP`]: an atomic group continues with the next record.
     pub grouped: bool,
+    /// The pool's log salt in a version 2 pool (seeds the header checksum), `None` in v1.
+    pub salt: Option<u64>,
 }
 
 impl RecordFields<'_> {
@@ -336,14 +340,19 @@ impl RecordFields<'_> {
             out[at(e, rec::extent::LEN)].copy_from_slice(&l.to_le_bytes());
             e += rec::extent::SIZE;
         }
-        let crc = Record::header_crc(out, e);
+        let crc = Record::header_crc(out, e, self.salt);
         out[rec::HEADER_CRC].copy_from_slice(&crc.to_le_bytes());
     }
 }
 
 impl Record {
-    /// Encode into `out` (cleared first).
+    /// Encode into `out` (cleared first), for a version 1 pool.
     pub fn encode(&self, out: &mut Vec<u8>) {
+        self.encode_salted(out, None)
+    }
+
+    /// Encode into `out` (cleared first); `salt` as in [`RecordFields::salt`].
+    pub fn encode_salted(&self, out: &mut Vec<u8>, salt: Option<u64>) {
         RecordFields {
             seq: self.seq,
             epoch: self.epoch,
@@ -354,34 +363,48 @@ impl Record {
             payload_crc: self.payload_crc,
             durable_before: self.durable_before,
             grouped: self.grouped,
+            salt,
         }
         .encode(out)
     }
 
     /// Clear [`FLAG_GROUP`] in the encoded record at the start of `b` (it ends its group) and
     /// recompute its header checksum. False if `b` does not start with a whole valid record.
-    pub fn seal_group(b: &mut [u8]) -> bool {
+    pub fn seal_group(b: &mut [u8], salt: Option<u64>) -> bool {
         if b.len() < REC_HEADER || u32_at(b, rec::MAGIC) != REC_MAGIC {
             return false;
         }
         let key_len = u16_at(b, rec::KEY_LEN) as usize;
         let n = u16_at(b, rec::EXTENT_COUNT) as usize;
         let refs_end = (rec::KEY + key_len).next_multiple_of(4) + rec::extent::SIZE * n;
-        if refs_end > b.len() || Self::header_crc(b, refs_end) != u32_at(b, rec::HEADER_CRC) {
+        if refs_end > b.len() || Self::header_crc(b, refs_end, salt) != u32_at(b, rec::HEADER_CRC) {
             return false;
         }
         b[rec::FLAGS] &= !FLAG_GROUP;
-        let crc = Self::header_crc(b, refs_end);
+        let crc = Self::header_crc(b, refs_end, salt);
         b[rec::HEADER_CRC].copy_from_slice(&crc.to_le_bytes());
         true
     }
 
-    fn header_crc(b: &[u8], refs_end: usize) -> u32 {
-        crc32c::crc32c_append(crc32c::crc32c(&b[rec::CRC_COVERS]), &b[rec::KEY..refs_end])
+    fn header_crc(b: &[u8], refs_end: usize, salt: Option<u64>) -> u32 {
+        let seed = salt.map_or(0, |s| crc32c::crc32c(&s.to_le_bytes()));
+        let fixed = crc32c::crc32c_append(seed, &b[rec::CRC_COVERS]);
+        crc32c::crc32c_append(fixed, &b[rec::KEY..refs_end])
     }
 
-    /// Decode the record at the start of `b` for a pool of `buf_count` buffers of `buf_size`.
+    /// Decode the record at the start of `b` for a version 1 pool of `buf_count` buffers of
+    /// `buf_size`.
     pub fn decode(b: &[u8], buf_count: u32, buf_size: u32) -> Result<Record, RecordError> {
+        Self::decode_salted(b, buf_count, buf_size, None)
+    }
+
+    /// [`Record::decode`] with `salt` as in [`RecordFields::salt`].
+    pub fn decode_salted(
+        b: &[u8],
+        buf_count: u32,
+        buf_size: u32,
+        salt: Option<u64>,
+    ) -> Result<Record, RecordError> {
         if b.len() < REC_HEADER || u32_at(b, rec::MAGIC) != REC_MAGIC {
             return Err(RecordError::NoRecord);
         }
@@ -393,7 +416,7 @@ impl Record {
         }
         let refs_at = (rec::KEY + key_len).next_multiple_of(4);
         let refs_end = refs_at + rec::extent::SIZE * n;
-        if Self::header_crc(b, refs_end) != u32_at(b, rec::HEADER_CRC) {
+        if Self::header_crc(b, refs_end, salt) != u32_at(b, rec::HEADER_CRC) {
             return Err(RecordError::Checksum);
         }
         let kind = Kind::from_u8(b[rec::KIND]).ok_or(RecordError::Invalid)?;
@@ -464,6 +487,28 @@ mod tests {
         assert_eq!(b.len(), record_len(5, 2));
         assert_eq!(b.len() % 8, 0);
         assert_eq!(Record::decode(&b, 10, 2048), Ok(rec()));
+    }
+
+    /// A version 2 record passes only with its pool's salt: bytes a client stored in a slot
+    /// cannot pass for one (nor a v1 record for a v2 one).
+    #[test]
+    fn salted_records_need_their_salt() {
+        let mut b = Vec::new();
+        rec().encode_salted(&mut b, Some(99));
+        assert_eq!(Record::decode_salted(&b, 10, 2048, Some(99)), Ok(rec()));
+        assert_eq!(
+            Record::decode_salted(&b, 10, 2048, Some(98)),
+            Err(RecordError::Checksum)
+        );
+        assert_eq!(Record::decode(&b, 10, 2048), Err(RecordError::Checksum));
+        let mut v1 = Vec::new();
+        rec().encode(&mut v1);
+        assert_eq!(
+            Record::decode_salted(&v1, 10, 2048, Some(99)),
+            Err(RecordError::Checksum)
+        );
+        assert!(Record::seal_group(&mut b, Some(99)));
+        assert!(!Record::seal_group(&mut b, Some(98)));
     }
 
     #[test]

@@ -102,7 +102,7 @@ impl<M: Media> Store<M> {
             let mut pos = SEG_HEADER;
             while pos + REC_HEADER <= seg_bytes.len() {
                 if seg_bytes[pos..pos + 4] == format::REC_MAGIC.to_le_bytes() {
-                    if let Ok(r) = Record::decode(&seg_bytes[pos..], count, size) {
+                    if let Ok(r) = Record::decode_salted(&seg_bytes[pos..], count, size, salt) {
                         max_epoch = max_epoch.max(r.epoch as u64);
                     }
                 }
@@ -131,7 +131,7 @@ impl<M: Media> Store<M> {
             // A record of this segment's life whose payload fails its checksum: always a stop.
             let mut torn_payload = false;
             while pos + REC_HEADER <= seg_bytes.len() {
-                let rec = match Record::decode(&seg_bytes[pos..], count, size) {
+                let rec = match Record::decode_salted(&seg_bytes[pos..], count, size, salt) {
                     Ok(r) if r.epoch == epoch as u32 && r.seq == next => r,
                     // A record of an earlier life of this segment: this life's data ends here.
                     Ok(r) if r.epoch != epoch as u32 => break,
@@ -284,9 +284,10 @@ impl<M: Media> Store<M> {
             self.header.geometry.buf_count,
             self.header.geometry.buf_size,
         );
+        let salt = self.salt();
         let mut pos = from.next_multiple_of(8);
         while pos + REC_HEADER <= seg_bytes.len() {
-            if let Ok(r) = Record::decode(&seg_bytes[pos..], count, size) {
+            if let Ok(r) = Record::decode_salted(&seg_bytes[pos..], count, size, salt) {
                 if r.epoch == epoch as u32 && r.durable_before > seq {
                     return Some((r.seq, r.durable_before, None));
                 }
@@ -297,7 +298,7 @@ impl<M: Media> Store<M> {
         for &(ep, s) in later {
             self.media.read(self.seg_off(s), &mut buf);
             let mut pos = SEG_HEADER;
-            while let Ok(r) = Record::decode(&buf[pos.min(buf.len())..], count, size) {
+            while let Ok(r) = Record::decode_salted(&buf[pos.min(buf.len())..], count, size, salt) {
                 if r.epoch != ep as u32 {
                     break;
                 }
