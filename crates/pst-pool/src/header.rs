@@ -234,6 +234,16 @@ impl Header {
             buf_count: u32_at(field::BUF_COUNT),
             log_len: u64_at(field::LOG_LEN),
         };
+        if version >= 2
+            && (bytes[field::CRC_V1].iter().any(|&b| b != 0)
+                || bytes[field::LOG_SALT.end..field::CRC.start]
+                    .iter()
+                    .any(|&b| b != 0))
+        {
+            return Err(HeaderError::Geometry(
+                "reserved header bytes are not zero".into(),
+            ));
+        }
         let log_salt = match version {
             1 => 0,
             _ => u64_at(field::LOG_SALT),

@@ -618,10 +618,10 @@ impl<P: Protocol> EpollService<P> {
             self.syncs += if self.fsync { barriers } else { 0 };
             self.wrote = false;
         }
+        shared.grow(&mut g, self.retention, &mut self.bufs);
         for e in SharedStore::take_returns(&mut g, self.part) {
             self.bufs.release(e);
         }
-        shared.grow(&mut g, self.retention, &mut self.bufs);
         ok
     }
 

@@ -280,6 +280,9 @@ impl SharedStore {
     /// The log gives slots back itself when it has plenty free ([`pst_store::Store::lend_back`],
     /// from `maintain`). At most two slots per batch. Returns how many slots were lent.
     pub fn grow(&self, g: &mut SharedInner, retention: Retention, src: &mut impl Lender) -> usize {
+        // What `maintain` gave back (a slot, a filled spare) goes to its partition now, even
+        // when no commit ran this batch to route it.
+        self.route_released(g);
         if retention != Retention::Compact {
             return 0; // a WAL keeps to its log region: its retention drops the oldest records
         }

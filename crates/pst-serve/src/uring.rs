@@ -430,10 +430,10 @@ pub fn serve<P: Protocol>(
             // Held replies whose records are durable now join the sendable ones.
             let front = release_held(&mut conns, &mut holding, &g.store, &mut dirty, &mut port);
             g.wait_for(ctx.index, front);
+            shared.grow(g, retention, &mut port);
             for e in SharedStore::take_returns(g, ctx.index) {
                 port.release(e);
             }
-            shared.grow(g, retention, &mut port);
         }
         drop(guard);
         for w in wake.drain(..) {

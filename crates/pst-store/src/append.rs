@@ -12,7 +12,20 @@ impl<M: Media> Store<M> {
     }
 
     pub(super) fn free_segments(&self) -> usize {
-        self.segs.iter().filter(|s| **s == SegState::Free).count()
+        self.seg_counts.0
+    }
+
+    /// Change segment `s`'s state, keeping the free and lent counts (the cleaner and the
+    /// growth policy read them every batch; a large pool has many slots to count).
+    pub(super) fn set_seg(&mut self, s: u32, to: SegState) {
+        let from = std::mem::replace(&mut self.segs[s as usize], to);
+        for (state, delta) in [(from, -1isize), (to, 1)] {
+            match state {
+                SegState::Free => self.seg_counts.0 = self.seg_counts.0.wrapping_add_signed(delta),
+                SegState::Lent => self.seg_counts.1 = self.seg_counts.1.wrapping_add_signed(delta),
+                _ => {}
+            }
+        }
     }
 
     /// Open a fresh head segment. Normal appends leave one free segment for compaction.
@@ -45,7 +58,7 @@ impl<M: Media> Store<M> {
         let off = self.seg_off(s);
         self.media.write(off, &h.encode(self.salt()));
         self.media.flush(off, SEG_HEADER as u64);
-        self.segs[s as usize] = SegState::Active;
+        self.set_seg(s, SegState::Active);
         self.order.push_back(s);
         self.head_epoch = self.next_epoch;
         self.next_epoch += 1;
@@ -301,7 +314,7 @@ impl<M: Media> Store<M> {
             for rec in &r.recs {
                 self.drop_refs(rec);
             }
-            self.segs[r.seg as usize] = SegState::Free;
+            self.set_seg(r.seg, SegState::Free);
         }
         // Next in line: zero its header (durable at the next barrier). Anything it depends on
         // (a compacted segment's re-appended live records) was written before the barrier

@@ -353,6 +353,8 @@ pub struct Store<M: Media> {
     segs: Vec<SegState>,
     n_base: u32,
     slot_bufs: u32,
+    /// How many of `segs` are free, and lent (kept by `set_seg`).
+    seg_counts: (usize, usize),
     /// Active segments, oldest first; the last is the head.
     order: VecDeque<u32>,
     head_pos: u64,
@@ -457,7 +459,7 @@ impl<M: Media> Store<M> {
 
     /// Segments the log has now: the log region's and the slots it borrowed.
     fn owned_segments(&self) -> usize {
-        self.segs.iter().filter(|s| **s != SegState::Lent).count()
+        self.segs.len() - self.seg_counts.1
     }
 
     fn buf_off(&self, b: u32, off: u32) -> u64 {
@@ -552,6 +554,14 @@ impl<M: Media> Store<M> {
 
     /// Figures for monitoring and `pst inspect`.
     pub fn stats(&self) -> StoreStats {
+        debug_assert_eq!(
+            self.seg_counts,
+            (
+                self.segs.iter().filter(|s| **s == SegState::Free).count(),
+                self.segs.iter().filter(|s| **s == SegState::Lent).count()
+            ),
+            "segment counts drifted"
+        );
         StoreStats {
             records: self.records.len() as u64,
             live_keys: self.index.len() as u64,

@@ -40,6 +40,7 @@ impl<M: Media> Store<M> {
                 .collect(),
             n_base: n as u32,
             slot_bufs,
+            seg_counts: (n as usize, slots as usize),
             order: VecDeque::new(),
             head_pos: 0,
             next_seq: 1,
@@ -221,7 +222,7 @@ impl<M: Media> Store<M> {
         self.durable_seq = self.next_seq;
         report.last_seq = self.next_seq - 1;
         for &s in &chain {
-            self.segs[s as usize] = SegState::Active;
+            self.set_seg(s, SegState::Active);
             self.order.push_back(s);
             // A borrowed slot's buffers: one reference, the segment's own.
             for b in self.slot_buffers(s) {

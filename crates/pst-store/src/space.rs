@@ -37,7 +37,7 @@ impl<M: Media> Store<M> {
                 }
                 recs.push(r);
             }
-            self.segs[s as usize] = SegState::Retiring;
+            self.set_seg(s, SegState::Retiring);
             self.retire.push_back(Retiree { seg: s, recs });
         }
     }
@@ -90,7 +90,7 @@ impl<M: Media> Store<M> {
         let free = self.free_segments();
         let capacity = self.owned_segments() as u64 * self.seg_capacity();
         let wanted = free < GROW_BELOW && self.dead_log_bytes * 2 < capacity;
-        let any = self.segs[self.n_base as usize..].contains(&SegState::Lent);
+        let any = self.seg_counts.1 > 0;
         (wanted && any).then_some(self.slot_bufs)
     }
 
@@ -126,7 +126,7 @@ impl<M: Media> Store<M> {
                 },
             );
         }
-        self.segs[s as usize] = SegState::Free;
+        self.set_seg(s, SegState::Free);
         tracing::debug!(segment = s, "log borrowed a slot of the data region");
         Ok(())
     }
@@ -148,7 +148,7 @@ impl<M: Media> Store<M> {
         else {
             return false;
         };
-        self.segs[s] = SegState::Lent;
+        self.set_seg(s as u32, SegState::Lent);
         for b in self.slot_buffers(s as u32) {
             let e = self
                 .bufs
@@ -284,7 +284,7 @@ impl<M: Media> Store<M> {
                 true,
             )?;
         }
-        self.segs[s as usize] = SegState::Retiring;
+        self.set_seg(s, SegState::Retiring);
         // Invalidated only after the next barrier has made the re-appended records durable.
         self.retire.push_back(Retiree { seg: s, recs: old });
         self.compactions += 1;
