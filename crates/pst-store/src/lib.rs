@@ -495,8 +495,7 @@ impl<M: Media> Store<M> {
                 if let Some(old) = self.index.insert(key, m.seq) {
                     self.value_gone(old);
                 }
-                self.live_bytes += m.payload_len as u64;
-                self.buf_live(&m.extents, true);
+                self.live_bytes += m.payload_len as u64; // its buffers' live bytes: `track`
             }
             Kind::Delete => {
                 let key = m.key.as_ref().expect("delete has a key");
@@ -517,24 +516,27 @@ impl<M: Media> Store<M> {
     /// The put record `seq` left the index (overwritten, deleted, cleared): its value is no
     /// longer live and its record is dead log space.
     fn value_gone(&mut self, seq: u64) {
-        if let Some((len, rec, ext)) = self
-            .rec(seq)
-            .map(|r| (r.payload_len, r.log_len(), r.extents.clone()))
-        {
-            self.live_bytes -= len as u64;
-            self.dead_log_bytes += rec;
-            self.buf_live(&ext, false);
+        let Some(i) = seq.checked_sub(self.base_seq()) else {
+            return;
+        };
+        // Fields borrowed apart (not through `rec`), so the extents need no copy.
+        let Some(r) = self.records.get(i as usize) else {
+            return;
+        };
+        self.live_bytes -= r.payload_len as u64;
+        self.dead_log_bytes += r.log_len();
+        for &(b, _, l) in r.extents.iter() {
+            if let Some(x) = self.bufs.get_mut(&b) {
+                x.live = x.live.saturating_sub(l);
+            }
         }
     }
 
-    /// Count a value's bytes in (or out of) its buffers' live bytes.
-    fn buf_live(&mut self, extents: &[RawExtent], add: bool) {
+    /// Take a value's bytes out of its buffers' live bytes.
+    fn buf_dead(&mut self, extents: &[RawExtent]) {
         for &(b, _, l) in extents {
             if let Some(r) = self.bufs.get_mut(&b) {
-                match add {
-                    true => r.live += l,
-                    false => r.live = r.live.saturating_sub(l),
-                }
+                r.live = r.live.saturating_sub(l);
             }
         }
     }

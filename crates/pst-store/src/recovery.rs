@@ -327,11 +327,17 @@ impl<M: Media> Store<M> {
         self.track(meta);
     }
 
-    /// Add a record to the in-memory log: one store reference per extent on its buffer, the
-    /// index updated, the record appended (replay and new appends alike).
+    /// Add a record to the in-memory log: one store reference per extent on its buffer (and,
+    /// for a put, which is live when applied, its bytes in the buffer's live bytes), the index
+    /// updated, the record appended (replay and new appends alike).
     pub(super) fn track(&mut self, meta: RecMeta) {
-        for &(b, _, _) in meta.extents.iter() {
-            self.bufs.entry(b).or_default().refs += 1;
+        let put = meta.kind == Kind::Put;
+        for &(b, _, l) in meta.extents.iter() {
+            let r = self.bufs.entry(b).or_default();
+            r.refs += 1;
+            if put {
+                r.live += l;
+            }
         }
         self.index_apply(&meta);
         self.records.push_back(meta);

@@ -273,7 +273,7 @@ impl<M: Media> Store<M> {
                 None => r.extents.clone(),
             };
             if r.kind == Kind::Put {
-                self.buf_live(&r.extents, false); // the new record counts its own
+                self.buf_dead(&r.extents); // the new record counts its own
             }
             self.write_record(
                 r.kind,
@@ -433,10 +433,33 @@ mod tests {
                 st.maintain(land.free_count() < 64).unwrap();
                 st.commit().unwrap();
                 land.release(st.take_released());
+                while st.spare_wanted() && land.free_count() > 64 {
+                    let mut e = land.take_run(1).unwrap();
+                    st.grant_spare(e.pop().unwrap());
+                }
             }
             assert_eq!(st.dead_log_bytes, scan(&st), "after op {i}");
+            // Per-buffer live bytes (what relocation decides by) match a scan too.
+            let mut live: HashMap<u32, u32> = HashMap::new();
+            for r in st
+                .records
+                .iter()
+                .filter(|r| r.kind == Kind::Put && st.is_live(r))
+            {
+                for &(b, _, l) in r.extents.iter() {
+                    *live.entry(b).or_default() += l;
+                }
+            }
+            for (b, r) in &st.bufs {
+                assert_eq!(
+                    r.live,
+                    live.get(b).copied().unwrap_or(0),
+                    "buffer {b} after op {i}"
+                );
+            }
         }
         assert!(st.compactions > 10, "{}", st.compactions);
+        assert!(st.relocations > 10, "{}", st.relocations);
         st.commit().unwrap();
         drop(st);
         let (st, _) = Store::open(media, log).unwrap();
