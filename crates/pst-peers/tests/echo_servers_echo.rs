@@ -35,7 +35,13 @@ fn start(bin: &str) -> (Server, SocketAddr) {
     (server, addr)
 }
 
+/// One server at a time: both listen with `SO_REUSEPORT`, so two tests that drew the same
+/// free port would share it, and the first to finish would kill the other's connections (a
+/// reset seen once in CI).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn echoes(bin: &str) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let (_server, addr) = start(bin);
     let mut conns: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(addr).unwrap()).collect();
     for (i, c) in conns.iter_mut().enumerate() {
