@@ -1,5 +1,5 @@
 //! Heap allocations per request at steady state, counted by a global allocator in this test
-//! binary: `pst kv` on the uring engine (in-process, `--persist fsync` on a pool file), one
+//! binary: `pst kv` (and `pst httpd --store wal`) on the uring engine (in-process, `--persist fsync` on a pool file), one
 //! client doing `SET` or `GET` round trips with a pre-built request and a fixed reply buffer.
 //! Only the server's threads are counted (the client's thread is excluded by a thread-local
 //! flag). Steady state allocates nothing: reply bytes are recycled per thread, the key is read
@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pst::{Geometry, PersistMode, Pool, PoolOptions};
+use pst_serve::http::{HttpService, StoreMode};
 use pst_serve::kv::KvService;
 use pst_serve::{open_store, Retention, ServeConfig};
 
@@ -25,6 +26,10 @@ static ALLOCS: AtomicU64 = AtomicU64::new(0);
 
 static TRACE: AtomicBool = AtomicBool::new(false);
 static SITES: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// One test at a time: the count is process-wide, so another test's server threads would be
+/// counted in this one's window.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 thread_local! {
     static EXCLUDED: Cell<bool> = const { Cell::new(false) };
@@ -106,6 +111,7 @@ fn round_trips(s: &mut TcpStream, req: &[u8], reply_len: usize, n: usize) {
 
 #[test]
 fn uring_kv_allocations_per_request() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     EXCLUDED.with(|e| e.set(true));
     let dir = std::env::temp_dir().join(format!("pst-allocs-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -181,4 +187,98 @@ fn uring_kv_allocations_per_request() {
             "{what}: {per:.2} allocations per request (bound {bound})"
         );
     }
+}
+
+/// One HTTP response (head and `Content-Length` body) read from `s`, into `buf`.
+fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) {
+    buf.clear();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = std::str::from_utf8(&buf[..end])
+                .unwrap()
+                .to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if buf.len() >= end + 4 + len {
+                assert!(head.starts_with("http/1.1 2"), "{head}");
+                return;
+            }
+        }
+        let k = s.read(&mut chunk).unwrap();
+        assert!(k > 0, "server closed");
+        buf.extend_from_slice(&chunk[..k]);
+    }
+}
+
+/// The `wal` path: `pst httpd --store wal`, `POST /` of a 1 KiB body appended to the log
+/// (measured; not yet at the issue's zero: see the bound below).
+#[test]
+fn uring_wal_allocations_per_request() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    EXCLUDED.with(|e| e.set(true));
+    let dir = std::env::temp_dir().join(format!("pst-allocs-wal-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let opts = PoolOptions {
+        geometry: Geometry::for_size(32 << 20, 2048).unwrap(),
+        persist: PersistMode::Fsync,
+        ..PoolOptions::default()
+    };
+    let pool = Arc::new(Pool::open(&dir.join("pool"), &opts).unwrap());
+    let store = open_store(&pool, 1, false).unwrap();
+    let proto = Arc::new(HttpService::new(StoreMode::Wal, 1 << 20, None));
+    let addr: SocketAddr = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let cfg = ServeConfig::new(addr);
+    let stop = Arc::new(AtomicBool::new(false));
+    let st = stop.clone();
+    let server = std::thread::spawn(move || {
+        pst_serve::serve_until(&cfg, pool, proto, Some(store), Retention::Wal, st).unwrap()
+    });
+    let mut s = loop {
+        match TcpStream::connect(addr) {
+            Ok(s) => break s,
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.set_nodelay(true).unwrap();
+    let mut req = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1024\r\n\r\n".to_vec();
+    req.extend_from_slice(&[b'v'; 1024]);
+    let mut buf = Vec::with_capacity(8192);
+    let mut posts = |n: usize| {
+        for _ in 0..n {
+            s.write_all(&req).unwrap();
+            read_response(&mut s, &mut buf);
+        }
+    };
+    const N: usize = 5000;
+    posts(N); // warm-up
+    let before = ALLOCS.load(Ordering::Relaxed);
+    posts(N);
+    let per = (ALLOCS.load(Ordering::Relaxed) - before) as f64 / N as f64;
+    println!("uring wal POST 1 KiB, persist fsync: {per:.3} allocations per request");
+    if std::env::var_os("PST_ALLOC_TRACE").is_some() {
+        TRACE.store(true, Ordering::Relaxed);
+        posts(100);
+        TRACE.store(false, Ordering::Relaxed);
+        let mut sites = std::mem::take(&mut *SITES.lock().unwrap());
+        sites.sort();
+        sites.dedup();
+        for site in sites {
+            println!("  {site}");
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    drop(s);
+    server.join().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    // Issue 11's target is 0; measured 5.0 (session 8): the reply's bytes (`respond_with`),
+    // the request framer's head parse (two) and feed, and one in `handle`. This bound only
+    // keeps it from growing until those are recycled like the kv path's.
+    assert!(per <= 6.0, "{per:.2} allocations per POST (was 5.0)");
 }
