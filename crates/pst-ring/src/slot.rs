@@ -84,6 +84,21 @@ impl Extent {
         Extent { buf, off, len }
     }
 
+    /// A whole free slot of `k` buffers of `alloc` (see [`pst_pool::BufAlloc::alloc_run`]),
+    /// one whole-buffer extent each: what a port or a partition lends a store's log.
+    pub(crate) fn owned_run(
+        alloc: &mut pst_pool::BufAlloc,
+        k: u32,
+        buf_size: u32,
+    ) -> Option<Vec<Extent>> {
+        let first = alloc.alloc_run(k)?.0;
+        Some(
+            (first..first + k)
+                .map(|b| Extent::owned(BufIdx(b), 0, buf_size))
+                .collect(),
+        )
+    }
+
     /// Give up the handle without releasing the reference (the caller now accounts for it).
     pub fn into_raw(self) -> (BufIdx, u32, u32) {
         (self.buf, self.off, self.len)

@@ -371,13 +371,36 @@ impl<M: Media> Store<M> {
 
     pub(super) fn drop_refs(&mut self, r: &RecMeta) {
         for &(b, _, _) in r.extents.iter() {
-            let e = self.bufs.get_mut(&b).expect("record holds a reference");
-            e.refs -= 1;
-            if e.refs == 0 {
-                let e = self.bufs.remove(&b).expect("present");
-                self.released.extend(e.handles);
-            }
+            self.unref(b);
         }
+    }
+
+    /// Drop one store reference on buffer `b` (a record's, or the store's own on a borrowed
+    /// slot or a spare); at the last, its allocator handles go to [`Store::take_released`].
+    pub(super) fn unref(&mut self, b: u32) {
+        let e = self.bufs.get_mut(&b).expect("the store holds a reference");
+        e.refs -= 1;
+        if e.refs == 0 {
+            let e = self.bufs.remove(&b).expect("present");
+            self.released.extend(e.handles);
+        }
+    }
+
+    /// Hold the buffer of `e` (a whole free buffer the caller lent: a slot's, a spare) with the
+    /// store's own reference.
+    pub(super) fn hold_own(&mut self, e: Extent) {
+        let b = e.buf().0;
+        let mut handles = pst_ring::ExtentList::new();
+        handles.push(e);
+        let prev = self.bufs.insert(
+            b,
+            BufRef {
+                refs: 1,
+                live: 0,
+                handles,
+            },
+        );
+        debug_assert!(prev.is_none(), "a lent buffer must be a free one");
     }
 
     /// True when a commit would do anything (appends pending, or segments to retire). While a

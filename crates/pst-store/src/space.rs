@@ -114,17 +114,7 @@ impl<M: Media> Store<M> {
         };
         let s = self.n_base + j;
         for e in run {
-            let b = e.buf().0;
-            let mut handles = pst_ring::ExtentList::new();
-            handles.push(e);
-            self.bufs.insert(
-                b,
-                BufRef {
-                    refs: 1,
-                    live: 0,
-                    handles,
-                },
-            );
+            self.hold_own(e);
         }
         self.set_seg(s, SegState::Free);
         tracing::debug!(segment = s, "log borrowed a slot of the data region");
@@ -150,15 +140,7 @@ impl<M: Media> Store<M> {
         };
         self.set_seg(s as u32, SegState::Lent);
         for b in self.slot_buffers(s as u32) {
-            let e = self
-                .bufs
-                .get_mut(&b)
-                .expect("a borrowed slot's buffer is held");
-            e.refs -= 1;
-            if e.refs == 0 {
-                let e = self.bufs.remove(&b).expect("present");
-                self.released.extend(e.handles);
-            }
+            self.unref(b);
         }
         tracing::debug!(segment = s, "log gave a slot back to the buffers");
         true
@@ -210,7 +192,8 @@ impl<M: Media> Store<M> {
         // once (it costs one invalidation): dead segments give their slots back to the
         // buffers instead of waiting for the pool to run short.
         let borrowed = self.owned_segments() > self.n_base as usize;
-        if !(low || pressure || free < 2 || borrowed) {
+        let short = low || pressure || free < 2;
+        if !(short || borrowed) {
             return Ok(false);
         }
         let s = self.order[0];
@@ -240,7 +223,7 @@ impl<M: Media> Store<M> {
         let advance = low && !returning && self.dead_log_bytes >= 2 * cap && head_room >= cap / 4;
         let rotate = if live == 0 {
             low || pressure || blocked || (borrowed && dead > 0)
-        } else if !(low || pressure || free < 2) {
+        } else if !short {
             false // only the free rotation above runs when segments are plentiful
         } else if dead == 0 {
             (blocked || advance) && self.dead_log_bytes > 0
@@ -303,19 +286,8 @@ impl<M: Media> Store<M> {
     /// out of mostly dead buffers into spares. Spares are the store's until filled; a spare
     /// never filled is free again after a restart (no record names it).
     pub fn grant_spare(&mut self, e: Extent) {
-        let b = e.buf().0;
-        let mut handles = pst_ring::ExtentList::new();
-        handles.push(e);
-        let prev = self.bufs.insert(
-            b,
-            BufRef {
-                refs: 1,
-                live: 0,
-                handles,
-            },
-        );
-        debug_assert!(prev.is_none(), "a spare must be a free buffer");
-        self.spares.push_back(b);
+        self.spares.push_back(e.buf().0);
+        self.hold_own(e);
     }
 
     /// The cleaner is moving live record `r` forward: if it is a small value all of whose
@@ -328,14 +300,15 @@ impl<M: Media> Store<M> {
     /// may not write).
     fn relocate(&mut self, r: &RecMeta) -> Option<Extents> {
         let bs = self.header.geometry.buf_size;
-        if r.kind != Kind::Put || r.payload_len == 0 || r.payload_len > bs / 2 {
+        let small = r.kind == Kind::Put && r.payload_len > 0 && r.payload_len <= bs / 2;
+        if !small || !self.header.log_may_grow() {
             return None;
         }
         let target = self.target.map(|t| t.0);
         let sparse = r.extents.iter().all(|&(b, _, _)| {
             Some(b) != target && self.bufs.get(&b).is_some_and(|x| x.live * 2 < bs)
         });
-        if !sparse || !self.header.log_may_grow() {
+        if !sparse {
             return None;
         }
         if self
@@ -367,12 +340,7 @@ impl<M: Media> Store<M> {
     /// name it keep theirs).
     fn close_target(&mut self) {
         if let Some((t, _)) = self.target.take() {
-            let e = self.bufs.get_mut(&t).expect("a spare is held");
-            e.refs -= 1;
-            if e.refs == 0 {
-                let e = self.bufs.remove(&t).expect("present");
-                self.released.extend(e.handles);
-            }
+            self.unref(t);
         }
     }
 

@@ -79,13 +79,7 @@ impl Core {
     /// A whole free slot of `k` buffers (see [`BufAlloc::alloc_run`]), one extent per
     /// buffer: for a store's log to borrow. `None` when no such slot is free.
     pub fn alloc_run(&mut self, k: u32) -> Option<Vec<Extent>> {
-        let first = self.alloc.alloc_run(k)?.0;
-        let bs = self.cfg.buf_size;
-        Some(
-            (first..first + k)
-                .map(|b| Extent::owned(BufIdx(b), 0, bs))
-                .collect(),
-        )
+        Extent::owned_run(&mut self.alloc, k, self.cfg.buf_size)
     }
 
     /// Give an extent's reference back.
