@@ -261,7 +261,13 @@ impl SharedStore {
 
     /// Route the store's released extents to their partitions' queues.
     pub fn route_released(&self, g: &mut SharedInner) {
-        for e in g.store.take_released() {
+        let released = g.store.take_released();
+        self.route(g, released);
+    }
+
+    /// Queue extents for the partitions that own their buffers.
+    fn route(&self, g: &mut SharedInner, extents: Vec<Extent>) {
+        for e in extents {
             let b = e.buf().0;
             match self.parts.iter().position(|p| p.contains(&b)) {
                 Some(i) => g.returns[i].push(e),
@@ -301,12 +307,7 @@ impl SharedStore {
             };
             if let Err(back) = g.store.grant_segment(slot) {
                 tracing::error!(buffers = back.len(), "the log refused a slot it asked for");
-                for e in back {
-                    let b = e.buf().0;
-                    if let Some(i) = self.parts.iter().position(|p| p.contains(&b)) {
-                        g.returns[i].push(e);
-                    }
-                }
+                self.route(g, back);
                 break;
             }
             granted += 1;

@@ -164,6 +164,12 @@ fn at(at: usize, f: Range<usize>) -> Range<usize> {
     at + f.start..at + f.end
 }
 
+/// Where a header checksum starts: 0 (plain CRC32C, version 1), or the CRC32C of the log
+/// salt's 8 bytes (version 2), so that what follows is checksummed as if after the salt.
+fn salt_seed(salt: Option<u64>) -> u32 {
+    salt.map_or(0, |s| crc32c::crc32c(&s.to_le_bytes()))
+}
+
 /// A decoded segment header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegHeader {
@@ -191,10 +197,7 @@ impl SegHeader {
     }
 
     fn crc(b: &[u8], salt: Option<u64>) -> u32 {
-        match salt {
-            None => crc32c::crc32c(&b[seg::CRC_COVERS]),
-            Some(s) => crc32c::crc32c_append(crc32c::crc32c(&s.to_le_bytes()), &b[seg::CRC_COVERS]),
-        }
+        crc32c::crc32c_append(salt_seed(salt), &b[seg::CRC_COVERS])
     }
 
     /// Decode; `None` for anything that is not a valid header of a segment of `size` bytes of
@@ -387,8 +390,7 @@ impl Record {
     }
 
     fn header_crc(b: &[u8], refs_end: usize, salt: Option<u64>) -> u32 {
-        let seed = salt.map_or(0, |s| crc32c::crc32c(&s.to_le_bytes()));
-        let fixed = crc32c::crc32c_append(seed, &b[rec::CRC_COVERS]);
+        let fixed = crc32c::crc32c_append(salt_seed(salt), &b[rec::CRC_COVERS]);
         crc32c::crc32c_append(fixed, &b[rec::KEY..refs_end])
     }
 
