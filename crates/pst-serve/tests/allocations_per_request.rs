@@ -9,16 +9,17 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
+mod common;
+
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use pst::{Geometry, PersistMode, Pool, PoolOptions};
+use common::InProcess;
 use pst_serve::http::{HttpService, StoreMode};
 use pst_serve::kv::KvService;
-use pst_serve::{open_store, Retention, ServeConfig};
+use pst_serve::Retention;
 
 struct Counting;
 
@@ -109,72 +110,12 @@ fn round_trips(s: &mut TcpStream, req: &[u8], reply_len: usize, n: usize) {
     }
 }
 
-/// A server of `proto` on the uring engine, `--persist fsync` on a 32 MiB pool file, in this
-/// process (the test thread is excluded from the count).
-struct Server {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<()>,
-    dir: std::path::PathBuf,
-}
-
-impl Server {
-    fn start<P: pst_serve::Protocol>(name: &str, proto: Arc<P>, retention: Retention) -> Server {
-        EXCLUDED.with(|e| e.set(true));
-        let dir = std::env::temp_dir().join(format!("pst-allocs-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let opts = PoolOptions {
-            geometry: Geometry::for_size(32 << 20, 2048).unwrap(),
-            persist: PersistMode::Fsync,
-            ..PoolOptions::default()
-        };
-        let pool = Arc::new(Pool::open(&dir.join("pool"), &opts).unwrap());
-        let store = open_store(&pool, 1, false).unwrap();
-        let addr: SocketAddr = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let cfg = ServeConfig::new(addr);
-        let stop = Arc::new(AtomicBool::new(false));
-        let st = stop.clone();
-        let thread = std::thread::spawn(move || {
-            pst_serve::serve_until(&cfg, pool, proto, Some(store), retention, st).unwrap()
-        });
-        Server {
-            addr,
-            stop,
-            thread,
-            dir,
-        }
-    }
-
-    fn connect(&self) -> TcpStream {
-        let s = loop {
-            match TcpStream::connect(self.addr) {
-                Ok(s) => break s,
-                Err(_) => std::thread::sleep(Duration::from_millis(20)),
-            }
-        };
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        s.set_nodelay(true).unwrap();
-        s
-    }
-
-    fn stop(self) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().unwrap();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[test]
 fn uring_kv_allocations_per_request() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let srv = Server::start(
-        "kv",
-        Arc::new(KvService::new(1 << 20, None)),
-        Retention::Compact,
-    );
+    EXCLUDED.with(|e| e.set(true));
+    let proto = Arc::new(KvService::new(1 << 20, None));
+    let srv = InProcess::start("allocs-kv", 1, proto, Retention::Compact);
     let mut s = srv.connect();
     let value = vec![b'v'; 1024];
     let set = cmd(&[b"SET", b"key:000042", &value]);
@@ -252,7 +193,8 @@ fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) {
 fn uring_wal_allocations_per_request() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let proto = Arc::new(HttpService::new(StoreMode::Wal, 1 << 20, None));
-    let srv = Server::start("wal", proto, Retention::Wal);
+    EXCLUDED.with(|e| e.set(true));
+    let srv = InProcess::start("allocs-wal", 1, proto, Retention::Wal);
     let mut s = srv.connect();
     let mut req = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1024\r\n\r\n".to_vec();
     req.extend_from_slice(&[b'v'; 1024]);

@@ -11,15 +11,15 @@
 //! shows the request handled and a later request on another connection of the same worker has
 //! been answered, a reply that was not held would already sit in the socket.
 
+mod common;
+
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pst::{Geometry, PersistMode, Pool, PoolOptions};
 use pst_serve::kv::KvService;
-use pst_serve::{open_store, Protocol, Retention, ServeConfig, SharedStore};
+use pst_serve::{Protocol, Retention};
 
 /// Generous bound on anything that must happen (a hang is a failure, not a measurement).
 const LIVENESS: Duration = Duration::from_secs(30);
@@ -115,53 +115,16 @@ impl Client {
     }
 }
 
-struct Server {
-    addr: SocketAddr,
-    store: Arc<SharedStore>,
-    proto: Arc<KvService>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    dir: std::path::PathBuf,
+type Server = common::InProcess<KvService>;
+
+/// What these tests ask of the server.
+trait Probe {
+    fn requests(&self) -> u64;
+    fn wait_requests(&self, n: u64);
+    fn wait_commit_in_flight(&self);
 }
 
-impl Server {
-    fn start(threads: usize) -> Server {
-        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "pst-commit-in-flight-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let opts = PoolOptions {
-            geometry: Geometry::for_size(32 << 20, 2048).unwrap(),
-            persist: PersistMode::Fsync,
-            ..PoolOptions::default()
-        };
-        let pool = Arc::new(Pool::open(&dir.join("pool"), &opts).unwrap());
-        let store = open_store(&pool, threads, false).unwrap();
-        let proto = Arc::new(KvService::new(1 << 20, None));
-        let addr = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let mut cfg = ServeConfig::new(addr);
-        cfg.threads = threads;
-        let stop = Arc::new(AtomicBool::new(false));
-        let (s, p, st) = (store.clone(), proto.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            pst_serve::serve_until(&cfg, pool, p, Some(s), Retention::Compact, st).unwrap()
-        });
-        Server {
-            addr,
-            store,
-            proto,
-            stop,
-            thread: Some(thread),
-            dir,
-        }
-    }
-
+impl Probe for Server {
     fn requests(&self) -> u64 {
         self.proto.metrics().totals().requests
     }
@@ -191,19 +154,13 @@ impl Server {
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.store.hold_commits(false);
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 fn scenario(threads: usize, check_silence: bool) {
-    let srv = Server::start(threads);
+    let srv = Server::start(
+        "commit-in-flight",
+        threads,
+        Arc::new(KvService::new(1 << 20, None)),
+        Retention::Compact,
+    );
     let mut a = Client::connect(srv.addr);
     assert_eq!(a.call(&[b"SET", b"old", b"v0"]), b"+OK\r\n");
     // Everything before this point is committed: +OK left after its commit.
@@ -277,7 +234,12 @@ fn two_workers_release_each_others_held_replies() {
 /// new field of a hash and a deadline of a key that were both committed before.
 #[test]
 fn reads_of_fields_members_and_deadlines_wait_for_their_commit() {
-    let srv = Server::start(1);
+    let srv = Server::start(
+        "commit-in-flight",
+        1,
+        Arc::new(KvService::new(1 << 20, None)),
+        Retention::Compact,
+    );
     let mut a = Client::connect(srv.addr);
     let mut b = Client::connect(srv.addr);
     let mut c = Client::connect(srv.addr);
