@@ -165,6 +165,12 @@ enum Chunk {
 /// Longest chunk-size line (size plus extensions) accepted; beyond it the request is a 400.
 pub const MAX_CHUNK_LINE: usize = 1024;
 
+/// Largest path capacity [`RequestFramer::recycle`] keeps for reuse (bytes).
+const MAX_SPARE_PATH: usize = 1024;
+
+/// Header slots parsed on the stack; a [`Limits::max_headers`] above it parses into a vector.
+const STACK_HEADERS: usize = 64;
+
 /// Most chunks one body may have (each is a range the server keeps); beyond: 413.
 pub const MAX_CHUNKS: usize = 1 << 16;
 
@@ -177,6 +183,9 @@ pub struct RequestFramer {
     carry_pos: u64,
     /// Stream position of the next byte to be fed.
     pos: u64,
+    /// A handled request's path string, given back with [`RequestFramer::recycle`], for the
+    /// next head's path (steady traffic allocates none).
+    spare_path: String,
 }
 
 impl RequestFramer {
@@ -188,6 +197,17 @@ impl RequestFramer {
             carry: Vec::new(),
             carry_pos: 0,
             pos: 0,
+            spare_path: String::new(),
+        }
+    }
+
+    /// Give back a request the caller is done with: its path's memory serves the next head,
+    /// so a connection's steady traffic parses heads without allocating.
+    pub fn recycle(&mut self, req: Request) {
+        let mut path = req.path;
+        if path.capacity() <= MAX_SPARE_PATH && path.capacity() > self.spare_path.capacity() {
+            path.clear();
+            self.spare_path = path;
         }
     }
 
@@ -403,9 +423,16 @@ impl RequestFramer {
     /// Request-smuggling defences (RFC 9112 §6.1–6.3): both `Transfer-Encoding` and
     /// `Content-Length`, a transfer coding other than a final `chunked`, differing
     /// `Content-Length`s, an obs-fold line and a bare CR are all refused with 400.
-    fn parse_head(&self) -> Result<Option<(Request, usize, bool)>, FrameError> {
-        let mut headers = vec![httparse::EMPTY_HEADER; self.limits.max_headers];
-        let mut r = httparse::Request::new(&mut headers);
+    fn parse_head(&mut self) -> Result<Option<(Request, usize, bool)>, FrameError> {
+        let mut on_stack = [httparse::EMPTY_HEADER; STACK_HEADERS];
+        let mut on_heap = Vec::new();
+        let headers: &mut [httparse::Header<'_>] = if self.limits.max_headers <= STACK_HEADERS {
+            &mut on_stack[..self.limits.max_headers]
+        } else {
+            on_heap.resize(self.limits.max_headers, httparse::EMPTY_HEADER);
+            &mut on_heap
+        };
+        let mut r = httparse::Request::new(headers);
         let head_len = match r.parse(&self.carry) {
             Ok(httparse::Status::Partial) => return Ok(None),
             Ok(httparse::Status::Complete(n)) => n,
@@ -439,7 +466,9 @@ impl RequestFramer {
             "DELETE" => Method::Delete,
             _ => Method::Other,
         };
-        let path = r.path.ok_or(FrameError::BadRequest)?.to_owned();
+        let mut path = std::mem::take(&mut self.spare_path);
+        path.clear();
+        path.push_str(r.path.ok_or(FrameError::BadRequest)?);
         let mut content_length: Option<u64> = None;
         let mut codings: Vec<String> = Vec::new();
         let mut expect = false;
@@ -485,9 +514,10 @@ impl RequestFramer {
                     return Err(FrameError::Expectation);
                 }
             } else if name.eq_ignore_ascii_case("connection") {
-                let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
-                conn_close |= v.split(',').any(|t| t.trim() == "close");
-                conn_keep |= v.split(',').any(|t| t.trim() == "keep-alive");
+                for t in h.value.split(|&b| b == b',').map(trim_ows) {
+                    conn_close |= t.eq_ignore_ascii_case(b"close");
+                    conn_keep |= t.eq_ignore_ascii_case(b"keep-alive");
+                }
             } else if name.eq_ignore_ascii_case("authorization") {
                 let v = String::from_utf8_lossy(h.value);
                 if let Some(t) = v.strip_prefix("Bearer ") {
@@ -785,6 +815,38 @@ mod tests {
             feed_all(&[b"GET / HTTP/1.0\r\n\r\nGET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"]);
         assert!(!req(&ev[0]).keep_alive);
         assert!(req(&ev[1]).keep_alive);
+    }
+
+    #[test]
+    fn connection_tokens_are_case_insensitive_lists() {
+        let ev = feed_all(&[
+            b"GET / HTTP/1.0\r\nConnection: Upgrade, Keep-Alive \r\n\r\n",
+            b"GET / HTTP/1.1\r\nConnection: foo,\tCLOSE\r\n\r\n",
+            b"GET / HTTP/1.1\r\nConnection: closed\r\n\r\n",
+        ]);
+        assert!(req(&ev[0]).keep_alive);
+        assert!(!req(&ev[1]).keep_alive);
+        assert!(req(&ev[2]).keep_alive, "`closed` is not `close`");
+    }
+
+    #[test]
+    fn a_recycled_request_lends_its_path_to_the_next_head() {
+        let mut f = RequestFramer::new(Limits::default());
+        let mut out = Vec::new();
+        f.feed(b"GET /first/path HTTP/1.1\r\n\r\n", &mut out);
+        let Some(Event::Request(first)) = out.pop() else {
+            panic!("a request")
+        };
+        let memory = first.path.as_ptr();
+        f.recycle(first);
+        f.feed(b"GET /2nd HTTP/1.1\r\n\r\n", &mut out);
+        let second = req(&out[0]);
+        assert_eq!(second.path, "/2nd");
+        assert_eq!(
+            second.path.as_ptr(),
+            memory,
+            "the path reused the recycled string"
+        );
     }
 
     #[test]

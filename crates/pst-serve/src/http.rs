@@ -99,6 +99,8 @@ pub struct HttpConn {
     parked: Option<LogPoll>,
     /// Requests (pipelined) framed while parked, handled in order once the poll ends.
     queued: VecDeque<Event>,
+    /// Events framed from one chunk; empty between calls, kept for its memory.
+    events: Vec<Event>,
 }
 
 /// `GET /log` parameters.
@@ -182,7 +184,8 @@ impl HttpService {
     }
 
     fn respond(reply: &mut Vec<Piece>, status: u16, body: &[u8], keep_alive: Ka) -> Handled {
-        let mut out = Vec::with_capacity(96 + body.len());
+        let mut out = crate::protocol::reply_buf();
+        out.reserve(96 + body.len());
         write_head(&mut out, status, body.len(), keep_alive);
         if !keep_alive.head {
             out.extend_from_slice(body);
@@ -191,18 +194,20 @@ impl HttpService {
         Handled::Status(status)
     }
 
-    /// A response with extra header lines (each ending in CRLF).
+    /// A response with extra header lines (each ending in CRLF), formatted straight into the
+    /// reply bytes.
     fn respond_with(
         reply: &mut Vec<Piece>,
         status: u16,
-        extra: &str,
+        extra: std::fmt::Arguments<'_>,
         body: &[u8],
         keep_alive: Ka,
     ) -> Handled {
-        let mut out = Vec::with_capacity(128 + extra.len() + body.len());
+        let mut out = crate::protocol::reply_buf();
+        out.reserve(160 + body.len());
         write_head(&mut out, status, body.len(), keep_alive);
         out.truncate(out.len() - 2); // before the blank line
-        out.extend_from_slice(extra.as_bytes());
+        out.write_fmt(extra).expect("writing to a vector");
         out.extend_from_slice(b"\r\n");
         if !keep_alive.head {
             out.extend_from_slice(body);
@@ -255,7 +260,7 @@ impl HttpService {
                         .map_or(0, |s| pst_pool::Media::header(s.media()).geometry.buf_size);
                     let text = self.metrics.prometheus(stats.as_ref(), buf_size);
                     let ct = "Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n";
-                    Self::respond_with(reply, 200, ct, text.as_bytes(), ka)
+                    Self::respond_with(reply, 200, format_args!("{ct}"), text.as_bytes(), ka)
                 }
                 _ => Self::respond(reply, 405, b"/metrics is read-only\n", ka),
             };
@@ -298,7 +303,7 @@ impl HttpService {
                         Self::respond_with(
                             reply,
                             200,
-                            &format!("Pst-First-Seq: {first}\r\n"),
+                            format_args!("Pst-First-Seq: {first}\r\n"),
                             b"",
                             ka,
                         )
@@ -324,7 +329,7 @@ impl HttpService {
                     );
                     return Self::respond(reply, 500, b"stored value is corrupt\n", ka);
                 }
-                let mut head = Vec::with_capacity(96);
+                let mut head = crate::protocol::reply_buf();
                 write_head(&mut head, 200, v.len as usize, ka);
                 if req.method == Method::Head {
                     reply.push(Piece::Bytes(head));
@@ -351,7 +356,7 @@ impl HttpService {
             }
             (Method::Get, _, _) => Self::respond(reply, 200, RPC_BODY, ka),
             (Method::Head, _, _) => {
-                let mut head = Vec::new();
+                let mut head = crate::protocol::reply_buf();
                 write_head(&mut head, 200, RPC_BODY.len(), ka);
                 reply.push(Piece::Bytes(head));
                 Handled::Status(200)
@@ -384,7 +389,7 @@ impl HttpService {
                     Ok(seq) => Self::respond_with(
                         reply,
                         if mode == StoreMode::Kv { 201 } else { 200 },
-                        &format!("Pst-Seq: {seq}\r\n"),
+                        format_args!("Pst-Seq: {seq}\r\n"),
                         b"",
                         ka,
                     ),
@@ -538,10 +543,13 @@ impl HttpService {
                 Event::Continue => reply.push(Piece::Bytes(CONTINUE.to_vec())),
                 Event::Request(req) => {
                     io.count_request();
-                    match self.handle(&req, io, store.as_deref_mut(), reply) {
+                    let handled = self.handle(&req, io, store.as_deref_mut(), reply);
+                    let (method, keep_alive) = (req.method, req.keep_alive);
+                    c.framer.recycle(req);
+                    match handled {
                         Handled::Status(status) => {
-                            self.metrics.http_response(method_index(req.method), status);
-                            if !req.keep_alive {
+                            self.metrics.http_response(method_index(method), status);
+                            if !keep_alive {
                                 return false;
                             }
                         }
@@ -621,6 +629,7 @@ impl Protocol for HttpService {
             framer: RequestFramer::new(self.limits),
             parked: None,
             queued: VecDeque::new(),
+            events: Vec::new(),
         }
     }
 
@@ -642,10 +651,12 @@ impl Protocol for HttpService {
         store: Option<&mut PoolStore>,
         reply: &mut Vec<Piece>,
     ) -> bool {
-        let mut events = Vec::new();
+        let mut events = std::mem::take(&mut c.events);
         let framer = &mut c.framer;
         io.with_bytes(chunk, &mut |b| framer.feed(b, &mut events));
-        self.run_events(c, events, io, store, reply)
+        let open = self.run_events(c, events.drain(..), io, store, reply);
+        c.events = events;
+        open
     }
 
     fn parked(&self, c: &HttpConn) -> bool {
