@@ -17,8 +17,15 @@ pub struct BidTable {
     lent: Vec<Option<BufIdx>>,
     free: Vec<u16>,
     order: VecDeque<u16>,
-    /// The lent buffers, for [`BidTable::is_lent`].
-    lent_bufs: std::collections::HashSet<u32>,
+    /// The lent buffers, for [`BidTable::is_lent`]: one bit per pool buffer index, grown to
+    /// the highest index lent (a pool of 2 KiB buffers needs 8 bytes of it per MiB). A set
+    /// bit, not a hash set: lending and taking run once per received buffer.
+    lent_bufs: Vec<u64>,
+}
+
+/// Word and bit of buffer `b` in [`BidTable`]'s `lent_bufs`.
+fn bit(b: u32) -> (usize, u64) {
+    ((b / 64) as usize, 1u64 << (b % 64))
 }
 
 impl BidTable {
@@ -28,7 +35,7 @@ impl BidTable {
             lent: vec![None; entries as usize],
             free: (0..entries).rev().collect(),
             order: VecDeque::with_capacity(entries as usize),
-            lent_bufs: std::collections::HashSet::with_capacity(entries as usize),
+            lent_bufs: Vec::new(),
         }
     }
 
@@ -46,7 +53,11 @@ impl BidTable {
     pub fn lend(&mut self, buf: BufIdx) -> Option<u16> {
         let bid = self.free.pop()?;
         self.lent[bid as usize] = Some(buf);
-        self.lent_bufs.insert(buf.0);
+        let (w, m) = bit(buf.0);
+        if w >= self.lent_bufs.len() {
+            self.lent_bufs.resize(w + 1, 0);
+        }
+        self.lent_bufs[w] |= m;
         self.order.push_back(bid);
         Some(bid)
     }
@@ -77,7 +88,8 @@ impl BidTable {
                 .take()
                 .expect("ids in the order are lent");
             self.free.push(bid);
-            self.lent_bufs.remove(&buf.0);
+            let (w, m) = bit(buf.0);
+            self.lent_bufs[w] &= !m;
             out.push(buf);
         }
         true
@@ -93,13 +105,14 @@ impl BidTable {
             }
         }
         self.order.clear();
-        self.lent_bufs.clear();
+        self.lent_bufs.fill(0);
         out
     }
 
     /// Whether `buf` is lent to the kernel right now (it may write it at the next enter).
     pub fn is_lent(&self, buf: BufIdx) -> bool {
-        self.lent_bufs.contains(&buf.0)
+        let (w, m) = bit(buf.0);
+        self.lent_bufs.get(w).is_some_and(|x| x & m != 0)
     }
 }
 
@@ -113,8 +126,11 @@ mod tests {
         let a = t.lend(BufIdx(70_000)).unwrap();
         let b = t.lend(BufIdx(5)).unwrap();
         assert_ne!(a, b);
+        assert!(t.is_lent(BufIdx(70_000)) && t.is_lent(BufIdx(5)));
+        assert!(!t.is_lent(BufIdx(6)) && !t.is_lent(BufIdx(1 << 30)));
         assert_eq!(t.lend(BufIdx(6)), None);
         assert_eq!(t.take(a), Some(BufIdx(70_000)));
+        assert!(!t.is_lent(BufIdx(70_000)) && t.is_lent(BufIdx(5)));
         assert_eq!(t.take(a), None, "double completion of one id is refused");
         assert_eq!(t.take(999), None);
         assert_eq!(t.lend(BufIdx(6)), Some(a));
@@ -123,6 +139,7 @@ mod tests {
         d.sort();
         assert_eq!(d, vec![BufIdx(5), BufIdx(6)]);
         assert_eq!(t.lent(), 0);
+        assert!(!t.is_lent(BufIdx(5)) && !t.is_lent(BufIdx(6)));
     }
 
     #[test]
