@@ -497,6 +497,12 @@ struct EpollIo<'a> {
 }
 
 impl Io for EpollIo<'_> {
+    fn lend_segment(&mut self, store: &mut PoolStore) {
+        if let Err(back) = crate::store::lend_segment(store, &mut *self.bufs) {
+            back.into_iter().for_each(|e| self.bufs.release(e));
+        }
+    }
+
     fn with_bytes(&self, r: Range<u64>, f: &mut dyn FnMut(&[u8])) {
         f(&self.data[(r.start - self.base) as usize..(r.end - self.base) as usize]);
     }

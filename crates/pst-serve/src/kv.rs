@@ -3507,6 +3507,9 @@ impl KvService {
                 }
             }
             held = None; // the held command runs now; a later one waits afresh
+            if store.segment_wanted().is_some() {
+                io.lend_segment(store);
+            }
             let args = match ev {
                 Event::Command(args) => args,
                 Event::Inline(owned) => c.inline.stage(owned),

@@ -108,6 +108,10 @@ impl Io for OwnedIo<'_, '_> {
         self.inner.release(e)
     }
 
+    fn lend_segment(&mut self, store: &mut crate::store::PoolStore) {
+        self.inner.lend_segment(store)
+    }
+
     fn count_request(&mut self) {
         self.inner.count_request()
     }

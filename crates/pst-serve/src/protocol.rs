@@ -78,6 +78,12 @@ pub trait Io {
     /// Give back an extent obtained from this `Io` that will not be stored or sent.
     fn release(&mut self, e: Extent);
 
+    /// Lend `store`'s log a segment of this worker's free buffers if it wants one
+    /// ([`crate::store::lend_segment`]). A KV service calls it before each write command, so
+    /// that a pipelined flood finds the log grown within the batch rather than full while the
+    /// pool still has room. An `Io` without buffers of its own lends nothing.
+    fn lend_segment(&mut self, _store: &mut PoolStore) {}
+
     /// Count one request handled. The engine keeps the count per worker (published with its
     /// other counters), so requests on different threads never share a cache line.
     fn count_request(&mut self);

@@ -292,25 +292,17 @@ impl SharedStore {
         if retention != Retention::Compact {
             return 0; // a WAL keeps to its log region: its retention drops the oldest records
         }
-        let (capacity, buf_size) = (src.capacity(), src.buf_size());
+        let capacity = src.capacity();
         let mut granted = 0;
         while granted < 2 {
-            let Some(k) = g.store.segment_wanted() else {
-                break;
-            };
-            let bytes = 2 * k as u64 * buf_size as u64;
-            if !has_room(src.free(), capacity, buf_size, bytes) {
-                break;
+            match lend_segment(&mut g.store, src) {
+                Ok(true) => granted += 1,
+                Ok(false) => break,
+                Err(back) => {
+                    self.route(g, back);
+                    break;
+                }
             }
-            let Some(slot) = src.slot(k) else {
-                break;
-            };
-            if let Err(back) = g.store.grant_segment(slot) {
-                tracing::error!(buffers = back.len(), "the log refused a slot it asked for");
-                self.route(g, back);
-                break;
-            }
-            granted += 1;
         }
         while g.store.spare_wanted() && src.free() * 32 > capacity {
             let Some(e) = src.one() else {
@@ -330,6 +322,34 @@ impl SharedStore {
     pub fn holds(&self, b: BufIdx) -> bool {
         self.lock().store.holds(b)
     }
+}
+
+/// Lend `store` one whole free slot of `src` as a log segment when its log wants one
+/// ([`pst_store::Store::segment_wanted`]) and the write reserve stays whole after it and
+/// another ([`has_room`] for two slots). `Ok(true)`: lent; `Err`: the store refused the slot
+/// (logged; the caller gives the buffers back).
+pub fn lend_segment(store: &mut PoolStore, src: &mut impl Lender) -> Result<bool, Vec<Extent>> {
+    let Some(k) = store.segment_wanted() else {
+        return Ok(false);
+    };
+    let (capacity, buf_size) = (src.capacity(), src.buf_size());
+    if !has_room(
+        src.free(),
+        capacity,
+        buf_size,
+        2 * k as u64 * buf_size as u64,
+    ) {
+        return Ok(false);
+    }
+    let Some(slot) = src.slot(k) else {
+        return Ok(false);
+    };
+    store
+        .grant_segment(slot)
+        .map(|()| true)
+        .inspect_err(|back| {
+            tracing::error!(buffers = back.len(), "the log refused a slot it asked for");
+        })
 }
 
 /// A worker's buffers, as [`SharedStore::grow`] lends them to the store.

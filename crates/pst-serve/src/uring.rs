@@ -94,6 +94,12 @@ impl UringIo<'_> {
 }
 
 impl Io for UringIo<'_> {
+    fn lend_segment(&mut self, store: &mut PoolStore) {
+        if let Err(back) = crate::store::lend_segment(store, &mut *self.port) {
+            back.into_iter().for_each(|e| self.port.release(e));
+        }
+    }
+
     fn with_bytes(&self, r: Range<u64>, f: &mut dyn FnMut(&[u8])) {
         for (e, skip, len) in self.overlapping(&r) {
             f(&self.port.bytes(e)[skip as usize..(skip + len) as usize]);
