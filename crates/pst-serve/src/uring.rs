@@ -189,7 +189,11 @@ const HELD_TICK: Duration = Duration::from_millis(2);
 /// After a commit's replies are released, the next commit waits (at most this long) for the
 /// connections they released to send their next requests. Begun at once, it would leave them
 /// for the commit after: in a closed loop the clients split into two groups taking turns, and
-/// each `fdatasync` covers half of them.
+/// each `fdatasync` covers half of them. The wait counts from the end of the enter that sent
+/// the replies, not from their release: sending a hundred replies on loopback takes that
+/// enter a millisecond or more, and the requests that arrive meanwhile are posted only at the
+/// enter after it (counted from the release, the gathering ended with one request in, and
+/// commits alternated between one request and the other ninety-nine).
 const GATHER: Duration = Duration::from_micros(200);
 
 /// Serve `proto` on `port`, accepting on `listener`, until `ctx` says stop; then drain.
@@ -233,12 +237,13 @@ pub fn serve<P: Protocol>(
     let mut unfinished: Option<Result<(), pst::PersistError>> = None;
     let mut syncs = 0u64;
     let mut requests = 0u64;
-    // Gathering for the next commit (`GATHER`): since when, how many connections were
-    // released, and how many requests arrived since.
-    let mut gather: Option<(Instant, usize)> = None;
+    // Gathering for the next commit (`GATHER`): since when (`None` until the replies' enter
+    // returned), how many connections were released, and how many requests arrived since.
+    let mut gather: Option<(Option<Instant>, usize)> = None;
     let mut arrivals = 0usize;
     while !ctx.stopping() {
-        let gathering = gather.map(|(t, _)| GATHER.saturating_sub(t.elapsed()));
+        let gathering =
+            gather.map(|(t, _)| t.map_or(GATHER, |t| GATHER.saturating_sub(t.elapsed())));
         let tick = if let Some(left) = gathering.filter(|l| !l.is_zero()) {
             left
         } else if !parked.is_empty() {
@@ -249,6 +254,9 @@ pub fn serve<P: Protocol>(
             Duration::from_millis(100)
         };
         port.sync(Some(tick)).map_err(io("io_uring_enter"))?;
+        if let Some((since @ None, _)) = gather.as_mut() {
+            *since = Some(Instant::now());
+        }
         let mut synced = unfinished.take().or_else(|| port.pool_synced());
         if store.as_ref().is_some_and(|s| s.commits_held()) {
             unfinished = synced.take(); // a test holds the commit in flight
@@ -406,11 +414,12 @@ pub fn serve<P: Protocol>(
                 let before = dirty.len();
                 release_held(&mut conns, &mut holding, &g.store, &mut dirty, &mut port);
                 if dirty.len() > before {
-                    gather = Some((Instant::now(), dirty.len() - before));
+                    gather = Some((None, dirty.len() - before));
                     arrivals = 0;
                 }
             }
-            let gathered = gather.is_none_or(|(t, n)| arrivals >= n || t.elapsed() >= GATHER);
+            let gathered = gather
+                .is_none_or(|(t, n)| arrivals >= n || t.is_some_and(|t| t.elapsed() >= GATHER));
             if (wrote || g.store.needs_commit()) && (!background || gathered) {
                 gather = None;
                 let pressure = pool_pressure(port.free_buffers(), port.capacity());
