@@ -192,7 +192,7 @@ impl<M: Media> Store<M> {
                 for e in payload {
                     let b = e.buf().0;
                     self.bufs
-                        .get_mut(&b)
+                        .get_mut(b)
                         .expect("write_record counted it")
                         .handles
                         .push(e);
@@ -378,11 +378,12 @@ impl<M: Media> Store<M> {
     /// Drop one store reference on buffer `b` (a record's, or the store's own on a borrowed
     /// slot or a spare); at the last, its allocator handles go to [`Store::take_released`].
     pub(super) fn unref(&mut self, b: u32) {
-        let e = self.bufs.get_mut(&b).expect("the store holds a reference");
-        e.refs -= 1;
-        if e.refs == 0 {
-            let e = self.bufs.remove(&b).expect("present");
+        let e = self.bufs.get_mut(b).expect("the store holds a reference");
+        if e.refs == 1 {
+            let e = self.bufs.remove(b).expect("present");
             self.released.extend(e.handles);
+        } else {
+            e.refs -= 1;
         }
     }
 
@@ -390,17 +391,8 @@ impl<M: Media> Store<M> {
     /// store's own reference.
     pub(super) fn hold_own(&mut self, e: Extent) {
         let b = e.buf().0;
-        let mut handles = pst_ring::ExtentList::new();
-        handles.push(e);
-        let prev = self.bufs.insert(
-            b,
-            BufRef {
-                refs: 1,
-                live: 0,
-                handles,
-            },
-        );
-        debug_assert!(prev.is_none(), "a lent buffer must be a free one");
+        debug_assert!(!self.bufs.contains(b), "a lent buffer must be a free one");
+        self.bufs.add_ref(b).handles.push(e);
     }
 
     /// True when a commit would do anything (appends pending, or segments to retire). While a

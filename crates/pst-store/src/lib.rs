@@ -29,6 +29,7 @@
                       // the simulated landing zone (`sim`) naming buffers it allocated itself
 
 mod append;
+mod buftable;
 pub mod format;
 mod read;
 mod recovery;
@@ -368,7 +369,7 @@ pub struct Store<M: Media> {
     retire: VecDeque<Retiree>,
     /// Header zeroed before the next barrier; its records' buffers are released after it.
     invalidating: Option<Retiree>,
-    bufs: HashMap<u32, BufRef>,
+    bufs: buftable::BufTable,
     released: Vec<Extent>,
     pending: u64,
     durable_seq: u64,
@@ -526,7 +527,7 @@ impl<M: Media> Store<M> {
         self.live_bytes -= r.payload_len as u64;
         self.dead_log_bytes += r.log_len();
         for &(b, _, l) in r.extents.iter() {
-            if let Some(x) = self.bufs.get_mut(&b) {
+            if let Some(x) = self.bufs.get_mut(b) {
                 x.live = x.live.saturating_sub(l);
             }
         }
@@ -535,7 +536,7 @@ impl<M: Media> Store<M> {
     /// Take a value's bytes out of its buffers' live bytes.
     fn buf_dead(&mut self, extents: &[RawExtent]) {
         for &(b, _, l) in extents {
-            if let Some(r) = self.bufs.get_mut(&b) {
+            if let Some(r) = self.bufs.get_mut(b) {
                 r.live = r.live.saturating_sub(l);
             }
         }

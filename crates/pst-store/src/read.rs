@@ -110,6 +110,6 @@ impl<M: Media> Store<M> {
     /// True when the store holds a reference on buffer `b` (recovery: the port must treat it
     /// as allocated).
     pub fn holds(&self, b: BufIdx) -> bool {
-        self.bufs.contains_key(&b.0)
+        self.bufs.contains(b.0)
     }
 }

@@ -51,7 +51,7 @@ impl<M: Media> Store<M> {
             trunc_seq: 0,
             retire: VecDeque::new(),
             invalidating: None,
-            bufs: HashMap::new(),
+            bufs: Default::default(),
             released: Vec::new(),
             pending: 0,
             durable_seq: 0,
@@ -226,12 +226,12 @@ impl<M: Media> Store<M> {
             self.order.push_back(s);
             // A borrowed slot's buffers: one reference, the segment's own.
             for b in self.slot_buffers(s) {
-                self.bufs.entry(b).or_default().refs += 1;
+                self.bufs.add_ref(b);
             }
         }
         // Buffers referenced by replayed records: one allocator reference each, as a handle.
         let bs = self.header.geometry.buf_size;
-        for (&b, r) in self.bufs.iter_mut() {
+        for (b, r) in self.bufs.iter_mut() {
             // SAFETY: recovery rebuilds the references its records hold; the port allocators
             // are created with these counted as live (`holds`), so each handle stands for
             // exactly one reference that nothing else claims.
@@ -333,8 +333,7 @@ impl<M: Media> Store<M> {
     pub(super) fn track(&mut self, meta: RecMeta) {
         let put = meta.kind == Kind::Put;
         for &(b, _, l) in meta.extents.iter() {
-            let r = self.bufs.entry(b).or_default();
-            r.refs += 1;
+            let r = self.bufs.add_ref(b);
             if put {
                 r.live += l;
             }

@@ -306,7 +306,7 @@ impl<M: Media> Store<M> {
         }
         let target = self.target.map(|t| t.0);
         let sparse = r.extents.iter().all(|&(b, _, _)| {
-            Some(b) != target && self.bufs.get(&b).is_some_and(|x| x.live * 2 < bs)
+            Some(b) != target && self.bufs.get(b).is_some_and(|x| x.live * 2 < bs)
         });
         if !sparse {
             return None;
@@ -418,10 +418,10 @@ mod tests {
                     *live.entry(b).or_default() += l;
                 }
             }
-            for (b, r) in &st.bufs {
+            for (b, r) in st.bufs.iter() {
                 assert_eq!(
                     r.live,
-                    live.get(b).copied().unwrap_or(0),
+                    live.get(&b).copied().unwrap_or(0),
                     "buffer {b} after op {i}"
                 );
             }
