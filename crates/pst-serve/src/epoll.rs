@@ -625,7 +625,7 @@ impl<P: Protocol> EpollService<P> {
             self.wrote = false;
         }
         shared.grow(&mut g, self.retention, &mut self.bufs);
-        for e in SharedStore::take_returns(&mut g, self.part) {
+        for e in SharedStore::drain_returns(&mut g, self.part) {
             self.bufs.release(e);
         }
         ok

@@ -261,18 +261,16 @@ impl SharedStore {
 
     /// Route the store's released extents to their partitions' queues.
     pub fn route_released(&self, g: &mut SharedInner) {
-        let released = g.store.take_released();
-        self.route(g, released);
+        let SharedInner { store, returns, .. } = g;
+        for e in store.drain_released() {
+            route_one(&self.parts, returns, e);
+        }
     }
 
     /// Queue extents for the partitions that own their buffers.
     fn route(&self, g: &mut SharedInner, extents: Vec<Extent>) {
         for e in extents {
-            let b = e.buf().0;
-            match self.parts.iter().position(|p| p.contains(&b)) {
-                Some(i) => g.returns[i].push(e),
-                None => tracing::error!(buf = b, "released buffer outside every partition"),
-            }
+            route_one(&self.parts, &mut g.returns, e);
         }
     }
 
@@ -313,9 +311,9 @@ impl SharedStore {
         granted
     }
 
-    /// Extents partition `i` must release.
-    pub fn take_returns(g: &mut SharedInner, i: usize) -> Vec<Extent> {
-        std::mem::take(&mut g.returns[i])
+    /// Extents partition `i` must release (the queue keeps its memory).
+    pub fn drain_returns(g: &mut SharedInner, i: usize) -> std::vec::Drain<'_, Extent> {
+        g.returns[i].drain(..)
     }
 
     /// True when the store references buffer `b` (recovery → port allocator).
@@ -350,6 +348,15 @@ pub fn lend_segment(store: &mut PoolStore, src: &mut impl Lender) -> Result<bool
         .inspect_err(|back| {
             tracing::error!(buffers = back.len(), "the log refused a slot it asked for");
         })
+}
+
+/// Queue `e` for the partition of `parts` that owns its buffer.
+fn route_one(parts: &[Range<u32>], returns: &mut [Vec<Extent>], e: Extent) {
+    let b = e.buf().0;
+    match parts.iter().position(|p| p.contains(&b)) {
+        Some(i) => returns[i].push(e),
+        None => tracing::error!(buf = b, "released buffer outside every partition"),
+    }
 }
 
 /// A worker's buffers, as [`SharedStore::grow`] lends them to the store.

@@ -446,7 +446,7 @@ pub fn serve<P: Protocol>(
             let front = release_held(&mut conns, &mut holding, &g.store, &mut dirty, &mut port);
             g.wait_for(ctx.index, front);
             shared.grow(g, retention, &mut port);
-            for e in SharedStore::take_returns(g, ctx.index) {
+            for e in SharedStore::drain_returns(g, ctx.index) {
                 port.release(e);
             }
         }
@@ -553,7 +553,7 @@ fn finish_in_flight<C>(
     g.wait_for(ctx.index, 0);
     g.set_waker(ctx.index, None);
     g.waiting_wakers(ctx.index, &mut wake);
-    for e in SharedStore::take_returns(&mut g, ctx.index) {
+    for e in SharedStore::drain_returns(&mut g, ctx.index) {
         port.release(e);
     }
     drop(g);

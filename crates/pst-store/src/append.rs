@@ -310,11 +310,16 @@ impl<M: Media> Store<M> {
         self.commits += 1;
         self.durable_seq = self.durable_seq.max(c.upto);
         // The invalidation written before this barrier is durable: release its buffers.
-        if let Some(r) = c.invalidated {
+        if let Some(mut r) = c.invalidated {
             for rec in &r.recs {
                 self.drop_refs(rec);
             }
             self.set_seg(r.seg, SegState::Free);
+            // Its record list serves a later retirement (no allocation per segment).
+            r.recs.clear();
+            if self.spare_recs.len() < 8 {
+                self.spare_recs.push(r.recs);
+            }
         }
         // Next in line: zero its header (durable at the next barrier). Anything it depends on
         // (a compacted segment's re-appended live records) was written before the barrier
@@ -409,5 +414,10 @@ impl<M: Media> Store<M> {
     /// Extents whose buffers the store no longer needs: give them back to the allocator.
     pub fn take_released(&mut self) -> Vec<Extent> {
         std::mem::take(&mut self.released)
+    }
+
+    /// Like [`Store::take_released`], keeping the vector's memory for the next ones.
+    pub fn drain_released(&mut self) -> std::vec::Drain<'_, Extent> {
+        self.released.drain(..)
     }
 }

@@ -13,11 +13,17 @@ use crate::BufRef;
 /// Buffers per page (a page is `PAGE * size_of::<BufRef>()` bytes, about 24 KiB).
 const PAGE: usize = 512;
 
+/// Emptied pages kept for reuse: buffers cycling through a page boundary would otherwise
+/// allocate and free a page again and again.
+const SPARE_PAGES: usize = 8;
+
 /// A map from buffer number to [`BufRef`], holding the buffers with at least one reference.
 #[derive(Debug, Default)]
 pub(crate) struct BufTable {
     pages: Vec<Option<Box<Page>>>,
     len: usize,
+    /// Emptied pages (every entry default), at most [`SPARE_PAGES`].
+    spare: Vec<Box<Page>>,
 }
 
 #[derive(Debug)]
@@ -32,6 +38,16 @@ fn split(b: u32) -> (usize, usize) {
 }
 
 impl BufTable {
+    /// A table for buffers `0..count` (the page index sized up front: 8 bytes per page).
+    pub(crate) fn with_buffers(count: u32) -> BufTable {
+        let mut pages = Vec::new();
+        pages.resize_with((count as usize).div_ceil(PAGE), || None);
+        BufTable {
+            pages,
+            ..BufTable::default()
+        }
+    }
+
     /// Buffers held (with at least one reference).
     pub(crate) fn len(&self) -> usize {
         self.len
@@ -62,10 +78,13 @@ impl BufTable {
         if self.pages.len() <= p {
             self.pages.resize_with(p + 1, || None);
         }
+        let spare = &mut self.spare;
         let page = self.pages[p].get_or_insert_with(|| {
-            Box::new(Page {
-                held: 0,
-                refs: (0..PAGE).map(|_| BufRef::default()).collect(),
+            spare.pop().unwrap_or_else(|| {
+                Box::new(Page {
+                    held: 0,
+                    refs: (0..PAGE).map(|_| BufRef::default()).collect(),
+                })
             })
         });
         let r = &mut page.refs[i];
@@ -89,7 +108,9 @@ impl BufTable {
         page.held -= 1;
         self.len -= 1;
         if page.held == 0 {
-            *slot = None;
+            if let Some(page) = slot.take().filter(|_| self.spare.len() < SPARE_PAGES) {
+                self.spare.push(page);
+            }
         }
         Some(r)
     }

@@ -371,6 +371,8 @@ pub struct Store<M: Media> {
     invalidating: Option<Retiree>,
     bufs: buftable::BufTable,
     released: Vec<Extent>,
+    /// Emptied record lists of retired segments, for the next retirements' (at most 8).
+    spare_recs: Vec<Vec<RecMeta>>,
     pending: u64,
     durable_seq: u64,
     /// The commit begun and not yet finished: its barrier runs elsewhere (an io_uring

@@ -27,7 +27,7 @@ impl<M: Media> Store<M> {
                 break;
             }
             self.order.pop_front();
-            let mut recs = Vec::new();
+            let mut recs = self.spare_recs.pop().unwrap_or_default();
             while self.records.front().is_some_and(|r| r.seg == s) {
                 let r = self.records.pop_front().expect("front");
                 if r.kind == Kind::Append {
@@ -238,7 +238,7 @@ impl<M: Media> Store<M> {
 
     pub(super) fn compact_oldest(&mut self) -> Result<(), StoreError> {
         let s = self.order.pop_front().expect("at least two segments");
-        let mut old = Vec::new();
+        let mut old = self.spare_recs.pop().unwrap_or_default();
         while self.records.front().is_some_and(|r| r.seg == s) {
             let r = self.records.pop_front().expect("front");
             if r.kind != Kind::Append && !self.is_live(&r) {
