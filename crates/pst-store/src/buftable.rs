@@ -20,10 +20,10 @@ const SPARE_PAGES: usize = 8;
 /// A map from buffer number to [`BufRef`], holding the buffers with at least one reference.
 #[derive(Debug, Default)]
 pub(crate) struct BufTable {
-    pages: Vec<Option<Box<Page>>>,
+    pages: Vec<Option<Page>>,
     len: usize,
     /// Emptied pages (every entry default), at most [`SPARE_PAGES`].
-    spare: Vec<Box<Page>>,
+    spare: Vec<Page>,
 }
 
 #[derive(Debug)]
@@ -80,11 +80,9 @@ impl BufTable {
         }
         let spare = &mut self.spare;
         let page = self.pages[p].get_or_insert_with(|| {
-            spare.pop().unwrap_or_else(|| {
-                Box::new(Page {
-                    held: 0,
-                    refs: (0..PAGE).map(|_| BufRef::default()).collect(),
-                })
+            spare.pop().unwrap_or_else(|| Page {
+                held: 0,
+                refs: (0..PAGE).map(|_| BufRef::default()).collect(),
             })
         });
         let r = &mut page.refs[i];
