@@ -39,6 +39,11 @@ pub struct BufAlloc {
     /// No free bit in a word below `low` or above `high` (scan hints).
     low: usize,
     high: usize,
+    /// `alloc_run(k)` found no free run of this `k`, and no release since completed one
+    /// (allocating only takes buffers; each release checks its own slot): it fails at once
+    /// instead of scanning the partition again (a store short of log space asks before each
+    /// command).
+    no_run: Option<u32>,
 }
 
 impl BufAlloc {
@@ -64,6 +69,7 @@ impl BufAlloc {
             free_count,
             low: 0,
             high,
+            no_run: None,
         }
     }
 
@@ -113,11 +119,11 @@ impl BufAlloc {
     /// from the low end where kept data is packed. Returns its first buffer; `None` when no
     /// whole slot inside the partition is free.
     pub fn alloc_run(&mut self, k: u32) -> Option<BufIdx> {
-        if k == 0 || self.free_count < k as usize {
+        if k == 0 || self.free_count < k as usize || self.no_run == Some(k) {
             return None;
         }
         let end = self.first + self.refs.len() as u32;
-        let mut start = (end / k).checked_mul(k)?;
+        let mut start = (end / k) * k;
         while start >= self.first {
             if start + k <= end && self.all_free(start - self.first, start + k - self.first) {
                 for b in start..start + k {
@@ -126,8 +132,12 @@ impl BufAlloc {
                 }
                 return Some(BufIdx(start));
             }
-            start = start.checked_sub(k)?;
+            let Some(next) = start.checked_sub(k) else {
+                break;
+            };
+            start = next;
         }
+        self.no_run = Some(k);
         None
     }
 
@@ -189,6 +199,16 @@ impl BufAlloc {
                     self.free_count += 1;
                     self.low = self.low.min(w);
                     self.high = self.high.max(w);
+                    if let Some(k) = self.no_run {
+                        // Did this release complete the aligned slot it lies in?
+                        let (end, s) = (self.first + self.refs.len() as u32, b.0 / k * k);
+                        if s >= self.first
+                            && s + k <= end
+                            && self.all_free(s - self.first, s + k - self.first)
+                        {
+                            self.no_run = None;
+                        }
+                    }
                 }
                 Ok(n == 1)
             }
@@ -273,6 +293,14 @@ mod tests {
         assert_eq!(c.alloc_run(16), Some(BufIdx(48)));
         assert_eq!(c.alloc_run(16), Some(BufIdx(16)));
         assert_eq!(c.alloc_run(16), None);
+        // A failed search is remembered until a buffer comes free: taking more cannot make a
+        // run, a release can.
+        let b = c.alloc().expect("a free buffer");
+        assert_eq!(c.alloc_run(16), None);
+        assert_eq!(c.release(b), Ok(true));
+        assert_eq!(c.alloc_run(16), None, "that release completes no slot");
+        assert_eq!(c.release(BufIdx(40)), Ok(true));
+        assert_eq!(c.alloc_run(16), Some(BufIdx(32)), "this one does");
     }
 
     /// The word-at-a-time search finds what a bit-by-bit search finds.
@@ -300,6 +328,43 @@ mod tests {
                         && (s..s + k).all(|b| !live[(b - first) as usize])
                 });
                 assert_eq!(a.alloc_run(k).map(|b| b.0), naive, "round {round} k {k}");
+            }
+        }
+    }
+
+    /// With searches remembered as failed, random takes and releases still find exactly the
+    /// runs a bit-by-bit search finds.
+    #[test]
+    fn remembered_failures_match_a_naive_search() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut rnd = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let (first, len, k) = (7u32, 256u32, 16u32);
+        let mut a = BufAlloc::new(first, len);
+        let mut held: Vec<BufIdx> = Vec::new();
+        for step in 0..5000 {
+            match rnd(4) {
+                0 | 1 => held.extend(a.alloc()),
+                2 if !held.is_empty() => {
+                    let b = held.swap_remove(rnd(held.len() as u64) as usize);
+                    assert_eq!(a.release(b), Ok(true));
+                }
+                _ => {
+                    let free = |b: u32| a.refs(BufIdx(b)) == Ok(0);
+                    let naive = (0..=(first + len) / k)
+                        .rev()
+                        .map(|j| j * k)
+                        .find(|&s| s >= first && s + k <= first + len && (s..s + k).all(free));
+                    let got = a.alloc_run(k).map(|b| b.0);
+                    assert_eq!(got, naive, "step {step}");
+                    if let Some(s) = got {
+                        held.extend((s..s + k).map(BufIdx));
+                    }
+                }
             }
         }
     }

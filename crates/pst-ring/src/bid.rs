@@ -18,8 +18,9 @@ pub struct BidTable {
     free: Vec<u16>,
     order: VecDeque<u16>,
     /// The lent buffers, for [`BidTable::is_lent`]: one bit per pool buffer index, grown to
-    /// the highest index lent (a pool of 2 KiB buffers needs 8 bytes of it per MiB). A set
-    /// bit, not a hash set: lending and taking run once per received buffer.
+    /// the highest index lent (64 bytes per MiB of pool below it, with 2 KiB buffers: 4 MiB
+    /// for a 64 GiB pool). A bit, not a hash set: lending and taking run once per received
+    /// buffer.
     lent_bufs: Vec<u64>,
 }
 

@@ -655,7 +655,10 @@ impl Protocol for HttpService {
         let framer = &mut c.framer;
         io.with_bytes(chunk, &mut |b| framer.feed(b, &mut events));
         let open = self.run_events(c, events.drain(..), io, store, reply);
-        c.events = events;
+        // Kept for the next chunk, unless a flood of tiny pipelined requests grew it.
+        if events.capacity() <= 64 {
+            c.events = events;
+        }
         open
     }
 

@@ -3490,6 +3490,12 @@ impl KvService {
         };
         let mut keep = true;
         while let Some(ev) = c.queue.pop_front() {
+            // A log short of free segments borrows a slot now, not at the end of the batch: a
+            // pipelined flood would otherwise find it full while the pool has room (cheap when
+            // nothing is wanted, and when no slot is free: the allocator remembers).
+            if store.segment_wanted().is_some() {
+                io.lend_segment(store);
+            }
             // The command's index, once looked up (for the hold check, then for the counts).
             let mut looked_up = None;
             if let Event::Command(args) = &ev {
@@ -3507,9 +3513,6 @@ impl KvService {
                 }
             }
             held = None; // the held command runs now; a later one waits afresh
-            if store.segment_wanted().is_some() {
-                io.lend_segment(store);
-            }
             let args = match ev {
                 Event::Command(args) => args,
                 Event::Inline(owned) => c.inline.stage(owned),

@@ -311,7 +311,8 @@ impl SharedStore {
         granted
     }
 
-    /// Extents partition `i` must release (the queue keeps its memory).
+    /// Extents partition `i` must release (the queue keeps its memory). Exhaust it: extents
+    /// left in a dropped `Drain` are lost until a restart.
     pub fn drain_returns(g: &mut SharedInner, i: usize) -> std::vec::Drain<'_, Extent> {
         g.returns[i].drain(..)
     }

@@ -154,9 +154,9 @@ fn uring_kv_allocations_per_request() {
     for (what, per) in figures {
         // None per request at steady state (the target): 0.000 over 40,000 requests.
         // The slack is for growth still going on in this shorter window (the log's record
-        // queue, recycled lists filling up: 0.002-0.009); one allocation per request reads
-        // 1.0, one per commit or per compaction several times the bound.
-        let bound = 0.02;
+        // queue, recycled lists filling up: 0.002-0.009). One allocation per request reads
+        // 1.0, and so does one per commit (this client waits for each reply).
+        let bound = 0.05;
         assert!(
             per <= bound,
             "{what}: {per:.2} allocations per request (bound {bound})"
@@ -227,7 +227,7 @@ fn uring_wal_allocations_per_request() {
     // 5.0 in session 8 (reply bytes, head parse twice, the framed-events vector, the
     // `Pst-Seq` header's string); 0.001 once those reuse memory (session 9). Same bound as
     // the kv path: a stray allocation per request fails it.
-    let bound = 0.02;
+    let bound = 0.05;
     assert!(
         per <= bound,
         "{per:.2} allocations per POST (bound {bound})"

@@ -317,7 +317,7 @@ impl<M: Media> Store<M> {
             self.set_seg(r.seg, SegState::Free);
             // Its record list serves a later retirement (no allocation per segment).
             r.recs.clear();
-            if self.spare_recs.len() < 8 {
+            if self.spare_recs.len() < 8 && r.recs.capacity() <= 1 << 16 {
                 self.spare_recs.push(r.recs);
             }
         }
@@ -416,7 +416,9 @@ impl<M: Media> Store<M> {
         std::mem::take(&mut self.released)
     }
 
-    /// Like [`Store::take_released`], keeping the vector's memory for the next ones.
+    /// Like [`Store::take_released`], keeping the vector's memory for the next ones. Exhaust
+    /// it: extents left in a dropped `Drain` are lost (their buffers stay allocated until a
+    /// restart).
     pub fn drain_released(&mut self) -> std::vec::Drain<'_, Extent> {
         self.released.drain(..)
     }
