@@ -83,13 +83,36 @@ struct UringIo<'a> {
 
 impl UringIo<'_> {
     fn overlapping(&self, r: &Range<u64>) -> impl Iterator<Item = (&Extent, u32, u32)> {
-        let r = r.clone();
-        self.chunks.iter().filter_map(move |(start, e)| {
-            let end = start + e.len() as u64;
-            let a = r.start.max(*start);
-            let b = r.end.min(end);
-            (a < b).then(|| (e, (a - start) as u32, (b - a) as u32))
-        })
+        overlapping(self.chunks, r)
+    }
+}
+
+/// The kept chunks overlapping stream range `r`: each chunk, the offset of the overlap in it,
+/// and its length.
+fn overlapping<'c>(
+    chunks: &'c VecDeque<(u64, Extent)>,
+    r: &Range<u64>,
+) -> impl Iterator<Item = (&'c Extent, u32, u32)> {
+    let r = r.clone();
+    chunks.iter().filter_map(move |(start, e)| {
+        let end = start + e.len() as u64;
+        let a = r.start.max(*start);
+        let b = r.end.min(end);
+        (a < b).then(|| (e, (a - start) as u32, (b - a) as u32))
+    })
+}
+
+/// A new reference on each kept chunk's part of stream range `r`, in order (zero copy).
+fn retain_range(
+    port: &mut Port,
+    chunks: &VecDeque<(u64, Extent)>,
+    r: &Range<u64>,
+    mut out: impl FnMut(Extent),
+) {
+    for (e, s, l) in overlapping(chunks, r) {
+        out(port
+            .retain(e.buf(), e.off() + s, l)
+            .expect("a kept chunk holds its buffer"));
     }
 }
 
@@ -120,18 +143,8 @@ impl Io for UringIo<'_> {
             packer.put_scratch(v);
             return Some(smallvec::smallvec![e?]);
         }
-        let parts: smallvec::SmallVec<[(u32, u32, u32); 2]> = self
-            .overlapping(&r)
-            .map(|(e, s, l)| (e.buf().0, e.off() + s, l))
-            .collect();
-        let mut out = pst_store::ValueExtents::with_capacity(parts.len());
-        for (b, off, len) in parts {
-            out.push(
-                self.port
-                    .retain(pst::BufIdx(b), off, len)
-                    .expect("a kept chunk holds its buffer"),
-            );
-        }
+        let mut out = pst_store::ValueExtents::with_capacity(self.overlapping(&r).count());
+        retain_range(self.port, self.chunks, &r, |e| out.push(e));
         Some(out)
     }
 
@@ -254,8 +267,10 @@ pub fn serve<P: Protocol>(
             Duration::from_millis(100)
         };
         port.sync(Some(tick)).map_err(io("io_uring_enter"))?;
+        // One clock read per batch (arrival times for the slow-client sweep, the gathering).
+        let batch_now = Instant::now();
         if let Some((since @ None, _)) = gather.as_mut() {
-            *since = Some(Instant::now());
+            *since = Some(batch_now);
         }
         let mut synced = unfinished.take().or_else(|| port.pool_synced());
         if store.as_ref().is_some_and(|s| s.commits_held()) {
@@ -298,7 +313,7 @@ pub fn serve<P: Protocol>(
                         gates: VecDeque::new(),
                         close_after: false,
                         dead: false,
-                        last_rx: Instant::now(),
+                        last_rx: batch_now,
                         partial_since: None,
                     });
                     ctx.metrics()
@@ -329,7 +344,7 @@ pub fn serve<P: Protocol>(
                     let keep =
                         proto.on_chunk(&mut c.proto, start..c.pos, &mut io, st, &mut c.pending);
                     wrote = true;
-                    c.last_rx = Instant::now();
+                    c.last_rx = batch_now;
                     after_handling(&mut port, &*proto, c, keep, before, ix, &mut dirty);
                     hold_new(
                         c,
@@ -699,24 +714,25 @@ fn resolve_input(
     pending: &mut Vec<Piece>,
     from: usize,
 ) {
-    if !pending[from..].iter().any(|p| matches!(p, Piece::Input(_))) {
-        return;
-    }
-    let tail: Vec<Piece> = pending.drain(from..).collect();
-    for p in tail {
-        match p {
-            Piece::Input(r) => {
-                let mut io = UringIo {
-                    port: &mut *port,
-                    chunks,
-                    requests: &mut 0,
-                    packer: None,
-                };
-                let exts = io.extents(r).unwrap_or_default();
-                pending.extend(exts.into_iter().map(Piece::Ext));
-            }
-            p => pending.push(p),
+    // In place: an input piece is nearly always the last one (echo), so it is replaced by
+    // its extents at the end without moving anything.
+    let mut i = from;
+    while i < pending.len() {
+        let Piece::Input(r) = &pending[i] else {
+            i += 1;
+            continue;
+        };
+        let r = r.clone();
+        if i + 1 == pending.len() {
+            pending.pop();
+            retain_range(port, chunks, &r, |e| pending.push(Piece::Ext(e)));
+            return;
         }
+        let mut exts = Vec::new();
+        retain_range(port, chunks, &r, |e| exts.push(Piece::Ext(e)));
+        let n = exts.len();
+        pending.splice(i..i + 1, exts);
+        i += n;
     }
 }
 
