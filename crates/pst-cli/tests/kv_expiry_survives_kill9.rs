@@ -22,17 +22,7 @@ fn scenario(engine: &str) {
     let pool = dir.join("pool");
     let addr = common::free_addr();
     let port = addr.port();
-    let args = [
-        "kv",
-        "--engine",
-        engine,
-        "--pool",
-        pool.to_str().unwrap(),
-        "--pool-size",
-        "64MiB",
-        "--persist",
-        "fsync",
-    ];
+    let args = common::kv_args(engine, &pool, "64MiB", &["--persist", "fsync"]);
     let mut s = common::ServerProc::start(&args, addr);
     assert_eq!(cli(port, &["SET", "long", "1", "EX", "1000"]), "OK");
     assert_eq!(cli(port, &["SETEX", "setex", "2000", "2"]), "OK");

@@ -14,17 +14,7 @@ fn one_pipeline_bigger_than_the_log_region_is_accepted_whole() {
     for engine in ["uring", "epoll"] {
         let dir = common::tmpdir(&format!("flood-{engine}"));
         let pool = dir.join("pool");
-        let args = [
-            "kv",
-            "--engine",
-            engine,
-            "--pool",
-            pool.to_str().unwrap(),
-            "--pool-size",
-            "16MiB",
-            "--persist",
-            "none",
-        ];
+        let args = common::kv_args(engine, &pool, "16MiB", &["--persist", "none"]);
         let addr = common::free_addr();
         let _s = common::ServerProc::start(&args, addr);
         let client = redis::Client::open(format!("redis://{addr}/")).unwrap();

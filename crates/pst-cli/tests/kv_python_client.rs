@@ -69,17 +69,7 @@ fn scenario(engine: &str) {
     let dir = common::tmpdir(&format!("kv-python-{engine}"));
     let pool = dir.join("pool");
     let addr = common::free_addr();
-    let args = [
-        "kv",
-        "--engine",
-        engine,
-        "--pool",
-        pool.to_str().unwrap(),
-        "--pool-size",
-        "64MiB",
-        "--persist",
-        "fsync",
-    ];
+    let args = common::kv_args(engine, &pool, "64MiB", &["--persist", "fsync"]);
     let mut s = common::ServerProc::start(&args, addr);
     assert!(py(addr.port(), "write").contains("written"));
     s.child.kill().unwrap(); // SIGKILL

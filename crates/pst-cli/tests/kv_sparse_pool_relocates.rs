@@ -16,17 +16,7 @@ fn overwrites_of_small_values_never_fill_a_pool_of_sparse_buffers() {
     for engine in ["uring", "epoll"] {
         let dir = common::tmpdir(&format!("sparse-{engine}"));
         let pool = dir.join("pool");
-        let args = [
-            "kv",
-            "--engine",
-            engine,
-            "--pool",
-            pool.to_str().unwrap(),
-            "--pool-size",
-            "16MiB",
-            "--persist",
-            "fsync",
-        ];
+        let args = common::kv_args(engine, &pool, "16MiB", &["--persist", "fsync"]);
         let addr = common::free_addr();
         let mut s = common::ServerProc::start(&args, addr);
         let client = redis::Client::open(format!("redis://{addr}/")).unwrap();

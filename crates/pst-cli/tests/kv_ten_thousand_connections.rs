@@ -22,17 +22,7 @@ fn scenario(engine: &str) {
     let dir = common::tmpdir(&format!("10k-{engine}"));
     let pool = dir.join("pool");
     let addr = common::free_addr();
-    let args = [
-        "kv",
-        "--engine",
-        engine,
-        "--pool",
-        pool.to_str().unwrap(),
-        "--pool-size",
-        "64MiB",
-        "--max-conns",
-        "20000",
-    ];
+    let args = common::kv_args(engine, &pool, "64MiB", &["--max-conns", "20000"]);
     let mut s = common::ServerProc::start(&args, addr);
     let t0 = std::time::Instant::now();
     let idle: Vec<TcpStream> = (0..10_000)

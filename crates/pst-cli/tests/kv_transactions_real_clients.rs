@@ -12,17 +12,7 @@ fn scenario(engine: &str) {
     let pool = dir.join("pool");
     let addr = common::free_addr();
     let _s = common::ServerProc::start(
-        &[
-            "kv",
-            "--engine",
-            engine,
-            "--pool",
-            pool.to_str().unwrap(),
-            "--pool-size",
-            "64MiB",
-            "--persist",
-            "fsync",
-        ],
+        &common::kv_args(engine, &pool, "64MiB", &["--persist", "fsync"]),
         addr,
     );
     let client = redis::Client::open(format!("redis://{addr}/")).unwrap();

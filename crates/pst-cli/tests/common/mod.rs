@@ -61,6 +61,25 @@ fn answers(cmd: &str, addr: SocketAddr) -> bool {
         .any(|p| got.starts_with(&p[..p.len().min(got.len())]))
 }
 
+/// The arguments most KV tests start `pst` with: `kv --engine ENGINE --pool POOL --pool-size
+/// SIZE`, then `extra`.
+pub fn kv_args(engine: &str, pool: &std::path::Path, size: &str, extra: &[&str]) -> Vec<String> {
+    let pool = pool.to_str().expect("a UTF-8 temporary path");
+    [
+        "kv",
+        "--engine",
+        engine,
+        "--pool",
+        pool,
+        "--pool-size",
+        size,
+    ]
+    .iter()
+    .chain(extra)
+    .map(|s| s.to_string())
+    .collect()
+}
+
 /// A server child process, SIGTERMed and reaped on drop.
 pub struct ServerProc {
     pub child: Child,
@@ -68,9 +87,9 @@ pub struct ServerProc {
 }
 
 impl ServerProc {
-    pub fn start(args: &[&str], addr: SocketAddr) -> ServerProc {
+    pub fn start<S: AsRef<str>>(args: &[S], addr: SocketAddr) -> ServerProc {
         let child = pst()
-            .args(args)
+            .args(args.iter().map(AsRef::as_ref))
             .arg("--addr")
             .arg(addr.to_string())
             .stdin(Stdio::null())
@@ -81,7 +100,7 @@ impl ServerProc {
         // Ready means *our* server answers a request, not merely that something accepts on
         // the port: a listener of a killed server can outlive its process for a moment
         // (io_uring tears rings down asynchronously) and would accept, then reset.
-        while !answers(args.first().copied().unwrap_or("httpd"), addr) {
+        while !answers(args.first().map_or("httpd", AsRef::as_ref), addr) {
             if let Some(st) = s.child.try_wait().unwrap() {
                 panic!("server exited early: {st}");
             }
