@@ -4,8 +4,8 @@
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use pst::{Geometry, PersistMode, Pool, PoolOptions};
 use pst_serve::{open_store, Protocol, Retention, ServeConfig, SharedStore};
@@ -37,6 +37,11 @@ impl<P: Protocol> InProcess<P> {
         };
         let pool = Arc::new(Pool::open(&dir.join("pool"), &opts).unwrap());
         let store = open_store(&pool, threads, false).unwrap();
+        // One start at a time, until the server listens: the free port is found by binding
+        // and dropping a listener, so a test starting meanwhile could draw the same one (seen
+        // in CI: one server failed to listen and its test talked to another test's server).
+        static STARTING: Mutex<()> = Mutex::new(());
+        let _one = STARTING.lock().unwrap_or_else(|e| e.into_inner());
         let addr = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -48,6 +53,15 @@ impl<P: Protocol> InProcess<P> {
         let thread = std::thread::spawn(move || {
             pst_serve::serve_until(&cfg, pool, p, Some(s), retention, st).unwrap()
         });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(addr).is_err() {
+            assert!(
+                !thread.is_finished(),
+                "the server thread ended before listening"
+            );
+            assert!(Instant::now() < deadline, "the server did not listen");
+            std::thread::sleep(Duration::from_millis(5));
+        }
         InProcess {
             addr,
             store,
