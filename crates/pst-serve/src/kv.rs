@@ -1232,8 +1232,9 @@ impl std::ops::Deref for CmdName {
     }
 }
 
-fn command_name(io: &dyn Io, r: &Range<u64>) -> CmdName {
-    match command_index(io, r) {
+/// The name of the command at `r`, whose [`command_index`] the caller looked up already.
+fn command_name(io: &dyn Io, r: &Range<u64>, idx: Option<usize>) -> CmdName {
+    match idx {
         Some(i) => CmdName::Known(COMMANDS[i]),
         None => {
             let mut name = Vec::new();
@@ -1344,6 +1345,7 @@ impl KvService {
         &self,
         c: &mut KvConn,
         args: &[Range<u64>],
+        idx: Option<usize>,
         io: &mut dyn Io,
         store: &mut PoolStore,
         ttl: &mut Ttl,
@@ -1351,7 +1353,7 @@ impl KvService {
         w: &mut Watches,
         out: &mut Out<'_>,
     ) -> Option<bool> {
-        let name_buf = command_name(&*io, &args[0]);
+        let name_buf = command_name(&*io, &args[0], idx);
         let name: &str = &name_buf;
         let n = args.len();
         if name == "RESET" && n == 1 {
@@ -1441,7 +1443,8 @@ impl KvService {
                 store.begin_group();
                 let mut go = true;
                 for cmd in &tx.queued {
-                    go &= self.exec(c, cmd, io, store, ttl, hs, w, out);
+                    let idx = command_index(&*io, &cmd[0]);
+                    go &= self.exec(c, cmd, idx, io, store, ttl, hs, w, out);
                 }
                 store.end_group();
                 return Some(go);
@@ -1615,14 +1618,15 @@ impl KvService {
         }
     }
 
-    /// Execute one command. Returns false for QUIT.
-    /// Execute one command; a command touching a hash writes its records as one atomic
-    /// group (unless inside `EXEC`'s group already). Returns false for QUIT.
+    /// Execute one command (`idx`: its [`command_index`]); a command touching a hash writes
+    /// its records as one atomic group (unless inside `EXEC`'s group already). Returns false
+    /// for QUIT.
     #[allow(clippy::too_many_arguments)]
     fn exec(
         &self,
         c: &mut KvConn,
         args: &[Range<u64>],
+        idx: Option<usize>,
         io: &mut dyn Io,
         store: &mut PoolStore,
         ttl: &mut Ttl,
@@ -1649,7 +1653,7 @@ impl KvService {
         if grouped {
             store.begin_group();
         }
-        let name_buf = command_name(&*io, &args[0]);
+        let name_buf = command_name(&*io, &args[0], idx);
         let name: &str = &name_buf;
         // FLUSHALL/FLUSHDB touch the watched keys they delete (not absent ones).
         let mut flushed = Vec::new();
@@ -3537,11 +3541,14 @@ impl KvService {
             };
             let idx = looked_up.unwrap_or_else(|| command_index(&*io, &args[0]));
             let (t0, before) = (std::time::Instant::now(), out.buf.len());
-            let go =
-                match self.transaction(c, &args, io, store, &mut ttl, &mut hs, &mut w, &mut out) {
-                    Some(go) => go,
-                    None => self.exec(c, &args, io, store, &mut ttl, &mut hs, &mut w, &mut out),
-                };
+            let go = match self.transaction(
+                c, &args, idx, io, store, &mut ttl, &mut hs, &mut w, &mut out,
+            ) {
+                Some(go) => go,
+                None => self.exec(
+                    c, &args, idx, io, store, &mut ttl, &mut hs, &mut w, &mut out,
+                ),
+            };
             self.count_command(idx, t0.elapsed(), out.buf.get(before..));
             c.inline = inline;
             if c.tx.is_none() {
