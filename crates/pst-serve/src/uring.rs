@@ -55,6 +55,11 @@ struct UConn<C> {
     /// Kept RX extents with the stream position of their first byte.
     chunks: VecDeque<(u64, Extent)>,
     pos: u64,
+    /// Stream position up to which bytes were handed to the protocol (`pos` unless stalled).
+    fed: u64,
+    /// Its replies hold too much of the pool (a client not reading them): its requests wait,
+    /// unparsed, until the backlog halves (`backlog_cap`).
+    stalled: bool,
     /// Reply pieces free to go (they wait only for buffers). All of them precede `held`.
     pending: Vec<Piece>,
     /// Reply pieces waiting for durability, in order, in the groups `gates` describes.
@@ -164,16 +169,19 @@ impl Io for UringIo<'_> {
         {
             return None;
         }
-        Some(
-            extents
-                .iter()
-                .map(|&(b, o, l)| {
-                    self.port
-                        .retain(pst::BufIdx(b), o, l)
-                        .expect("the store holds it")
-                })
-                .collect(),
-        )
+        let mut out = pst_store::ValueExtents::with_capacity(extents.len());
+        for &(b, o, l) in extents {
+            match self.port.retain(pst::BufIdx(b), o, l) {
+                Some(e) => out.push(e),
+                // The buffer's reference count is at its limit (tens of thousands of replies
+                // of one value queued, e.g. to a client that does not read): copy instead.
+                None => {
+                    out.into_iter().for_each(|e| self.port.release(e));
+                    return None;
+                }
+            }
+        }
+        Some(out)
     }
 
     fn release(&mut self, e: Extent) {
@@ -254,6 +262,11 @@ pub fn serve<P: Protocol>(
     // returned), how many connections were released, and how many requests arrived since.
     let mut gather: Option<(Option<Instant>, usize)> = None;
     let mut arrivals = 0usize;
+    // Connections whose replies hold more buffers than this wait (`UConn::stalled`): one
+    // client that pipelines requests and never reads the replies must not drain the pool that
+    // every other connection receives into.
+    let backlog_cap = (port.capacity() / 16).max(64);
+    let mut stalled: Vec<usize> = Vec::new();
     while !ctx.stopping() {
         let gathering =
             gather.map(|(t, _)| t.map_or(GATHER, |t| GATHER.saturating_sub(t.elapsed())));
@@ -308,6 +321,8 @@ pub fn serve<P: Protocol>(
                         proto: proto.conn(),
                         chunks: VecDeque::new(),
                         pos: 0,
+                        fed: 0,
+                        stalled: false,
                         pending: Vec::new(),
                         held: VecDeque::new(),
                         gates: VecDeque::new(),
@@ -333,28 +348,38 @@ pub fn serve<P: Protocol>(
                     let start = c.pos;
                     c.pos += ext.len() as u64;
                     c.chunks.push_back((start, ext));
-                    let before = c.pending.len();
-                    let mut io = UringIo {
-                        port: &mut port,
-                        chunks: &c.chunks,
-                        requests: &mut requests,
-                        packer: Some(&mut packer),
-                    };
-                    let st: Option<&mut PoolStore> = guard.as_mut().map(|g| &mut g.store);
-                    let keep =
-                        proto.on_chunk(&mut c.proto, start..c.pos, &mut io, st, &mut c.pending);
-                    wrote = true;
                     c.last_rx = batch_now;
-                    after_handling(&mut port, &*proto, c, keep, before, ix, &mut dirty);
-                    hold_new(
-                        c,
-                        before,
-                        guard.as_deref().filter(|_| background),
-                        ix,
-                        &mut holding,
-                    );
-                    if proto.parked(&c.proto) {
-                        parked.push(ix);
+                    if c.stalled {
+                        // Its requests wait. A client may well write a whole pipeline before
+                        // it reads a reply (redis-rs does), so its input is kept — unless it
+                        // holds a share of a pool that runs short: then it goes.
+                        let short = port.free_buffers() < port.capacity() / 8;
+                        if !c.close_after && short && c.chunks.len() > backlog_cap {
+                            tracing::warn!(
+                                conn = ?c.id,
+                                buffers = c.chunks.len() + backlog(&port, c),
+                                "closing a connection that sends requests but does not read \
+                                 the replies (they hold too much of the pool)"
+                            );
+                            drop_replies(&mut port, c);
+                            c.dead = false;
+                            dirty.push(ix);
+                        }
+                        continue;
+                    }
+                    wrote = true;
+                    let mut h = Handling {
+                        port: &mut port,
+                        requests: &mut requests,
+                        packer: &mut packer,
+                        dirty: &mut dirty,
+                        holding: &mut holding,
+                        parked: &mut parked,
+                    };
+                    let g = guard.as_deref_mut();
+                    feed(&mut h, &*proto, c, ix, g, background, backlog_cap);
+                    if c.stalled {
+                        stalled.push(ix);
                     }
                 }
                 SlotKind::End | SlotKind::Error(_) => {
@@ -391,6 +416,39 @@ pub fn serve<P: Protocol>(
                 }
             }
         }
+        // Stalled connections whose client read enough of its replies: their requests go on.
+        stalled.retain(|&ix| {
+            let Some(c) = conns
+                .get_mut(ix)
+                .and_then(|c| c.as_mut())
+                .filter(|c| c.stalled && !c.close_after)
+            else {
+                return false;
+            };
+            if backlog(&port, c) > backlog_cap / 2 {
+                return true;
+            }
+            c.stalled = false;
+            wrote = true;
+            let mut h = Handling {
+                port: &mut port,
+                requests: &mut requests,
+                packer: &mut packer,
+                dirty: &mut dirty,
+                holding: &mut holding,
+                parked: &mut parked,
+            };
+            feed(
+                &mut h,
+                &*proto,
+                c,
+                ix,
+                guard.as_deref_mut(),
+                background,
+                backlog_cap,
+            );
+            c.stalled
+        });
         // Parked connections (long polls): answer those whose wait is over.
         parked.sort_unstable();
         parked.dedup();
@@ -488,7 +546,7 @@ pub fn serve<P: Protocol>(
                 for (_, e) in c.chunks {
                     port.release(e);
                 }
-                tracing::debug!(conn = ?c.id, linger = c.dead, "closing");
+                tracing::debug!(conn = ?c.id, linger = c.dead, txq = port.tx_pieces(c.id), free = port.free_buffers(), "closing");
                 if c.dead {
                     port.close_lingering(c.id);
                 } else {
@@ -581,6 +639,73 @@ fn finish_in_flight<C>(
         }
     }
     Ok(())
+}
+
+/// Buffers a connection's replies hold: pieces not yet queued, held for durability, or queued
+/// on the socket and not yet sent.
+fn backlog<C>(port: &Port, c: &UConn<C>) -> usize {
+    c.pending.len() + c.held.len() + port.tx_pieces(c.id)
+}
+
+/// What handing bytes to the protocol touches besides the connection.
+struct Handling<'a> {
+    port: &'a mut Port,
+    requests: &'a mut u64,
+    packer: &'a mut pst::Packer,
+    dirty: &'a mut Vec<usize>,
+    holding: &'a mut Vec<usize>,
+    parked: &'a mut Vec<usize>,
+}
+
+/// Hand the connection's received bytes not yet handed (`fed..pos`) to the protocol, one kept
+/// chunk at a time, settling the replies of each; stop early — the connection stalled — once
+/// its replies hold more than `cap` buffers.
+fn feed<P: Protocol>(
+    h: &mut Handling<'_>,
+    proto: &P,
+    c: &mut UConn<P::Conn>,
+    ix: usize,
+    mut g: Option<&mut crate::store::SharedInner>,
+    background: bool,
+    cap: usize,
+) {
+    while c.fed < c.pos && !c.stalled && !c.close_after {
+        let end = c
+            .chunks
+            .iter()
+            .map(|(st, e)| st + e.len() as u64)
+            .find(|&end| end > c.fed)
+            .unwrap_or(c.pos);
+        let before = c.pending.len();
+        let mut io = UringIo {
+            port: &mut *h.port,
+            chunks: &c.chunks,
+            requests: &mut *h.requests,
+            packer: Some(&mut *h.packer),
+        };
+        let st: Option<&mut PoolStore> = g.as_mut().map(|g| &mut g.store);
+        let range = c.fed..end;
+        c.fed = end;
+        let keep = proto.on_chunk(&mut c.proto, range, &mut io, st, &mut c.pending);
+        after_handling(h.port, proto, c, keep, before, ix, h.dirty);
+        hold_new(
+            c,
+            before,
+            g.as_deref().filter(|_| background),
+            ix,
+            h.holding,
+        );
+        if proto.parked(&c.proto) {
+            h.parked.push(ix);
+        }
+        if !keep {
+            break;
+        }
+        c.stalled = backlog(h.port, c) > cap;
+        if c.stalled {
+            tracing::debug!(conn = ?c.id, buffers = backlog(h.port, c), "replies backed up: requests wait");
+        }
+    }
 }
 
 /// Hold the reply pieces the service just added (`c.pending[before..]`) if they depend on

@@ -391,6 +391,11 @@ impl Port {
         Ok(())
     }
 
+    /// Extents queued on `conn` and not yet fully sent (each holds a reference on a buffer).
+    pub fn tx_pieces(&self, conn: ConnId) -> usize {
+        self.core.tx_pieces(conn)
+    }
+
     /// Bytes queued on `conn` and not yet sent.
     pub fn tx_queued(&self, conn: ConnId) -> usize {
         self.core.tx_queued(conn)

@@ -29,8 +29,13 @@ impl Core {
         batch.clear();
         // Lend only about what the kernel used lately (twice the last interval's buffers, at
         // least 256): the ring then cycles through few buffers, which stay cache-warm, instead
-        // of every entry the ring has.
-        let target = (2 * self.consumed + 256).min(self.bids.entries());
+        // of every entry the ring has. Never more than a quarter of the buffers (or 64): a lent buffer
+        // comes back only when the kernel fills it, so after a burst (one client flooding) the
+        // ring would otherwise keep most of a small pool from the store until traffic returns
+        // (writes refused for want of room in an empty pool).
+        let target = (2 * self.consumed + 256)
+            .min(self.bids.entries())
+            .min((self.alloc.capacity() / 4).max(64));
         self.consumed = 0;
         while self.alloc.free_count() > self.cfg.reserve && self.bids.lent() + batch.len() < target
         {

@@ -167,6 +167,11 @@ impl Core {
         Ok(())
     }
 
+    /// Extents queued on `conn` and not yet fully sent: each holds (a reference on) a buffer.
+    pub fn tx_pieces(&self, conn: ConnId) -> usize {
+        self.conn(conn).map_or(0, |c| c.txq.len())
+    }
+
     /// Bytes queued but not yet sent on `conn`.
     pub fn tx_queued(&self, conn: ConnId) -> usize {
         let Some(c) = self.conn(conn) else {

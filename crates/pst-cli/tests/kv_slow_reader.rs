@@ -1,0 +1,78 @@
+//! A client that pipelines requests and never reads the replies must not take the server
+//! down with it. On the uring engine every queued reply holds pool buffers (its head and the
+//! stored value's buffer, shared zero copy), so 200,000 `GET`s of a 1 KiB value queued to one
+//! such client used to drain the 64 MiB pool that every connection receives into — no other
+//! client got an answer — or, before that, overflow the value buffer's reference count (a
+//! panic). Now a connection whose replies hold more than a sixteenth of the pool waits, its
+//! requests unparsed, until its client reads; one that keeps sending meanwhile is closed once
+//! the pool runs short.
+//! Both engines; the other clients are answered throughout and after.
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+fn ping(addr: std::net::SocketAddr) -> Duration {
+    let t = Instant::now();
+    let client = redis::Client::open(format!("redis://{addr}/")).unwrap();
+    let mut c = client
+        .get_connection_with_timeout(Duration::from_secs(5))
+        .unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let pong: String = redis::cmd("PING").query(&mut c).expect("PING answered");
+    assert_eq!(pong, "PONG");
+    let v: Vec<u8> = redis::cmd("GET")
+        .arg("v")
+        .query(&mut c)
+        .expect("GET answered");
+    assert_eq!(v.len(), 1024);
+    t.elapsed()
+}
+
+#[test]
+fn a_client_that_never_reads_does_not_starve_the_others() {
+    for engine in ["uring", "epoll"] {
+        let dir = common::tmpdir(&format!("slow-reader-{engine}"));
+        let pool = dir.join("pool");
+        let args = common::kv_args(engine, &pool, "64MiB", &["--persist", "none"]);
+        let addr = common::free_addr();
+        let mut s = common::ServerProc::start(&args, addr);
+        let client = redis::Client::open(format!("redis://{addr}/")).unwrap();
+        let mut c = client.get_connection().unwrap();
+        let _: () = redis::cmd("SET")
+            .arg("v")
+            .arg(vec![b'x'; 1024])
+            .query(&mut c)
+            .unwrap();
+
+        // 200,000 GETs (4 MB), sent from a thread: the server may stop reading them.
+        let slow = TcpStream::connect(addr).unwrap();
+        let mut w = slow.try_clone().unwrap();
+        let sender = std::thread::spawn(move || {
+            let one = b"*2\r\n$3\r\nGET\r\n$1\r\nv\r\n";
+            let batch: Vec<u8> = one.iter().copied().cycle().take(one.len() * 1000).collect();
+            for _ in 0..200 {
+                if w.write_all(&batch).is_err() {
+                    break; // closed by the server: allowed
+                }
+            }
+        });
+        std::thread::sleep(Duration::from_secs(1));
+        for _ in 0..3 {
+            let t = ping(addr);
+            assert!(t < Duration::from_secs(3), "{engine}: PING took {t:?}");
+        }
+        slow.shutdown(std::net::Shutdown::Both).ok(); // also ends a blocked sender
+        drop(slow);
+        sender.join().unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        ping(addr);
+        assert!(
+            s.child.try_wait().unwrap().is_none(),
+            "{engine}: the server died"
+        );
+        let st = s.term();
+        assert!(st.success(), "{engine}: exit {st}");
+    }
+}
