@@ -412,10 +412,14 @@ impl Lender for pst::Buffers {
 
 /// Whether `free` of `capacity` buffers of `buf_size` bytes leave room for a write of
 /// `bytes`: at least a sixteenth of the buffers stay free after it (the write reserve, which
-/// receiving and replies draw on; the log borrows slots only above it too).
+/// receiving and replies draw on; the log borrows slots only above it too). In a small pool
+/// that is more: the port lends the kernel receive buffers only above its own reserve (64, or
+/// an eighth of a small partition), so the write reserve exceeds that by 16 — else a 1 MiB
+/// pool filled with values left nothing to receive the next request into, and hung.
 pub fn has_room(free: usize, capacity: usize, buf_size: u32, bytes: u64) -> bool {
     let need = bytes.div_ceil(buf_size.max(1) as u64) as usize;
-    free.saturating_sub(need) * 16 >= capacity
+    let keep = (capacity / 16).max((capacity / 8).min(64) + 16);
+    free.saturating_sub(need) >= keep
 }
 
 /// Whether a batch should compact or truncate: true when a partition is short of buffers.
