@@ -267,6 +267,19 @@ pub fn serve<P: Protocol>(
     // every other connection receives into.
     let backlog_cap = (port.capacity() / 16).max(64);
     let mut stalled: Vec<usize> = Vec::new();
+    // The loop state handing bytes to the protocol touches (borrowed afresh at each use).
+    macro_rules! handling {
+        () => {
+            Handling {
+                port: &mut port,
+                requests: &mut requests,
+                packer: &mut packer,
+                dirty: &mut dirty,
+                holding: &mut holding,
+                parked: &mut parked,
+            }
+        };
+    }
     while !ctx.stopping() {
         let gathering =
             gather.map(|(t, _)| t.map_or(GATHER, |t| GATHER.saturating_sub(t.elapsed())));
@@ -368,14 +381,7 @@ pub fn serve<P: Protocol>(
                         continue;
                     }
                     wrote = true;
-                    let mut h = Handling {
-                        port: &mut port,
-                        requests: &mut requests,
-                        packer: &mut packer,
-                        dirty: &mut dirty,
-                        holding: &mut holding,
-                        parked: &mut parked,
-                    };
+                    let mut h = handling!();
                     let g = guard.as_deref_mut();
                     feed(&mut h, &*proto, c, ix, g, background, backlog_cap);
                     if c.stalled {
@@ -430,14 +436,7 @@ pub fn serve<P: Protocol>(
             }
             c.stalled = false;
             wrote = true;
-            let mut h = Handling {
-                port: &mut port,
-                requests: &mut requests,
-                packer: &mut packer,
-                dirty: &mut dirty,
-                holding: &mut holding,
-                parked: &mut parked,
-            };
+            let mut h = handling!();
             feed(
                 &mut h,
                 &*proto,
