@@ -391,6 +391,13 @@ pub struct Store<M: Media> {
     /// tombstones): what rotating the whole log would give back. Kept by `index_apply` and
     /// the two places records leave `records`.
     dead_log_bytes: u64,
+    /// The last count of the oldest segment's live and dead log bytes `maintain` made:
+    /// `((segment, first seq, dead_log_bytes then), live, dead)`. Still right while the same
+    /// records lead the log (same segment, same first sequence number: nothing was popped)
+    /// and none died since (`dead_log_bytes` only grows until a pop; the oldest segment is
+    /// never the head, so nothing is appended to it), so a batch that frees nothing — a run of
+    /// PINGs or GETs — does not scan the segment again.
+    oldest_scan: Option<((u32, u64, u64), u64, u64)>,
     compactions: u64,
     commits: u64,
     /// An open atomic group, with the log offset and length of its last record so far.

@@ -54,6 +54,7 @@ impl<M: Media> Store<M> {
             bufs: buftable::BufTable::with_buffers(header.geometry.buf_count),
             released: Vec::new(),
             spare_recs: Vec::new(),
+            oldest_scan: None,
             pending: 0,
             durable_seq: 0,
             in_flight: None,

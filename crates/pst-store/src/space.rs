@@ -197,14 +197,22 @@ impl<M: Media> Store<M> {
             return Ok(false);
         }
         let s = self.order[0];
-        let (mut live, mut dead) = (0u64, 0u64);
-        for r in self.records.iter().take_while(|r| r.seg == s) {
-            if self.is_live(r) {
-                live += r.log_len();
-            } else {
-                dead += r.log_len();
+        let key = (s, self.base_seq(), self.dead_log_bytes);
+        let (live, dead) = match self.oldest_scan {
+            Some((k, live, dead)) if k == key => (live, dead),
+            _ => {
+                let (mut live, mut dead) = (0u64, 0u64);
+                for r in self.records.iter().take_while(|r| r.seg == s) {
+                    if self.is_live(r) {
+                        live += r.log_len();
+                    } else {
+                        dead += r.log_len();
+                    }
+                }
+                self.oldest_scan = Some((key, live, dead));
+                (live, dead)
             }
-        }
+        };
         let cap = self.seg_capacity();
         let head_room = self.head_room();
         if free == 0 && live > head_room {
