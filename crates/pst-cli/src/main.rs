@@ -98,10 +98,27 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("pst: error: {e:#}");
+            eprintln!("pst: error: {}", error_chain(&e));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, `: `-separated, leaving out a cause whose text the message
+/// before it already ends with (errors that format their source into their own message).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 /// Servers hold one descriptor per connection: raise the soft RLIMIT_NOFILE to the hard limit.
@@ -170,4 +187,33 @@ fn serve_echo(a: ServerArgs) -> anyhow::Result<()> {
         None,
         Retention::Compact,
     )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_chain;
+
+    /// An error that formats its source into its own message, as the pool's errors do.
+    #[derive(Debug)]
+    struct Outer(std::io::Error);
+
+    impl std::fmt::Display for Outer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "refusing the file: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Outer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        let e = anyhow::Error::new(Outer(std::io::Error::other("bad magic bytes")));
+        assert_eq!(error_chain(&e), "refusing the file: bad magic bytes");
+        let e = anyhow::Error::new(std::io::Error::other("bad magic bytes")).context("opening");
+        assert_eq!(error_chain(&e), "opening: bad magic bytes");
+    }
 }
