@@ -50,7 +50,13 @@ impl Geometry {
         let data = total
             .checked_sub(HEADER_REGION + log_len)
             .filter(|d| *d >= buf_size as u64 * 8)
-            .ok_or_else(|| format!("pool size {total} is too small for {buf_size}-byte buffers"))?;
+            .ok_or_else(|| {
+                format!(
+                    "pool size {total} is too small for {buf_size}-byte buffers: the header, a \
+                     {log_len}-byte log and 8 buffers need at least {} bytes",
+                    HEADER_REGION + log_len + 8 * buf_size as u64
+                )
+            })?;
         let buf_count = u32::try_from(data / buf_size.max(1) as u64)
             .map_err(|_| format!("pool size {total} gives more than 2^32 buffers"))?;
         let g = Geometry {
