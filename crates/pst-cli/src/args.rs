@@ -42,8 +42,9 @@ pub struct ServerArgs {
     /// Emulated extra persistent-memory write latency per persist barrier (ns).
     #[arg(long, default_value_t = 0)]
     pub pm_write_latency_ns: u64,
-    /// Worker threads, each with its own port and pool partition.
-    #[arg(long, default_value_t = 1)]
+    /// Worker threads, each with its own io_uring ring (or epoll set) and pool partition; they
+    /// share the listening address.
+    #[arg(long, default_value_t = 1, value_parser = at_least_one)]
     pub threads: usize,
     /// Upper bound (µs) a blocking sync waits to gather a batch of completions (io_uring
     /// min-wait; the batch adapts to the load). 0 returns on the first completion.
@@ -63,7 +64,8 @@ pub struct ServerArgs {
     /// busy and closed.
     #[arg(long, default_value_t = 10_000)]
     pub max_conns: usize,
-    /// Close connections that send nothing for this many seconds.
+    /// Close connections that send nothing for this many seconds; 0 never closes them (as
+    /// Redis's `timeout 0`).
     #[arg(long, default_value_t = 300)]
     pub idle_timeout_secs: u64,
     /// Drop a connection whose request has been incomplete for this many seconds (slow
@@ -104,7 +106,10 @@ impl ServerArgs {
     pub fn limits(&self) -> Limits {
         Limits {
             max_conns: self.max_conns.max(1),
-            idle: Duration::from_secs(self.idle_timeout_secs.max(1)),
+            idle: match self.idle_timeout_secs {
+                0 => Duration::MAX, // compared against elapsed time only
+                s => Duration::from_secs(s),
+            },
             request: Duration::from_secs(self.request_timeout_secs.max(1)),
         }
     }
@@ -125,7 +130,7 @@ impl ServerArgs {
                 .addr
                 .unwrap_or_else(|| default_addr.parse().expect("valid default address")),
             engine: self.engine,
-            threads: self.threads.max(1),
+            threads: self.threads,
             cpu: self.cpu.clone(),
             port: self.port_config(),
             limits: self.limits(),
@@ -150,5 +155,14 @@ fn parse_log_share(s: &str) -> Result<f64, String> {
         Ok(v)
     } else {
         Err("the log share is a percentage between 0 and 100 (exclusive)".into())
+    }
+}
+
+/// A count that must be positive (`--threads`).
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
     }
 }

@@ -210,6 +210,14 @@ mod tests {
     }
 
     #[test]
+    fn zero_threads_is_refused() {
+        use clap::Parser;
+        let e = super::Cli::try_parse_from(["pst", "kv", "--threads", "0"]).unwrap_err();
+        assert!(e.to_string().contains("must be at least 1"), "{e}");
+        assert!(super::Cli::try_parse_from(["pst", "kv", "--threads", "2"]).is_ok());
+    }
+
+    #[test]
     fn a_cause_already_in_the_message_is_not_repeated() {
         let e = anyhow::Error::new(Outer(std::io::Error::other("bad magic bytes")));
         assert_eq!(error_chain(&e), "refusing the file: bad magic bytes");
