@@ -76,3 +76,40 @@ fn a_client_that_never_reads_does_not_starve_the_others() {
         assert!(st.success(), "{engine}: exit {st}");
     }
 }
+
+/// A client that writes its whole pipeline, half-closes, and only then reads (`nc -N` style)
+/// gets every reply: the requests its stall left unparsed are answered before the close.
+#[test]
+fn a_half_closed_pipeline_is_answered_whole() {
+    for engine in ["uring", "epoll"] {
+        let dir = common::tmpdir(&format!("half-closed-{engine}"));
+        let pool = dir.join("pool");
+        let args = common::kv_args(engine, &pool, "16MiB", &["--persist", "none"]);
+        let addr = common::free_addr();
+        let _s = common::ServerProc::start(&args, addr);
+        let client = redis::Client::open(format!("redis://{addr}/")).unwrap();
+        let mut c = client.get_connection().unwrap();
+        let _: () = redis::cmd("SET")
+            .arg("v")
+            .arg(vec![b'x'; 1024])
+            .query(&mut c)
+            .unwrap();
+        let n = 50_000;
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let one = b"*2\r\n$3\r\nGET\r\n$1\r\nv\r\n";
+        let all: Vec<u8> = one.iter().copied().cycle().take(one.len() * n).collect();
+        s.write_all(&all).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut got = Vec::new();
+        std::io::Read::read_to_end(&mut s, &mut got).unwrap();
+        let reply = 7 + 1024 + 2; // "$1024\r\n" + value + "\r\n"
+        assert_eq!(
+            got.len(),
+            n * reply,
+            "{engine}: {} replies",
+            got.len() / reply
+        );
+    }
+}

@@ -395,6 +395,16 @@ pub fn serve<P: Protocol>(
                         .and_then(|c| c.as_mut())
                         .filter(|c| c.id == s.conn)
                     {
+                        if s.kind == SlotKind::End && c.fed < c.pos && !c.close_after {
+                            // Half-closed with requests still waiting (stalled): the client
+                            // reads on, so answer them all, as they were answered before the
+                            // stall existed, rather than close with them unanswered.
+                            c.stalled = false;
+                            wrote = true;
+                            let mut h = handling!();
+                            let g = guard.as_deref_mut();
+                            feed(&mut h, &*proto, c, ix, g, background, usize::MAX);
+                        }
                         if s.kind == SlotKind::End && proto.parked(&c.proto) {
                             // Half-closed while waiting: answer the wait now.
                             let before = c.pending.len();
