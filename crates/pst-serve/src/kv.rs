@@ -73,8 +73,8 @@ pub struct KvConn {
     /// for its records, met when the log has none to spare: rather than refusing it with
     /// `-OOM`, the connection holds it at the front of `queue` (what follows waits behind it,
     /// so replies stay in order) until the cleaner gives space back — a few commits — and
-    /// runs it then, or at this deadline ([`DEFER_LIMIT`] after it was held), when it gets the
-    /// refusal. Other connections go on meanwhile.
+    /// runs it then, or at this deadline ([`DEFER_LIMIT`] after it was held), when it is
+    /// refused whole (nothing deleted). Other connections go on meanwhile.
     deferred: Option<std::time::Instant>,
 }
 
@@ -869,6 +869,11 @@ const COMMANDS: [&str; 105] = [
 /// What Redis answers a write it has no memory for; `pst kv` answers it when the pool or the
 /// log is full (DESIGN §4), and keeps serving reads, deletes and `FLUSHALL`.
 const OOM: &str = "OOM command not allowed when used memory > 'maxmemory'.";
+
+/// A delete refused because the log has no room for its records even after waiting
+/// ([`DEFER_LIMIT`]): nothing was deleted.
+const OOM_REMOVAL: &str =
+    "OOM the log has no room for this delete's records; nothing was deleted (delete fewer keys at a time)";
 
 /// A store write's failure as the client sees it: a full log is Redis's `-OOM`.
 fn write_err(out: &mut Out<'_>, e: pst_store::StoreError) {
@@ -3514,6 +3519,15 @@ impl KvService {
                         c.deferred = Some(deadline);
                         break;
                     }
+                    // Still no room: refuse it whole. Run, it could delete some of its keys
+                    // and then fail (a multi-key DEL is all or nothing, as in Redis).
+                    held = None;
+                    io.count_request();
+                    reply::error(&mut out.buf, OOM_REMOVAL);
+                    if let Event::Command(args) = ev {
+                        c.framer.recycle(args);
+                    }
+                    continue;
                 }
             }
             held = None; // the held command runs now; a later one waits afresh

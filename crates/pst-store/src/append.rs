@@ -59,6 +59,7 @@ impl<M: Media> Store<M> {
         self.media.write(off, &h.encode(self.salt()));
         self.media.flush(off, SEG_HEADER as u64);
         self.set_seg(s, SegState::Active);
+        self.seg_use[s as usize] = SegUse::default();
         self.order.push_back(s);
         self.head_epoch = self.next_epoch;
         self.next_epoch += 1;
@@ -127,6 +128,7 @@ impl<M: Media> Store<M> {
             extents,
             payload_len,
             payload_crc,
+            held: true,
         };
         self.track(meta);
         Ok(seq)
@@ -309,6 +311,7 @@ impl<M: Media> Store<M> {
         }
         self.commits += 1;
         self.durable_seq = self.durable_seq.max(c.upto);
+        self.release_dying(self.durable_seq);
         // The invalidation written before this barrier is durable: release its buffers.
         if let Some(mut r) = c.invalidated {
             for rec in &r.recs {
@@ -374,7 +377,11 @@ impl<M: Media> Store<M> {
         self.media.flush(off, SEG_HEADER as u64);
     }
 
+    /// Drop the references record `r` still holds (none when its value went: `dying` has them).
     pub(super) fn drop_refs(&mut self, r: &RecMeta) {
+        if !r.held {
+            return;
+        }
         for &(b, _, _) in r.extents.iter() {
             self.unref(b);
         }

@@ -60,9 +60,12 @@
 //! The payload itself is *not* in the log: it stays in the pool buffers where the kernel put
 //! it (PASTE's "persist where it landed"); the record names it. A torn record fails the header
 //! CRC (or its epoch/sequence check); a record whose payload did not fully persist fails the
-//! payload CRC. Recovery stops at the first of either. The durable bound tells a torn tail
-//! from corruption: if any later record says the failed one had already been committed, it was
-//! acknowledged, and recovery refuses to silently drop it.
+//! payload CRC. Recovery stops at the first of either, with one exception: a put's payload is
+//! checked only when its value is live at the end of what recovery keeps. A put overwritten,
+//! deleted or cleared by a later record gives its buffers back once that record is durable, so
+//! its payload may be other data by then; its value is never served. The durable bound tells a
+//! torn tail from corruption: if any later record says the failed one had already been
+//! committed, it was acknowledged, and recovery refuses to silently drop it.
 
 use std::ops::Range;
 

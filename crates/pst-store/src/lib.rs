@@ -16,11 +16,13 @@
 //! reply read or wrote depends on, and the reply may leave once `durable_seq` covers them — so a
 //! read of committed data never waits for someone else's commit.
 //!
-//! Ownership: each record holds a reference on the buffers it names, for as long as the record
-//! can be seen by recovery. Overwritten and deleted values therefore keep their buffers until
-//! compaction moves the live records of the oldest segment forward and frees the segment; the
-//! buffers are released only after the segment's invalidation is itself durable, so recovery
-//! never reads a recycled buffer through a stale record.
+//! Ownership: each record holds a reference on the buffers it names. A put's references go
+//! when its value does (overwritten, deleted, cleared) and the record that ended it is
+//! durable: recovery checks the payload of a value only when it is live at the end of the log,
+//! so a stale record naming a recycled buffer is harmless once its successor is durable.
+//! Appends (WAL records) hold their buffers until compaction or truncation frees their segment
+//! and the segment's invalidation is itself durable, so recovery never reads a recycled
+//! buffer through a WAL record.
 //!
 //! The store does no I/O of its own beyond its [`Media`] (the real pool, or [`pst_pool::SimPm`]
 //! in tests) and never calls the buffer allocator: released extents are handed back through
@@ -246,6 +248,10 @@ struct RecMeta {
     extents: Extents,
     payload_len: u32,
     payload_crc: u32,
+    /// The record holds one reference on each buffer it names. A put stops holding them when
+    /// its value goes (overwritten, deleted, cleared): the references move to `Store::dying`
+    /// and are dropped once the record that ended the value is durable.
+    held: bool,
 }
 
 /// A record's extents: one inline (a value that landed in, or was packed into, one buffer:
@@ -257,6 +263,17 @@ impl RecMeta {
     fn log_len(&self) -> u64 {
         format::record_len(self.key.as_ref().map_or(0, |k| k.len()), self.extents.len()) as u64
     }
+}
+
+/// What one segment's records take: see `Store::seg_use`.
+#[derive(Debug, Clone, Copy, Default)]
+struct SegUse {
+    /// Log bytes of its records.
+    bytes: u64,
+    /// Of those, dead KV records' (superseded or deleted puts, tombstones, clears).
+    dead: u64,
+    /// Whether it holds WAL appends (those die by truncation, which this does not count).
+    appends: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -370,6 +387,12 @@ pub struct Store<M: Media> {
     /// Header zeroed before the next barrier; its records' buffers are released after it.
     invalidating: Option<Retiree>,
     bufs: buftable::BufTable,
+    /// Buffers of values that went (overwritten, deleted, cleared), each with the sequence
+    /// number of the record that ended it: the reference is dropped once that record is
+    /// durable (`finish_commit`). Recovery checks only the payloads of values live at the end
+    /// of the log, so a superseded value's buffer may be reused as soon as its successor is
+    /// durable, long before the cleaner retires its record.
+    dying: VecDeque<(u64, u32)>,
     released: Vec<Extent>,
     /// Emptied record lists of retired segments, for the next retirements' (at most 8).
     spare_recs: Vec<Vec<RecMeta>>,
@@ -391,13 +414,10 @@ pub struct Store<M: Media> {
     /// tombstones): what rotating the whole log would give back. Kept by `index_apply` and
     /// the two places records leave `records`.
     dead_log_bytes: u64,
-    /// The last count of the oldest segment's live and dead log bytes `maintain` made:
-    /// `((segment, first seq, dead_log_bytes then), live, dead)`. Still right while the same
-    /// records lead the log (same segment, same first sequence number: nothing was popped)
-    /// and none died since (`dead_log_bytes` only grows until a pop; the oldest segment is
-    /// never the head, so nothing is appended to it), so a batch that frees nothing — a run of
-    /// PINGs or GETs — does not scan the segment again.
-    oldest_scan: Option<((u32, u64, u64), u64, u64)>,
+    /// Log bytes of the records in each segment, and how many of them are dead KV records,
+    /// by segment number (reset when a segment opens): the cleaner decides on the oldest
+    /// segment without scanning it.
+    seg_use: Vec<SegUse>,
     compactions: u64,
     commits: u64,
     /// An open atomic group, with the log offset and length of its last record so far.
@@ -503,42 +523,60 @@ impl<M: Media> Store<M> {
             Kind::Put => {
                 let key = m.key.clone().expect("put has a key");
                 if let Some(old) = self.index.insert(key, m.seq) {
-                    self.value_gone(old);
+                    self.value_gone(old, m.seq);
                 }
                 self.live_bytes += m.payload_len as u64; // its buffers' live bytes: `track`
             }
             Kind::Delete => {
                 let key = m.key.as_ref().expect("delete has a key");
                 if let Some(old) = self.index.remove(key) {
-                    self.value_gone(old);
+                    self.value_gone(old, m.seq);
                 }
                 self.dead_log_bytes += m.log_len(); // a tombstone is dead from the start
+                self.seg_use[m.seg as usize].dead += m.log_len();
             }
             Kind::Clear => {
                 for (_, old) in std::mem::take(&mut self.index) {
-                    self.value_gone(old);
+                    self.value_gone(old, m.seq);
                 }
                 self.dead_log_bytes += m.log_len();
+                self.seg_use[m.seg as usize].dead += m.log_len();
             }
         }
     }
 
-    /// The put record `seq` left the index (overwritten, deleted, cleared): its value is no
-    /// longer live and its record is dead log space.
-    fn value_gone(&mut self, seq: u64) {
+    /// The put record `seq` left the index (overwritten, deleted, cleared) by record `by`:
+    /// its value is no longer live, its record is dead log space, and its buffer references
+    /// are dropped once `by` is durable (`dying`).
+    fn value_gone(&mut self, seq: u64, by: u64) {
         let Some(i) = seq.checked_sub(self.base_seq()) else {
             return;
         };
         // Fields borrowed apart (not through `rec`), so the extents need no copy.
-        let Some(r) = self.records.get(i as usize) else {
+        let Some(r) = self.records.get_mut(i as usize) else {
             return;
         };
         self.live_bytes -= r.payload_len as u64;
         self.dead_log_bytes += r.log_len();
+        self.seg_use[r.seg as usize].dead += r.log_len();
+        debug_assert!(r.held, "a live put holds its buffers");
+        r.held = false;
         for &(b, _, l) in r.extents.iter() {
             if let Some(x) = self.bufs.get_mut(b) {
                 x.live = x.live.saturating_sub(l);
             }
+            self.dying.push_back((by, b));
+        }
+    }
+
+    /// Drop the references of gone values whose successor records are below `durable`.
+    fn release_dying(&mut self, durable: u64) {
+        while let Some(&(by, b)) = self.dying.front() {
+            if by >= durable {
+                break;
+            }
+            self.dying.pop_front();
+            self.unref(b);
         }
     }
 

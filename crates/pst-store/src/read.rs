@@ -59,12 +59,14 @@ impl<M: Media> Store<M> {
         self.index.is_empty()
     }
 
-    /// Records from `seq` on (WAL consumers), skipping truncated ones.
+    /// Records from `seq` on (WAL consumers), skipping truncated ones and puts whose value
+    /// went (overwritten, deleted or cleared: their buffers may hold other data by now).
     pub fn read_from(&self, seq: u64) -> impl Iterator<Item = RecordView<'_>> {
         self.depend_on(self.next_seq);
         let from = seq.max(self.trunc_seq).saturating_sub(self.base_seq()) as usize;
         self.records
             .range(from.min(self.records.len())..)
+            .filter(|r| r.held || r.kind != Kind::Put)
             .map(|r| RecordView {
                 seq: r.seq,
                 kind: r.kind,

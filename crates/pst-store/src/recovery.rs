@@ -52,9 +52,10 @@ impl<M: Media> Store<M> {
             retire: VecDeque::new(),
             invalidating: None,
             bufs: buftable::BufTable::with_buffers(header.geometry.buf_count),
+            dying: VecDeque::new(),
             released: Vec::new(),
             spare_recs: Vec::new(),
-            oldest_scan: None,
+            seg_use: vec![SegUse::default(); n as usize + slots as usize],
             pending: 0,
             durable_seq: 0,
             in_flight: None,
@@ -119,7 +120,9 @@ impl<M: Media> Store<M> {
         // An atomic group being read: where it starts (chain index, offset, seq, epoch) and
         // its records, applied only when the record that ends it is reached.
         let mut group_start: Option<(usize, usize, u64, u64)> = None;
-        let mut group_recs: Vec<(Record, u32)> = Vec::new();
+        let mut group_recs = 0u64;
+        // Every record read, in order; those of a group the log ends inside are cut below.
+        let mut scanned: Vec<Scanned> = Vec::new();
         for (i, &(epoch, s, h)) in found.iter().enumerate() {
             // A gap can only follow a torn batch that opened a new segment: stop there.
             if stopped || expected.is_some_and(|e| e != h.first_seq) {
@@ -157,7 +160,9 @@ impl<M: Media> Store<M> {
                         break;
                     }
                 };
-                if self.payload_crc(&rec.extents) != rec.payload_crc {
+                // A put's payload is checked after the scan, and only while its value is live
+                // (`payload_cut`): a superseded value's buffer may hold new data by now.
+                if rec.kind == Kind::Append && self.payload_crc(&rec.extents) != rec.payload_crc {
                     end_reason = Some(LogEnd::PayloadChecksum {
                         segment: s,
                         offset: pos,
@@ -169,16 +174,18 @@ impl<M: Media> Store<M> {
                 let len = format::record_len(rec.key.len(), rec.extents.len());
                 if rec.grouped {
                     group_start.get_or_insert((chain.len() - 1, pos, rec.seq, epoch));
-                    group_recs.push((rec, s));
+                    group_recs += 1;
                 } else {
-                    for (r, gs) in group_recs.drain(..) {
-                        self.replay(r, gs);
-                        report.records += 1;
-                    }
+                    group_recs = 0;
                     group_start = None;
-                    self.replay(rec, s);
-                    report.records += 1;
                 }
+                scanned.push(Scanned {
+                    rec,
+                    seg: s,
+                    chain_idx: chain.len() - 1,
+                    pos,
+                    epoch,
+                });
                 next += 1;
                 pos += len;
             }
@@ -209,9 +216,10 @@ impl<M: Media> Store<M> {
         // The log ends inside an atomic group: cut it back to the group's start (its records
         // are zeroed below like a torn tail, segments it alone opened are invalidated).
         if let Some((ci, gpos, gseq, gepoch)) = group_start {
-            report.dropped_group = group_recs.len() as u64;
+            report.dropped_group = group_recs;
+            scanned.truncate(scanned.len() - group_recs as usize);
             tracing::warn!(
-                records = group_recs.len(),
+                records = group_recs,
                 seq = gseq,
                 "the log ends inside an atomic group (EXEC); the whole group is dropped"
             );
@@ -220,6 +228,46 @@ impl<M: Media> Store<M> {
             self.head_epoch = gepoch;
             expected = Some(gseq);
         }
+        // A live value whose payload fails its checksum ends the log before its record.
+        let keep = self.payload_cut(&scanned);
+        if keep < scanned.len() {
+            let cut = &scanned[keep];
+            let why = LogEnd::PayloadChecksum {
+                segment: cut.seg,
+                offset: cut.pos,
+                seq: cut.rec.seq,
+            };
+            // Committed if any later record says so (or what already proved the scan's own
+            // end committed: that end lies further on).
+            let later = scanned[keep..]
+                .iter()
+                .find(|x| x.rec.durable_before > cut.rec.seq)
+                .map(|x| {
+                    (
+                        x.rec.seq,
+                        x.rec.durable_before,
+                        Some(x.seg).filter(|&g| g != cut.seg),
+                    )
+                });
+            let evidence = later.or(report.corrupt.as_ref().map(|c| c.evidence));
+            report.corrupt = evidence.map(|evidence| Damage {
+                end: why.clone(),
+                evidence,
+            });
+            report.torn = Some(why);
+            chain.truncate(cut.chain_idx + 1);
+            self.head_pos = cut.pos as u64;
+            self.head_epoch = cut.epoch;
+            expected = Some(cut.rec.seq);
+            scanned.truncate(keep);
+        }
+        for x in scanned {
+            self.replay(x.rec, x.seg);
+            report.records += 1;
+        }
+        // Everything replayed is durable once recovery's barrier below has run: the buffers of
+        // values that went are free.
+        self.release_dying(u64::MAX);
         self.next_seq = expected.unwrap_or(1);
         self.durable_seq = self.next_seq;
         report.last_seq = self.next_seq - 1;
@@ -314,6 +362,57 @@ impl<M: Media> Store<M> {
         None
     }
 
+    /// How many of the `scanned` records recovery keeps: the longest prefix, not ending inside
+    /// an atomic group, in which every put whose value is still live at the prefix's end has
+    /// an intact payload. A put superseded within the prefix is not checked: its successor
+    /// was written after it, so when the successor is kept the put's value is never served,
+    /// and once the successor is durable the put's buffers may have been reused.
+    fn payload_cut(&self, scanned: &[Scanned]) -> usize {
+        let n = scanned.len();
+        // The index of the record that ended each put's value (`usize::MAX`: none).
+        let mut ended = vec![usize::MAX; n];
+        let mut last: HashMap<&[u8], usize> = HashMap::new();
+        for (i, x) in scanned.iter().enumerate() {
+            match x.rec.kind {
+                Kind::Put => {
+                    if let Some(p) = last.insert(&x.rec.key, i) {
+                        ended[p] = i;
+                    }
+                }
+                Kind::Delete => {
+                    if let Some(p) = last.remove(x.rec.key.as_slice()) {
+                        ended[p] = i;
+                    }
+                }
+                Kind::Clear => {
+                    for (_, p) in last.drain() {
+                        ended[p] = i;
+                    }
+                }
+                Kind::Append => {}
+            }
+        }
+        let mut intact: Vec<Option<bool>> = vec![None; n];
+        let mut keep = n;
+        loop {
+            let bad = (0..keep).find(|&i| {
+                let x = &scanned[i];
+                x.rec.kind == Kind::Put
+                    && ended[i] >= keep
+                    && !*intact[i].get_or_insert_with(|| {
+                        self.payload_crc(&x.rec.extents) == x.rec.payload_crc
+                    })
+            });
+            let Some(i) = bad else {
+                return keep;
+            };
+            keep = i;
+            while keep > 0 && scanned[keep - 1].rec.grouped {
+                keep -= 1;
+            }
+        }
+    }
+
     pub(super) fn replay(&mut self, rec: Record, seg: u32) {
         let key: Option<Arc<[u8]>> =
             matches!(rec.kind, Kind::Put | Kind::Delete).then(|| Arc::from(rec.key.as_slice()));
@@ -325,6 +424,7 @@ impl<M: Media> Store<M> {
             extents: Extents::from_vec(rec.extents),
             payload_len: rec.payload_len,
             payload_crc: rec.payload_crc,
+            held: true,
         };
         self.track(meta);
     }
@@ -334,6 +434,9 @@ impl<M: Media> Store<M> {
     /// updated, the record appended (replay and new appends alike).
     pub(super) fn track(&mut self, meta: RecMeta) {
         let put = meta.kind == Kind::Put;
+        let u = &mut self.seg_use[meta.seg as usize];
+        u.bytes += meta.log_len();
+        u.appends |= meta.kind == Kind::Append;
         for &(b, _, l) in meta.extents.iter() {
             let r = self.bufs.add_ref(b);
             if put {
@@ -343,4 +446,16 @@ impl<M: Media> Store<M> {
         self.index_apply(&meta);
         self.records.push_back(meta);
     }
+}
+
+/// A record recovery read, where it lies, before it is replayed.
+struct Scanned {
+    rec: Record,
+    seg: u32,
+    /// Its segment's position in the chain.
+    chain_idx: usize,
+    /// Byte offset in the segment.
+    pos: usize,
+    /// Its segment's epoch.
+    epoch: u64,
 }

@@ -187,7 +187,9 @@ impl<M: Media> Store<M> {
             return Ok(false);
         }
         let free = self.free_segments();
-        let low = free * 4 < self.owned_segments();
+        // Segments run low below a quarter of the log, or when only the three free segments
+        // puts need are left (a small log of a few segments never reaches a quarter).
+        let low = free * 4 < self.owned_segments() || free <= 3;
         // While the log holds borrowed slots, an oldest segment with nothing live goes at
         // once (it costs one invalidation): dead segments give their slots back to the
         // buffers instead of waiting for the pool to run short.
@@ -197,22 +199,7 @@ impl<M: Media> Store<M> {
             return Ok(false);
         }
         let s = self.order[0];
-        let key = (s, self.base_seq(), self.dead_log_bytes);
-        let (live, dead) = match self.oldest_scan {
-            Some((k, live, dead)) if k == key => (live, dead),
-            _ => {
-                let (mut live, mut dead) = (0u64, 0u64);
-                for r in self.records.iter().take_while(|r| r.seg == s) {
-                    if self.is_live(r) {
-                        live += r.log_len();
-                    } else {
-                        dead += r.log_len();
-                    }
-                }
-                self.oldest_scan = Some((key, live, dead));
-                (live, dead)
-            }
-        };
+        let (live, dead) = self.oldest_use(s);
         let cap = self.seg_capacity();
         let head_room = self.head_room();
         if free == 0 && live > head_room {
@@ -242,6 +229,24 @@ impl<M: Media> Store<M> {
             self.compact_oldest()?;
         }
         Ok(rotate)
+    }
+
+    /// Live and dead log bytes of the oldest segment `s`: from its counts, unless WAL
+    /// appends in it may have been truncated (then counted record by record).
+    fn oldest_use(&self, s: u32) -> (u64, u64) {
+        let u = self.seg_use[s as usize];
+        if !u.appends || self.trunc_seq <= self.base_seq() {
+            return (u.bytes - u.dead, u.dead);
+        }
+        let (mut live, mut dead) = (0u64, 0u64);
+        for r in self.records.iter().take_while(|r| r.seg == s) {
+            if self.is_live(r) {
+                live += r.log_len();
+            } else {
+                dead += r.log_len();
+            }
+        }
+        (live, dead)
     }
 
     pub(super) fn compact_oldest(&mut self) -> Result<(), StoreError> {
@@ -372,7 +377,7 @@ mod tests {
     use pst_pool::{Geometry, PersistMode, SimPm};
     use rand::{Rng, SeedableRng};
 
-    /// The dead-bytes counter the cleaner decides by matches a scan of the log, through
+    /// The dead-bytes counters the cleaner decides by match a scan of the log, through
     /// overwrites, deletes, clears, rotations, retirements and a reopen (recovery rebuilds it).
     #[test]
     fn dead_log_bytes_match_a_scan() {
@@ -415,6 +420,22 @@ mod tests {
                 }
             }
             assert_eq!(st.dead_log_bytes, scan(&st), "after op {i}");
+            // So do the per-segment counts the cleaner decides by.
+            for &seg in &st.order {
+                let (mut bytes, mut dead) = (0, 0);
+                for r in st.records.iter().filter(|r| r.seg == seg) {
+                    bytes += r.log_len();
+                    if r.kind != Kind::Append && !st.is_live(r) {
+                        dead += r.log_len();
+                    }
+                }
+                let u = st.seg_use[seg as usize];
+                assert_eq!(
+                    (u.bytes, u.dead),
+                    (bytes, dead),
+                    "segment {seg} after op {i}"
+                );
+            }
             // Per-buffer live bytes (what relocation decides by) match a scan too.
             let mut live: HashMap<u32, u32> = HashMap::new();
             for r in st
