@@ -50,7 +50,7 @@ pub fn run(a: InspectArgs) -> std::process::ExitCode {
             match pst_store::Store::inspect(media, h.log_off..h.log_off + g.log_len) {
                 Ok((st, rep)) => {
                     let s = st.stats();
-                    println!("log records:  {} (last seq {}), every header and payload checksum verified", rep.records, rep.last_seq);
+                    println!("log records:  {} (last seq {}), every header checksum and every live value's and WAL record's payload checksum verified", rep.records, rep.last_seq);
                     println!(
                         "log segments: {} in use, {} borrowed from the data region",
                         rep.segments.1, s.borrowed_segments
@@ -74,10 +74,12 @@ pub fn run(a: InspectArgs) -> std::process::ExitCode {
                     }
                     println!(
                         "tail:         {}",
-                        rep.torn
-                            .as_ref()
-                            .map(|t| format!("torn ({t}), unacknowledged"))
-                            .unwrap_or_else(|| "clean".into())
+                        match (&rep.torn, &rep.corrupt) {
+                            // The same end, seen as damage: a later record proves it committed.
+                            (_, Some(_)) => "damaged (see CORRUPT below)".to_owned(),
+                            (Some(t), None) => format!("torn ({t}), unacknowledged"),
+                            (None, None) => "clean".to_owned(),
+                        }
                     );
                     println!("scan time:    {} ms", t0.elapsed().as_millis());
                     if let Some(c) = rep.corrupt {

@@ -55,7 +55,7 @@ struct KvArgs {
     /// value is a protocol error and closes the connection. A value is held in pool buffers
     /// while it arrives, so keep it well below the pool size divided by the clients that may
     /// send one at once (Redis's own limit is 512MB).
-    #[arg(long, value_parser = parse_bytes, default_value = "8MiB")]
+    #[arg(long, value_parser = parse_value_limit, default_value = "8MiB")]
     max_value: u64,
     /// Require `AUTH <password>` before other commands (Redis `requirepass`).
     #[arg(long)]
@@ -187,6 +187,14 @@ fn serve_echo(a: ServerArgs) -> anyhow::Result<()> {
         None,
         Retention::Compact,
     )?)
+}
+
+/// A byte limit that must be at least 1 (`--max-value 0` would refuse every value).
+fn parse_value_limit(s: &str) -> Result<u64, String> {
+    match parse_bytes(s)? {
+        0 => Err("must be at least 1 byte".into()),
+        n => Ok(n),
+    }
 }
 
 #[cfg(test)]

@@ -277,3 +277,62 @@ fn half_closed_long_poll_is_answered_uring() {
 fn half_closed_long_poll_is_answered_epoll() {
     half_closed_poll("epoll");
 }
+
+/// A WAL on a small pool is a bounded log (phttpd's circular one): appends never stop, the
+/// oldest records go. On a 1 MiB pool (four log segments) every append after the 510th got
+/// 507 on both engines: retention dropped the oldest segment only below a quarter of the
+/// segments free, which four segments never reach before appends (which keep three free)
+/// are refused.
+fn small_pool_keeps_appending(engine: &str) {
+    let dir = common::tmpdir(&format!("log-small-{engine}"));
+    let pool = dir.join("pool");
+    let addr = common::free_addr();
+    let _s = common::ServerProc::start(
+        &[
+            "httpd",
+            "--engine",
+            engine,
+            "--store",
+            "wal",
+            "--pool",
+            pool.to_str().unwrap(),
+            "--pool-size",
+            "1MiB",
+        ],
+        addr,
+    );
+    let (mut s, mut r) = connect(addr);
+    const N: usize = 3000;
+    for i in 0..N {
+        let body = format!("{i:06}{}", "x".repeat(1018));
+        write!(
+            s,
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let resp = common::read_http(&mut r, false).unwrap();
+        assert_eq!(resp.status, 200, "{engine}: POST {i}");
+    }
+    write!(s, "GET /log?from=0&max=10000 HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let resp = common::read_http(&mut r, false).unwrap();
+    assert_eq!(resp.status, 200);
+    let recs = parse_records(&resp.body);
+    assert!(recs.len() > 50, "{engine}: {} records kept", recs.len());
+    // The newest ones, gap-free up to the last.
+    let last = recs.last().unwrap();
+    assert_eq!(last.0, N as u64, "{engine}");
+    assert!(last.1.starts_with(format!("{:06}", N - 1).as_bytes()));
+    assert!(recs.windows(2).all(|w| w[1].0 == w[0].0 + 1), "{engine}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn small_pool_keeps_appending_uring() {
+    small_pool_keeps_appending("uring");
+}
+
+#[test]
+fn small_pool_keeps_appending_epoll() {
+    small_pool_keeps_appending("epoll");
+}

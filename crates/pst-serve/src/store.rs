@@ -61,11 +61,12 @@ pub enum Retention {
 /// Space reclamation at the end of a batch, before its commit: WAL retention drops the oldest
 /// segment when segments run low (or the pool is short of buffers), a KV compacts one.
 pub fn maintain(g: &mut SharedInner, retention: Retention, pressure: bool) {
-    let (free, total) = g.store.segment_space();
-    let low = free * 4 < total;
     let res = match retention {
         Retention::Wal => {
-            if low || pressure {
+            // Segments low: a small log (a 1 MiB pool's has four) is never below a quarter
+            // free, and without this refused every append once the free segments were down
+            // to the two deletes keep.
+            if g.store.segments_low() || pressure {
                 g.store.drop_oldest_segment();
             }
             Ok(true)

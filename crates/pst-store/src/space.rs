@@ -69,6 +69,14 @@ impl<M: Media> Store<M> {
         need <= self.head_room() + fresh
     }
 
+    /// Whether free log segments run low: below a quarter of the log, or down to the three
+    /// that new records need (a small log of a few segments never gets below a quarter). The
+    /// cleaner rotates, and WAL retention drops the oldest segment, when they do.
+    pub fn segments_low(&self) -> bool {
+        let free = self.free_segments();
+        free * 4 < self.owned_segments() || free <= 3
+    }
+
     /// Free log segments and the segments the log has (its region's and borrowed slots).
     pub fn segment_space(&self) -> (usize, usize) {
         (self.free_segments(), self.owned_segments())
@@ -187,9 +195,7 @@ impl<M: Media> Store<M> {
             return Ok(false);
         }
         let free = self.free_segments();
-        // Segments run low below a quarter of the log, or when only the three free segments
-        // puts need are left (a small log of a few segments never reaches a quarter).
-        let low = free * 4 < self.owned_segments() || free <= 3;
+        let low = self.segments_low();
         // While the log holds borrowed slots, an oldest segment with nothing live goes at
         // once (it costs one invalidation): dead segments give their slots back to the
         // buffers instead of waiting for the pool to run short.
