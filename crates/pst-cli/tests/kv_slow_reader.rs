@@ -113,3 +113,69 @@ fn a_half_closed_pipeline_is_answered_whole() {
         );
     }
 }
+
+/// Many clients that pipeline requests and never read, together holding more than the pool:
+/// each stays under its own share (a sixteenth), so none is stalled, yet together they took
+/// every buffer of a 16 MiB pool and the uring engine answered nobody, for good: closing a
+/// connection waited for its queued replies to be sent, which a peer that does not read never
+/// allows. Now connections whose replies made no progress for a second are aborted, biggest
+/// first, while the pool is short: their queued replies are dropped at once.
+#[test]
+fn many_clients_that_never_read_do_not_wedge_the_pool() {
+    for engine in ["uring", "epoll"] {
+        let dir = common::tmpdir(&format!("many-slow-{engine}"));
+        let pool = dir.join("pool");
+        let args = common::kv_args(engine, &pool, "16MiB", &["--persist", "none"]);
+        let addr = common::free_addr();
+        let mut s = common::ServerProc::start(&args, addr);
+        let client = redis::Client::open(format!("redis://{addr}/")).unwrap();
+        let mut c = client.get_connection().unwrap();
+        let _: () = redis::cmd("SET")
+            .arg("v")
+            .arg(vec![b'x'; 1024])
+            .query(&mut c)
+            .unwrap();
+        let one = b"*2\r\n$3\r\nGET\r\n$1\r\nv\r\n";
+        let all: Vec<u8> = one
+            .iter()
+            .copied()
+            .cycle()
+            .take(one.len() * 20_000)
+            .collect();
+        let mut socks = Vec::new();
+        let mut senders = Vec::new();
+        for _ in 0..24 {
+            let sock =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            sock.set_recv_buffer_size(4096).unwrap();
+            sock.connect(&addr.into()).unwrap();
+            let sock: TcpStream = sock.into();
+            let mut w = sock.try_clone().unwrap();
+            let all = all.clone();
+            senders.push(std::thread::spawn(move || {
+                let _ = w.write_all(&all); // the server may close it: allowed
+            }));
+            socks.push(sock);
+        }
+        std::thread::sleep(Duration::from_secs(3));
+        for _ in 0..3 {
+            let t = ping(addr);
+            assert!(t < Duration::from_secs(4), "{engine}: PING took {t:?}");
+        }
+        let ok: String = redis::cmd("SET")
+            .arg("w")
+            .arg(vec![b'y'; 1024])
+            .query(&mut c)
+            .expect("SET answered");
+        assert_eq!(ok, "OK", "{engine}");
+        for s in &socks {
+            s.shutdown(std::net::Shutdown::Both).ok();
+        }
+        for t in senders {
+            t.join().unwrap();
+        }
+        assert!(s.child.try_wait().unwrap().is_none(), "{engine}: died");
+        let st = s.term();
+        assert!(st.success(), "{engine}: exit {st}");
+    }
+}

@@ -74,6 +74,11 @@ struct UConn<C> {
     last_rx: Instant,
     /// Since when a request has been incomplete (bytes the framer still needs).
     partial_since: Option<Instant>,
+    /// Bytes sent by the last sweep ([`Port::tx_sent_total`]).
+    sent_seen: u64,
+    /// Replies were queued and none of them went out between the last two sweeps: the peer
+    /// does not read. Aborted first when the pool runs short ([`abort_stuck`]).
+    stuck: bool,
 }
 
 struct UringIo<'a> {
@@ -343,6 +348,8 @@ pub fn serve<P: Protocol>(
                         dead: false,
                         last_rx: batch_now,
                         partial_since: None,
+                        sent_seen: 0,
+                        stuck: false,
                     });
                     ctx.metrics()
                         .gauges(open, port.free_buffers(), port.capacity());
@@ -368,15 +375,7 @@ pub fn serve<P: Protocol>(
                         // holds a share of a pool that runs short: then it goes.
                         let short = port.free_buffers() < port.capacity() / 8;
                         if !c.close_after && short && c.chunks.len() > backlog_cap {
-                            tracing::warn!(
-                                conn = ?c.id,
-                                buffers = c.chunks.len() + backlog(&port, c),
-                                "closing a connection that sends requests but does not read \
-                                 the replies (they hold too much of the pool)"
-                            );
-                            drop_replies(&mut port, c);
-                            c.dead = false;
-                            dirty.push(ix);
+                            abort(&mut port, c, ix, &mut dirty);
                         }
                         continue;
                     }
@@ -458,6 +457,11 @@ pub fn serve<P: Protocol>(
             );
             c.stalled
         });
+        // Connections that do not read their replies hold pool buffers that every connection
+        // receives into: when the pool runs short, the biggest holders go.
+        if port.free_buffers() < port.capacity() / 8 {
+            abort_stuck(&mut port, &mut conns, &mut dirty);
+        }
         // Parked connections (long polls): answer those whose wait is over.
         parked.sort_unstable();
         parked.dedup();
@@ -570,6 +574,11 @@ pub fn serve<P: Protocol>(
         let now = Instant::now();
         if now >= next_sweep {
             next_sweep = now + Duration::from_secs(1);
+            for c in conns.iter_mut().flatten() {
+                let sent = port.tx_sent_total(c.id);
+                c.stuck = port.tx_pieces(c.id) > 0 && sent == c.sent_seen;
+                c.sent_seen = sent;
+            }
             for slot in conns.iter_mut() {
                 let expired = slot.as_ref().is_some_and(|c| {
                     now - c.last_rx > limits.idle
@@ -583,7 +592,11 @@ pub fn serve<P: Protocol>(
                         port.release(e);
                     }
                     drop_replies(&mut port, &mut c);
-                    port.close(c.id);
+                    match c.stuck {
+                        // Its peer reads nothing: do not wait for the queued replies to go.
+                        true => port.abort(c.id),
+                        false => port.close(c.id),
+                    }
                 }
             }
         }
@@ -794,6 +807,47 @@ fn release_held<C>(
 
 /// Withhold every reply of `c` (a commit failed, or the connection is dropped): release their
 /// buffers and close the connection after what was already sent.
+/// Abort connection `c` (slot `ix`), which holds too much of a pool that runs short: its
+/// replies and unread requests are dropped, its queued sends too ([`Port::abort`]), and it is
+/// closed with the next batch's closes.
+fn abort<C>(port: &mut Port, c: &mut UConn<C>, ix: usize, dirty: &mut Vec<usize>) {
+    tracing::warn!(
+        conn = ?c.id,
+        buffers = c.chunks.len() + backlog(port, c),
+        free = port.free_buffers(),
+        "aborting a connection that does not read its replies: they hold too much of a pool \
+         that runs short"
+    );
+    drop_replies(port, c);
+    for (_, e) in c.chunks.drain(..) {
+        port.release(e);
+    }
+    c.fed = c.pos;
+    c.stalled = false;
+    c.dead = false;
+    port.abort(c.id);
+    dirty.push(ix);
+}
+
+/// While the pool is short (free below an eighth), abort the stuck connection (its peer reads
+/// nothing: [`UConn::stuck`]) that holds the most buffers, replies and unread requests.
+fn abort_stuck<C>(port: &mut Port, conns: &mut [Option<UConn<C>>], dirty: &mut Vec<usize>) {
+    while port.free_buffers() < port.capacity() / 8 {
+        let biggest = conns
+            .iter()
+            .enumerate()
+            .filter_map(|(ix, c)| c.as_ref().map(|c| (ix, c)))
+            .filter(|(_, c)| c.stuck && !c.close_after)
+            .max_by_key(|(_, c)| c.chunks.len() + backlog(port, c))
+            .map(|(ix, _)| ix);
+        let Some(ix) = biggest else {
+            return;
+        };
+        let c = conns[ix].as_mut().expect("found above");
+        abort(port, c, ix, dirty);
+    }
+}
+
 fn drop_replies<C>(port: &mut Port, c: &mut UConn<C>) {
     c.gates.clear();
     for p in c.pending.drain(..).chain(c.held.drain(..)) {

@@ -396,6 +396,11 @@ impl Port {
         self.core.tx_pieces(conn)
     }
 
+    /// Bytes sent on `conn` since it opened.
+    pub fn tx_sent_total(&self, conn: ConnId) -> u64 {
+        self.core.tx_sent_total(conn)
+    }
+
     /// Bytes queued on `conn` and not yet sent.
     pub fn tx_queued(&self, conn: ConnId) -> usize {
         self.core.tx_queued(conn)
@@ -404,6 +409,13 @@ impl Port {
     /// Close `conn` after its queued data is sent.
     pub fn close(&mut self, conn: ConnId) {
         self.core.close(conn)
+    }
+
+    /// Abortive close of a peer that does not read: queued data is dropped and its buffers
+    /// come back at once (those of the send in flight when it completes: the sending side is
+    /// shut down so that it does), then the socket closes. No more slots for `conn`.
+    pub fn abort(&mut self, conn: ConnId) {
+        self.core.abort(conn)
     }
 
     /// Lingering close (after a final error reply): queued data, then FIN; the peer's further

@@ -163,6 +163,8 @@ struct Conn {
     txq: VecDeque<Extent>,
     /// Bytes of `txq[0]` already sent.
     tx_sent: u32,
+    /// Bytes sent since the connection opened.
+    sent_total: u64,
 }
 
 impl Conn {
@@ -338,6 +340,7 @@ impl Core {
             lingered: 0,
             txq: VecDeque::new(),
             tx_sent: 0,
+            sent_total: 0,
         };
         let idx = match self.free_conns.pop() {
             Some(i) => i,
@@ -402,6 +405,51 @@ impl Core {
         c.life = Life::Closing {
             lingering: matches!(c.life, Life::Lingering { .. }),
         };
+        self.kick_tx(conn);
+    }
+
+    /// Abortive close, for a peer that does not read: the queued data is dropped and its
+    /// buffers come back now — all but those the send in flight covers, which the kernel may be
+    /// reading; the socket's sending side is shut down so that send completes (failing, when
+    /// the peer's window is closed), and then the socket is closed. No more slots for `conn`.
+    pub fn abort(&mut self, conn: ConnId) {
+        let max_iov = self.cfg.max_iov;
+        let mut dropped = std::mem::take(&mut self.sent);
+        let Some(c) = self.conn_mut(conn) else {
+            self.sent = dropped;
+            return;
+        };
+        let in_flight = matches!(c.tx, Tx::InFlight { .. });
+        let keep = if in_flight {
+            max_iov.min(c.txq.len())
+        } else {
+            0
+        };
+        dropped.extend(c.txq.drain(keep..));
+        let was_behind = c.tx == (Tx::InFlight { behind: true });
+        if was_behind {
+            c.tx = Tx::InFlight { behind: false };
+        }
+        if keep == 0 {
+            c.tx_sent = 0;
+        }
+        c.life = Life::Closing { lingering: false };
+        c.rx = Rx::Done;
+        let fd = c.fd;
+        self.backlog -= was_behind as usize;
+        for e in dropped.drain(..) {
+            self.release(e);
+        }
+        self.sent = dropped;
+        if in_flight {
+            let ud = UserData {
+                kind: OpKind::Close,
+                gen: conn.gen,
+                idx: conn.idx,
+            }
+            .encode();
+            self.ops.push_back(Op::ShutdownWrite { fd, ud });
+        }
         self.kick_tx(conn);
     }
 

@@ -337,6 +337,54 @@ fn close_waits_for_tx_and_stale_completions_are_dropped() {
 }
 
 #[test]
+fn abort_releases_what_is_queued_at_once_and_the_in_flight_send_on_its_completion() {
+    let mut c = core(16, 4);
+    let id = unsafe { c.register(5) };
+    let _rop = c.pop_op().unwrap();
+    refill(&mut c);
+    let free0 = c.alloc().free_count();
+    let e = c.alloc_extent().unwrap();
+    c.send(id, e).unwrap();
+    let sop = c.pop_op().unwrap();
+    // Six more queued behind the in-flight send, which covers four (`max_iov`).
+    for _ in 0..6 {
+        let e = c.alloc_extent().unwrap();
+        c.send(id, e).unwrap();
+    }
+    let mut ch = Vec::new();
+    c.tx_chunks(id, &mut ch);
+    let covered = ch.len();
+    assert_eq!(covered, 4);
+    c.abort(id);
+    assert_eq!(
+        c.alloc().free_count(),
+        free0 - covered,
+        "only the in-flight send's buffers are still held"
+    );
+    assert_eq!(c.tx_backlog(), 0);
+    // The sending side is shut down so that the blocked send completes.
+    assert!(matches!(c.pop_op(), Some(Op::ShutdownWrite { fd: 5, .. })));
+    assert_eq!(c.pop_op(), None, "the close waits for the send");
+    let e2 = c.alloc_extent().unwrap();
+    assert_eq!(c.send(id, e2), Err(SendError::Closed));
+    unsafe { c.complete(completion(ud(sop), -32, None, false)) }; // EPIPE
+    assert!(matches!(c.pop_op(), Some(Op::Close { fd: 5, .. })));
+    assert_eq!(c.alloc().free_count(), free0);
+    assert_eq!(c.open_conns(), 0);
+}
+
+#[test]
+fn abort_with_nothing_in_flight_closes_now() {
+    let mut c = core(8, 4);
+    let id = unsafe { c.register(5) };
+    let _rop = c.pop_op().unwrap();
+    refill(&mut c);
+    c.abort(id);
+    assert!(matches!(c.pop_op(), Some(Op::Close { fd: 5, .. })));
+    assert_eq!(c.open_conns(), 0);
+}
+
+#[test]
 fn lingering_close_sends_fin_after_tx_then_closes_on_peer_eof() {
     let mut c = core(8, 4);
     let id = unsafe { c.register(5) };

@@ -45,6 +45,7 @@ impl Core {
             Tx::Idle
         };
         if let Ok(mut n) = result {
+            c.sent_total += n as u64;
             while n > 0 {
                 let Some(head) = c.txq.front() else { break };
                 let left = head.len() - c.tx_sent;
@@ -170,6 +171,11 @@ impl Core {
     /// Extents queued on `conn` and not yet fully sent: each holds (a reference on) a buffer.
     pub fn tx_pieces(&self, conn: ConnId) -> usize {
         self.conn(conn).map_or(0, |c| c.txq.len())
+    }
+
+    /// Bytes sent on `conn` since it opened (a peer that does not read makes no progress).
+    pub fn tx_sent_total(&self, conn: ConnId) -> u64 {
+        self.conn(conn).map_or(0, |c| c.sent_total)
     }
 
     /// Bytes queued but not yet sent on `conn`.
