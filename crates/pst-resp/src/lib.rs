@@ -271,11 +271,34 @@ impl CommandFramer {
         out.push(Event::Error(why.into()));
     }
 
+    /// A length line's number (`i64`, as `str::parse` reads it: an optional sign, then one or
+    /// more ASCII digits), read from the bytes directly: it is on every request's path.
     fn parse_len(line: &[u8]) -> Option<i64> {
         let s = line
             .strip_suffix(b"\r\n")
             .or_else(|| line.strip_suffix(b"\n"))?;
-        std::str::from_utf8(s).ok()?.parse().ok()
+        let (neg, digits) = match s.split_first()? {
+            (b'-', rest) => (true, rest),
+            (b'+', rest) => (false, rest),
+            _ => (false, s),
+        };
+        if digits.is_empty() {
+            return None;
+        }
+        let mut n: i64 = 0;
+        for &d in digits {
+            let d = d.wrapping_sub(b'0');
+            if d > 9 {
+                return None;
+            }
+            n = n.checked_mul(10)?;
+            n = if neg {
+                n.checked_sub(d as i64)?
+            } else {
+                n.checked_add(d as i64)?
+            };
+        }
+        Some(n)
     }
 
     /// A line ended; `after` is the stream position right after its '\n'.
@@ -401,6 +424,40 @@ pub mod reply {
 
 #[cfg(test)]
 mod tests {
+    /// The length parser reads exactly what `str::parse::<i64>` does.
+    #[test]
+    fn parse_len_agrees_with_str_parse() {
+        let cases = [
+            "0",
+            "1",
+            "42",
+            "-1",
+            "+7",
+            "-",
+            "+",
+            "",
+            "007",
+            "1a",
+            " 1",
+            "1 ",
+            "9223372036854775807",
+            "9223372036854775808",
+            "-9223372036854775808",
+            "-9223372036854775809",
+            "99999999999999999999",
+            "--1",
+            "+-1",
+        ];
+        for c in cases {
+            let want: Option<i64> = c.parse().ok();
+            for end in ["\r\n", "\n"] {
+                let line = format!("{c}{end}");
+                assert_eq!(CommandFramer::parse_len(line.as_bytes()), want, "{c:?}");
+            }
+        }
+        assert_eq!(CommandFramer::parse_len(b"12"), None, "no line end");
+    }
+
     use super::*;
 
     fn frame(chunks: &[&[u8]]) -> (Vec<Vec<Vec<u8>>>, Option<String>) {

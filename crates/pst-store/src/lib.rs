@@ -254,6 +254,9 @@ struct RecMeta {
     held: bool,
 }
 
+/// The KV index's map.
+type Index = HashMap<Arc<[u8]>, u64, ahash::RandomState>;
+
 /// A record's extents: one inline (a value that landed in, or was packed into, one buffer:
 /// no allocation per record), more on the heap.
 type Extents = smallvec::SmallVec<[RawExtent; 1]>;
@@ -381,7 +384,10 @@ pub struct Store<M: Media> {
     head_epoch: u64,
     /// Records in sequence order; `records[i].seq == base_seq + i`.
     records: VecDeque<RecMeta>,
-    index: HashMap<Arc<[u8]>, u64>,
+    /// Live keys → their put's sequence number. Hashed with aHash (randomly keyed per map:
+    /// keys come from clients, so the hash must resist chosen collisions), several times
+    /// faster than std's SipHash on short keys: every SET hashes its key twice.
+    index: Index,
     trunc_seq: u64,
     retire: VecDeque<Retiree>,
     /// Header zeroed before the next barrier; its records' buffers are released after it.

@@ -47,7 +47,7 @@ impl<M: Media> Store<M> {
             next_epoch: 1,
             head_epoch: 0,
             records: VecDeque::new(),
-            index: HashMap::new(),
+            index: Index::default(),
             trunc_seq: 0,
             retire: VecDeque::new(),
             invalidating: None,

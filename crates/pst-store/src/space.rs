@@ -157,7 +157,9 @@ impl<M: Media> Store<M> {
     pub(super) fn is_live(&self, r: &RecMeta) -> bool {
         match r.kind {
             Kind::Append => r.seq >= self.trunc_seq,
-            Kind::Put => r.key.as_ref().and_then(|k| self.index.get(k)) == Some(&r.seq),
+            // A put in the log is live while it holds its buffers: `value_gone` ends both
+            // (no index lookup). Records already popped for retirement are never asked.
+            Kind::Put => r.held,
             Kind::Delete | Kind::Clear => false,
         }
     }
@@ -387,6 +389,14 @@ mod tests {
     /// overwrites, deletes, clears, rotations, retirements and a reopen (recovery rebuilds it).
     #[test]
     fn dead_log_bytes_match_a_scan() {
+        /// Liveness from the index itself (what `is_live` answers from `held`).
+        fn live_by_index(st: &Store<SimPm>, r: &RecMeta) -> bool {
+            match r.kind {
+                Kind::Append => r.seq >= st.trunc_seq,
+                Kind::Put => r.key.as_ref().and_then(|k| st.index.get(k)) == Some(&r.seq),
+                Kind::Delete | Kind::Clear => false,
+            }
+        }
         fn scan(st: &Store<SimPm>) -> u64 {
             st.records
                 .iter()
@@ -424,6 +434,14 @@ mod tests {
                     let mut e = land.take_run(1).unwrap();
                     st.grant_spare(e.pop().unwrap());
                 }
+            }
+            for r in &st.records {
+                assert_eq!(
+                    st.is_live(r),
+                    live_by_index(&st, r),
+                    "seq {} after op {i}",
+                    r.seq
+                );
             }
             assert_eq!(st.dead_log_bytes, scan(&st), "after op {i}");
             // So do the per-segment counts the cleaner decides by.
