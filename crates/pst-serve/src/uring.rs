@@ -76,8 +76,10 @@ struct UConn<C> {
     partial_since: Option<Instant>,
     /// Bytes sent by the last sweep ([`Port::tx_sent_total`]).
     sent_seen: u64,
-    /// Replies were queued and none of them went out between the last two sweeps: the peer
-    /// does not read. Aborted first when the pool runs short ([`abort_stuck`]).
+    /// Sweeps in a row that found replies queued and nothing sent since the sweep before.
+    idle_sweeps: u8,
+    /// Two such sweeps (replies queued for over a second and none went out): the peer does
+    /// not read. Aborted when the pool runs short ([`abort_stuck`]).
     stuck: bool,
 }
 
@@ -349,6 +351,7 @@ pub fn serve<P: Protocol>(
                         last_rx: batch_now,
                         partial_since: None,
                         sent_seen: 0,
+                        idle_sweeps: 0,
                         stuck: false,
                     });
                     ctx.metrics()
@@ -469,7 +472,7 @@ pub fn serve<P: Protocol>(
             let Some(c) = conns
                 .get_mut(ix)
                 .and_then(|c| c.as_mut())
-                .filter(|c| !c.dead && proto.parked(&c.proto))
+                .filter(|c| !c.dead && !c.close_after && proto.parked(&c.proto))
             else {
                 return false;
             };
@@ -575,8 +578,14 @@ pub fn serve<P: Protocol>(
         if now >= next_sweep {
             next_sweep = now + Duration::from_secs(1);
             for c in conns.iter_mut().flatten() {
+                // One sweep is not enough: this batch's replies are queued but not yet
+                // submitted, so a client that got nothing in the last second would look stuck.
                 let sent = port.tx_sent_total(c.id);
-                c.stuck = port.tx_pieces(c.id) > 0 && sent == c.sent_seen;
+                c.idle_sweeps = match port.tx_pieces(c.id) > 0 && sent == c.sent_seen {
+                    true => c.idle_sweeps.saturating_add(1),
+                    false => 0,
+                };
+                c.stuck = c.idle_sweeps >= 2;
                 c.sent_seen = sent;
             }
             for slot in conns.iter_mut() {
@@ -805,8 +814,10 @@ fn release_held<C>(
     }
 }
 
-/// Withhold every reply of `c` (a commit failed, or the connection is dropped): release their
-/// buffers and close the connection after what was already sent.
+/// Fewest buffers a stuck connection must hold to be aborted for a short pool: one waiting
+/// for a reply or two gives little back (a full store keeps the pool short for good).
+const STUCK_MIN: usize = 16;
+
 /// Abort connection `c` (slot `ix`), which holds too much of a pool that runs short: its
 /// replies and unread requests are dropped, its queued sends too ([`Port::abort`]), and it is
 /// closed with the next batch's closes.
@@ -830,15 +841,18 @@ fn abort<C>(port: &mut Port, c: &mut UConn<C>, ix: usize, dirty: &mut Vec<usize>
 }
 
 /// While the pool is short (free below an eighth), abort the stuck connection (its peer reads
-/// nothing: [`UConn::stuck`]) that holds the most buffers, replies and unread requests.
+/// nothing: [`UConn::stuck`]) that holds the most buffers, replies and unread requests — at
+/// least [`STUCK_MIN`], and still with sends queued.
 fn abort_stuck<C>(port: &mut Port, conns: &mut [Option<UConn<C>>], dirty: &mut Vec<usize>) {
     while port.free_buffers() < port.capacity() / 8 {
         let biggest = conns
             .iter()
             .enumerate()
             .filter_map(|(ix, c)| c.as_ref().map(|c| (ix, c)))
-            .filter(|(_, c)| c.stuck && !c.close_after)
-            .max_by_key(|(_, c)| c.chunks.len() + backlog(port, c))
+            .filter(|(_, c)| c.stuck && !c.close_after && port.tx_pieces(c.id) > 0)
+            .map(|(ix, c)| (ix, c.chunks.len() + backlog(port, c)))
+            .filter(|&(_, held)| held >= STUCK_MIN)
+            .max_by_key(|&(_, held)| held)
             .map(|(ix, _)| ix);
         let Some(ix) = biggest else {
             return;
@@ -848,6 +862,8 @@ fn abort_stuck<C>(port: &mut Port, conns: &mut [Option<UConn<C>>], dirty: &mut V
     }
 }
 
+/// Withhold every reply of `c` (a commit failed, or the connection is dropped): release their
+/// buffers and close the connection after what was already sent.
 fn drop_replies<C>(port: &mut Port, c: &mut UConn<C>) {
     c.gates.clear();
     for p in c.pending.drain(..).chain(c.held.drain(..)) {

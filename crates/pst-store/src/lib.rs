@@ -205,6 +205,10 @@ pub struct RecoveryReport {
     /// Records of an atomic group (`EXEC`) the log ended inside of: never applied, and cut
     /// from the log (the group is all or nothing).
     pub dropped_group: u64,
+    /// Salvage only: values that cutting the log at the damage made current again but whose
+    /// bytes were already reused (their successors lay past the damage); their keys were
+    /// deleted.
+    pub lost_values: u64,
 }
 
 /// Space and content figures.

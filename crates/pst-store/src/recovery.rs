@@ -228,39 +228,59 @@ impl<M: Media> Store<M> {
             self.head_epoch = gepoch;
             expected = Some(gseq);
         }
-        // A live value whose payload fails its checksum ends the log before its record.
-        let keep = self.payload_cut(&scanned);
-        if keep < scanned.len() {
-            let cut = &scanned[keep];
+        // A live value whose payload fails its checksum ends the log before its record. While
+        // that is a torn tail, the cut may make older puts live again (their successors were
+        // cut too); those were superseded only by uncommitted records, so their buffers were
+        // never released and they pass — but the loop checks. Damage to committed data stops
+        // the loop: puts it makes live again may name buffers reused since their successors
+        // committed, and those values are lost (salvage deletes them below).
+        let ended = value_ends(&scanned);
+        let mut intact: Vec<Option<bool>> = vec![None; scanned.len()];
+        let mut keep = scanned.len();
+        let mut lost: Vec<usize> = Vec::new();
+        while let Some(i) = self.first_bad_live(&scanned, keep, &ended, &mut intact) {
+            let cut = &scanned[i];
             let why = LogEnd::PayloadChecksum {
                 segment: cut.seg,
                 offset: cut.pos,
                 seq: cut.rec.seq,
             };
-            // Committed if any later record says so (or what already proved the scan's own
-            // end committed: that end lies further on).
-            let later = scanned[keep..]
-                .iter()
-                .find(|x| x.rec.durable_before > cut.rec.seq)
-                .map(|x| {
-                    (
-                        x.rec.seq,
-                        x.rec.durable_before,
-                        Some(x.seg).filter(|&g| g != cut.seg),
-                    )
-                });
-            let evidence = later.or(report.corrupt.as_ref().map(|c| c.evidence));
-            report.corrupt = evidence.map(|evidence| Damage {
-                end: why.clone(),
-                evidence,
-            });
-            report.torn = Some(why);
+            // Committed if a record written later says so — anywhere after it on media, or
+            // what already proved the scan's own end committed (that end lies further on).
+            let evidence = self
+                .cut_evidence(cut, &found, &mut seg_bytes)
+                .or(report.corrupt.as_ref().map(|c| c.evidence));
+            keep = i;
+            while keep > 0 && scanned[keep - 1].rec.grouped {
+                keep -= 1;
+            }
+            report.torn = Some(why.clone());
+            report.corrupt = None;
+            if let Some(evidence) = evidence {
+                report.corrupt = Some(Damage { end: why, evidence });
+                lost = (0..keep)
+                    .filter(|&j| {
+                        let x = &scanned[j];
+                        x.rec.kind == Kind::Put
+                            && ended[j] >= keep
+                            && !*intact[j].get_or_insert_with(|| {
+                                self.payload_crc(&x.rec.extents) == x.rec.payload_crc
+                            })
+                    })
+                    .collect();
+                break;
+            }
+        }
+        if keep < scanned.len() {
+            let cut = &scanned[keep];
             chain.truncate(cut.chain_idx + 1);
             self.head_pos = cut.pos as u64;
             self.head_epoch = cut.epoch;
             expected = Some(cut.rec.seq);
             scanned.truncate(keep);
         }
+        // Keys whose values salvage cannot give back (see above).
+        let lost_keys: Vec<Vec<u8>> = lost.iter().map(|&j| scanned[j].rec.key.clone()).collect();
         for x in scanned {
             self.replay(x.rec, x.seg);
             report.records += 1;
@@ -296,7 +316,7 @@ impl<M: Media> Store<M> {
                 // Never drop acknowledged data silently: refuse, unless the operator asked to
                 // salvage (start from the last intact record, losing what follows it).
                 if mode == Recovery::Salvage {
-                    tracing::warn!(%c, "log damaged: salvaging from the last intact record; later records are dropped");
+                    tracing::warn!(%c, lost_values = lost_keys.len(), "log damaged: salvaging from the last intact record; later records are dropped");
                 } else {
                     return Err(StoreError::Corrupt(c.clone()));
                 }
@@ -315,6 +335,14 @@ impl<M: Media> Store<M> {
                     self.invalidate_header(s);
                 }
             }
+            // Salvage: values the damage made live again whose bytes are gone (their buffers
+            // were reused after a successor past the damage committed) are deleted, durably
+            // with the barrier below, rather than served or checked again at every start.
+            for key in &lost_keys {
+                self.delete(key)?;
+            }
+            report.lost_values = lost_keys.len() as u64;
+            report.live_keys = self.index.len() as u64;
             self.media.barrier().map_err(StoreError::Poisoned)?;
         }
         tracing::debug!(records = report.records, keys = report.live_keys, last_seq = report.last_seq, torn = ?report.torn, "store recovered");
@@ -362,55 +390,36 @@ impl<M: Media> Store<M> {
         None
     }
 
-    /// How many of the `scanned` records recovery keeps: the longest prefix, not ending inside
-    /// an atomic group, in which every put whose value is still live at the prefix's end has
-    /// an intact payload. A put superseded within the prefix is not checked: its successor
-    /// was written after it, so when the successor is kept the put's value is never served,
-    /// and once the successor is durable the put's buffers may have been reused.
-    fn payload_cut(&self, scanned: &[Scanned]) -> usize {
-        let n = scanned.len();
-        // The index of the record that ended each put's value (`usize::MAX`: none).
-        let mut ended = vec![usize::MAX; n];
-        let mut last: HashMap<&[u8], usize> = HashMap::new();
-        for (i, x) in scanned.iter().enumerate() {
-            match x.rec.kind {
-                Kind::Put => {
-                    if let Some(p) = last.insert(&x.rec.key, i) {
-                        ended[p] = i;
-                    }
-                }
-                Kind::Delete => {
-                    if let Some(p) = last.remove(x.rec.key.as_slice()) {
-                        ended[p] = i;
-                    }
-                }
-                Kind::Clear => {
-                    for (_, p) in last.drain() {
-                        ended[p] = i;
-                    }
-                }
-                Kind::Append => {}
-            }
-        }
-        let mut intact: Vec<Option<bool>> = vec![None; n];
-        let mut keep = n;
-        loop {
-            let bad = (0..keep).find(|&i| {
-                let x = &scanned[i];
-                x.rec.kind == Kind::Put
-                    && ended[i] >= keep
-                    && !*intact[i].get_or_insert_with(|| {
-                        self.payload_crc(&x.rec.extents) == x.rec.payload_crc
-                    })
-            });
-            let Some(i) = bad else {
-                return keep;
-            };
-            keep = i;
-            while keep > 0 && scanned[keep - 1].rec.grouped {
-                keep -= 1;
-            }
-        }
+    /// The first put in `scanned[..keep]` still live at `keep` whose payload fails its
+    /// checksum (payloads checked once each, remembered in `intact`).
+    fn first_bad_live(
+        &self,
+        scanned: &[Scanned],
+        keep: usize,
+        ended: &[usize],
+        intact: &mut [Option<bool>],
+    ) -> Option<usize> {
+        (0..keep).find(|&i| {
+            let x = &scanned[i];
+            x.rec.kind == Kind::Put
+                && ended[i] >= keep
+                && !*intact[i]
+                    .get_or_insert_with(|| self.payload_crc(&x.rec.extents) == x.rec.payload_crc)
+        })
+    }
+
+    /// A record on media, after `cut`, saying `cut` was committed: in the rest of its segment
+    /// (any aligned offset) or in the segments found after it, as for any other end of the log.
+    fn cut_evidence(
+        &self,
+        cut: &Scanned,
+        found: &[(u64, u32, SegHeader)],
+        seg_bytes: &mut [u8],
+    ) -> Option<(u64, u64, Option<u32>)> {
+        self.media.read(self.seg_off(cut.seg), seg_bytes);
+        let i = found.iter().position(|f| f.1 == cut.seg)?;
+        let later: Vec<(u64, u32)> = found[i + 1..].iter().map(|f| (f.0, f.1)).collect();
+        self.committed_evidence(cut.rec.seq, cut.epoch, seg_bytes, cut.pos + 8, &later)
     }
 
     pub(super) fn replay(&mut self, rec: Record, seg: u32) {
@@ -458,4 +467,32 @@ struct Scanned {
     pos: usize,
     /// Its segment's epoch.
     epoch: u64,
+}
+
+/// For each scanned record, the index of the record that ended its value (a put overwritten,
+/// deleted or cleared later in `scanned`; `usize::MAX`: none, or not a put).
+fn value_ends(scanned: &[Scanned]) -> Vec<usize> {
+    let mut ended = vec![usize::MAX; scanned.len()];
+    let mut last: HashMap<&[u8], usize> = HashMap::new();
+    for (i, x) in scanned.iter().enumerate() {
+        match x.rec.kind {
+            Kind::Put => {
+                if let Some(p) = last.insert(&x.rec.key, i) {
+                    ended[p] = i;
+                }
+            }
+            Kind::Delete => {
+                if let Some(p) = last.remove(x.rec.key.as_slice()) {
+                    ended[p] = i;
+                }
+            }
+            Kind::Clear => {
+                for (_, p) in last.drain() {
+                    ended[p] = i;
+                }
+            }
+            Kind::Append => {}
+        }
+    }
+    ended
 }

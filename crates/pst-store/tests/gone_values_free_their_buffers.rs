@@ -149,3 +149,102 @@ fn a_torn_live_value_is_a_torn_tail_not_corruption() {
         );
     }
 }
+
+/// Damage to an acknowledged live value, then a crash inside the next `EXEC`: the only
+/// records proving the damaged value committed belong to the dropped group. Recovery must
+/// still find them on media and refuse (found by review: the first version looked only at the
+/// records it kept).
+#[test]
+fn damage_before_a_torn_group_is_still_corruption() {
+    let (media, log, h) = setup();
+    let (mut st, _) = Store::open(media.clone(), log.clone()).unwrap();
+    let mut land = Landing::new(media.clone());
+    st.put(b"live", land.land(b"acknowledged value", false).unwrap())
+        .unwrap();
+    st.commit().unwrap();
+    let live = st.get(b"live").unwrap().extents[0].0;
+    st.begin_group();
+    st.put(b"g1", land.land(b"in group", false).unwrap())
+        .unwrap();
+    st.put(b"g2", land.land(b"in group", false).unwrap())
+        .unwrap();
+    let crashed = media.crash(|| 1); // every written line survives; the group never ended
+    drop(st);
+    scribble(&crashed, &h, live);
+    let err = Store::open(crashed, log).unwrap_err();
+    assert!(err.to_string().contains("says it was committed"), "{err}");
+}
+
+/// The same with the next batch's first record torn: the proof lies past the scan's end.
+#[test]
+fn damage_before_a_torn_record_is_still_corruption() {
+    let (media, log, h) = setup();
+    let (mut st, _) = Store::open(media.clone(), log.clone()).unwrap();
+    let mut land = Landing::new(media.clone());
+    st.put(b"live", land.land(b"acknowledged value", false).unwrap())
+        .unwrap();
+    st.commit().unwrap();
+    let live = st.get(b"live").unwrap().extents[0].0;
+    st.put(b"a", land.land(b"next batch a", false).unwrap())
+        .unwrap();
+    st.put(b"b", land.land(b"next batch b", false).unwrap())
+        .unwrap();
+    drop(st);
+    let crashed = media.crash(|| 1);
+    let first_len = pst_store::format::record_len(4, 1);
+    let second = log.start + pst_store::format::SEG_HEADER as u64 + first_len as u64;
+    crashed.write(second, &[0u8; 16]);
+    crashed.flush(second, 16);
+    crashed.barrier().unwrap();
+    scribble(&crashed, &h, live);
+    let err = Store::open(crashed, log).unwrap_err();
+    assert!(err.to_string().contains("says it was committed"), "{err}");
+}
+
+/// Salvage after damage keeps the records before it and does not cascade further back: values
+/// the cut makes current again whose buffers were reused (their successors committed after
+/// the damaged record) cannot be given back, so their keys are deleted and counted; the
+/// damage is reported at the damaged record. A second start is clean.
+#[test]
+fn salvage_keeps_what_precedes_the_damage_and_deletes_values_it_cannot_give_back() {
+    let (media, log, h) = setup();
+    let (mut st, _) = Store::open(media.clone(), log.clone()).unwrap();
+    let mut land = Landing::new(media.clone());
+    let mut put = |st: &mut Store<SimPm>, k: &str, v: &str| {
+        st.put(k.as_bytes(), land.land(v.as_bytes(), false).unwrap())
+            .unwrap()
+    };
+    put(&mut st, "keep", "intact before the damage");
+    put(&mut st, "x", "old x");
+    put(&mut st, "y", "old y");
+    put(&mut st, "live", "live value");
+    st.commit().unwrap();
+    let x1 = st.get(b"x").unwrap().extents[0].0;
+    let y1 = st.get(b"y").unwrap().extents[0].0;
+    let live = st.get(b"live").unwrap().extents[0].0;
+    put(&mut st, "x", "new x");
+    put(&mut st, "y", "new y");
+    st.commit().unwrap();
+    let freed: Vec<u32> = st.take_released().iter().map(|e| e.buf().0).collect();
+    assert!(freed.contains(&x1) && freed.contains(&y1), "{freed:?}");
+    scribble(&media, &h, x1); // reused by the pool
+    scribble(&media, &h, y1);
+    drop(st);
+    scribble(&media, &h, live); // damaged
+    let err = Store::open(media.clone(), log.clone()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("payload checksum mismatch for seq 4"),
+        "the damaged record is named: {err}"
+    );
+    let (st, rep) = Store::open_salvage(media.clone(), log.clone()).unwrap();
+    assert_eq!(rep.lost_values, 2, "{rep:?}");
+    let mut v = Vec::new();
+    assert!(st.read_value(b"keep", &mut v).unwrap());
+    assert_eq!(v, b"intact before the damage");
+    assert!(st.get(b"x").is_none() && st.get(b"y").is_none() && st.get(b"live").is_none());
+    drop(st);
+    let (st, rep) = Store::open(media, log).unwrap();
+    assert!(rep.corrupt.is_none() && rep.torn.is_none(), "{rep:?}");
+    assert_eq!(st.len(), 1);
+}
