@@ -30,21 +30,30 @@ fn ping(addr: std::net::SocketAddr) -> Duration {
     t.elapsed()
 }
 
+/// A kv server (`--persist none`, a pool of `size`) holding `v` → 1 KiB, and a client of it.
+fn start_with_value(
+    engine: &str,
+    name: &str,
+    size: &str,
+) -> (common::ServerProc, std::net::SocketAddr, redis::Connection) {
+    let dir = common::tmpdir(&format!("{name}-{engine}"));
+    let args = common::kv_args(engine, &dir.join("pool"), size, &["--persist", "none"]);
+    let addr = common::free_addr();
+    let s = common::ServerProc::start(&args, addr);
+    let client = redis::Client::open(format!("redis://{addr}/")).unwrap();
+    let mut c = client.get_connection().unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("v")
+        .arg(vec![b'x'; 1024])
+        .query(&mut c)
+        .unwrap();
+    (s, addr, c)
+}
+
 #[test]
 fn a_client_that_never_reads_does_not_starve_the_others() {
     for engine in ["uring", "epoll"] {
-        let dir = common::tmpdir(&format!("slow-reader-{engine}"));
-        let pool = dir.join("pool");
-        let args = common::kv_args(engine, &pool, "64MiB", &["--persist", "none"]);
-        let addr = common::free_addr();
-        let mut s = common::ServerProc::start(&args, addr);
-        let client = redis::Client::open(format!("redis://{addr}/")).unwrap();
-        let mut c = client.get_connection().unwrap();
-        let _: () = redis::cmd("SET")
-            .arg("v")
-            .arg(vec![b'x'; 1024])
-            .query(&mut c)
-            .unwrap();
+        let (mut s, addr, _c) = start_with_value(engine, "slow-reader", "64MiB");
 
         // 200,000 GETs (4 MB), sent from a thread: the server may stop reading them.
         let slow = TcpStream::connect(addr).unwrap();
@@ -82,18 +91,7 @@ fn a_client_that_never_reads_does_not_starve_the_others() {
 #[test]
 fn a_half_closed_pipeline_is_answered_whole() {
     for engine in ["uring", "epoll"] {
-        let dir = common::tmpdir(&format!("half-closed-{engine}"));
-        let pool = dir.join("pool");
-        let args = common::kv_args(engine, &pool, "16MiB", &["--persist", "none"]);
-        let addr = common::free_addr();
-        let _s = common::ServerProc::start(&args, addr);
-        let client = redis::Client::open(format!("redis://{addr}/")).unwrap();
-        let mut c = client.get_connection().unwrap();
-        let _: () = redis::cmd("SET")
-            .arg("v")
-            .arg(vec![b'x'; 1024])
-            .query(&mut c)
-            .unwrap();
+        let (_s, addr, _c) = start_with_value(engine, "half-closed", "16MiB");
         let n = 50_000;
         let mut s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
@@ -124,18 +122,7 @@ fn a_half_closed_pipeline_is_answered_whole() {
 #[test]
 fn many_clients_that_never_read_do_not_wedge_the_pool() {
     for engine in ["uring", "epoll"] {
-        let dir = common::tmpdir(&format!("many-slow-{engine}"));
-        let pool = dir.join("pool");
-        let args = common::kv_args(engine, &pool, "16MiB", &["--persist", "none"]);
-        let addr = common::free_addr();
-        let mut s = common::ServerProc::start(&args, addr);
-        let client = redis::Client::open(format!("redis://{addr}/")).unwrap();
-        let mut c = client.get_connection().unwrap();
-        let _: () = redis::cmd("SET")
-            .arg("v")
-            .arg(vec![b'x'; 1024])
-            .query(&mut c)
-            .unwrap();
+        let (mut s, addr, mut c) = start_with_value(engine, "many-slow", "16MiB");
         let one = b"*2\r\n$3\r\nGET\r\n$1\r\nv\r\n";
         let all: Vec<u8> = one
             .iter()

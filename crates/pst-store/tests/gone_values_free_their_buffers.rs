@@ -19,6 +19,18 @@ fn setup() -> (SimPm, std::ops::Range<u64>, Header) {
     (SimPm::new(h, PersistMode::Fsync), log, h)
 }
 
+/// A fresh store over `media` and a landing zone for its values.
+fn open(media: &SimPm, log: &std::ops::Range<u64>) -> (Store<SimPm>, Landing) {
+    let (st, _) = Store::open(media.clone(), log.clone()).unwrap();
+    (st, Landing::new(media.clone()))
+}
+
+/// Put `k` → `v`, landed in a fresh buffer.
+fn put(st: &mut Store<SimPm>, land: &mut Landing, k: &str, v: &str) -> u64 {
+    st.put(k.as_bytes(), land.land(v.as_bytes(), false).unwrap())
+        .unwrap()
+}
+
 /// Overwrite buffer `b` with other bytes and make them durable (the pool reused it).
 fn scribble(media: &SimPm, h: &Header, b: u32) {
     let off = h.data_off + b as u64 * h.geometry.buf_size as u64;
@@ -30,21 +42,16 @@ fn scribble(media: &SimPm, h: &Header, b: u32) {
 #[test]
 fn overwritten_deleted_and_cleared_values_release_after_their_successor_commits() {
     let (media, log, h) = setup();
-    let (mut st, _) = Store::open(media.clone(), log.clone()).unwrap();
-    let mut land = Landing::new(media.clone());
-    let mut put = |st: &mut Store<SimPm>, k: &str, v: &str| {
-        st.put(k.as_bytes(), land.land(v.as_bytes(), false).unwrap())
-            .unwrap()
-    };
-    put(&mut st, "a", "first a");
-    put(&mut st, "b", "first b");
-    put(&mut st, "c", "first c");
+    let (mut st, mut land) = open(&media, &log);
+    put(&mut st, &mut land, "a", "first a");
+    put(&mut st, &mut land, "b", "first b");
+    put(&mut st, &mut land, "c", "first c");
     st.commit().unwrap();
     let buf_of = |st: &Store<SimPm>, k: &str| st.get(k.as_bytes()).unwrap().extents[0].0;
     let (a1, b1) = (buf_of(&st, "a"), buf_of(&st, "b"));
     assert!(st.take_released().is_empty());
 
-    put(&mut st, "a", "second a");
+    put(&mut st, &mut land, "a", "second a");
     st.delete(b"b").unwrap();
     // Not yet durable: the old buffers stay held.
     assert!(st.take_released().is_empty());
@@ -85,19 +92,14 @@ fn overwritten_deleted_and_cleared_values_release_after_their_successor_commits(
 #[test]
 fn a_damaged_live_value_still_ends_the_log_and_is_reported() {
     let (media, log, h) = setup();
-    let (mut st, _) = Store::open(media.clone(), log.clone()).unwrap();
-    let mut land = Landing::new(media.clone());
-    let mut put = |st: &mut Store<SimPm>, k: &str, v: &str| {
-        st.put(k.as_bytes(), land.land(v.as_bytes(), false).unwrap())
-            .unwrap()
-    };
-    put(&mut st, "x", "old x");
-    put(&mut st, "live", "live value");
-    put(&mut st, "x", "new x");
+    let (mut st, mut land) = open(&media, &log);
+    put(&mut st, &mut land, "x", "old x");
+    put(&mut st, &mut land, "live", "live value");
+    put(&mut st, &mut land, "x", "new x");
     st.commit().unwrap();
     let live = st.get(b"live").unwrap().extents[0].0;
     // Later records, written after the commit, say "live" was committed.
-    put(&mut st, "y", "later");
+    put(&mut st, &mut land, "y", "later");
     st.commit().unwrap();
     scribble(&media, &h, live);
     drop(st);
@@ -120,8 +122,7 @@ fn a_damaged_live_value_still_ends_the_log_and_is_reported() {
 #[test]
 fn a_torn_live_value_is_a_torn_tail_not_corruption() {
     let (media, log, _) = setup();
-    let (mut st, _) = Store::open(media.clone(), log.clone()).unwrap();
-    let mut land = Landing::new(media.clone());
+    let (mut st, mut land) = open(&media, &log);
     st.put(b"k", land.land(b"committed", false).unwrap())
         .unwrap();
     st.commit().unwrap();
@@ -157,8 +158,7 @@ fn a_torn_live_value_is_a_torn_tail_not_corruption() {
 #[test]
 fn damage_before_a_torn_group_is_still_corruption() {
     let (media, log, h) = setup();
-    let (mut st, _) = Store::open(media.clone(), log.clone()).unwrap();
-    let mut land = Landing::new(media.clone());
+    let (mut st, mut land) = open(&media, &log);
     st.put(b"live", land.land(b"acknowledged value", false).unwrap())
         .unwrap();
     st.commit().unwrap();
@@ -179,8 +179,7 @@ fn damage_before_a_torn_group_is_still_corruption() {
 #[test]
 fn damage_before_a_torn_record_is_still_corruption() {
     let (media, log, h) = setup();
-    let (mut st, _) = Store::open(media.clone(), log.clone()).unwrap();
-    let mut land = Landing::new(media.clone());
+    let (mut st, mut land) = open(&media, &log);
     st.put(b"live", land.land(b"acknowledged value", false).unwrap())
         .unwrap();
     st.commit().unwrap();
@@ -208,22 +207,17 @@ fn damage_before_a_torn_record_is_still_corruption() {
 #[test]
 fn salvage_keeps_what_precedes_the_damage_and_deletes_values_it_cannot_give_back() {
     let (media, log, h) = setup();
-    let (mut st, _) = Store::open(media.clone(), log.clone()).unwrap();
-    let mut land = Landing::new(media.clone());
-    let mut put = |st: &mut Store<SimPm>, k: &str, v: &str| {
-        st.put(k.as_bytes(), land.land(v.as_bytes(), false).unwrap())
-            .unwrap()
-    };
-    put(&mut st, "keep", "intact before the damage");
-    put(&mut st, "x", "old x");
-    put(&mut st, "y", "old y");
-    put(&mut st, "live", "live value");
+    let (mut st, mut land) = open(&media, &log);
+    put(&mut st, &mut land, "keep", "intact before the damage");
+    put(&mut st, &mut land, "x", "old x");
+    put(&mut st, &mut land, "y", "old y");
+    put(&mut st, &mut land, "live", "live value");
     st.commit().unwrap();
     let x1 = st.get(b"x").unwrap().extents[0].0;
     let y1 = st.get(b"y").unwrap().extents[0].0;
     let live = st.get(b"live").unwrap().extents[0].0;
-    put(&mut st, "x", "new x");
-    put(&mut st, "y", "new y");
+    put(&mut st, &mut land, "x", "new x");
+    put(&mut st, &mut land, "y", "new y");
     st.commit().unwrap();
     let freed: Vec<u32> = st.take_released().iter().map(|e| e.buf().0).collect();
     assert!(freed.contains(&x1) && freed.contains(&y1), "{freed:?}");
