@@ -376,7 +376,7 @@ pub fn serve<P: Protocol>(
                         // Its requests wait. A client may well write a whole pipeline before
                         // it reads a reply (redis-rs does), so its input is kept — unless it
                         // holds a share of a pool that runs short: then it goes.
-                        let short = port.free_buffers() < port.capacity() / 8;
+                        let short = pool_pressure(port.free_buffers(), port.capacity());
                         if !c.close_after && short && c.chunks.len() > backlog_cap {
                             abort(&mut port, c, ix, &mut dirty);
                         }
@@ -462,9 +462,7 @@ pub fn serve<P: Protocol>(
         });
         // Connections that do not read their replies hold pool buffers that every connection
         // receives into: when the pool runs short, the biggest holders go.
-        if port.free_buffers() < port.capacity() / 8 {
-            abort_stuck(&mut port, &mut conns, &mut dirty);
-        }
+        abort_stuck(&mut port, &mut conns, &mut dirty);
         // Parked connections (long polls): answer those whose wait is over.
         parked.sort_unstable();
         parked.dedup();
@@ -840,11 +838,11 @@ fn abort<C>(port: &mut Port, c: &mut UConn<C>, ix: usize, dirty: &mut Vec<usize>
     dirty.push(ix);
 }
 
-/// While the pool is short (free below an eighth), abort the stuck connection (its peer reads
+/// While the pool is short ([`pool_pressure`]: free below an eighth), abort the stuck connection (its peer reads
 /// nothing: [`UConn::stuck`]) that holds the most buffers, replies and unread requests — at
 /// least [`STUCK_MIN`], and still with sends queued.
 fn abort_stuck<C>(port: &mut Port, conns: &mut [Option<UConn<C>>], dirty: &mut Vec<usize>) {
-    while port.free_buffers() < port.capacity() / 8 {
+    while pool_pressure(port.free_buffers(), port.capacity()) {
         let biggest = conns
             .iter()
             .enumerate()

@@ -542,15 +542,13 @@ impl<M: Media> Store<M> {
                 if let Some(old) = self.index.remove(key) {
                     self.value_gone(old, m.seq);
                 }
-                self.dead_log_bytes += m.log_len(); // a tombstone is dead from the start
-                self.seg_use[m.seg as usize].dead += m.log_len();
+                self.count_dead(m.seg, m.log_len()); // a tombstone is dead from the start
             }
             Kind::Clear => {
                 for (_, old) in std::mem::take(&mut self.index) {
                     self.value_gone(old, m.seq);
                 }
-                self.dead_log_bytes += m.log_len();
-                self.seg_use[m.seg as usize].dead += m.log_len();
+                self.count_dead(m.seg, m.log_len());
             }
         }
     }
@@ -567,8 +565,7 @@ impl<M: Media> Store<M> {
             return;
         };
         self.live_bytes -= r.payload_len as u64;
-        self.dead_log_bytes += r.log_len();
-        self.seg_use[r.seg as usize].dead += r.log_len();
+        let (seg, len) = (r.seg, r.log_len());
         debug_assert!(r.held, "a live put holds its buffers");
         r.held = false;
         for &(b, _, l) in r.extents.iter() {
@@ -577,6 +574,14 @@ impl<M: Media> Store<M> {
             }
             self.dying.push_back((by, b));
         }
+        self.count_dead(seg, len);
+    }
+
+    /// `len` more bytes of segment `seg`'s KV records are dead: in the log's total, which
+    /// decides growth, and in the segment's, which the cleaner decides by.
+    fn count_dead(&mut self, seg: u32, len: u64) {
+        self.dead_log_bytes += len;
+        self.seg_use[seg as usize].dead += len;
     }
 
     /// Drop the references of gone values whose successor records are below `durable`.

@@ -161,7 +161,7 @@ impl<M: Media> Store<M> {
                     }
                 };
                 // A put's payload is checked after the scan, and only while its value is live
-                // (`payload_cut`): a superseded value's buffer may hold new data by now.
+                // (`bad_live`): a superseded value's buffer may hold new data by now.
                 if rec.kind == Kind::Append && self.payload_crc(&rec.extents) != rec.payload_crc {
                     end_reason = Some(LogEnd::PayloadChecksum {
                         segment: s,
@@ -238,7 +238,9 @@ impl<M: Media> Store<M> {
         let mut intact: Vec<Option<bool>> = vec![None; scanned.len()];
         let mut keep = scanned.len();
         let mut lost: Vec<usize> = Vec::new();
-        while let Some(i) = self.first_bad_live(&scanned, keep, &ended, &mut intact) {
+        while let Some(i) =
+            (0..keep).find(|&i| self.bad_live(&scanned, i, keep, &ended, &mut intact))
+        {
             let cut = &scanned[i];
             let why = LogEnd::PayloadChecksum {
                 segment: cut.seg,
@@ -255,18 +257,10 @@ impl<M: Media> Store<M> {
                 keep -= 1;
             }
             report.torn = Some(why.clone());
-            report.corrupt = None;
             if let Some(evidence) = evidence {
                 report.corrupt = Some(Damage { end: why, evidence });
                 lost = (0..keep)
-                    .filter(|&j| {
-                        let x = &scanned[j];
-                        x.rec.kind == Kind::Put
-                            && ended[j] >= keep
-                            && !*intact[j].get_or_insert_with(|| {
-                                self.payload_crc(&x.rec.extents) == x.rec.payload_crc
-                            })
-                    })
+                    .filter(|&j| self.bad_live(&scanned, j, keep, &ended, &mut intact))
                     .collect();
                 break;
             }
@@ -390,22 +384,21 @@ impl<M: Media> Store<M> {
         None
     }
 
-    /// The first put in `scanned[..keep]` still live at `keep` whose payload fails its
-    /// checksum (payloads checked once each, remembered in `intact`).
-    fn first_bad_live(
+    /// Whether `scanned[i]` is a put still live when the log is cut at `keep` whose payload
+    /// fails its checksum (payloads checked once each, remembered in `intact`).
+    fn bad_live(
         &self,
         scanned: &[Scanned],
+        i: usize,
         keep: usize,
         ended: &[usize],
         intact: &mut [Option<bool>],
-    ) -> Option<usize> {
-        (0..keep).find(|&i| {
-            let x = &scanned[i];
-            x.rec.kind == Kind::Put
-                && ended[i] >= keep
-                && !*intact[i]
-                    .get_or_insert_with(|| self.payload_crc(&x.rec.extents) == x.rec.payload_crc)
-        })
+    ) -> bool {
+        let x = &scanned[i];
+        x.rec.kind == Kind::Put
+            && ended[i] >= keep
+            && !*intact[i]
+                .get_or_insert_with(|| self.payload_crc(&x.rec.extents) == x.rec.payload_crc)
     }
 
     /// A record on media, after `cut`, saying `cut` was committed: in the rest of its segment
