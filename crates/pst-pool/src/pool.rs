@@ -64,6 +64,21 @@ pub enum PoolError {
         /// Why not.
         why: &'static str,
     },
+    /// The pool's filesystem cannot hold all of its blocks. A mapped file whose pages cannot
+    /// be allocated kills its process with `SIGBUS` at the first touch of one, so a pool is
+    /// allocated in full before it is mapped; a new file is removed, an existing one is left
+    /// as it was (its contents untouched).
+    #[error("{path}: no room on its filesystem for the pool's {needed} bytes; free some space or choose a smaller --pool-size{}", if *new { " (nothing was created)" } else { " (left untouched)" })]
+    NoSpace {
+        /// The pool path.
+        path: PathBuf,
+        /// The pool's length in bytes.
+        needed: u64,
+        /// Whether the pool was being created.
+        new: bool,
+        /// The underlying error (`ENOSPC` or `EDQUOT`).
+        source: std::io::Error,
+    },
     /// mmap failed.
     #[error("mmap of {len} bytes failed: {source}")]
     Map {
@@ -157,6 +172,43 @@ fn random_salt() -> u64 {
     h.finish()
 }
 
+/// Give `file` every block of its `len` bytes (`fallocate`, mode 0: contents kept, the size
+/// grown to `len` if smaller). A filesystem without `fallocate` gets a sparse file of that
+/// length instead, with a warning: its pages are then allocated when first written.
+fn allocate(file: &File, path: &Path, len: u64, new: bool) -> Result<(), PoolError> {
+    use rustix::fs::{fallocate, FallocateFlags};
+    match fallocate(file, FallocateFlags::empty(), 0, len) {
+        Ok(()) => Ok(()),
+        Err(e) if e == rustix::io::Errno::NOSPC || e == rustix::io::Errno::DQUOT => {
+            Err(PoolError::NoSpace {
+                path: path.to_owned(),
+                needed: len,
+                new,
+                source: e.into(),
+            })
+        }
+        Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => {
+            tracing::warn!(
+                ?path,
+                "the filesystem cannot preallocate the pool; it stays sparse, and a full \
+                 filesystem will stop the server with SIGBUS"
+            );
+            let io = |source| PoolError::Io {
+                path: path.to_owned(),
+                source,
+            };
+            if file.metadata().map_err(io)?.len() < len {
+                file.set_len(len).map_err(io)?;
+            }
+            Ok(())
+        }
+        Err(e) => Err(PoolError::Io {
+            path: path.to_owned(),
+            source: e.into(),
+        }),
+    }
+}
+
 impl Pool {
     /// Open the pool at `path`, creating it (and its parent directories) if absent.
     ///
@@ -207,6 +259,12 @@ impl Pool {
                 found: header.geometry,
                 wanted: opts.geometry,
             });
+        }
+        if !opts.read_only {
+            // A pool made sparse (by an older version, or copied with `cp --sparse`) gets its
+            // missing blocks now, or is refused, rather than dying of SIGBUS when a page
+            // cannot be had. Idempotent and quick on a pool that is allocated already.
+            allocate(&file, path, header.total_len, false)?;
         }
         let private = opts.persist == PersistMode::Fsync && !opts.read_only;
         let map = map::Mapping::file(&file, header.total_len, opts.read_only, private).map_err(
@@ -317,9 +375,16 @@ impl Pool {
             .mode(0o600)
             .open(&tmp)
             .map_err(io)?;
-        f.write_all(&header.encode()).map_err(io)?;
-        f.set_len(header.total_len).map_err(io)?;
-        f.sync_all().map_err(io)?;
+        let written = f
+            .write_all(&header.encode())
+            .map_err(io)
+            .and_then(|()| allocate(&f, path, header.total_len, true))
+            .and_then(|()| f.sync_all().map_err(io));
+        if let Err(e) = written {
+            drop(f);
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
         drop(f);
         // Never replace a file that appeared meanwhile: link fails if `path` exists.
         let linked = std::fs::hard_link(&tmp, path);
