@@ -27,7 +27,34 @@ pub fn free_addr() -> SocketAddr {
     }
 }
 
+/// Remove what test processes that have exited left in the temp directory (`pst-cli-<pid>-…`;
+/// pools are allocated in full, so leftovers hold real disk space). Once per test process;
+/// the directories of live ones, this one's included, are kept.
+fn sweep_stale_dirs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let Ok(dir) = std::fs::read_dir(std::env::temp_dir()) else {
+            return;
+        };
+        for e in dir.flatten() {
+            let name = e.file_name();
+            let Some(pid) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("pst-cli-"))
+                .and_then(|r| r.split('-').next())
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    });
+}
+
 pub fn tmpdir(name: &str) -> PathBuf {
+    sweep_stale_dirs();
     let d = std::env::temp_dir().join(format!("pst-cli-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
