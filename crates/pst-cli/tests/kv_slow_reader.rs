@@ -30,6 +30,23 @@ fn ping(addr: std::net::SocketAddr) -> Duration {
     t.elapsed()
 }
 
+/// Server-side sockets on local port `port` that are closing (FIN_WAIT1, CLOSING, LAST_ACK)
+/// with bytes still in their send queue (`/proc/net/tcp`).
+fn sockets_with_queued_tx(port: u16) -> usize {
+    let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    tcp.lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let local_port = f[1].rsplit(':').next().unwrap();
+            let tx_queue = f[4].split(':').next().unwrap();
+            u16::from_str_radix(local_port, 16) == Ok(port)
+                && ["04", "0B", "09"].contains(&f[3])
+                && u64::from_str_radix(tx_queue, 16).unwrap() > 0
+        })
+        .count()
+}
+
 /// A kv server (`--persist none`, a pool of `size`) holding `v` → 1 KiB, and a client of it.
 fn start_with_value(
     engine: &str,
@@ -172,6 +189,13 @@ fn many_clients_that_never_read_do_not_wedge_the_pool() {
                     std::thread::sleep(Duration::from_millis(100));
                 }
             }
+        }
+        if engine == "uring" {
+            // The aborted connections were reset: no server socket lingers, orphaned, with
+            // replies queued to a peer that will never take them (with a zero-copy send its
+            // pages would stay pinned until the kernel gave up, minutes later).
+            let orphans = sockets_with_queued_tx(addr.port());
+            assert_eq!(orphans, 0, "{engine}: server sockets still holding replies");
         }
         for s in &socks {
             s.shutdown(std::net::Shutdown::Both).ok();

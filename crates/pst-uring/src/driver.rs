@@ -501,7 +501,17 @@ impl Driver {
                 };
                 self.push(&[e.user_data(ud)])
             }
-            Op::Close { fd, ud } => {
+            Op::Close { fd, ud, reset } => {
+                if reset {
+                    // SAFETY: the core owns `fd` until the close queued below completes; it
+                    // is open here (the Close op is the only one that ends it).
+                    let sock = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+                    // Best effort: if it fails, the close below is an orderly one.
+                    let _ = rustix::net::sockopt::set_socket_linger(
+                        sock,
+                        Some(std::time::Duration::ZERO),
+                    );
+                }
                 // Shutdown first so an armed multishot recv completes and drops its file
                 // reference; hard link so the close runs even if shutdown fails (peer reset).
                 let sh = opcode::Shutdown::new(types::Fd(fd), libc::SHUT_RDWR)

@@ -73,6 +73,11 @@ pub enum Op {
         fd: i32,
         /// Encoded [`UserData`].
         ud: u64,
+        /// Reset the connection (`SO_LINGER` 0) rather than leave the kernel sending what
+        /// its socket still holds: set by [`Core::abort`], whose peer does not read. An
+        /// orphaned socket would otherwise keep those bytes (and, after a zero-copy send,
+        /// the pages they point into) until its retransmissions time out.
+        reset: bool,
     },
 }
 
@@ -165,6 +170,8 @@ struct Conn {
     tx_sent: u32,
     /// Bytes sent since the connection opened.
     sent_total: u64,
+    /// Aborted ([`Core::abort`]): the final close resets the connection.
+    reset: bool,
 }
 
 impl Conn {
@@ -341,6 +348,7 @@ impl Core {
             txq: VecDeque::new(),
             tx_sent: 0,
             sent_total: 0,
+            reset: false,
         };
         let idx = match self.free_conns.pop() {
             Some(i) => i,
@@ -434,6 +442,7 @@ impl Core {
             c.tx_sent = 0;
         }
         c.life = Life::Closing { lingering: false };
+        c.reset = true;
         c.rx = Rx::Done;
         let fd = c.fd;
         self.backlog -= was_behind as usize;

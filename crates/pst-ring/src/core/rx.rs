@@ -143,7 +143,11 @@ impl Core {
                         idx: u32::MAX,
                     }
                     .encode();
-                    self.ops.push_back(Op::Close { fd, ud });
+                    self.ops.push_back(Op::Close {
+                        fd,
+                        ud,
+                        reset: false,
+                    });
                 }
             }
             Err(Errno::INVAL) => {

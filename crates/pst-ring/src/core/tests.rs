@@ -320,7 +320,15 @@ fn close_waits_for_tx_and_stale_completions_are_dropped() {
     let e2 = c.alloc_extent().unwrap();
     assert_eq!(c.send(id, e2), Err(SendError::Closed));
     unsafe { c.complete(completion(ud(sop), 2048, None, false)) };
-    assert!(matches!(c.pop_op(), Some(Op::Close { fd: 5, .. })));
+    // An orderly close: the kernel still delivers what the socket holds.
+    assert!(matches!(
+        c.pop_op(),
+        Some(Op::Close {
+            fd: 5,
+            reset: false,
+            ..
+        })
+    ));
     assert_eq!(c.open_conns(), 0);
     // A late recv completion for the closed connection returns its buffer.
     let free = c.alloc().free_count();
@@ -368,7 +376,15 @@ fn abort_releases_what_is_queued_at_once_and_the_in_flight_send_on_its_completio
     let e2 = c.alloc_extent().unwrap();
     assert_eq!(c.send(id, e2), Err(SendError::Closed));
     unsafe { c.complete(completion(ud(sop), -32, None, false)) }; // EPIPE
-    assert!(matches!(c.pop_op(), Some(Op::Close { fd: 5, .. })));
+                                                                  // An aborted connection is reset, not left to the kernel to flush.
+    assert!(matches!(
+        c.pop_op(),
+        Some(Op::Close {
+            fd: 5,
+            reset: true,
+            ..
+        })
+    ));
     assert_eq!(c.alloc().free_count(), free0);
     assert_eq!(c.open_conns(), 0);
 }
@@ -380,7 +396,14 @@ fn abort_with_nothing_in_flight_closes_now() {
     let _rop = c.pop_op().unwrap();
     refill(&mut c);
     c.abort(id);
-    assert!(matches!(c.pop_op(), Some(Op::Close { fd: 5, .. })));
+    assert!(matches!(
+        c.pop_op(),
+        Some(Op::Close {
+            fd: 5,
+            reset: true,
+            ..
+        })
+    ));
     assert_eq!(c.open_conns(), 0);
 }
 

@@ -144,7 +144,11 @@ impl Core {
             idx: id.idx,
         }
         .encode();
-        self.ops.push_back(Op::Close { fd: c.fd, ud });
+        self.ops.push_back(Op::Close {
+            fd: c.fd,
+            ud,
+            reset: c.reset,
+        });
     }
 
     /// Queue `ext` for sending on `conn`, after everything queued before it.
