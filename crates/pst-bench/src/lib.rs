@@ -12,7 +12,8 @@ pub mod loadgen;
 
 pub use bench::{run, BenchArgs};
 
-/// Parse "1048576", "64KiB", "256MiB", "1GiB" (also K/M/G, KB/MB/GB as binary units).
+/// Parse "1048576", "64KiB", "256MiB", "1GiB", "1TiB" (also K/M/G/T, KB/MB/GB/TB as binary
+/// units).
 pub fn parse_bytes(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -23,8 +24,34 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
-        _ => return Err(format!("unknown size unit in {s:?}")),
+        "t" | "tb" | "tib" => 1 << 40,
+        _ => {
+            return Err(format!(
+                "unknown size unit in {s:?} (use B, KiB, MiB, GiB or TiB)"
+            ))
+        }
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("size {s:?} overflows"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn sizes_parse_in_binary_units_and_bad_ones_say_why() {
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert_eq!(parse_bytes("64KiB"), Ok(64 << 10));
+        assert_eq!(parse_bytes("256mb"), Ok(256 << 20));
+        assert_eq!(parse_bytes(" 2G "), Ok(2 << 30));
+        assert_eq!(parse_bytes("1TiB"), Ok(1 << 40));
+        assert!(parse_bytes("3PiB")
+            .unwrap_err()
+            .contains("unknown size unit"));
+        assert!(parse_bytes("MiB").unwrap_err().contains("not a size"));
+        assert!(parse_bytes("99999999TiB")
+            .unwrap_err()
+            .contains("overflows"));
+    }
 }
