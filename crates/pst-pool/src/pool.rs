@@ -209,6 +209,51 @@ fn allocate(file: &File, path: &Path, len: u64, new: bool) -> Result<(), PoolErr
     }
 }
 
+/// Remove the temp files (`<pool>.tmp.<pid>.…`, see `Pool::create`) that creators killed
+/// mid-way left beside `path`: one whose process is gone and that is over a minute old (a
+/// creator that shares our filesystem from another pid namespace is not visible in our
+/// `/proc`, but it finishes in seconds). A temp file holds the pool's whole length on disk now
+/// that pools are allocated in full. Best effort: what cannot be read or removed stays.
+fn remove_stale_temps(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let prefix = format!("{name}.tmp.");
+    for e in entries.flatten() {
+        let file = e.file_name();
+        let Some(pid) = file
+            .to_str()
+            .and_then(|f| f.strip_prefix(&prefix))
+            .and_then(|rest| rest.split('.').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|a| a.as_secs() > 60));
+        if old && !Path::new(&format!("/proc/{pid}")).exists() {
+            match std::fs::remove_file(e.path()) {
+                Ok(()) => {
+                    tracing::info!(path = ?e.path(), "removed a pool temp file left by an interrupted creation")
+                }
+                Err(err) => {
+                    tracing::warn!(path = ?e.path(), %err, "cannot remove a stale pool temp file")
+                }
+            }
+        }
+    }
+}
+
 impl Pool {
     /// Open the pool at `path`, creating it (and its parent directories) if absent.
     ///
@@ -220,6 +265,9 @@ impl Pool {
             path: path.to_owned(),
             source,
         };
+        if !opts.read_only {
+            remove_stale_temps(path);
+        }
         if !path.exists() {
             if opts.read_only {
                 return Err(io(std::io::Error::new(

@@ -117,3 +117,38 @@ fn an_existing_sparse_pool_without_room_is_refused_untouched() {
     assert!(err.to_string().contains("left untouched"), "{err}");
     assert_eq!(std::fs::read(&p).unwrap(), before);
 }
+
+/// A creation killed mid-way leaves its temp file (`pool.tmp.<pid>.…`), which now holds the
+/// pool's whole length on disk. The next opener removes it if its process is gone and it is
+/// over a minute old; a young one, or one whose process lives, stays.
+#[test]
+fn temp_files_of_interrupted_creations_are_removed() {
+    let p = common::tmp_pool("alloc-stale-tmp");
+    let dir = p.parent().unwrap();
+    let dead = {
+        let mut c = Command::new("true").spawn().unwrap();
+        let pid = c.id();
+        c.wait().unwrap();
+        pid
+    };
+    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    let make = |name: String, old: bool| {
+        let f = dir.join(name);
+        let file = std::fs::File::create(&f).unwrap();
+        file.set_len(1 << 20).unwrap();
+        if old {
+            file.set_modified(hour_ago).unwrap();
+        }
+        f
+    };
+    let stale = make(format!("pool.tmp.{dead}.5.0"), true);
+    let young = make(format!("pool.tmp.{dead}.6.0"), false);
+    let live = make(format!("pool.tmp.{}.7.0", std::process::id()), true);
+    let other = make(format!("other.tmp.{dead}.8.0"), true);
+    drop(Pool::open(&p, &opts(2 << 20)).unwrap());
+    assert!(
+        !stale.exists(),
+        "the dead creator's old temp file is removed"
+    );
+    assert!(young.exists() && live.exists() && other.exists());
+}
