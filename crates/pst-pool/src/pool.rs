@@ -68,11 +68,16 @@ pub enum PoolError {
     /// be allocated kills its process with `SIGBUS` at the first touch of one, so a pool is
     /// allocated in full before it is mapped; a new file is removed, an existing one is left
     /// as it was (its contents untouched).
-    #[error("{path}: no room on its filesystem for the pool's {needed} bytes; free some space or choose a smaller --pool-size{}", if *new { " (nothing was created)" } else { " (left untouched)" })]
+    #[error("{path}: {}", if *new {
+        format!("no room on its filesystem for the pool's {needed} bytes; free some space or choose a smaller --pool-size (nothing was created)")
+    } else {
+        format!("the pool file is sparse and its filesystem has no room for the {needed} bytes it lacks; free some space (left untouched)")
+    })]
     NoSpace {
         /// The pool path.
         path: PathBuf,
-        /// The pool's length in bytes.
+        /// Bytes that could not be allocated: the whole pool when new, the holes of a sparse
+        /// existing one.
         needed: u64,
         /// Whether the pool was being created.
         new: bool,
@@ -172,49 +177,158 @@ fn random_salt() -> u64 {
     h.finish()
 }
 
-/// Give `file` every block of its `len` bytes (`fallocate`, mode 0: contents kept, the size
-/// grown to `len` if smaller). A filesystem without `fallocate` gets a sparse file of that
-/// length instead, with a warning: its pages are then allocated when first written.
-fn allocate(file: &File, path: &Path, len: u64, new: bool) -> Result<(), PoolError> {
-    use rustix::fs::{fallocate, FallocateFlags};
-    match fallocate(file, FallocateFlags::empty(), 0, len) {
-        Ok(()) => Ok(()),
-        Err(e) if e == rustix::io::Errno::NOSPC || e == rustix::io::Errno::DQUOT => {
-            Err(PoolError::NoSpace {
-                path: path.to_owned(),
-                needed: len,
-                new,
-                source: e.into(),
-            })
+/// `fallocate(2)`, retried when a signal interrupts it (a large tmpfs allocation can take
+/// seconds).
+fn fallocate(
+    file: &File,
+    mode: rustix::fs::FallocateFlags,
+    off: u64,
+    len: u64,
+) -> rustix::io::Result<()> {
+    loop {
+        match rustix::fs::fallocate(file, mode, off, len) {
+            Err(rustix::io::Errno::INTR) => continue,
+            r => return r,
         }
-        Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => {
-            tracing::warn!(
-                ?path,
-                "the filesystem cannot preallocate the pool; it stays sparse, and a full \
-                 filesystem will stop the server with SIGBUS"
-            );
-            let io = |source| PoolError::Io {
-                path: path.to_owned(),
-                source,
-            };
-            if file.metadata().map_err(io)?.len() < len {
-                file.set_len(len).map_err(io)?;
-            }
-            Ok(())
-        }
-        Err(e) => Err(PoolError::Io {
-            path: path.to_owned(),
-            source: e.into(),
-        }),
     }
 }
 
-/// Remove the temp files (`<pool>.tmp.<pid>.…`, see `Pool::create`) that creators killed
-/// mid-way left beside `path`: one whose process is gone and that is over a minute old (a
-/// creator that shares our filesystem from another pid namespace is not visible in our
-/// `/proc`, but it finishes in seconds). A temp file holds the pool's whole length on disk now
-/// that pools are allocated in full. Best effort: what cannot be read or removed stays.
+fn no_room(e: rustix::io::Errno) -> bool {
+    e == rustix::io::Errno::NOSPC || e == rustix::io::Errno::DQUOT
+}
+
+fn unsupported(e: rustix::io::Errno) -> bool {
+    e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS
+}
+
+fn warn_sparse(path: &Path) {
+    tracing::warn!(
+        ?path,
+        "the filesystem cannot preallocate the pool; it stays sparse, and a full filesystem \
+         will stop the server with SIGBUS"
+    );
+}
+
+/// Give a new pool file every block of its `len` bytes (`fallocate` mode 0, which grows it to
+/// `len`). A filesystem without `fallocate` gets a sparse file of that length instead, with a
+/// warning: its pages are then allocated when first written.
+fn allocate_new(file: &File, path: &Path, len: u64) -> Result<(), PoolError> {
+    let io = |source| PoolError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    match fallocate(file, rustix::fs::FallocateFlags::empty(), 0, len) {
+        Ok(()) => Ok(()),
+        Err(e) if no_room(e) => Err(PoolError::NoSpace {
+            path: path.to_owned(),
+            needed: len,
+            new: true,
+            source: e.into(),
+        }),
+        Err(e) if unsupported(e) => {
+            warn_sparse(path);
+            file.set_len(len).map_err(io)
+        }
+        Err(e) => Err(io(e.into())),
+    }
+}
+
+/// The holes of `file`'s first `len` bytes (`SEEK_HOLE`/`SEEK_DATA`). Empty when the
+/// filesystem reports none — including one that cannot tell (it says "all data").
+fn holes(file: &File, len: u64) -> std::io::Result<Vec<std::ops::Range<u64>>> {
+    use rustix::fs::{seek, SeekFrom};
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off < len {
+        let hole = seek(file, SeekFrom::Hole(off))?.min(len);
+        if hole >= len {
+            break;
+        }
+        let data = match seek(file, SeekFrom::Data(hole)) {
+            Ok(d) => d.min(len),
+            Err(rustix::io::Errno::NXIO) => len, // no data after it: a hole to the end
+            Err(e) => return Err(e.into()),
+        };
+        out.push(hole..data);
+        off = data;
+    }
+    Ok(out)
+}
+
+/// Give an existing (possibly sparse) pool file the blocks it lacks, or refuse it leaving it
+/// as it was — the bytes *and* the filesystem's free space: a failed `fallocate` keeps the
+/// blocks it got on ext4 and XFS, so a sparse pool is allocated hole by hole after a check of
+/// the free space, and the holes filled are punched out again if one still fails.
+fn allocate_existing(file: &File, path: &Path, len: u64) -> Result<(), PoolError> {
+    use rustix::fs::FallocateFlags;
+    use std::os::unix::fs::MetadataExt;
+    let io = |source| PoolError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let meta = file.metadata().map_err(io)?;
+    if meta.blocks() * 512 >= len {
+        return Ok(()); // allocated already (the common case: every open after the first)
+    }
+    let holes = holes(file, len).map_err(io)?;
+    let missing = if holes.is_empty() {
+        len - meta.blocks() * 512
+    } else {
+        holes.iter().map(|h| h.end - h.start).sum()
+    };
+    let refuse = |e: std::io::Error| PoolError::NoSpace {
+        path: path.to_owned(),
+        needed: missing,
+        new: false,
+        source: e,
+    };
+    if let Ok(st) = rustix::fs::fstatvfs(file) {
+        if st.f_bavail.saturating_mul(st.f_frsize) < missing {
+            return Err(refuse(rustix::io::Errno::NOSPC.into()));
+        }
+    }
+    // A filesystem that reports no holes although blocks are missing cannot say where they
+    // are: allocate the whole range (no undo is possible there, but the check above passed).
+    let whole = 0..len;
+    let ranges: &[std::ops::Range<u64>] = if holes.is_empty() {
+        std::slice::from_ref(&whole)
+    } else {
+        &holes
+    };
+    for (i, h) in ranges.iter().enumerate() {
+        match fallocate(file, FallocateFlags::empty(), h.start, h.end - h.start) {
+            Ok(()) => {}
+            Err(e) if no_room(e) => {
+                if !holes.is_empty() {
+                    for h in &holes[..=i] {
+                        let _ = fallocate(
+                            file,
+                            FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+                            h.start,
+                            h.end - h.start,
+                        );
+                    }
+                }
+                return Err(refuse(e.into()));
+            }
+            Err(e) if unsupported(e) => {
+                warn_sparse(path);
+                return Ok(());
+            }
+            Err(e) => return Err(io(e.into())),
+        }
+    }
+    Ok(())
+}
+
+/// Remove the temp files (`<pool>.tmp.…`, see `Pool::create`) that creators killed mid-way
+/// left beside `path`. A creator holds an exclusive `flock` on its temp file from its first
+/// byte until the file is linked into place and unlinked, so a temp file whose lock can be
+/// taken has no creator any more (a lock dies with its process, whatever its pid namespace).
+/// A temp file holds the pool's whole length on disk, since pools are allocated in full.
+/// Best effort: what cannot be opened, locked or removed stays.
 fn remove_stale_temps(path: &Path) {
+    use rustix::fs::{flock, FlockOperation};
     let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
         return;
     };
@@ -228,27 +342,25 @@ fn remove_stale_temps(path: &Path) {
     };
     let prefix = format!("{name}.tmp.");
     for e in entries.flatten() {
-        let file = e.file_name();
-        let Some(pid) = file
+        if !e
+            .file_name()
             .to_str()
-            .and_then(|f| f.strip_prefix(&prefix))
-            .and_then(|rest| rest.split('.').next())
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
+            .is_some_and(|f| f.starts_with(&prefix))
+        {
+            continue;
+        }
+        let Ok(f) = File::open(e.path()) else {
             continue;
         };
-        let old = e
-            .metadata()
-            .and_then(|m| m.modified())
-            .is_ok_and(|t| t.elapsed().is_ok_and(|a| a.as_secs() > 60));
-        if old && !Path::new(&format!("/proc/{pid}")).exists() {
-            match std::fs::remove_file(e.path()) {
-                Ok(()) => {
-                    tracing::info!(path = ?e.path(), "removed a pool temp file left by an interrupted creation")
-                }
-                Err(err) => {
-                    tracing::warn!(path = ?e.path(), %err, "cannot remove a stale pool temp file")
-                }
+        if flock(&f, FlockOperation::NonBlockingLockExclusive).is_err() {
+            continue; // its creator is at work
+        }
+        match std::fs::remove_file(e.path()) {
+            Ok(()) => {
+                tracing::info!(path = ?e.path(), "removed a pool temp file left by an interrupted creation")
+            }
+            Err(err) => {
+                tracing::warn!(path = ?e.path(), %err, "cannot remove a stale pool temp file")
             }
         }
     }
@@ -312,7 +424,7 @@ impl Pool {
             // A pool made sparse (by an older version, or copied with `cp --sparse`) gets its
             // missing blocks now, or is refused, rather than dying of SIGBUS when a page
             // cannot be had. Idempotent and quick on a pool that is allocated already.
-            allocate(&file, path, header.total_len, false)?;
+            allocate_existing(&file, path, header.total_len)?;
         }
         let private = opts.persist == PersistMode::Fsync && !opts.read_only;
         let map = map::Mapping::file(&file, header.total_len, opts.read_only, private).map_err(
@@ -423,20 +535,26 @@ impl Pool {
             .mode(0o600)
             .open(&tmp)
             .map_err(io)?;
+        // Held until the temp file is gone (`remove_stale_temps`: an unlocked one is stale).
+        let _ = rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive);
         let written = f
             .write_all(&header.encode())
             .map_err(io)
-            .and_then(|()| allocate(&f, path, header.total_len, true))
+            .and_then(|()| allocate_new(&f, path, header.total_len))
             .and_then(|()| f.sync_all().map_err(io));
         if let Err(e) = written {
-            drop(f);
             let _ = std::fs::remove_file(&tmp);
+            drop(f);
+            if matches!(e, PoolError::NoSpace { .. }) && path.exists() {
+                // A concurrent creator won, and took the room: open its pool instead.
+                return Ok(());
+            }
             return Err(e);
         }
-        drop(f);
         // Never replace a file that appeared meanwhile: link fails if `path` exists.
         let linked = std::fs::hard_link(&tmp, path);
         std::fs::remove_file(&tmp).map_err(io)?;
+        drop(f);
         match linked {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
             r => r.map_err(io)?,

@@ -118,37 +118,95 @@ fn an_existing_sparse_pool_without_room_is_refused_untouched() {
     assert_eq!(std::fs::read(&p).unwrap(), before);
 }
 
-/// A creation killed mid-way leaves its temp file (`pool.tmp.<pid>.…`), which now holds the
-/// pool's whole length on disk. The next opener removes it if its process is gone and it is
-/// over a minute old; a young one, or one whose process lives, stays.
+/// A creation killed mid-way leaves its temp file (`pool.tmp.…`), which holds the pool's whole
+/// length on disk. The next opener removes it: its creator's `flock` died with the creator. A
+/// temp file whose creator is still at work (its lock held) stays, as do other files.
 #[test]
 fn temp_files_of_interrupted_creations_are_removed() {
     let p = common::tmp_pool("alloc-stale-tmp");
     let dir = p.parent().unwrap();
-    let dead = {
-        let mut c = Command::new("true").spawn().unwrap();
-        let pid = c.id();
-        c.wait().unwrap();
-        pid
-    };
-    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
-    let make = |name: String, old: bool| {
+    let make = |name: &str| {
         let f = dir.join(name);
         let file = std::fs::File::create(&f).unwrap();
         file.set_len(1 << 20).unwrap();
-        if old {
-            file.set_modified(hour_ago).unwrap();
-        }
-        f
+        (f, file)
     };
-    let stale = make(format!("pool.tmp.{dead}.5.0"), true);
-    let young = make(format!("pool.tmp.{dead}.6.0"), false);
-    let live = make(format!("pool.tmp.{}.7.0", std::process::id()), true);
-    let other = make(format!("other.tmp.{dead}.8.0"), true);
+    let (stale, _) = make("pool.tmp.12345.5.0");
+    let (busy, busy_file) = make("pool.tmp.12346.6.0");
+    busy_file.try_lock().unwrap(); // flock(LOCK_EX | LOCK_NB), as a creator holds it
+    let (other, _) = make("other.tmp.12345.8.0");
     drop(Pool::open(&p, &opts(2 << 20)).unwrap());
+    assert!(!stale.exists(), "a temp file nobody holds is removed");
+    assert!(busy.exists(), "a temp file whose creator holds it stays");
+    assert!(other.exists(), "another pool's temp file stays");
+    drop(busy_file);
+}
+
+/// A sparse existing pool on an ext4 filesystem without room for its holes is refused before
+/// anything is allocated: the filesystem keeps its free space (a failed `fallocate` on ext4
+/// keeps the blocks it got, and left the disk full before). Needs root and `mkfs.ext4`.
+#[test]
+fn a_refused_sparse_pool_leaves_the_free_space_as_it_was() {
+    let dir = common::tmp_pool("alloc-ext4").with_file_name("mnt");
+    std::fs::create_dir_all(&dir).unwrap();
+    let img = dir.with_file_name("fs.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    let mkfs = Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(&img)
+        .status()
+        .is_ok_and(|s| s.success());
+    let mounted = mkfs
+        && Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&img)
+            .arg(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("cannot make and mount an ext4 image (not root?): not run");
+        return;
+    }
+    let fs = SmallFs(dir.clone());
+    let src = common::tmp_pool("alloc-ext4-src");
+    let o = opts(32 << 20);
+    drop(Pool::open(&src, &o).unwrap());
+    let p = fs.path().join("pool");
+    let cp = Command::new("cp")
+        .arg("--sparse=always")
+        .arg(&src)
+        .arg(&p)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    let free = || free_bytes(fs.path());
+    let before = (std::fs::read(&p).unwrap(), free());
+    let err = Pool::open(&p, &o).unwrap_err();
     assert!(
-        !stale.exists(),
-        "the dead creator's old temp file is removed"
+        matches!(err, PoolError::NoSpace { new: false, .. }),
+        "{err}"
     );
-    assert!(young.exists() && live.exists() && other.exists());
+    assert!(err.to_string().contains("sparse"), "{err}");
+    assert_eq!(std::fs::read(&p).unwrap(), before.0);
+    assert_eq!(free(), before.1, "free bytes of the filesystem");
+}
+
+/// Free bytes for unprivileged users on the filesystem holding `p` (`df`'s "Avail").
+fn free_bytes(p: &Path) -> u64 {
+    let out = Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(p)
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .nth(1)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
 }

@@ -74,7 +74,6 @@ pub fn pattern(conn: usize, i: usize) -> u8 {
     (conn.wrapping_mul(131) ^ i.wrapping_mul(7) ^ (i >> 8)) as u8
 }
 
-/// A fresh temp directory for test `name`; returns the pool path inside it.
 /// Remove what test processes that have exited left in the temp directory (`pst-test-<pid>-…`;
 /// pools are allocated in full, so leftovers hold real disk space). Once per test process;
 /// the directories of live ones, this one's included, are kept.
@@ -101,6 +100,7 @@ fn sweep_stale_dirs() {
     });
 }
 
+/// A fresh temp directory for test `name`; returns the pool path inside it.
 pub fn tmp_pool(name: &str) -> std::path::PathBuf {
     sweep_stale_dirs();
     let d = std::env::temp_dir().join(format!("pst-test-{}-{name}", std::process::id()));
