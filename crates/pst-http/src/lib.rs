@@ -671,36 +671,62 @@ pub fn reason(status: u16) -> &'static str {
 /// Write a response head for a body of `len` bytes, for a request of `http10` (an HTTP/1.0
 /// client keeps the connection only when the response says `Connection: keep-alive`).
 pub fn write_head_for(out: &mut Vec<u8>, status: u16, len: usize, keep_alive: bool, http10: bool) {
-    if keep_alive && http10 {
-        use std::io::Write;
-        let _ = write!(
-            out,
-            "HTTP/1.1 {status} {}\r\nContent-Length: {len}\r\nConnection: keep-alive\r\n\r\n",
-            reason(status)
-        );
-    } else {
-        write_head(out, status, len, keep_alive);
-    }
+    head_lines(out, status, len);
+    out.extend_from_slice(match (keep_alive, http10) {
+        (true, true) => b"Connection: keep-alive\r\n\r\n".as_slice(),
+        (true, false) => b"\r\n",
+        (false, _) => b"Connection: close\r\n\r\n",
+    });
 }
 
 /// Write a response head for a body of `len` bytes.
 pub fn write_head(out: &mut Vec<u8>, status: u16, len: usize, keep_alive: bool) {
-    use std::io::Write;
-    let _ = write!(
-        out,
-        "HTTP/1.1 {status} {}\r\nContent-Length: {len}\r\n{}\r\n",
-        reason(status),
-        if keep_alive {
-            ""
-        } else {
-            "Connection: close\r\n"
-        }
-    );
+    write_head_for(out, status, len, keep_alive, false)
+}
+
+/// The status line and `Content-Length`, without `fmt` (once per response on the hot path).
+fn head_lines(out: &mut Vec<u8>, status: u16, len: usize) {
+    let mut n = itoa::Buffer::new();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(n.format(status).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(reason(status).as_bytes());
+    out.extend_from_slice(b"\r\nContent-Length: ");
+    out.extend_from_slice(n.format(len).as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn response_heads_byte_for_byte() {
+        let head = |status, len, ka, h10| {
+            let mut v = Vec::new();
+            write_head_for(&mut v, status, len, ka, h10);
+            String::from_utf8(v).unwrap()
+        };
+        assert_eq!(
+            head(200, 64, true, false),
+            "HTTP/1.1 200 OK\r\nContent-Length: 64\r\n\r\n"
+        );
+        assert_eq!(
+            head(404, 0, false, false),
+            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        assert_eq!(
+            head(200, 18446744073709551615, true, true),
+            "HTTP/1.1 200 OK\r\nContent-Length: 18446744073709551615\r\nConnection: keep-alive\r\n\r\n"
+        );
+        assert_eq!(
+            head(507, 5, false, true),
+            "HTTP/1.1 507 Insufficient Storage\r\nContent-Length: 5\r\nConnection: close\r\n\r\n"
+        );
+        let mut v = Vec::new();
+        write_head(&mut v, 200, 7, false);
+        assert_eq!(v, head(200, 7, false, false).into_bytes());
+    }
 
     fn feed_all(chunks: &[&[u8]]) -> Vec<Event> {
         let mut f = RequestFramer::new(Limits::default());
