@@ -51,6 +51,22 @@ impl Drop for SmallFs {
     }
 }
 
+/// A pool of `o` made in test directory `name`, then copied sparsely (its zero buffers left as
+/// holes) onto `fs`; returns the copy's path.
+fn sparse_pool_on(fs: &SmallFs, name: &str, o: &PoolOptions) -> PathBuf {
+    let src = common::tmp_pool(name);
+    drop(Pool::open(&src, o).unwrap());
+    let p = fs.path().join("pool");
+    let cp = Command::new("cp")
+        .arg("--sparse=always")
+        .arg(&src)
+        .arg(&p)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    p
+}
+
 fn allocated(p: &Path) -> u64 {
     std::fs::metadata(p).unwrap().blocks() * 512
 }
@@ -97,17 +113,8 @@ fn an_existing_sparse_pool_without_room_is_refused_untouched() {
     };
     // A 16 MiB pool made elsewhere, then copied sparsely onto the small filesystem: its
     // header fits, its buffers do not.
-    let src = common::tmp_pool("alloc-sparse-src");
     let o = opts(16 << 20);
-    drop(Pool::open(&src, &o).unwrap());
-    let p = fs.path().join("pool");
-    let cp = Command::new("cp")
-        .arg("--sparse=always")
-        .arg(&src)
-        .arg(&p)
-        .status()
-        .unwrap();
-    assert!(cp.success());
+    let p = sparse_pool_on(&fs, "alloc-sparse-src", &o);
     let before = std::fs::read(&p).unwrap();
     let err = Pool::open(&p, &o).unwrap_err();
     assert!(
@@ -171,17 +178,8 @@ fn a_refused_sparse_pool_leaves_the_free_space_as_it_was() {
         return;
     }
     let fs = SmallFs(dir.clone());
-    let src = common::tmp_pool("alloc-ext4-src");
     let o = opts(32 << 20);
-    drop(Pool::open(&src, &o).unwrap());
-    let p = fs.path().join("pool");
-    let cp = Command::new("cp")
-        .arg("--sparse=always")
-        .arg(&src)
-        .arg(&p)
-        .status()
-        .unwrap();
-    assert!(cp.success());
+    let p = sparse_pool_on(&fs, "alloc-ext4-src", &o);
     let free = || free_bytes(fs.path());
     let before = (std::fs::read(&p).unwrap(), free());
     let err = Pool::open(&p, &o).unwrap_err();
