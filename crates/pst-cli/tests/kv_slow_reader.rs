@@ -47,8 +47,8 @@ fn sockets_with_queued_tx(port: u16) -> usize {
         .count()
 }
 
-/// A kv server (`--persist none`, a pool of `size`) holding `v` → 1 KiB, and a client of it.
-fn start_with_value(
+/// A kv server (`--persist none`, a pool of `size`) and a client of it.
+fn start(
     engine: &str,
     name: &str,
     size: &str,
@@ -58,7 +58,16 @@ fn start_with_value(
     let addr = common::free_addr();
     let s = common::ServerProc::start(&args, addr);
     let client = redis::Client::open(format!("redis://{addr}/")).unwrap();
-    let mut c = client.get_connection().unwrap();
+    (s, addr, client.get_connection().unwrap())
+}
+
+/// [`start`], then `v` → 1 KiB stored.
+fn start_with_value(
+    engine: &str,
+    name: &str,
+    size: &str,
+) -> (common::ServerProc, std::net::SocketAddr, redis::Connection) {
+    let (s, addr, mut c) = start(engine, name, size);
     let _: () = redis::cmd("SET")
         .arg("v")
         .arg(vec![b'x'; 1024])
@@ -224,13 +233,7 @@ fn many_clients_that_never_read_do_not_wedge_the_pool() {
 #[test]
 fn healthy_slow_clients_on_a_full_pool_are_not_aborted() {
     for engine in ["uring", "epoll"] {
-        let dir = common::tmpdir(&format!("full-slow-{engine}"));
-        let pool = dir.join("pool");
-        let args = common::kv_args(engine, &pool, "16MiB", &["--persist", "none"]);
-        let addr = common::free_addr();
-        let _s = common::ServerProc::start(&args, addr);
-        let client = redis::Client::open(format!("redis://{addr}/")).unwrap();
-        let mut c = client.get_connection().unwrap();
+        let (_s, addr, mut c) = start(engine, "full-slow", "16MiB");
         let v = vec![b'x'; 1024];
         let mut stored = 0;
         for i in 0..100_000 {

@@ -579,9 +579,10 @@ pub fn serve<P: Protocol>(
                 // One sweep is not enough: this batch's replies are queued but not yet
                 // submitted, so a client that got nothing in the last second would look stuck.
                 let sent = port.tx_sent_total(c.id);
-                c.idle_sweeps = match port.tx_pieces(c.id) > 0 && sent == c.sent_seen {
-                    true => c.idle_sweeps.saturating_add(1),
-                    false => 0,
+                c.idle_sweeps = if port.tx_pieces(c.id) > 0 && sent == c.sent_seen {
+                    c.idle_sweeps.saturating_add(1)
+                } else {
+                    0
                 };
                 c.stuck = c.idle_sweeps >= 2;
                 c.sent_seen = sent;
@@ -838,9 +839,9 @@ fn abort<C>(port: &mut Port, c: &mut UConn<C>, ix: usize, dirty: &mut Vec<usize>
     dirty.push(ix);
 }
 
-/// While the pool is short ([`pool_pressure`]: free below an eighth), abort the stuck connection (its peer reads
-/// nothing: [`UConn::stuck`]) that holds the most buffers, replies and unread requests — at
-/// least [`STUCK_MIN`], and still with sends queued.
+/// While the pool is short ([`pool_pressure`]: free below an eighth), abort the stuck
+/// connection (its peer reads nothing: [`UConn::stuck`]) that holds the most buffers, replies
+/// and unread requests — at least [`STUCK_MIN`], and still with sends queued.
 fn abort_stuck<C>(port: &mut Port, conns: &mut [Option<UConn<C>>], dirty: &mut Vec<usize>) {
     while pool_pressure(port.free_buffers(), port.capacity()) {
         let biggest = conns

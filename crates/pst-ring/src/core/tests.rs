@@ -375,8 +375,9 @@ fn abort_releases_what_is_queued_at_once_and_the_in_flight_send_on_its_completio
     assert_eq!(c.pop_op(), None, "the close waits for the send");
     let e2 = c.alloc_extent().unwrap();
     assert_eq!(c.send(id, e2), Err(SendError::Closed));
-    unsafe { c.complete(completion(ud(sop), -32, None, false)) }; // EPIPE
-                                                                  // An aborted connection is reset, not left to the kernel to flush.
+    // The send fails (EPIPE); an aborted connection is then reset, not left to the kernel to
+    // flush.
+    unsafe { c.complete(completion(ud(sop), -32, None, false)) };
     assert!(matches!(
         c.pop_op(),
         Some(Op::Close {
