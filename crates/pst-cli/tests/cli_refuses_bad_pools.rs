@@ -89,7 +89,7 @@ fn damaged_acknowledged_value_is_reported_and_the_server_refuses_to_start() {
         let mut c = std::net::TcpStream::connect(addr).unwrap();
         write!(
             c,
-            "POST /k{i} HTTP/1.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            "POST /k{i} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             body.len()
         )
         .unwrap();

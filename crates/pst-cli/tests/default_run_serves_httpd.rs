@@ -40,7 +40,7 @@ fn no_arguments_serve_httpd_on_60000_with_embedded_pool() {
             Err(e) => panic!("default server did not come up: {e}"),
         }
     };
-    c.write_all(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .unwrap();
     let mut r = Vec::new();
     c.read_to_end(&mut r).unwrap();

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 fn get_ok(addr: SocketAddr) {
     let mut c = TcpStream::connect(addr).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    c.write_all(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .unwrap();
     let mut r = String::new();
     c.read_to_string(&mut r).unwrap();
@@ -58,7 +58,8 @@ fn scenario(engine: &str) {
 
     // Slowloris: a head that never ends, one byte every 200 ms.
     let mut slow = TcpStream::connect(addr).unwrap();
-    slow.write_all(b"GET / HTTP/1.1\r\nX-Slow: ").unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .unwrap();
     let t = Instant::now();
     let mut closed = false;
     while t.elapsed() < Duration::from_secs(6) {
@@ -88,7 +89,7 @@ fn scenario(engine: &str) {
 
     // Byte at a time, but fast enough: served.
     let mut c = TcpStream::connect(addr).unwrap();
-    for b in b"POST /k HTTP/1.1\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello" {
+    for b in b"POST /k HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello" {
         c.write_all(&[*b]).unwrap();
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -99,7 +100,7 @@ fn scenario(engine: &str) {
     // Clients vanishing mid-request, and resets.
     for _ in 0..20 {
         let mut c = TcpStream::connect(addr).unwrap();
-        c.write_all(b"POST /gone HTTP/1.1\r\nContent-Length: 1000\r\n\r\npartial")
+        c.write_all(b"POST /gone HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\npartial")
             .unwrap();
         let sock = socket2::Socket::from(c);
         sock.set_linger(Some(Duration::ZERO)).unwrap(); // RST on drop

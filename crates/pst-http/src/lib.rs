@@ -474,9 +474,18 @@ impl RequestFramer {
         let mut conn_close = false;
         let mut conn_keep = false;
         let mut bearer = None;
+        let mut hosts = 0u32;
         for h in r.headers.iter() {
             let name = h.name;
-            if name.eq_ignore_ascii_case("content-length") {
+            if name.eq_ignore_ascii_case("host") {
+                // `uri-host [ ":" port ]` (RFC 9110 §7.2), possibly empty: no whitespace,
+                // path, userinfo or other bytes a proxy could read as something else.
+                let v = trim_ows(h.value);
+                if !v.iter().all(|&b| is_host_byte(b)) {
+                    return Err(FrameError::BadRequest);
+                }
+                hosts += 1;
+            } else if name.eq_ignore_ascii_case("content-length") {
                 // `1*DIGIT` on the raw bytes (RFC 9110 §8.6): no sign, no Unicode whitespace
                 // (what `str::trim` and `u64::from_str` would let through for a proxy in
                 // front to read differently).
@@ -523,6 +532,11 @@ impl RequestFramer {
                     bearer = Some(t.trim().to_owned());
                 }
             }
+        }
+        // A server MUST answer 400 to an HTTP/1.1 request without a Host header field and to
+        // any request with more than one (RFC 9112 §3.2).
+        if hosts > 1 || (version == 1 && hosts == 0) {
+            return Err(FrameError::BadRequest);
         }
         let chunked = !codings.is_empty();
         if chunked {
@@ -627,6 +641,13 @@ fn trim_ows(mut v: &[u8]) -> &[u8] {
 /// A token character (RFC 9110 §5.6.2).
 fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// A byte of a Host field value: `uri-host [ ":" port ]`, where a host is an IP literal in
+/// brackets, an IPv4 address or a registered name (unreserved, percent-encoded, sub-delims;
+/// RFC 3986 §3.2.2).
+fn is_host_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:[]".contains(&b)
 }
 
 /// Parse a chunk-size line: hex digits, then optional extensions after `;` (ignored).
@@ -749,7 +770,8 @@ mod tests {
     /// stream was cut (a later request or body in the same chunk could contain `HTTP/`).
     #[test]
     fn bad_version_status_does_not_depend_on_later_bytes() {
-        let s: &[u8] = b"POST /k 1H1\r\nContent-Length: 1\r\n\r\nxGET / HTTP/1.1\r\n\r\n";
+        let s: &[u8] =
+            b"POST /k 1H1\r\nContent-Length: 1\r\n\r\nxGET / HTTP/1.1\r\nHost: x\r\n\r\n";
         for cut in 1..s.len() {
             let ev = feed_all(&[&s[..cut], &s[cut..]]);
             assert_eq!(
@@ -764,7 +786,7 @@ mod tests {
 
     #[test]
     fn pipelined_requests_in_one_chunk() {
-        let s = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nPOST /k HTTP/1.1\r\nContent-Length: 5\r\n\r\nhelloGET /b HTTP/1.1\r\n\r\n";
+        let s = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nPOST /k HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhelloGET /b HTTP/1.1\r\nHost: x\r\n\r\n";
         let ev = feed_all(&[s]);
         assert_eq!(ev.len(), 3);
         assert_eq!(req(&ev[0]).path, "/a");
@@ -776,7 +798,7 @@ mod tests {
 
     #[test]
     fn every_split_gives_the_same_requests() {
-        let s: &[u8] = b"POST /k1 HTTP/1.1\r\nContent-Length: 11\r\n\r\nhello worldPOST /k2 HTTP/1.1\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc";
+        let s: &[u8] = b"POST /k1 HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\nhello worldPOST /k2 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc";
         let whole = feed_all(&[s]);
         assert_eq!(whole.len(), 2);
         for i in 0..s.len() {
@@ -798,29 +820,29 @@ mod tests {
             other => panic!("{other:?}"),
         };
         assert_eq!(st(b"GARBAGE\r\n\r\n"), 400);
-        assert_eq!(st(b"POST / HTTP/1.1\r\n\r\n"), 411);
+        assert_eq!(st(b"POST / HTTP/1.1\r\nHost: x\r\n\r\n"), 411);
         assert_eq!(
-            st(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"),
+            st(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n"),
             400
         );
         assert_eq!(
-            st(b"POST / HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n"),
+            st(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n"),
             413
         );
         assert_eq!(
-            st(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"),
+            st(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"),
             400
         );
         assert_eq!(st(b"GET / HTTP/2.0\r\n\r\n"), 505);
         let many: Vec<u8> = [
-            &b"GET / HTTP/1.1\r\n"[..],
+            &b"GET / HTTP/1.1\r\nHost: x\r\n"[..],
             &b"X: y\r\n".repeat(100),
             b"\r\n",
         ]
         .concat();
         assert_eq!(st(&many), 431);
         let long: Vec<u8> = [
-            &b"GET / HTTP/1.1\r\nX: "[..],
+            &b"GET / HTTP/1.1\r\nHost: x\r\nX: "[..],
             &vec![b'a'; 20_000],
             b"\r\n\r\n",
         ]
@@ -830,7 +852,7 @@ mod tests {
 
     #[test]
     fn after_an_error_input_is_ignored() {
-        let ev = feed_all(&[b"BAD\r\n\r\nGET / HTTP/1.1\r\n\r\n"]);
+        let ev = feed_all(&[b"BAD\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n"]);
         assert_eq!(ev, vec![Event::Error(FrameError::BadRequest)]);
     }
 
@@ -846,8 +868,8 @@ mod tests {
     fn connection_tokens_are_case_insensitive_lists() {
         let ev = feed_all(&[
             b"GET / HTTP/1.0\r\nConnection: Upgrade, Keep-Alive \r\n\r\n",
-            b"GET / HTTP/1.1\r\nConnection: foo,\tCLOSE\r\n\r\n",
-            b"GET / HTTP/1.1\r\nConnection: closed\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: foo,\tCLOSE\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: closed\r\n\r\n",
         ]);
         assert!(req(&ev[0]).keep_alive);
         assert!(!req(&ev[1]).keep_alive);
@@ -858,13 +880,13 @@ mod tests {
     fn a_recycled_request_lends_its_path_to_the_next_head() {
         let mut f = RequestFramer::new(Limits::default());
         let mut out = Vec::new();
-        f.feed(b"GET /first/path HTTP/1.1\r\n\r\n", &mut out);
+        f.feed(b"GET /first/path HTTP/1.1\r\nHost: x\r\n\r\n", &mut out);
         let Some(Event::Request(first)) = out.pop() else {
             panic!("a request")
         };
         let memory = first.path.as_ptr();
         f.recycle(first);
-        f.feed(b"GET /2nd HTTP/1.1\r\n\r\n", &mut out);
+        f.feed(b"GET /2nd HTTP/1.1\r\nHost: x\r\n\r\n", &mut out);
         let second = req(&out[0]);
         assert_eq!(second.path, "/2nd");
         assert_eq!(
@@ -874,16 +896,38 @@ mod tests {
         );
     }
 
+    /// RFC 9112 §3.2: an HTTP/1.1 request without a Host header field, any request with two,
+    /// and a Host value that is not `uri-host [":" port]` are answered 400. HTTP/1.0 may omit
+    /// it, and an empty value is allowed.
+    #[test]
+    fn host_is_required_once_in_http11() {
+        let ok = |s: &[u8]| matches!(feed_all(&[s]).as_slice(), [Event::Request(_)]);
+        let bad = |s: &[u8]| feed_all(&[s]) == vec![Event::Error(FrameError::BadRequest)];
+        assert!(ok(b"GET / HTTP/1.1\r\nHost: example.com:8080\r\n\r\n"));
+        assert!(ok(b"GET / HTTP/1.1\r\nhOsT: [::1]:80\r\n\r\n"));
+        assert!(ok(b"GET / HTTP/1.1\r\nHost:\r\n\r\n"));
+        assert!(ok(b"GET / HTTP/1.0\r\n\r\n"));
+        assert!(bad(b"GET / HTTP/1.1\r\n\r\n"));
+        assert!(bad(b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n"));
+        assert!(bad(b"GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n"));
+        assert!(bad(b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n"));
+        assert!(bad(b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n"));
+        assert!(bad(b"GET / HTTP/1.1\r\nHost: user@a\r\n\r\n"));
+    }
+
     #[test]
     fn needed_from_tracks_the_oldest_needed_byte() {
         let mut f = RequestFramer::new(Limits::default());
         let mut out = Vec::new();
-        f.feed(b"POST /k HTTP/1.1\r\nContent-Length: 4\r\n\r\nab", &mut out);
+        f.feed(
+            b"POST /k HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nab",
+            &mut out,
+        );
         assert!(out.is_empty());
-        assert_eq!(f.needed_from(), 39, "body start");
+        assert_eq!(f.needed_from(), 48, "body start");
         f.feed(b"cdGET", &mut out);
         assert_eq!(out.len(), 1);
-        assert_eq!(f.needed_from(), 43, "start of the partial next head");
+        assert_eq!(f.needed_from(), 52, "start of the partial next head");
     }
 
     fn body(s: &[u8], r: &Request) -> Vec<u8> {
@@ -894,7 +938,7 @@ mod tests {
 
     #[test]
     fn chunked_body_is_its_chunk_data_however_cut() {
-        let s: &[u8] = b"POST /k HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;name=v\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: y\r\n\r\nGET / HTTP/1.1\r\n\r\n";
+        let s: &[u8] = b"POST /k HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;name=v\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: y\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n";
         let whole = feed_all(&[s]);
         assert_eq!(whole.len(), 2, "{whole:?}");
         let r = req(&whole[0]);
@@ -903,7 +947,7 @@ mod tests {
         assert_eq!(r.body_len(), 11);
         assert_eq!(
             r.body.end as usize,
-            s.len() - b"GET / HTTP/1.1\r\n\r\n".len()
+            s.len() - b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".len()
         );
         assert_eq!(req(&whole[1]).path, "/");
         for i in 0..s.len() {
@@ -919,9 +963,9 @@ mod tests {
     fn bare_cr_and_folded_headers_are_refused() {
         let first = |s: &[u8]| feed_all(&[s]).into_iter().next();
         for bad in [
-            &b"GET / HTTP/1.1\r\nA: b\rc\r\n\r\n"[..],
-            b"GET / HTTP/1.1\r\nA: b\r\n c\r\n\r\n",
-            b"GET / HTTP/1.1\r\nA: b\r\n\tc\r\n\r\n",
+            &b"GET / HTTP/1.1\r\nHost: x\r\nA: b\rc\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nHost: x\r\nA: b\r\n c\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nA: b\r\n\tc\r\n\r\n",
         ] {
             assert_eq!(
                 first(bad),
@@ -930,7 +974,7 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
-        let ok = first(b"GET / HTTP/1.1\r\nA: b\tc d\r\n\r\n");
+        let ok = first(b"GET / HTTP/1.1\r\nHost: x\r\nA: b\tc d\r\n\r\n");
         assert!(matches!(ok, Some(Event::Request(_))), "{ok:?}");
     }
 
@@ -940,7 +984,7 @@ mod tests {
             Some(Event::Error(e)) => e.status(),
             other => panic!("{other:?}"),
         };
-        let te = "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let te = "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
         let big = format!("{te}100001\r\n");
         assert_eq!(st(big.as_bytes()), 413, "over max_body");
         assert_eq!(st(format!("{te}zz\r\n").as_bytes()), 400);
@@ -969,26 +1013,26 @@ mod tests {
             other => panic!("{s:?}: {other:?}"),
         };
         let cases = [
-            "POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
-            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
-            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
-            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n",
-            "POST / HTTP/1.1\r\nTransfer-Encoding: xchunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n",
             "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
-            "POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
-            "POST / HTTP/1.1\r\nContent-Length: 1, 2\r\n\r\n",
-            "POST / HTTP/1.1\r\nX: a\r\n b\r\nContent-Length: 1\r\n\r\n",
-            "POST / HTTP/1.1\r\nX: a\rContent-Length: 1\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1, 2\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nX: a\r\n b\r\nContent-Length: 1\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nX: a\rContent-Length: 1\r\n\r\n",
         ];
         for c in cases {
             assert_eq!(st(c), 400, "{c:?}");
         }
         // Values a lenient parser reads differently (found by review).
         let bytes_cases: [&[u8]; 4] = [
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: \xc2\x85chunked\r\n\r\n",
-            b"POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\nhello",
-            b"POST / HTTP/1.1\r\nContent-Length: 5\xc2\xa0\r\n\r\nhello",
-            b"POST / HTTP/1.1\r\nContent-Length: 0x5\r\n\r\nhello",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: \xc2\x85chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\nhello",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\xc2\xa0\r\n\r\nhello",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0x5\r\n\r\nhello",
         ];
         for c in bytes_cases {
             match feed_all(&[c]).pop() {
@@ -999,10 +1043,12 @@ mod tests {
             }
         }
         // The same length twice is allowed (RFC 9112 §6.3 item 5).
-        let ok = feed_all(&[b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx"]);
+        let ok = feed_all(&[
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+        ]);
         assert_eq!(req(&ok[0]).body_len(), 1);
         assert_eq!(
-            st("POST / HTTP/1.1\r\nExpect: something\r\nContent-Length: 1\r\n\r\n"),
+            st("POST / HTTP/1.1\r\nHost: x\r\nExpect: something\r\nContent-Length: 1\r\n\r\n"),
             417
         );
     }
@@ -1012,7 +1058,7 @@ mod tests {
         let mut f = RequestFramer::new(Limits::default());
         let mut out = Vec::new();
         f.feed(
-            b"POST /k HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n",
+            b"POST /k HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n",
             &mut out,
         );
         assert_eq!(out, vec![Event::Continue]);
@@ -1020,7 +1066,7 @@ mod tests {
         assert!(matches!(out[1], Event::Request(_)));
         // An oversized body gets its 413 instead of a 100.
         let ev = feed_all(&[
-            b"POST /k HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 99999999\r\n\r\n",
+            b"POST /k HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 99999999\r\n\r\n",
         ]);
         assert_eq!(ev, vec![Event::Error(FrameError::TooLarge)]);
     }
@@ -1033,7 +1079,7 @@ mod tests {
         for _ in 0..60_000 {
             body.extend_from_slice(b"1\r\nx\r\n");
         }
-        let head = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let head = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
         let req = [&head[..], &body, b"0\r\n\r\n"].concat();
         let mut f = RequestFramer::new(Limits {
             max_body: 1 << 20,
