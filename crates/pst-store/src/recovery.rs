@@ -332,6 +332,12 @@ impl<M: Media> Store<M> {
             // Salvage: values the damage made live again whose bytes are gone (their buffers
             // were reused after a successor past the damage committed) are deleted, durably
             // with the barrier below, rather than served or checked again at every start.
+            // Their tombstones nearly always have room: each lost key's successor record lay
+            // past the cut and is gone with it, a tombstone is no longer than a put or delete
+            // it stands in for, and a successor that opened a segment did so with three free
+            // (`open_segment`), free again now that the chain ends at the cut. The exception is
+            // one `Clear` (FLUSHALL) succeeding many keys in a log already near full: then
+            // recovery stops here with `LogFull`, refusing rather than serving lost bytes.
             for key in &lost_keys {
                 self.delete(key)?;
             }
