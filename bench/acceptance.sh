@@ -28,4 +28,7 @@ $pst bench rpc "${common[@]}" --conns 100 --engine uring,epoll --peers nginx,h2o
 step "echo 1 KiB x 64 conns with tokio and monoio; 64 KiB x 16 conns"
 $pst bench echo "${common[@]}" --conns 64 --size 1024 --engine uring,epoll --peers tokio,monoio > "$out/echo-1k.json"
 $pst bench echo "${common[@]}" --conns 16 --size 64KiB --engine uring,epoll > "$out/echo-64k.json"
+# The same with 16 KiB pool buffers (`--buf-size`, the knob for large messages): a 64 KiB
+# message then spans 4 buffers instead of 32. The epoll engine reads into its own buffer.
+$pst bench echo "${common[@]}" --conns 16 --size 64KiB --engine uring,epoll --buf-size 16KiB > "$out/echo-64k-16k.json"
 python3 bench/acceptance.py "$out"

@@ -341,8 +341,8 @@ pub struct BenchArgs {
     /// `0,16KiB`; 0 = plain SEND). See `pst httpd --help`.
     #[arg(long, value_delimiter = ',', value_parser = parse_bytes, default_value = "0")]
     pub send_zc_min: Vec<u64>,
-    /// Pool buffer size for the pst servers (bytes; default: the servers' default).
-    #[arg(long)]
+    /// Pool buffer size for the pst servers (bytes, e.g. 16KiB; default: the servers' 2048).
+    #[arg(long, value_parser = crate::parse_buf_size)]
     pub buf_size: Option<u32>,
 }
 

@@ -35,9 +35,23 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size {s:?} overflows"))
 }
 
+/// [`parse_bytes`] for a buffer size ("2048", "16KiB"): at most `u32::MAX` (the pool checks
+/// the power of two and the range).
+pub fn parse_buf_size(s: &str) -> Result<u32, String> {
+    let n = parse_bytes(s)?;
+    u32::try_from(n).map_err(|_| format!("buffer size {s:?} is too large"))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse_bytes;
+    use super::{parse_buf_size, parse_bytes};
+
+    #[test]
+    fn buffer_sizes_take_units() {
+        assert_eq!(parse_buf_size("16KiB"), Ok(16384));
+        assert_eq!(parse_buf_size("2048"), Ok(2048));
+        assert!(parse_buf_size("8GiB").is_err());
+    }
 
     #[test]
     fn sizes_parse_in_binary_units_and_bad_ones_say_why() {

@@ -59,6 +59,19 @@ fn geometry_mismatch_refused() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("geometry"));
     assert_eq!(std::fs::read(&pool).unwrap(), before);
+    // Another buffer size, alone (it was ignored for an existing pool): refused, untouched.
+    let out = common::pst()
+        .args(["echo", "--addr", &common::free_addr().to_string()])
+        .args(["--pool", p, "--buf-size", "16KiB"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("2048-byte buffers") && err.contains("16384"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&pool).unwrap(), before);
     let _ = std::fs::remove_dir_all(dir);
 }
 
