@@ -320,7 +320,9 @@ pub struct BenchArgs {
     #[arg(long)]
     pub log_share: Option<f64>,
     /// Run each configuration this many times and report the run with the median requests/s
-    /// (this machine is shared and noisy; `rps_min`/`rps_max` show the spread).
+    /// (this machine is shared and noisy; `rps_min`/`rps_max` show the spread). The runs are
+    /// interleaved: every configuration once per round, so a slow spell of the machine falls
+    /// on all of them alike.
     #[arg(long, default_value_t = 1)]
     pub repeat: usize,
     /// Real peers to run beside pst in the same invocation (comma list; skipped with a warning
@@ -821,51 +823,71 @@ pub fn run(mut a: BenchArgs) -> anyhow::Result<()> {
         Workload::Kvmix if a.writers > 0 => vec![a.writers, 0],
         _ => vec![0],
     };
-    for sys in &systems {
-        for &conns in &a.conns {
-            for &writers in &writer_counts {
-                let mut runs = Vec::new();
-                for _ in 0..a.repeat.max(1) {
-                    let run = match (sys.pst, &sys.peer) {
-                        (Some((engine, wait, zc)), _) => run_one(
-                            &a,
-                            engine,
-                            sys.persist,
-                            wait,
-                            zc,
-                            (conns, writers),
-                            server_cpu,
-                        )?,
-                        // A peer that fails is skipped, never the bench's failure (DESIGN §4).
-                        (None, Some(program)) => match run_peer(
-                            &a,
-                            &sys.name,
-                            program,
-                            sys.persist,
-                            (conns, writers),
-                            server_cpu,
-                        ) {
-                            Ok(r) => r,
-                            Err(e) => {
-                                eprintln!("pst bench: {} failed, skipped: {e:#}", sys.name);
-                                break;
-                            }
-                        },
-                        (None, None) => unreachable!("a system is pst or a peer"),
-                    };
-                    runs.push(run);
-                }
-                if runs.is_empty() {
-                    continue;
-                }
-                runs.sort_by(|x, y| x.rps.total_cmp(&y.rps));
-                let (min, max, n) = (runs[0].rps, runs[runs.len() - 1].rps, runs.len());
-                let mut row = runs.swap_remove(n / 2);
-                (row.runs, row.rps_min, row.rps_max) = (n, min, max);
-                print_row(&a, &row)?;
-                rows.push(row);
-            }
+    // Every configuration once per round, rounds one after another (A B C, A B C, …), not
+    // each configuration's runs back to back: this machine's speed drifts over minutes, and
+    // interleaving spreads the drift over every system alike instead of onto whichever ran
+    // during a slow spell. The row printed is each configuration's median-throughput run.
+    let configs: Vec<(usize, usize, usize)> = (0..systems.len())
+        .flat_map(|s| {
+            let w = &writer_counts;
+            a.conns
+                .iter()
+                .flat_map(move |&c| w.iter().map(move |&wr| (s, c, wr)))
+        })
+        .collect();
+    let rounds = a.repeat.max(1);
+    let mut runs: Vec<Vec<Row>> = configs.iter().map(|_| Vec::new()).collect();
+    let mut failed = vec![false; systems.len()];
+    for round in 0..rounds {
+        if rounds > 1 {
+            eprintln!("pst bench: round {} of {rounds}", round + 1);
         }
+        for (i, &(si, conns, writers)) in configs.iter().enumerate() {
+            let sys = &systems[si];
+            if failed[si] {
+                continue;
+            }
+            let run = match (sys.pst, &sys.peer) {
+                (Some((engine, wait, zc)), _) => run_one(
+                    &a,
+                    engine,
+                    sys.persist,
+                    wait,
+                    zc,
+                    (conns, writers),
+                    server_cpu,
+                )?,
+                // A peer that fails is skipped, never the bench's failure (DESIGN §4).
+                (None, Some(program)) => match run_peer(
+                    &a,
+                    &sys.name,
+                    program,
+                    sys.persist,
+                    (conns, writers),
+                    server_cpu,
+                ) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        eprintln!("pst bench: {} failed, skipped: {e:#}", sys.name);
+                        failed[si] = true;
+                        continue;
+                    }
+                },
+                (None, None) => unreachable!("a system is pst or a peer"),
+            };
+            runs[i].push(run);
+        }
+    }
+    for mut runs in runs {
+        if runs.is_empty() {
+            continue; // a peer that failed from its first run
+        }
+        runs.sort_by(|x, y| x.rps.total_cmp(&y.rps));
+        let (min, max, n) = (runs[0].rps, runs[runs.len() - 1].rps, runs.len());
+        let mut row = runs.swap_remove(n / 2);
+        (row.runs, row.rps_min, row.rps_max) = (n, min, max);
+        print_row(&a, &row)?;
+        rows.push(row);
     }
     if let Some(path) = &a.plot {
         plot(path, &a, &rows)?;
