@@ -17,7 +17,7 @@ fn limits(sel: u8) -> Limits {
         0 => Limits::default(),
         1 => Limits {
             max_head: 64,
-            max_headers: 2,
+            max_headers: 3, // an HTTP/1.1 request needs Host besides two others
             max_body: 16,
         },
         _ => Limits {

@@ -422,7 +422,9 @@ impl RequestFramer {
     ///
     /// Request-smuggling defences (RFC 9112 §6.1–6.3): both `Transfer-Encoding` and
     /// `Content-Length`, a transfer coding other than a final `chunked`, differing
-    /// `Content-Length`s, an obs-fold line and a bare CR are all refused with 400.
+    /// `Content-Length`s, an obs-fold line and a bare CR are all refused with 400; so are an
+    /// HTTP/1.1 request without a Host header, any request with two, and a Host value that is
+    /// not `uri-host [":" port]` (RFC 9112 §3.2).
     fn parse_head(&mut self) -> Result<Option<(Request, usize, bool)>, FrameError> {
         // Header slots left uninitialized (httparse writes those it fills): initializing 64
         // of them was a visible share of a short request's parse.
@@ -475,13 +477,11 @@ impl RequestFramer {
         let mut conn_keep = false;
         let mut bearer = None;
         let mut hosts = 0u32;
+        let mut bad_expect = false;
         for h in r.headers.iter() {
             let name = h.name;
             if name.eq_ignore_ascii_case("host") {
-                // `uri-host [ ":" port ]` (RFC 9110 §7.2), possibly empty: no whitespace,
-                // path, userinfo or other bytes a proxy could read as something else.
-                let v = trim_ows(h.value);
-                if !v.iter().all(|&b| is_host_byte(b)) {
+                if !valid_host(trim_ows(h.value)) {
                     return Err(FrameError::BadRequest);
                 }
                 hosts += 1;
@@ -519,7 +519,7 @@ impl RequestFramer {
                 if h.value.eq_ignore_ascii_case(b"100-continue") {
                     expect = true;
                 } else {
-                    return Err(FrameError::Expectation);
+                    bad_expect = true; // 417, unless the request is malformed (400, below)
                 }
             } else if name.eq_ignore_ascii_case("connection") {
                 for t in h.value.split(|&b| b == b',').map(trim_ows) {
@@ -537,6 +537,9 @@ impl RequestFramer {
         // any request with more than one (RFC 9112 §3.2).
         if hosts > 1 || (version == 1 && hosts == 0) {
             return Err(FrameError::BadRequest);
+        }
+        if bad_expect {
+            return Err(FrameError::Expectation);
         }
         let chunked = !codings.is_empty();
         if chunked {
@@ -643,11 +646,45 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-/// A byte of a Host field value: `uri-host [ ":" port ]`, where a host is an IP literal in
-/// brackets, an IPv4 address or a registered name (unreserved, percent-encoded, sub-delims;
-/// RFC 3986 §3.2.2).
-fn is_host_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:[]".contains(&b)
+/// Whether `v` is a Host field value: `uri-host [ ":" port ]` (RFC 9110 §7.2), possibly empty.
+/// A host is an IP literal in brackets (IPv6, with a `%25` zone, or `v…` IPvFuture) or a
+/// registered name / IPv4 address: unreserved bytes, `%HH` and sub-delims (RFC 3986 §3.2.2) —
+/// except `,`, which is what a proxy makes of two Host lines merged into one. Nothing a proxy
+/// in front could read as a path, userinfo or second host gets through.
+fn valid_host(v: &[u8]) -> bool {
+    let pct_ok = |s: &[u8]| {
+        let hex = |i: usize| s.get(i).is_some_and(u8::is_ascii_hexdigit);
+        (0..s.len()).all(|i| s[i] != b'%' || (hex(i + 1) && hex(i + 2)))
+    };
+    let in_set = |s: &[u8], set: &[u8]| {
+        s.iter()
+            .all(|b| b.is_ascii_alphanumeric() || set.contains(b))
+    };
+    let rest = if let Some(lit) = v.strip_prefix(b"[") {
+        let Some(end) = lit.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let inner = &lit[..end];
+        let ok = if inner.first().is_some_and(|b| b.eq_ignore_ascii_case(&b'v')) {
+            inner.len() > 3 && in_set(inner, b"-._~!$&'()*+;=:")
+        } else {
+            inner.contains(&b':') && in_set(inner, b":.%-_~") && pct_ok(inner)
+        };
+        if !ok {
+            return false;
+        }
+        &lit[end + 1..]
+    } else {
+        let end = v.iter().position(|&b| b == b':').unwrap_or(v.len());
+        if !in_set(&v[..end], b"-._~%!$&'()*+;=") || !pct_ok(&v[..end]) {
+            return false;
+        }
+        &v[end..]
+    };
+    match rest.strip_prefix(b":") {
+        None => rest.is_empty(),
+        Some(port) => port.iter().all(u8::is_ascii_digit),
+    }
 }
 
 /// Parse a chunk-size line: hex digits, then optional extensions after `;` (ignored).
@@ -913,6 +950,40 @@ mod tests {
         assert!(bad(b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n"));
         assert!(bad(b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n"));
         assert!(bad(b"GET / HTTP/1.1\r\nHost: user@a\r\n\r\n"));
+        for good in [
+            &b"[fe80::1%25eth0]:8080"[..],
+            b"[v1.fe80::a+b]",
+            b"example.com.",
+            b"a%41b",
+            b"h:",
+            b"1.2.3.4:0",
+        ] {
+            let r = [&b"GET / HTTP/1.1\r\nHost: "[..], good, b"\r\n\r\n"].concat();
+            assert!(ok(&r), "{:?}", String::from_utf8_lossy(good));
+        }
+        for evil in [
+            &b"a?b"[..],
+            b"a#b",
+            b"a\\b",
+            b"a,b",
+            b"a:b:c",
+            b"[::1",
+            b"a]b",
+            b"a:80x",
+            b"%",
+            b"%zz",
+            b"[]",
+            "\u{e9}.com".as_bytes(),
+        ] {
+            let r = [&b"GET / HTTP/1.1\r\nHost: "[..], evil, b"\r\n\r\n"].concat();
+            assert!(bad(&r), "{:?}", String::from_utf8_lossy(evil));
+        }
+        // A malformed request is a 400 before an unmet expectation is a 417.
+        assert!(bad(b"GET / HTTP/1.1\r\nExpect: foo\r\n\r\n"));
+        assert_eq!(
+            feed_all(&[b"GET / HTTP/1.1\r\nHost: a\r\nExpect: foo\r\n\r\n"]),
+            vec![Event::Error(FrameError::Expectation)]
+        );
     }
 
     #[test]
