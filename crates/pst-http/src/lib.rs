@@ -257,16 +257,31 @@ impl RequestFramer {
                     }
                 }
                 State::Head => {
-                    if self.carry.is_empty() {
+                    let fresh = self.carry.is_empty();
+                    if fresh {
                         self.carry_pos = chunk_pos + at as u64;
                     }
-                    // Copy at most up to the head limit (+1 so overflow is detectable).
+                    // At most up to the head limit (+1 so overflow is detectable).
                     let room = (self.limits.max_head + 1).saturating_sub(self.carry.len());
                     let take = room.min(chunk.len() - at);
                     let before = self.carry.len();
-                    self.carry.extend_from_slice(&chunk[at..at + take]);
-                    match self.parse_head() {
+                    let parsed = if fresh {
+                        // The common case, a whole head in one chunk: parsed where it lies.
+                        // Copying it (and the body after it) into `carry` first cost a
+                        // `memcpy` of up to the head limit per request.
+                        self.parse_head(&chunk[at..at + take])
+                    } else {
+                        self.carry.extend_from_slice(&chunk[at..at + take]);
+                        let carry = std::mem::take(&mut self.carry);
+                        let r = self.parse_head(&carry);
+                        self.carry = carry;
+                        r
+                    };
+                    match parsed {
                         Ok(None) => {
+                            if fresh {
+                                self.carry.extend_from_slice(&chunk[at..at + take]);
+                            }
                             if self.carry.len() > self.limits.max_head {
                                 self.fail(FrameError::HeadTooLarge, out);
                                 return;
@@ -417,7 +432,8 @@ impl RequestFramer {
         out.push(Event::Error(e));
     }
 
-    /// Parse `carry` as a head. `Ok(None)`: incomplete. Also says whether the head asked
+    /// Parse `buf` (the head's bytes so far: `carry`, or a chunk) as a head. `Ok(None)`:
+    /// incomplete. Also says whether the head asked
     /// `Expect: 100-continue`.
     ///
     /// Request-smuggling defences (RFC 9112 §6.1–6.3): both `Transfer-Encoding` and
@@ -425,7 +441,7 @@ impl RequestFramer {
     /// `Content-Length`s, an obs-fold line and a bare CR are all refused with 400; so are a
     /// request with two Host headers and a Host value that is not `uri-host [":" port]` (RFC
     /// 9112 §3.2). A missing Host is accepted (see below).
-    fn parse_head(&mut self) -> Result<Option<(Request, usize, bool)>, FrameError> {
+    fn parse_head(&mut self, buf: &[u8]) -> Result<Option<(Request, usize, bool)>, FrameError> {
         // Header slots left uninitialized (httparse writes those it fills): initializing 64
         // of them was a visible share of a short request's parse.
         type Slot<'a> = std::mem::MaybeUninit<httparse::Header<'a>>;
@@ -438,11 +454,11 @@ impl RequestFramer {
             &mut on_heap
         };
         let mut r = httparse::Request::new(&mut []);
-        let head_len = match r.parse_with_uninit_headers(&self.carry, headers) {
+        let head_len = match r.parse_with_uninit_headers(buf, headers) {
             Ok(httparse::Status::Partial) => return Ok(None),
             Ok(httparse::Status::Complete(n)) => n,
             Err(httparse::Error::TooManyHeaders) => return Err(FrameError::HeadTooLarge),
-            Err(httparse::Error::Version) => return Err(self.version_error()),
+            Err(httparse::Error::Version) => return Err(version_error(buf)),
             Err(_) => return Err(FrameError::BadRequest),
         };
         if head_len > self.limits.max_head {
@@ -451,7 +467,7 @@ impl RequestFramer {
         // httparse accepts a bare LF as a line end and skips an obs-fold; both let two parsers
         // disagree on where a header ends, so refuse a CR not followed by LF and a header line
         // starting with whitespace.
-        let head = &self.carry[..head_len];
+        let head = &buf[..head_len];
         if memchr::memchr_iter(b'\r', head).any(|i| head.get(i + 1) != Some(&b'\n'))
             || memchr::memchr_iter(b'\n', head)
                 .any(|i| matches!(head.get(i + 1), Some(b' ' | b'\t')))
@@ -583,20 +599,18 @@ impl RequestFramer {
             expect,
         )))
     }
+}
 
-    fn version_error(&self) -> FrameError {
-        // httparse reports any non-1.x version as a version error; a request line that does
-        // not even look like HTTP is a bad request. Decide from the version token alone (what
-        // follows the second space of the request line), never from bytes after it: the answer
-        // must not depend on how much of the stream has arrived (found by fuzzing).
-        let line = self.carry.split(|&b| b == b'\n').next().unwrap_or(&[]);
-        let mut parts = line.splitn(3, |&b| b == b' ');
-        match (parts.next(), parts.next(), parts.next()) {
-            (Some(_), Some(_), Some(version)) if version.starts_with(b"HTTP/") => {
-                FrameError::Version
-            }
-            _ => FrameError::BadRequest,
-        }
+/// The error for a request line httparse refused as to its version: a request line that does
+/// not even look like HTTP is a bad request, else 505. Decided from the version token alone
+/// (what follows the second space of the request line), never from bytes after it: the answer
+/// must not depend on how much of the stream has arrived (found by fuzzing).
+fn version_error(head: &[u8]) -> FrameError {
+    let line = head.split(|&b| b == b'\n').next().unwrap_or(&[]);
+    let mut parts = line.splitn(3, |&b| b == b' ');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(_), Some(_), Some(version)) if version.starts_with(b"HTTP/") => FrameError::Version,
+        _ => FrameError::BadRequest,
     }
 }
 
@@ -655,39 +669,63 @@ fn is_tchar(b: u8) -> bool {
 /// except `,`, which is what a proxy makes of two Host lines merged into one. Nothing a proxy
 /// in front could read as a path, userinfo or second host gets through.
 fn valid_host(v: &[u8]) -> bool {
-    let pct_ok = |s: &[u8]| {
-        let hex = |i: usize| s.get(i).is_some_and(u8::is_ascii_hexdigit);
-        (0..s.len()).all(|i| s[i] != b'%' || (hex(i + 1) && hex(i + 2)))
-    };
-    let in_set = |s: &[u8], set: &[u8]| {
-        s.iter()
-            .all(|b| b.is_ascii_alphanumeric() || set.contains(b))
-    };
-    let rest = if let Some(lit) = v.strip_prefix(b"[") {
-        let Some(end) = lit.iter().position(|&b| b == b']') else {
+    // The common case, a registered name or IPv4 address and a port, checked with one table
+    // lookup per byte (this runs for every request).
+    let end = v.iter().position(|&b| b == b':').unwrap_or(v.len());
+    let (name, rest) = v.split_at(end);
+    let rest = if !v.starts_with(b"[") {
+        if !name.iter().all(|&b| REG_NAME[b as usize]) || !pct_ok(name) {
+            return false;
+        }
+        rest
+    } else {
+        let lit = &v[1..];
+        let Some(close) = lit.iter().position(|&b| b == b']') else {
             return false;
         };
-        let inner = &lit[..end];
+        let inner = &lit[..close];
+        let in_set = |set: &[u8]| {
+            inner
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || set.contains(b))
+        };
         let ok = if inner.first().is_some_and(|b| b.eq_ignore_ascii_case(&b'v')) {
-            inner.len() > 3 && in_set(inner, b"-._~!$&'()*+;=:")
+            inner.len() > 3 && in_set(b"-._~!$&'()*+;=:")
         } else {
-            inner.contains(&b':') && in_set(inner, b":.%-_~") && pct_ok(inner)
+            inner.contains(&b':') && in_set(b":.%-_~") && pct_ok(inner)
         };
         if !ok {
             return false;
         }
-        &lit[end + 1..]
-    } else {
-        let end = v.iter().position(|&b| b == b':').unwrap_or(v.len());
-        if !in_set(&v[..end], b"-._~%!$&'()*+;=") || !pct_ok(&v[..end]) {
-            return false;
-        }
-        &v[end..]
+        &lit[close + 1..]
     };
     match rest.strip_prefix(b":") {
         None => rest.is_empty(),
         Some(port) => port.iter().all(u8::is_ascii_digit),
     }
+}
+
+/// Bytes of a registered name (RFC 3986 §3.2.2: unreserved, `%`, sub-delims but `,`).
+static REG_NAME: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric()
+            || matches!(c, b'-' | b'.' | b'_' | b'~' | b'%')
+            || matches!(
+                c,
+                b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b';' | b'='
+            );
+        b += 1;
+    }
+    t
+};
+
+/// Every `%` in `s` starts a `%HH` escape.
+fn pct_ok(s: &[u8]) -> bool {
+    let hex = |i: usize| s.get(i).is_some_and(u8::is_ascii_hexdigit);
+    memchr::memchr_iter(b'%', s).all(|i| hex(i + 1) && hex(i + 2))
 }
 
 /// Parse a chunk-size line: hex digits, then optional extensions after `;` (ignored).

@@ -129,6 +129,12 @@ impl Ka {
     };
 }
 
+/// The value of an extra header line ([`HttpService::respond_with`]).
+enum HeaderValue<'a> {
+    Text(&'a str),
+    Num(u64),
+}
+
 fn write_head(out: &mut Vec<u8>, status: u16, len: usize, ka: Ka) {
     write_head_for(out, status, len, ka.keep, ka.http10);
 }
@@ -194,12 +200,12 @@ impl HttpService {
         Handled::Status(status)
     }
 
-    /// A response with extra header lines (each ending in CRLF), formatted straight into the
-    /// reply bytes.
+    /// A response with one extra header line, `name: value` (written straight into the reply
+    /// bytes; `itoa` for a number, as every write answers with one).
     fn respond_with(
         reply: &mut Vec<Piece>,
         status: u16,
-        extra: std::fmt::Arguments<'_>,
+        (name, value): (&str, HeaderValue<'_>),
         body: &[u8],
         keep_alive: Ka,
     ) -> Handled {
@@ -207,8 +213,13 @@ impl HttpService {
         out.reserve(160 + body.len());
         write_head(&mut out, status, body.len(), keep_alive);
         out.truncate(out.len() - 2); // before the blank line
-        out.write_fmt(extra).expect("writing to a vector");
-        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        match value {
+            HeaderValue::Text(t) => out.extend_from_slice(t.as_bytes()),
+            HeaderValue::Num(n) => out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
+        }
+        out.extend_from_slice(b"\r\n\r\n");
         if !keep_alive.head {
             out.extend_from_slice(body);
         }
@@ -259,8 +270,8 @@ impl HttpService {
                         .as_ref()
                         .map_or(0, |s| pst_pool::Media::header(s.media()).geometry.buf_size);
                     let text = self.metrics.prometheus(stats.as_ref(), buf_size);
-                    let ct = "Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n";
-                    Self::respond_with(reply, 200, format_args!("{ct}"), text.as_bytes(), ka)
+                    let ct = HeaderValue::Text("text/plain; version=0.0.4; charset=utf-8");
+                    Self::respond_with(reply, 200, ("Content-Type", ct), text.as_bytes(), ka)
                 }
                 _ => Self::respond(reply, 405, b"/metrics is read-only\n", ka),
             };
@@ -303,7 +314,7 @@ impl HttpService {
                         Self::respond_with(
                             reply,
                             200,
-                            format_args!("Pst-First-Seq: {first}\r\n"),
+                            ("Pst-First-Seq", HeaderValue::Num(first)),
                             b"",
                             ka,
                         )
@@ -389,7 +400,7 @@ impl HttpService {
                     Ok(seq) => Self::respond_with(
                         reply,
                         if mode == StoreMode::Kv { 201 } else { 200 },
-                        format_args!("Pst-Seq: {seq}\r\n"),
+                        ("Pst-Seq", HeaderValue::Num(seq)),
                         b"",
                         ka,
                     ),
