@@ -837,63 +837,86 @@ pub fn run(mut a: BenchArgs) -> anyhow::Result<()> {
         .collect();
     let rounds = a.repeat.max(1);
     let mut runs: Vec<Vec<Row>> = configs.iter().map(|_| Vec::new()).collect();
-    let mut failed = vec![false; systems.len()];
+    // A configuration whose peer failed is not run again (its other configurations are).
+    let mut failed = vec![false; configs.len()];
+    // Rows are printed as their configuration finishes, in the final round: in order, and
+    // what was measured is printed even if a later run fails.
+    let flush = |i: usize, runs: &mut [Vec<Row>], rows: &mut Vec<Row>| -> anyhow::Result<()> {
+        if let Some(row) = median_row(std::mem::take(&mut runs[i])) {
+            print_row(&a, &row)?;
+            rows.push(row);
+        }
+        Ok(())
+    };
     for round in 0..rounds {
         if rounds > 1 {
             eprintln!("pst bench: round {} of {rounds}", round + 1);
         }
+        let last = round + 1 == rounds;
         for (i, &(si, conns, writers)) in configs.iter().enumerate() {
             let sys = &systems[si];
-            if failed[si] {
-                continue;
-            }
-            let run = match (sys.pst, &sys.peer) {
-                (Some((engine, wait, zc)), _) => run_one(
-                    &a,
-                    engine,
-                    sys.persist,
-                    wait,
-                    zc,
-                    (conns, writers),
-                    server_cpu,
-                )?,
-                // A peer that fails is skipped, never the bench's failure (DESIGN §4).
-                (None, Some(program)) => match run_peer(
-                    &a,
-                    &sys.name,
-                    program,
-                    sys.persist,
-                    (conns, writers),
-                    server_cpu,
-                ) {
-                    Ok(r) => r,
-                    Err(e) => {
+            if !failed[i] {
+                let run = match (sys.pst, &sys.peer) {
+                    (Some((engine, wait, zc)), _) => run_one(
+                        &a,
+                        engine,
+                        sys.persist,
+                        wait,
+                        zc,
+                        (conns, writers),
+                        server_cpu,
+                    ),
+                    // A peer that fails is skipped, never the bench's failure (DESIGN §4).
+                    (None, Some(program)) => run_peer(
+                        &a,
+                        &sys.name,
+                        program,
+                        sys.persist,
+                        (conns, writers),
+                        server_cpu,
+                    )
+                    .map_err(|e| {
                         eprintln!("pst bench: {} failed, skipped: {e:#}", sys.name);
-                        failed[si] = true;
-                        continue;
+                        failed[i] = true;
+                        e
+                    }),
+                    (None, None) => unreachable!("a system is pst or a peer"),
+                };
+                match run {
+                    Ok(r) => runs[i].push(r),
+                    Err(_) if sys.peer.is_some() => {}
+                    Err(e) => {
+                        // pst itself failed: print what was measured, then say so.
+                        for j in 0..configs.len() {
+                            flush(j, &mut runs, &mut rows)?;
+                        }
+                        return Err(e);
                     }
-                },
-                (None, None) => unreachable!("a system is pst or a peer"),
-            };
-            runs[i].push(run);
+                }
+            }
+            if last {
+                flush(i, &mut runs, &mut rows)?;
+            }
         }
-    }
-    for mut runs in runs {
-        if runs.is_empty() {
-            continue; // a peer that failed from its first run
-        }
-        runs.sort_by(|x, y| x.rps.total_cmp(&y.rps));
-        let (min, max, n) = (runs[0].rps, runs[runs.len() - 1].rps, runs.len());
-        let mut row = runs.swap_remove(n / 2);
-        (row.runs, row.rps_min, row.rps_max) = (n, min, max);
-        print_row(&a, &row)?;
-        rows.push(row);
     }
     if let Some(path) = &a.plot {
         plot(path, &a, &rows)?;
         eprintln!("pst bench: wrote {}", path.display());
     }
     Ok(())
+}
+
+/// The run with the median requests/s of a configuration's runs, carrying their number and
+/// spread; `None` without runs (a peer that failed from its first).
+fn median_row(mut runs: Vec<Row>) -> Option<Row> {
+    if runs.is_empty() {
+        return None;
+    }
+    runs.sort_by(|x, y| x.rps.total_cmp(&y.rps));
+    let (min, max, n) = (runs[0].rps, runs[runs.len() - 1].rps, runs.len());
+    let mut row = runs.swap_remove(n / 2);
+    (row.runs, row.rps_min, row.rps_max) = (n, min, max);
+    Some(row)
 }
 
 /// Peers whose only row has no persistence at all (echo and HTTP servers).

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use pst_pool::{Partition, Pool};
-use pst_ring::{BufIdx, Completion, ConnId, Core, Errno, Extent, Op};
+use pst_ring::{BufIdx, Completion, ConnId, Core, Errno, Extent, Op, OpKind};
 
 use crate::accept;
 use crate::bufring::BufRing;
@@ -123,7 +123,7 @@ pub struct Driver {
     iov: Vec<(*mut u8, usize)>,
     stats: DriverStats,
     cfg: DriverConfig,
-    last_reaped: usize,
+    last_arrivals: usize,
     /// Receives are bundles (several buffers per completion, Linux 6.10).
     bundle: bool,
     /// The listeners, accepted on readiness of an epoll set the ring polls.
@@ -177,7 +177,7 @@ impl Driver {
             stats: DriverStats::default(),
             bundle,
             cfg,
-            last_reaped: 0,
+            last_arrivals: 0,
             acceptor: accept::Acceptor::new(),
             accepted: Vec::new(),
             backoff_ts: Box::new(types::Timespec::from(accept::BACKOFF)),
@@ -407,9 +407,11 @@ impl Driver {
             Err(e) => return Err(e),
         }
         let mut n: usize = 0;
+        let mut arrivals = 0usize;
         let mut accept_ready = false;
         for cqe in self.ring.completion() {
             n += 1;
+            arrivals += (cqe.user_data() >> 56 == OpKind::Recv as u64) as usize;
             if cqe.user_data() == accept::ACCEPT_READY {
                 // Re-armed by the next sync; level-triggered, so nothing pending is missed.
                 self.acceptor.armed = false;
@@ -452,34 +454,36 @@ impl Driver {
                 self.acceptor.armed = true;
             }
         }
+        arrivals += self.accepted.len();
         for c in self.accepted.drain(..) {
             // SAFETY: results of the accept4 calls the acceptor made for this core's listeners
             // (or their failures): new sockets ours to own.
             unsafe { core.complete(c) };
         }
         self.stats.cqes += n as u64;
-        // The sends' own inline completions say nothing about how many requests will come.
-        self.last_reaped = n.saturating_sub(extra);
+        // Sends' completions (inline or late), zero-copy notifications, closes and wake-ups say
+        // nothing about how many requests will come: receives and accepts do.
+        self.last_arrivals = arrivals;
         Ok(n)
     }
 
     /// Completions to wait for: `extra` (inline send completions) plus one; with a min-wait
-    /// bound, plus a batch that adapts to the load — a quarter of what the last sync reaped
-    /// besides its inline sends, at most `batch` — so a lone connection is not delayed waiting
-    /// for completions that cannot come, while a busy port gathers bigger batches (the bound
-    /// caps the wait either way).
+    /// bound, plus a batch that adapts to the load — a quarter of the receives and accepts the
+    /// last sync reaped, at most `batch` — so a lone connection is not delayed waiting for
+    /// completions that cannot come, while a busy port gathers bigger batches (the bound caps
+    /// the wait either way).
     ///
-    /// Why a quarter, and why not the sends: clients in a closed loop send their next request
+    /// Why a quarter, and why only arrivals: clients in a closed loop send their next request
     /// only once answered. With 8 of them, the last sync reaped 8 receives and the 8 sends'
     /// inline completions; half of those 16 made the port wait for all 8 clients every time, so
     /// the clients and the port took turns instead of overlapping: `pst bench kv --conns 8`
     /// ran at 56 k req/s against 147 k without a min-wait, and 1 KiB echo at 8 connections at
-    /// 66 k against 187 k. A quarter of the receives alone gave kv 147 k (both ways) and echo
+    /// 66 k against 187 k. A quarter of the receives gave kv 147 k (both ways) and echo
     /// 161 k (211 k without a min-wait in that run), and kept the batching's gain at 64 and
     /// 100 connections.
     fn wait_target(&self, extra: usize) -> usize {
         let batch = if self.cfg.min_wait_us > 0 && self.min_timeout {
-            (self.last_reaped / 4).clamp(1, self.cfg.batch.max(1) as usize)
+            (self.last_arrivals / 4).clamp(1, self.cfg.batch.max(1) as usize)
         } else {
             1
         };
