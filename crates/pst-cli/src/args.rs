@@ -85,6 +85,18 @@ pub struct ServerArgs {
     pub stats_file: Option<PathBuf>,
 }
 
+/// The buffer size in the header of an existing pool file, read before the pool is opened
+/// (opening allocates a sparse pool's missing blocks); `None` when there is no file or no
+/// valid header, which `Pool::open` then reports.
+fn existing_buf_size(path: &std::path::Path) -> Option<u32> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(path).ok()?;
+    let mut buf = [0u8; pst_pool::header::HEADER_LEN];
+    let n = file.read_at(&mut buf, 0).ok()?;
+    let header = pst_pool::Header::decode(&buf[..n], file.metadata().ok()?.len()).ok()?;
+    Some(header.geometry.buf_size)
+}
+
 impl ServerArgs {
     /// Open (or create) the pool these options name.
     pub fn open_pool(&self) -> anyhow::Result<Arc<Pool>> {
@@ -100,14 +112,15 @@ impl ServerArgs {
             read_only: false,
             scratch_buffers: None,
         };
-        let pool = Pool::open(&self.pool, &opts)?;
-        if let Some(want) = self.buf_size.filter(|&b| b != pool.buf_size()) {
-            anyhow::bail!(
-                "{}: existing pool has {}-byte buffers, but --buf-size {want} was given; the buffer size is fixed when a pool is created (left untouched; omit --buf-size or choose another --pool)",
-                self.pool.display(),
-                pool.buf_size()
-            );
+        if let (Some(want), Some(have)) = (self.buf_size, existing_buf_size(&self.pool)) {
+            if want != have {
+                anyhow::bail!(
+                    "{}: existing pool has {have}-byte buffers, but --buf-size {want} was given; the buffer size is fixed when a pool is created (left untouched; omit --buf-size or choose another --pool)",
+                    self.pool.display()
+                );
+            }
         }
+        let pool = Pool::open(&self.pool, &opts)?;
         if self.persist == PersistMode::Pmem && !pool.is_dax() {
             tracing::warn!("--persist pmem on a non-DAX pool: persistent memory is emulated (flushes reach the page cache)");
         }

@@ -684,15 +684,27 @@ fn valid_host(v: &[u8]) -> bool {
             return false;
         };
         let inner = &lit[..close];
-        let in_set = |set: &[u8]| {
-            inner
-                .iter()
+        let in_set = |s: &[u8], set: &[u8]| {
+            s.iter()
                 .all(|b| b.is_ascii_alphanumeric() || set.contains(b))
         };
-        let ok = if inner.first().is_some_and(|b| b.eq_ignore_ascii_case(&b'v')) {
-            inner.len() > 3 && in_set(b"-._~!$&'()*+;=:")
+        let ok = if let Some(f) = inner.strip_prefix(b"v").or(inner.strip_prefix(b"V")) {
+            // IPvFuture: "v" 1*HEXDIG "." 1*( unreserved / sub-delims / ":" )
+            let hex = f.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+            let rest = &f[hex..];
+            hex > 0 && rest.len() > 1 && rest[0] == b'.' && in_set(&rest[1..], b"-._~!$&'()*+,;=:")
         } else {
-            inner.contains(&b':') && in_set(b":.%-_~") && pct_ok(inner)
+            // IPv6address [ "%25" ZoneID ] (RFC 6874): hex digits, colons and dots, and a
+            // non-empty zone of unreserved bytes and escapes.
+            let (addr, zone) = match memchr::memmem::find(inner, b"%25") {
+                Some(z) => (&inner[..z], Some(&inner[z + 3..])),
+                None => (inner, None),
+            };
+            addr.contains(&b':')
+                && addr
+                    .iter()
+                    .all(|b| b.is_ascii_hexdigit() || b":.".contains(b))
+                && zone.is_none_or(|z| !z.is_empty() && in_set(z, b"-._~%") && pct_ok(z))
         };
         if !ok {
             return false;
@@ -1014,6 +1026,10 @@ mod tests {
             b"%",
             b"%zz",
             b"[]",
+            b"[zz:zz]",
+            b"[::1%25]",
+            b"[vvvv]",
+            b"[v.12]",
             "\u{e9}.com".as_bytes(),
         ] {
             assert!(bad(&with_host(evil)), "{:?}", String::from_utf8_lossy(evil));
