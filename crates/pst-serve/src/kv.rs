@@ -2415,10 +2415,10 @@ impl KvService {
                     ("persistence", format!("aof_enabled:{}\r\npst_persist:{}\r\npst_log_records:{}\r\npst_log_segments_free:{}/{}\r\npst_log_capacity_bytes:{}\r\npst_log_dead_bytes:{}\r\npst_log_borrowed_segments:{}\r\npst_commits:{}\r\npst_compactions:{}\r\n", durable as u8, self.persist, st.records, st.free_segments, st.segments, st.log_capacity, st.dead_log_bytes, st.borrowed_segments, st.commits, st.compactions)),
                     ("clients", format!("connected_clients:{}\r\n", m.conns)),
                     ("stats", format!(
-                        "total_commands_processed:{}\r\ntotal_net_input_bytes:{}\r\ntotal_net_output_bytes:{}\r\npst_syscalls:{}\r\npst_syscalls_per_request:{:.3}\r\npst_pool_capacity_buffers:{}\r\npst_pool_free_buffers:{}\r\npst_commit_latency_avg_us:{:.1}\r\n",
+                        "total_commands_processed:{}\r\ntotal_net_input_bytes:{}\r\ntotal_net_output_bytes:{}\r\npst_syscalls:{}\r\npst_syscalls_per_request:{:.3}\r\npst_pool_capacity_buffers:{}\r\npst_pool_free_buffers:{}\r\npst_recv_ring_empty:{}\r\npst_commit_latency_avg_us:{:.1}\r\n",
                         m.requests, m.bytes_in, m.bytes_out, m.syscalls,
                         if m.requests > 0 { m.syscalls as f64 / m.requests as f64 } else { 0.0 },
-                        m.capacity_bufs, m.free_bufs,
+                        m.capacity_bufs, m.free_bufs, m.ring_empty,
                         if m.commits > 0 { m.commit_ns as f64 / m.commits as f64 / 1e3 } else { 0.0 })),
                     ("replication", "role:master\r\nconnected_slaves:0\r\nmaster_repl_offset:0\r\n".to_owned()),
                     ("cpu", format!("used_cpu_sys:{sys:.6}\r\nused_cpu_user:{user:.6}\r\nused_cpu_sys_children:0.000000\r\nused_cpu_user_children:0.000000\r\n")),

@@ -24,6 +24,7 @@ pub struct WorkerMetrics {
     conns: AtomicU64,
     free_bufs: AtomicU64,
     capacity_bufs: AtomicU64,
+    ring_empty: AtomicU64,
 }
 
 impl WorkerMetrics {
@@ -38,6 +39,12 @@ impl WorkerMetrics {
         self.conns.store(conns as u64, Ordering::Relaxed);
         self.free_bufs.store(free as u64, Ordering::Relaxed);
         self.capacity_bufs.store(capacity as u64, Ordering::Relaxed);
+    }
+
+    /// Publish how many receives so far found the provided-buffer ring empty (uring engine:
+    /// multishot receives ended by `ENOBUFS`, re-armed once buffers were lent again).
+    pub fn ring_empty(&self, total: u64) {
+        self.ring_empty.store(total, Ordering::Relaxed);
     }
 
     /// Count bytes received from clients.
@@ -110,6 +117,8 @@ pub struct Totals {
     pub commits: u64,
     /// Their summed latency, nanoseconds.
     pub commit_ns: u64,
+    /// Receives that found the provided-buffer ring empty ([`WorkerMetrics::ring_empty`]).
+    pub ring_empty: u64,
 }
 
 impl Metrics {
@@ -153,6 +162,7 @@ impl Metrics {
             t.conns += get(&w.conns);
             t.free_bufs += get(&w.free_bufs);
             t.capacity_bufs += get(&w.capacity_bufs);
+            t.ring_empty += get(&w.ring_empty);
         }
         t.commits = self.commits.load(Ordering::Relaxed);
         t.commit_ns = self.commit_ns.load(Ordering::Relaxed);
@@ -214,6 +224,11 @@ impl Metrics {
                 "pst_syscalls_total",
                 "System calls made by the worker threads (io_uring_enter, epoll_wait, read, write, fdatasync, ...).",
                 t.syscalls,
+            ),
+            (
+                "pst_recv_ring_empty_total",
+                "Receives that found the provided-buffer ring empty (uring engine; back-pressure: the connection's receive was re-armed once buffers were lent again).",
+                t.ring_empty,
             ),
         ];
         for (name, help, v) in counters {
@@ -330,6 +345,8 @@ mod tests {
         m.worker(1).publish(6, 4);
         m.worker(1).gauges(3, 90, 100);
         m.worker(0).received(100);
+        m.worker(0).ring_empty(5);
+        m.worker(1).ring_empty(2);
         m.commit(Duration::from_micros(70));
         m.commit(Duration::from_secs(3));
         m.http_response(0, 200);
@@ -341,6 +358,7 @@ mod tests {
         );
         let text = m.prometheus(None, 2048);
         assert!(text.contains("pst_syscalls_per_request 2\n"), "{text}");
+        assert!(text.contains("pst_recv_ring_empty_total 7\n"), "{text}");
         assert!(text.contains("pst_http_requests_total{method=\"GET\",code=\"200\"} 1"));
         assert!(text.contains("pst_http_requests_total{method=\"POST\",code=\"other\"} 1"));
         assert!(text.contains("pst_commit_duration_seconds_bucket{le=\"0.0001\"} 1\n"));

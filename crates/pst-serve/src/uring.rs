@@ -568,7 +568,9 @@ pub fn serve<P: Protocol>(
                 }
             }
         }
-        ctx.publish(port.stats().driver.syscalls() + syncs, requests);
+        let stats = port.stats();
+        ctx.publish(stats.driver.syscalls() + syncs, requests);
+        ctx.metrics().ring_empty(stats.core.enobufs);
         ctx.metrics()
             .gauges(open, port.free_buffers(), port.capacity());
         // Once a second: close idle connections and those stuck in a slow request.
