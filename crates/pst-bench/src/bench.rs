@@ -866,7 +866,6 @@ pub fn run(mut a: BenchArgs) -> anyhow::Result<()> {
                         (conns, writers),
                         server_cpu,
                     ),
-                    // A peer that fails is skipped, never the bench's failure (DESIGN §4).
                     (None, Some(program)) => run_peer(
                         &a,
                         &sys.name,
@@ -874,17 +873,16 @@ pub fn run(mut a: BenchArgs) -> anyhow::Result<()> {
                         sys.persist,
                         (conns, writers),
                         server_cpu,
-                    )
-                    .map_err(|e| {
-                        eprintln!("pst bench: {} failed, skipped: {e:#}", sys.name);
-                        failed[i] = true;
-                        e
-                    }),
+                    ),
                     (None, None) => unreachable!("a system is pst or a peer"),
                 };
                 match run {
                     Ok(r) => runs[i].push(r),
-                    Err(_) if sys.peer.is_some() => {}
+                    // A peer that fails is skipped, never the bench's failure (DESIGN §4).
+                    Err(e) if sys.peer.is_some() => {
+                        eprintln!("pst bench: {} failed, skipped: {e:#}", sys.name);
+                        failed[i] = true;
+                    }
                     Err(e) => {
                         // pst itself failed: print what was measured, then say so.
                         for j in 0..configs.len() {

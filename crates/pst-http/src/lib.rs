@@ -671,9 +671,9 @@ fn is_tchar(b: u8) -> bool {
 fn valid_host(v: &[u8]) -> bool {
     // The common case, a registered name or IPv4 address and a port, checked with one table
     // lookup per byte (this runs for every request).
-    let end = v.iter().position(|&b| b == b':').unwrap_or(v.len());
-    let (name, rest) = v.split_at(end);
     let rest = if !v.starts_with(b"[") {
+        let end = v.iter().position(|&b| b == b':').unwrap_or(v.len());
+        let (name, rest) = v.split_at(end);
         if !name.iter().all(|&b| REG_NAME[b as usize]) || !pct_ok(name) {
             return false;
         }

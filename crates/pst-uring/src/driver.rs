@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use pst_pool::{Partition, Pool};
-use pst_ring::{BufIdx, Completion, ConnId, Core, Errno, Extent, Op, OpKind};
+use pst_ring::{BufIdx, Completion, ConnId, Core, Errno, Extent, Op, OpKind, UserData};
 
 use crate::accept;
 use crate::bufring::BufRing;
@@ -406,12 +406,13 @@ impl Driver {
                 ) => {}
             Err(e) => return Err(e),
         }
-        let mut n: usize = 0;
+        let mut n = 0;
         let mut arrivals = 0usize;
         let mut accept_ready = false;
         for cqe in self.ring.completion() {
             n += 1;
-            arrivals += (cqe.user_data() >> 56 == OpKind::Recv as u64) as usize;
+            arrivals +=
+                UserData::decode(cqe.user_data()).is_some_and(|u| u.kind == OpKind::Recv) as usize;
             if cqe.user_data() == accept::ACCEPT_READY {
                 // Re-armed by the next sync; level-triggered, so nothing pending is missed.
                 self.acceptor.armed = false;
