@@ -54,6 +54,7 @@ impl Mapping {
         if private && !read_only {
             let ptr = Self::mmap(len, prot, libc::MAP_PRIVATE, file.as_raw_fd())?;
             Self::small_folios(file, ptr, len);
+            Self::read_ahead(file, len);
             return Ok(Mapping {
                 ptr,
                 len,
@@ -93,6 +94,45 @@ impl Mapping {
         let rc = unsafe { libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_RANDOM) };
         if rc != 0 {
             tracing::debug!(error = %io::Error::last_os_error(), "madvise(MADV_RANDOM) on the pool failed");
+        }
+    }
+
+    /// Read the whole file into the page cache before recovery faults it in. With readahead
+    /// off on the mapping (`small_folios`), each fault is one synchronous 4 KiB disk read: a
+    /// 1 GiB pool of 400,000 1 KiB values took 8.4 s to recover, page cache warm or not (the
+    /// `POSIX_FADV_DONTNEED` had just dropped it).
+    ///
+    /// `POSIX_FADV_WILLNEED` submits the reads and returns, in single-page folios (only the
+    /// fault and read paths' readahead builds large ones, so `small_folios` still holds), but
+    /// the kernel reads at most the device's largest request (`max_sectors_kb`, or the
+    /// readahead window if larger) per call, so the file goes in chunks of `CHUNK`. Only when
+    /// the file fits in half the machine's memory: a larger pool would push itself, and
+    /// everything else, out of the cache before recovery got to it. A hint: a failure is
+    /// logged and ends it.
+    fn read_ahead(file: &File, len: usize) {
+        const CHUNK: usize = 2 << 20;
+        // SAFETY: sysconf only reads system parameters.
+        let (pages, page) =
+            unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+        let ram = (pages.max(0) as u64).saturating_mul(page.max(0) as u64);
+        if len as u64 > ram / 2 {
+            return;
+        }
+        for off in (0..len).step_by(CHUNK) {
+            let n = CHUNK.min(len - off);
+            // SAFETY: fadvise on our own descriptor; it changes no memory.
+            let rc = unsafe {
+                libc::posix_fadvise(
+                    file.as_raw_fd(),
+                    off as libc::off_t,
+                    n as libc::off_t,
+                    libc::POSIX_FADV_WILLNEED,
+                )
+            };
+            if rc != 0 {
+                tracing::debug!(error = rc, "posix_fadvise(WILLNEED) on the pool failed");
+                return;
+            }
         }
     }
 
