@@ -472,7 +472,8 @@ struct Scanned {
 /// deleted or cleared later in `scanned`; `usize::MAX`: none, or not a put).
 fn value_ends(scanned: &[Scanned]) -> Vec<usize> {
     let mut ended = vec![usize::MAX; scanned.len()];
-    let mut last: HashMap<&[u8], usize> = HashMap::new();
+    let mut last: HashMap<&[u8], usize, ahash::RandomState> =
+        HashMap::with_capacity_and_hasher(scanned.len().min(1 << 20), ahash::RandomState::new());
     for (i, x) in scanned.iter().enumerate() {
         match x.rec.kind {
             Kind::Put => {
