@@ -64,6 +64,7 @@ impl Mapping {
         let ptr = Self::mmap(len, prot, libc::MAP_SHARED, file.as_raw_fd())?;
         if !read_only {
             Self::small_folios(file, ptr, len);
+            Self::read_ahead(file, len);
         }
         Ok(Mapping {
             ptr,
