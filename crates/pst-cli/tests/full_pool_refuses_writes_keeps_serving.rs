@@ -505,3 +505,144 @@ fn tiny_pool_filled_still_answers() {
         assert_eq!(n, stored, "{engine}");
     }
 }
+
+/// A request larger than what a full pool has left — within `--max-value`/`--max-body`, so only
+/// room refuses it — gets the refusal at once, and every other client goes on being served
+/// meanwhile. On the io_uring engine such a request used to hold the receive buffers every
+/// connection needs: `PING` got no answer and the sender got nothing until the request
+/// timeout (30 s) closed it. Then deleted space is writable again. Both engines, kv and httpd.
+/// Builds the `n`th 1,000-byte write request.
+type Writer = fn(usize) -> Vec<u8>;
+
+#[test]
+fn a_request_bigger_than_the_room_left_is_refused_at_once() {
+    for engine in ["uring", "epoll"] {
+        for proto in ["kv", "httpd"] {
+            let dir = common::tmpdir(&format!("full-big-{proto}-{engine}"));
+            let pool = dir.join("pool");
+            let p = pool.to_str().unwrap();
+            let mut args = vec![
+                proto,
+                "--engine",
+                engine,
+                "--pool",
+                p,
+                "--pool-size",
+                "8MiB",
+            ];
+            if proto == "httpd" {
+                args.extend(["--store", "kv"]);
+            }
+            let addr = common::free_addr();
+            let mut s = common::ServerProc::start(&args, addr);
+            // Fill with 1,000-byte values until refused.
+            let (big_request, refusal, write): (Vec<u8>, &str, Writer) = if proto == "kv" {
+                let mut r = b"*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n$1000000\r\n".to_vec();
+                r.extend(std::iter::repeat_n(b'y', 1_000_000));
+                r.extend(b"\r\n");
+                (r, "-OOM", |i| {
+                    format!("SET k{i} {}\r\n", "x".repeat(1000)).into_bytes()
+                })
+            } else {
+                let mut r =
+                    b"POST /big HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000\r\n\r\n".to_vec();
+                r.extend(std::iter::repeat_n(b'y', 1_000_000));
+                (r, "HTTP/1.1 507", |i| {
+                    format!(
+                        "POST /k{i} HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n{}",
+                        "x".repeat(1000)
+                    )
+                    .into_bytes()
+                })
+            };
+            let mut c = TcpStream::connect(addr).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut filled = 0;
+            for i in 0..20_000 {
+                c.write_all(&write(i)).unwrap();
+                let mut buf = [0u8; 512];
+                let n = c.read(&mut buf).unwrap();
+                let r = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if r.starts_with(refusal) {
+                    filled = i;
+                    break;
+                }
+                assert!(r.starts_with("+OK") || r.starts_with("HTTP/1.1 20"), "{r}");
+            }
+            assert!(filled > 1000, "{proto} {engine}: only {filled} values fit");
+            if proto == "httpd" {
+                // The 507 said `Connection: close` or not; start afresh either way.
+                c = TcpStream::connect(addr).unwrap();
+                c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            }
+            // The big request, from a thread (it may block on a full socket buffer).
+            let t0 = Instant::now();
+            let sender = std::thread::spawn(move || {
+                let mut b = TcpStream::connect(addr).unwrap();
+                b.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                let _ = b.write_all(&big_request);
+                let mut buf = [0u8; 256];
+                let n = b.read(&mut buf).unwrap_or(0);
+                (
+                    String::from_utf8_lossy(&buf[..n]).into_owned(),
+                    t0.elapsed(),
+                )
+            });
+            // Meanwhile other clients are answered.
+            std::thread::sleep(Duration::from_millis(300));
+            for _ in 0..5 {
+                let mut o = TcpStream::connect(addr).unwrap();
+                o.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+                let probe: &[u8] = if proto == "kv" {
+                    b"PING\r\n"
+                } else {
+                    b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"
+                };
+                o.write_all(probe).unwrap();
+                let mut buf = [0u8; 64];
+                let n = o.read(&mut buf).unwrap_or(0);
+                let r = String::from_utf8_lossy(&buf[..n]);
+                assert!(
+                    r.starts_with("+PONG") || r.starts_with("HTTP/1.1 200"),
+                    "{proto} {engine}: another client got {r:?} while a big request came in"
+                );
+            }
+            let (reply, took) = sender.join().unwrap();
+            assert!(
+                reply.starts_with(refusal),
+                "{proto} {engine}: the big request got {reply:?} after {took:?}"
+            );
+            assert!(
+                took < Duration::from_secs(10),
+                "{proto} {engine}: the refusal took {took:?}"
+            );
+            // Deleted space is writable again: 100 values (about 50 buffers; after the big
+            // request the receive ring may hold a few dozen more buffers than before it).
+            if proto == "kv" {
+                let keys: Vec<String> = (1..=100).map(|i| format!("k{i}")).collect();
+                c.write_all(format!("DEL {}\r\n", keys.join(" ")).as_bytes())
+                    .unwrap();
+                let mut buf = [0u8; 64];
+                let n = c.read(&mut buf).unwrap();
+                assert_eq!(&buf[..n], b":100\r\n");
+            } else {
+                for i in 1..=100 {
+                    c.write_all(format!("DELETE /k{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+                        .unwrap();
+                    let mut r = std::io::BufReader::new(&c);
+                    let resp = common::read_http(&mut r, false).unwrap();
+                    assert_eq!(resp.status, 200, "DELETE /k{i}");
+                }
+            }
+            c.write_all(&write(999_999)).unwrap();
+            let mut buf = [0u8; 256];
+            let n = c.read(&mut buf).unwrap();
+            let r = String::from_utf8_lossy(&buf[..n]);
+            assert!(
+                r.starts_with("+OK") || r.starts_with("HTTP/1.1 201"),
+                "{proto} {engine}: after deleting, a write got {r:?}"
+            );
+            assert!(s.term().success());
+        }
+    }
+}

@@ -723,6 +723,10 @@ impl Protocol for HttpService {
         b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 25\r\nConnection: close\r\n\r\ntoo many connections, bye"
     }
 
+    fn full_reply(&self) -> &'static [u8] {
+        b"HTTP/1.1 507 Insufficient Storage\r\nContent-Length: 30\r\nConnection: close\r\n\r\npool full: request not stored"
+    }
+
     fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }

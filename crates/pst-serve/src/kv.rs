@@ -3466,6 +3466,10 @@ impl Protocol for KvService {
         b"-ERR max number of clients reached\r\n"
     }
 
+    fn full_reply(&self) -> &'static [u8] {
+        b"-OOM command not allowed when used memory > 'maxmemory'.\r\n"
+    }
+
     fn metrics(&self) -> &std::sync::Arc<crate::metrics::Metrics> {
         &self.metrics
     }

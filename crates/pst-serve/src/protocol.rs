@@ -116,6 +116,13 @@ pub trait Protocol: Send + Sync + 'static {
     ) -> bool;
     /// What a connection beyond `--max-conns` is told before it is closed.
     fn busy_reply(&self) -> &'static [u8];
+    /// What a connection is told before it is closed because its unfinished request cannot
+    /// be received: the pool is below the write reserve, so the request could not be stored
+    /// anyway, and the buffers it would still need are the ones every connection receives
+    /// into (the io_uring engine). Empty: just close.
+    fn full_reply(&self) -> &'static [u8] {
+        b""
+    }
     /// The server's metrics, which the engines update and the service may render.
     fn metrics(&self) -> &std::sync::Arc<crate::metrics::Metrics>;
 

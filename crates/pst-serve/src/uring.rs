@@ -200,8 +200,10 @@ impl Io for UringIo<'_> {
     }
 
     fn has_room(&self, bytes: u64) -> bool {
+        // Spare, not just free: a burst's receive buffers still lent to the kernel refused
+        // every write after it (an 8 MiB pool took ~120 deletes to accept one again).
         crate::protocol::has_room(
-            self.port.free_buffers(),
+            self.port.spare_buffers(),
             self.port.capacity(),
             self.port.pool().buf_size(),
             bytes,
@@ -463,6 +465,7 @@ pub fn serve<P: Protocol>(
         // Connections that do not read their replies hold pool buffers that every connection
         // receives into: when the pool runs short, the biggest holders go.
         abort_stuck(&mut port, &mut conns, &mut dirty);
+        shed_partial(&mut port, &mut conns, &mut dirty, &*proto);
         // Parked connections (long polls): answer those whose wait is over.
         parked.sort_unstable();
         parked.dedup();
@@ -860,6 +863,68 @@ fn abort_stuck<C>(port: &mut Port, conns: &mut [Option<UConn<C>>], dirty: &mut V
         };
         let c = conns[ix].as_mut().expect("found above");
         abort(port, c, ix, dirty);
+    }
+}
+
+/// While nothing can be received ([`Port::rx_starved`]: the receive ring is empty and the free
+/// buffers are down to the port's reserve, below the write reserve, so no write could be
+/// stored either),
+/// close the connection whose unfinished request holds the most buffers — at least
+/// [`STUCK_MIN`] — after telling it why ([`Protocol::full_reply`]), behind the replies it is
+/// owed. Such a request (a value or body larger than the pool has left, or many clients
+/// dripping requests a byte at a time) cannot complete, and holding on, it left every client
+/// without receive buffers until the request timeout (30 s): `PING` went unanswered, while the
+/// epoll engine answered the big `SET` with `-OOM` at once. A request that fits in what the
+/// write reserve leaves for receiving (a `DEL` of ten thousand keys in a full pool) is never
+/// cut: it does not starve the ring.
+fn shed_partial<P: Protocol>(
+    port: &mut Port,
+    conns: &mut [Option<UConn<P::Conn>>],
+    dirty: &mut Vec<usize>,
+    proto: &P,
+) {
+    while port.rx_starved() {
+        let biggest = conns
+            .iter()
+            .enumerate()
+            .filter_map(|(ix, c)| c.as_ref().map(|c| (ix, c)))
+            .filter(|(_, c)| c.partial_since.is_some() && !c.close_after && !c.dead)
+            .map(|(ix, c)| (ix, c.chunks.len()))
+            .filter(|&(_, held)| held >= STUCK_MIN)
+            .max_by_key(|&(_, held)| held)
+            .map(|(ix, _)| ix);
+        let Some(ix) = biggest else {
+            return;
+        };
+        let c = conns[ix].as_mut().expect("found above");
+        tracing::warn!(
+            conn = ?c.id,
+            buffers = c.chunks.len(),
+            free = port.free_buffers(),
+            "closing a connection whose unfinished request the full pool cannot take"
+        );
+        for (_, e) in c.chunks.drain(..) {
+            port.release(e);
+        }
+        c.fed = c.pos;
+        c.partial_since = None;
+        let reply = proto.full_reply();
+        if !reply.is_empty() {
+            let piece = Piece::Bytes(reply.to_vec());
+            // In order: behind replies still held for a commit, if any.
+            match c.gates.back_mut() {
+                Some((_, k)) => {
+                    c.held.push_back(piece);
+                    *k += 1;
+                }
+                None => c.pending.push(piece),
+            }
+        }
+        // As after a protocol error: the rest of its input is dropped as it arrives, and the
+        // close lingers so the reply is read before the socket goes.
+        c.close_after = true;
+        c.dead = true;
+        dirty.push(ix);
     }
 }
 

@@ -444,6 +444,19 @@ impl Port {
         self.core.alloc().free_count()
     }
 
+    /// Free buffers, plus those lent to the kernel beyond what a quiet port lends: after a
+    /// burst the receive ring holds extra buffers until the kernel fills them, and they are
+    /// receive capacity as good as free ones. What a write reserve should be checked against.
+    pub fn spare_buffers(&self) -> usize {
+        self.core.alloc().free_count() + self.core.lent_beyond_floor()
+    }
+
+    /// The receive ring is empty and the free buffers are down to the port's reserve: nothing
+    /// more can be received on any connection until something is released.
+    pub fn rx_starved(&self) -> bool {
+        self.core.rx_starved()
+    }
+
     /// Buffers in this port's partition.
     pub fn capacity(&self) -> usize {
         self.core.alloc().capacity()

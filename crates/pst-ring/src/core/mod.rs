@@ -286,6 +286,20 @@ impl Core {
         self.bids.lent()
     }
 
+    /// Buffers lent to the kernel beyond what [`Core::refill`] lends a quiet port: receive
+    /// capacity a burst left behind. They come back only as the kernel fills them, so until
+    /// then they are missing from the free count although receiving needs nothing more.
+    pub fn lent_beyond_floor(&self) -> usize {
+        self.bids.lent().saturating_sub(self.refill_floor())
+    }
+
+    /// The receive ring is empty and the free buffers are down to the reserve [`Core::refill`]
+    /// keeps back: nothing more can be received on any connection until something is
+    /// released.
+    pub fn rx_starved(&self) -> bool {
+        self.bids.lent() == 0 && self.alloc.free_count() <= self.cfg.reserve
+    }
+
     /// Open connections.
     pub fn open_conns(&self) -> usize {
         self.open_conns

@@ -16,6 +16,12 @@ impl Core {
         self.kept.clear();
     }
 
+    /// What [`Core::refill`] lends when nothing was consumed lately (its target at rest).
+    pub(crate) fn refill_floor(&self) -> usize {
+        256.min(self.bids.entries())
+            .min((self.alloc.capacity() / 4).max(64))
+    }
+
     /// Lend free buffers to the kernel — up to twice what it filled since the last refill (at
     /// least 256), never more than the ring holds or beyond the reserve; `post(bid, buf)`
     /// writes each ring entry. Then re-arm receives that starved. Returns the
