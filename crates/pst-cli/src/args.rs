@@ -104,6 +104,17 @@ impl ServerArgs {
         let buf_size = self.buf_size.unwrap_or(pst_pool::DEFAULT_BUF_SIZE);
         let geometry = Geometry::for_size_with_log(size, buf_size, self.log_share / 100.0)
             .map_err(anyhow::Error::msg)?;
+        // A server keeps buffers back for receiving and replies (64, or an eighth of a small
+        // pool, then a sixteenth more for writes): below this it could refuse every write and,
+        // on the io_uring engine, stop answering (an 86,016-byte pool did).
+        const MIN_BUFFERS: u32 = 256;
+        if geometry.buf_count < MIN_BUFFERS {
+            anyhow::bail!(
+                "--pool-size {size} is too small: it leaves {} buffers of {buf_size} bytes, and a \
+                 server needs at least {MIN_BUFFERS} (try --pool-size 1MiB or more)",
+                geometry.buf_count
+            );
+        }
         let opts = PoolOptions {
             geometry,
             require_geometry: self.pool_size.is_some(),

@@ -158,3 +158,25 @@ fn damaged_acknowledged_value_is_reported_and_the_server_refuses_to_start() {
     assert_eq!(std::fs::read(&pool).unwrap(), bytes, "left untouched");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A pool too small for a server (fewer than 256 buffers) is refused before anything is
+/// created, with a message saying so; an 86,016-byte pool used to start, refuse every write
+/// and, on the io_uring engine, stop answering `PING`.
+#[test]
+fn pool_too_small_for_a_server_is_refused() {
+    let dir = common::tmpdir("too-small");
+    let pool = dir.join("pool");
+    for engine in ["uring", "epoll"] {
+        let out = common::pst()
+            .args(["kv", "--engine", engine, "--addr"])
+            .arg(common::free_addr().to_string())
+            .args(["--pool", pool.to_str().unwrap(), "--pool-size", "86016"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{engine}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("too small") && err.contains("256"), "{err}");
+        assert!(!pool.exists(), "{engine}: a refused pool was created");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

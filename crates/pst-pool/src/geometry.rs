@@ -27,6 +27,16 @@ pub struct Geometry {
 /// The pool's share for the log region when not given: a sixteenth.
 pub const DEFAULT_LOG_SHARE: f64 = 1.0 / 16.0;
 
+impl std::fmt::Display for Geometry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} buffers of {} bytes and a {}-byte log",
+            self.buf_count, self.buf_size, self.log_len
+        )
+    }
+}
+
 impl Geometry {
     /// Geometry for a pool of about `total` bytes: 1/16 of it (at least 64 KiB) for the log, the
     /// rest as `buf_size` buffers.

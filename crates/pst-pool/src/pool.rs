@@ -34,7 +34,7 @@ pub enum PoolError {
         source: HeaderError,
     },
     /// The file is a valid pool with another geometry than the one asked for.
-    #[error("{path}: existing pool has geometry {found:?}, but {wanted:?} was requested (left untouched)")]
+    #[error("{path}: existing pool has geometry {found}, but geometry {wanted} was requested (left untouched; omit --pool-size to open it as it is)")]
     GeometryMismatch {
         /// The pool path.
         path: PathBuf,
@@ -562,7 +562,7 @@ impl Pool {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
         }
-        tracing::info!(?path, ?geometry, "created pool");
+        tracing::info!(?path, %geometry, "created pool");
         Ok(())
     }
 
