@@ -273,7 +273,13 @@ impl HttpService {
                     let ct = HeaderValue::Text("text/plain; version=0.0.4; charset=utf-8");
                     Self::respond_with(reply, 200, ("Content-Type", ct), text.as_bytes(), ka)
                 }
-                _ => Self::respond(reply, 405, b"/metrics is read-only\n", ka),
+                _ => Self::respond_with(
+                    reply,
+                    405,
+                    ("Allow", HeaderValue::Text("GET, HEAD")),
+                    b"/metrics is read-only\n",
+                    ka,
+                ),
             };
         }
         if route == "/log" && self.mode == StoreMode::Wal {
@@ -321,7 +327,13 @@ impl HttpService {
                     }
                     _ => Self::respond(reply, 400, b"DELETE /log needs ?before=SEQ\n", ka),
                 },
-                _ => Self::respond(reply, 405, b"method not allowed on /log\n", ka),
+                _ => Self::respond_with(
+                    reply,
+                    405,
+                    ("Allow", HeaderValue::Text("GET, HEAD, DELETE")),
+                    b"method not allowed on /log\n",
+                    ka,
+                ),
             };
         }
         match (req.method, self.mode, store) {
@@ -422,7 +434,20 @@ impl HttpService {
                     None => Self::respond(reply, 400, b"DELETE /<key> needs a key\n", ka),
                 }
             }
-            _ => Self::respond(reply, 405, b"method not allowed\n", ka),
+            // RFC 9110 §15.5.6: a 405 lists the methods the resource supports.
+            (_, mode, _) => Self::respond_with(
+                reply,
+                405,
+                (
+                    "Allow",
+                    HeaderValue::Text(match mode {
+                        StoreMode::Kv => "GET, HEAD, POST, PUT, DELETE",
+                        _ => "GET, HEAD, POST, PUT",
+                    }),
+                ),
+                b"method not allowed\n",
+                ka,
+            ),
         }
     }
 
@@ -724,7 +749,7 @@ impl Protocol for HttpService {
     }
 
     fn full_reply(&self) -> &'static [u8] {
-        b"HTTP/1.1 507 Insufficient Storage\r\nContent-Length: 30\r\nConnection: close\r\n\r\npool full: request not stored"
+        b"HTTP/1.1 507 Insufficient Storage\r\nContent-Length: 29\r\nConnection: close\r\n\r\npool full: request not stored"
     }
 
     fn metrics(&self) -> &Arc<Metrics> {
@@ -964,10 +989,23 @@ mod tests {
         assert_eq!(status, 200);
         assert!(body.contains("# TYPE pst_http_requests_total counter\n"));
         assert!(body.contains("pst_http_requests_total{method=\"GET\",code=\"404\"} 1\n"));
-        assert_eq!(
-            parse(&c.say("POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx")).0,
-            405
+        let r = c.say("POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx");
+        assert_eq!(parse(&r).0, 405);
+        assert!(r.contains("\r\nAllow: GET, HEAD\r\n"), "{r}");
+        let r = c.say("PATCH /k HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(parse(&r).0, 405);
+        assert!(
+            r.contains("\r\nAllow: GET, HEAD, POST, PUT, DELETE\r\n"),
+            "{r}"
         );
+    }
+
+    #[test]
+    fn full_reply_is_well_framed() {
+        let svc = HttpService::new(StoreMode::Kv, 1024, None);
+        let (status, body) = parse(std::str::from_utf8(svc.full_reply()).unwrap());
+        assert_eq!(status, 507);
+        assert_eq!(body, "pool full: request not stored");
     }
 
     #[test]
