@@ -13,7 +13,8 @@ use std::ops::Range;
 /// Limits, with the defaults a server should use.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Largest request head (request line + headers), bytes. Beyond: 431.
+    /// Largest request head (request line + headers), bytes. Beyond: 431 (414 when the
+    /// request line alone is longer).
     pub max_head: usize,
     /// Most header fields. Beyond: 431.
     pub max_headers: usize,
@@ -101,6 +102,9 @@ pub enum FrameError {
     /// Head too large or too many header fields.
     #[error("431 Request Header Fields Too Large")]
     HeadTooLarge,
+    /// The request line alone is longer than the head limit (RFC 9110 §15.5.15).
+    #[error("414 URI Too Long")]
+    UriTooLong,
     /// Not HTTP/1.0 or HTTP/1.1.
     #[error("505 HTTP Version Not Supported")]
     Version,
@@ -117,6 +121,7 @@ impl FrameError {
             FrameError::LengthRequired => 411,
             FrameError::TooLarge => 413,
             FrameError::HeadTooLarge => 431,
+            FrameError::UriTooLong => 414,
             FrameError::Version => 505,
             FrameError::Expectation => 417,
         }
@@ -283,7 +288,12 @@ impl RequestFramer {
                                 self.carry.extend_from_slice(&chunk[at..at + take]);
                             }
                             if self.carry.len() > self.limits.max_head {
-                                self.fail(FrameError::HeadTooLarge, out);
+                                // No line end yet: the request line itself is too long.
+                                let e = match self.carry.contains(&b'\n') {
+                                    true => FrameError::HeadTooLarge,
+                                    false => FrameError::UriTooLong,
+                                };
+                                self.fail(e, out);
                                 return;
                             }
                             at += take;
@@ -769,6 +779,7 @@ pub fn reason(status: u16) -> &'static str {
         405 => "Method Not Allowed",
         411 => "Length Required",
         413 => "Content Too Large",
+        414 => "URI Too Long",
         417 => "Expectation Failed",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
@@ -938,6 +949,10 @@ mod tests {
         ]
         .concat();
         assert_eq!(st(&long), 431);
+        // The request line alone past the limit: the URI is too long.
+        let uri: Vec<u8> = [&b"GET /"[..], &vec![b'a'; 20_000], b" HTTP/1.1\r\n\r\n"].concat();
+        assert_eq!(st(&uri), 414);
+        assert_eq!(reason(414), "URI Too Long");
     }
 
     #[test]
