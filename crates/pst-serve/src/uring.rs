@@ -888,7 +888,16 @@ fn shed_partial<P: Protocol>(
             .iter()
             .enumerate()
             .filter_map(|(ix, c)| c.as_ref().map(|c| (ix, c)))
-            .filter(|(_, c)| c.partial_since.is_some() && !c.close_after && !c.dead)
+            // Not a client that does not read its replies (stalled, or with replies queued):
+            // a lingering close would wait on it for good; `abort_stuck` resets those.
+            .filter(|(_, c)| {
+                c.partial_since.is_some()
+                    && !c.close_after
+                    && !c.dead
+                    && !c.stalled
+                    && !c.stuck
+                    && port.tx_pieces(c.id) == 0
+            })
             .map(|(ix, c)| (ix, c.chunks.len()))
             .filter(|&(_, held)| held >= STUCK_MIN)
             .max_by_key(|&(_, held)| held)
