@@ -409,7 +409,7 @@ pub fn serve<P: Protocol>(
                             let g = guard.as_deref_mut();
                             feed(&mut h, &*proto, c, ix, g, background, usize::MAX);
                         }
-                        if s.kind == SlotKind::End && proto.parked(&c.proto) {
+                        if s.kind == SlotKind::End && proto.parked(&c.proto) && !c.dead {
                             // Half-closed while waiting: answer the wait now.
                             let before = c.pending.len();
                             let mut io = UringIo {
@@ -465,7 +465,6 @@ pub fn serve<P: Protocol>(
         // Connections that do not read their replies hold pool buffers that every connection
         // receives into: when the pool runs short, the biggest holders go.
         abort_stuck(&mut port, &mut conns, &mut dirty);
-        shed_partial(&mut port, &mut conns, &mut dirty, &*proto);
         // Parked connections (long polls): answer those whose wait is over.
         parked.sort_unstable();
         parked.dedup();
@@ -544,6 +543,8 @@ pub fn serve<P: Protocol>(
         for w in wake.drain(..) {
             port.wake(&w).map_err(io("waking a worker"))?;
         }
+        // After everything this pass released (other workers' returns, maintenance).
+        shed_partial(&mut port, &mut conns, &mut dirty, &*proto);
         dirty.append(&mut waiting);
         dirty.sort_unstable();
         dirty.dedup();
@@ -844,21 +845,30 @@ fn abort<C>(port: &mut Port, c: &mut UConn<C>, ix: usize, dirty: &mut Vec<usize>
     dirty.push(ix);
 }
 
+/// The connection for which `held` says the most buffers, at least [`STUCK_MIN`] (`None`
+/// from `held`: not a candidate).
+fn biggest_holder<C>(
+    conns: &[Option<UConn<C>>],
+    held: impl Fn(&UConn<C>) -> Option<usize>,
+) -> Option<usize> {
+    conns
+        .iter()
+        .enumerate()
+        .filter_map(|(ix, c)| Some((ix, held(c.as_ref()?)?)))
+        .filter(|&(_, n)| n >= STUCK_MIN)
+        .max_by_key(|&(_, n)| n)
+        .map(|(ix, _)| ix)
+}
+
 /// While the pool is short ([`pool_pressure`]: free below an eighth), abort the stuck
 /// connection (its peer reads nothing: [`UConn::stuck`]) that holds the most buffers, replies
 /// and unread requests — at least [`STUCK_MIN`], and still with sends queued.
 fn abort_stuck<C>(port: &mut Port, conns: &mut [Option<UConn<C>>], dirty: &mut Vec<usize>) {
     while pool_pressure(port.free_buffers(), port.capacity()) {
-        let biggest = conns
-            .iter()
-            .enumerate()
-            .filter_map(|(ix, c)| c.as_ref().map(|c| (ix, c)))
-            .filter(|(_, c)| c.stuck && !c.close_after && port.tx_pieces(c.id) > 0)
-            .map(|(ix, c)| (ix, c.chunks.len() + backlog(port, c)))
-            .filter(|&(_, held)| held >= STUCK_MIN)
-            .max_by_key(|&(_, held)| held)
-            .map(|(ix, _)| ix);
-        let Some(ix) = biggest else {
+        let Some(ix) = biggest_holder(conns, |c| {
+            (c.stuck && !c.close_after && port.tx_pieces(c.id) > 0)
+                .then(|| c.chunks.len() + backlog(port, c))
+        }) else {
             return;
         };
         let c = conns[ix].as_mut().expect("found above");
@@ -884,25 +894,20 @@ fn shed_partial<P: Protocol>(
     proto: &P,
 ) {
     while port.rx_starved() {
-        let biggest = conns
-            .iter()
-            .enumerate()
-            .filter_map(|(ix, c)| c.as_ref().map(|c| (ix, c)))
-            // Not a client that does not read its replies (stalled, or with replies queued):
-            // a lingering close would wait on it for good; `abort_stuck` resets those.
-            .filter(|(_, c)| {
-                c.partial_since.is_some()
-                    && !c.close_after
-                    && !c.dead
-                    && !c.stalled
-                    && !c.stuck
-                    && port.tx_pieces(c.id) == 0
-            })
-            .map(|(ix, c)| (ix, c.chunks.len()))
-            .filter(|&(_, held)| held >= STUCK_MIN)
-            .max_by_key(|&(_, held)| held)
-            .map(|(ix, _)| ix);
-        let Some(ix) = biggest else {
+        // Not a client that does not read its replies (stalled, or with replies queued): a
+        // lingering close would wait on it for good; `abort_stuck` resets those.
+        // Nor a parked one (a long poll, a deferred delete): its owed reply does not exist
+        // yet, so the refusal would come first, and the delete is meant to succeed.
+        let Some(ix) = biggest_holder(conns, |c| {
+            (c.partial_since.is_some()
+                && !c.close_after
+                && !c.dead
+                && !c.stalled
+                && !c.stuck
+                && port.tx_pieces(c.id) == 0
+                && !proto.parked(&c.proto))
+            .then_some(c.chunks.len())
+        }) else {
             return;
         };
         let c = conns[ix].as_mut().expect("found above");
