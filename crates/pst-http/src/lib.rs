@@ -495,7 +495,11 @@ impl RequestFramer {
         };
         let mut path = std::mem::take(&mut self.spare_path);
         path.clear();
-        path.push_str(r.path.ok_or(FrameError::BadRequest)?);
+        let (slash, rest) = origin_form(r.path.ok_or(FrameError::BadRequest)?);
+        if slash {
+            path.push('/');
+        }
+        path.push_str(rest);
         let mut content_length: Option<u64> = None;
         let mut codings: Vec<String> = Vec::new();
         let mut expect = false;
@@ -806,6 +810,25 @@ pub fn write_head(out: &mut Vec<u8>, status: u16, len: usize, keep_alive: bool) 
     write_head_for(out, status, len, keep_alive, false)
 }
 
+/// The path and query of a request target, as (a `/` to put first, the rest). A server must
+/// accept the absolute form (`http://host:port/p?q`, RFC 9112 §3.2.2), which proxies send: its
+/// scheme and authority go, and an empty path is `/`. Other targets are kept as they are.
+fn origin_form(target: &str) -> (bool, &str) {
+    let rest = ["http://", "https://"].iter().find_map(|s| {
+        target
+            .get(..s.len())
+            .filter(|p| p.eq_ignore_ascii_case(s))
+            .map(|_| &target[s.len()..])
+    });
+    let Some(rest) = rest else {
+        return (false, target);
+    };
+    match rest.find(['/', '?']) {
+        Some(i) => (rest.as_bytes()[i] == b'?', &rest[i..]),
+        None => (true, ""),
+    }
+}
+
 /// The status line and `Content-Length`, without `fmt` (once per response on the hot path).
 fn head_lines(out: &mut Vec<u8>, status: u16, len: usize) {
     let mut n = itoa::Buffer::new();
@@ -883,6 +906,20 @@ mod tests {
         }
         let ev = feed_all(&[b"GET / HTTP/2.0\r\n\r\n"]);
         assert_eq!(ev, vec![Event::Error(FrameError::Version)]);
+    }
+
+    /// The absolute form a proxy sends (RFC 9112 §3.2.2) is served like the origin form.
+    #[test]
+    fn absolute_form_targets_become_paths() {
+        assert_eq!(origin_form("http://x/p?q=1"), (false, "/p?q=1"));
+        assert_eq!(origin_form("HTTP://x:8080"), (true, ""));
+        assert_eq!(origin_form("https://x?q"), (true, "?q"));
+        assert_eq!(origin_form("/http://x/p"), (false, "/http://x/p"));
+        assert_eq!(origin_form("*"), (false, "*"));
+        let ev = feed_all(&[b"GET http://h:1/k?a HTTP/1.1\r\nHost: h\r\n\r\n"]);
+        assert_eq!(req(&ev[0]).path, "/k?a");
+        let ev = feed_all(&[b"GET https://h HTTP/1.1\r\nHost: h\r\n\r\n"]);
+        assert_eq!(req(&ev[0]).path, "/");
     }
 
     #[test]
