@@ -878,10 +878,9 @@ fn abort_stuck<C>(port: &mut Port, conns: &mut [Option<UConn<C>>], dirty: &mut V
 
 /// While nothing can be received ([`Port::rx_starved`]: the receive ring is empty and the free
 /// buffers are down to the port's reserve, below the write reserve, so no write could be
-/// stored either),
-/// close the connection whose unfinished request holds the most buffers — at least
-/// [`STUCK_MIN`] — after telling it why ([`Protocol::full_reply`]), behind the replies it is
-/// owed. Such a request (a value or body larger than the pool has left, or many clients
+/// stored either), close the connection whose unfinished request holds the most buffers — at
+/// least [`STUCK_MIN`] — after telling it why ([`Protocol::full_reply`]), behind the replies
+/// it is owed. Such a request (a value or body larger than the pool has left, or many clients
 /// dripping requests a byte at a time) cannot complete, and holding on, it left every client
 /// without receive buffers until the request timeout (30 s): `PING` went unanswered, while the
 /// epoll engine answered the big `SET` with `-OOM` at once. A request that fits in what the
