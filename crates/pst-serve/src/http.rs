@@ -227,6 +227,11 @@ impl HttpService {
         Handled::Status(status)
     }
 
+    /// 405 with the methods the resource takes (`Allow`, RFC 9110 §15.5.6).
+    fn not_allowed(reply: &mut Vec<Piece>, allow: &'static str, body: &[u8], ka: Ka) -> Handled {
+        Self::respond_with(reply, 405, ("Allow", HeaderValue::Text(allow)), body, ka)
+    }
+
     fn key(req: &Request) -> Option<&str> {
         let k = req
             .path
@@ -273,13 +278,7 @@ impl HttpService {
                     let ct = HeaderValue::Text("text/plain; version=0.0.4; charset=utf-8");
                     Self::respond_with(reply, 200, ("Content-Type", ct), text.as_bytes(), ka)
                 }
-                _ => Self::respond_with(
-                    reply,
-                    405,
-                    ("Allow", HeaderValue::Text("GET, HEAD")),
-                    b"/metrics is read-only\n",
-                    ka,
-                ),
+                _ => Self::not_allowed(reply, "GET, HEAD", b"/metrics is read-only\n", ka),
             };
         }
         if route == "/log" && self.mode == StoreMode::Wal {
@@ -327,10 +326,9 @@ impl HttpService {
                     }
                     _ => Self::respond(reply, 400, b"DELETE /log needs ?before=SEQ\n", ka),
                 },
-                _ => Self::respond_with(
+                _ => Self::not_allowed(
                     reply,
-                    405,
-                    ("Allow", HeaderValue::Text("GET, HEAD, DELETE")),
+                    "GET, HEAD, DELETE",
                     b"method not allowed on /log\n",
                     ka,
                 ),
@@ -434,20 +432,13 @@ impl HttpService {
                     None => Self::respond(reply, 400, b"DELETE /<key> needs a key\n", ka),
                 }
             }
-            // RFC 9110 §15.5.6: a 405 lists the methods the resource supports.
-            (_, mode, _) => Self::respond_with(
-                reply,
-                405,
-                (
-                    "Allow",
-                    HeaderValue::Text(match mode {
-                        StoreMode::Kv => "GET, HEAD, POST, PUT, DELETE",
-                        _ => "GET, HEAD, POST, PUT",
-                    }),
-                ),
-                b"method not allowed\n",
-                ka,
-            ),
+            (_, mode, _) => {
+                let allow = match mode {
+                    StoreMode::Kv => "GET, HEAD, POST, PUT, DELETE",
+                    _ => "GET, HEAD, POST, PUT",
+                };
+                Self::not_allowed(reply, allow, b"method not allowed\n", ka)
+            }
         }
     }
 
