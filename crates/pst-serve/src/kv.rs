@@ -3694,6 +3694,8 @@ mod tests {
     fn busy_reply_is_one_resp_error() {
         let svc = KvService::new(1024, None);
         assert_eq!(svc.busy_reply(), b"-ERR max number of clients reached\r\n");
+        // The refusal of a request the full pool cannot take is the same OOM error.
+        assert_eq!(svc.full_reply(), format!("-{OOM}\r\n").as_bytes());
     }
 
     #[test]

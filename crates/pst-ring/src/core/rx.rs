@@ -16,10 +16,17 @@ impl Core {
         self.kept.clear();
     }
 
+    /// How many buffers [`Core::refill`] keeps lent after the kernel filled `consumed` since
+    /// the last refill.
+    fn refill_target(&self, consumed: usize) -> usize {
+        (2 * consumed + 256)
+            .min(self.bids.entries())
+            .min((self.alloc.capacity() / 4).max(64))
+    }
+
     /// What [`Core::refill`] lends when nothing was consumed lately (its target at rest).
     pub(crate) fn refill_floor(&self) -> usize {
-        256.min(self.bids.entries())
-            .min((self.alloc.capacity() / 4).max(64))
+        self.refill_target(0)
     }
 
     /// Lend free buffers to the kernel — up to twice what it filled since the last refill (at
@@ -39,9 +46,7 @@ impl Core {
         // comes back only when the kernel fills it, so after a burst (one client flooding) the
         // ring would otherwise keep most of a small pool from the store until traffic returns
         // (writes refused for want of room in an empty pool).
-        let target = (2 * self.consumed + 256)
-            .min(self.bids.entries())
-            .min((self.alloc.capacity() / 4).max(64));
+        let target = self.refill_target(self.consumed);
         self.consumed = 0;
         while self.alloc.free_count() > self.cfg.reserve && self.bids.lent() + batch.len() < target
         {
