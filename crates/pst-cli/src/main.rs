@@ -137,6 +137,7 @@ fn raise_fd_limit() {
 }
 
 fn serve_http(a: HttpArgs) -> anyhow::Result<()> {
+    let fresh = !a.server.pool.exists();
     let pool = a.server.open_pool()?;
     let store = match a.store {
         StoreMode::None => None,
@@ -153,10 +154,12 @@ fn serve_http(a: HttpArgs) -> anyhow::Result<()> {
         a.token.clone(),
     ));
     let cfg = a.server.serve_config("127.0.0.1:60000");
-    Ok(pst_serve::serve(&cfg, pool, proto, store, retention)?)
+    let served = pst_serve::serve(&cfg, pool, proto, store, retention);
+    discard_if_never_served(fresh, &a.server.pool, served)
 }
 
 fn serve_kv(a: KvArgs) -> anyhow::Result<()> {
+    let fresh = !a.server.pool.exists();
     let pool = a.server.open_pool()?;
     let store = a.server.open_store(&pool)?;
     let stop = pst_serve::runtime::stop_flag()?;
@@ -166,27 +169,40 @@ fn serve_kv(a: KvArgs) -> anyhow::Result<()> {
             .with_shutdown(stop.clone()),
     );
     let cfg = a.server.serve_config("127.0.0.1:6380");
-    Ok(pst_serve::serve_until(
-        &cfg,
-        pool,
-        proto,
-        Some(store),
-        Retention::Compact,
-        stop,
-    )?)
+    let served = pst_serve::serve_until(&cfg, pool, proto, Some(store), Retention::Compact, stop);
+    discard_if_never_served(fresh, &a.server.pool, served)
 }
 
 fn serve_echo(a: ServerArgs) -> anyhow::Result<()> {
+    let fresh = !a.pool.exists();
     let pool = a.open_pool()?;
     let proto = Arc::new(pst_serve::echo::EchoService::default());
     let cfg = a.serve_config("127.0.0.1:60000");
-    Ok(pst_serve::serve(
-        &cfg,
-        pool,
-        proto,
-        None,
-        Retention::Compact,
-    )?)
+    let served = pst_serve::serve(&cfg, pool, proto, None, Retention::Compact);
+    discard_if_never_served(fresh, &a.pool, served)
+}
+
+/// A server that could not listen (address taken, not ours to bind) never served anything:
+/// if this run created its pool file, remove it again, so a mistyped `--addr` or a second
+/// start on a busy port leaves no new file behind. An existing pool is never touched, and
+/// neither is a new one that served (it may hold acknowledged data).
+fn discard_if_never_served(
+    fresh: bool,
+    path: &std::path::Path,
+    served: Result<(), pst_serve::ServeError>,
+) -> anyhow::Result<()> {
+    if fresh && matches!(served, Err(pst_serve::ServeError::Listen { .. })) {
+        match std::fs::remove_file(path) {
+            Ok(()) => tracing::info!(
+                ?path,
+                "removed the pool this run created (nothing was served)"
+            ),
+            Err(e) => {
+                tracing::warn!(?path, error = %e, "could not remove the pool this run created")
+            }
+        }
+    }
+    Ok(served?)
 }
 
 /// A byte limit that must be at least 1 (`--max-value 0` would refuse every value).

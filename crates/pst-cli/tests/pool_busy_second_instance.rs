@@ -128,3 +128,45 @@ fn second_instance_is_refused_and_no_acknowledged_write_is_lost() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A server that cannot listen (its address is taken) exits non-zero naming the address, and
+/// leaves no pool file behind when it created one; a pool that already existed is kept intact.
+#[test]
+fn a_server_that_cannot_listen_leaves_no_new_pool_behind() {
+    let dir = common::tmpdir("addr-taken");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let run = |pool: &std::path::Path| {
+        let out = common::pst()
+            .args(["kv", "--addr", &addr, "--pool-size", "4MiB", "--pool"])
+            .arg(pool)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "started on a taken address: {err}");
+        assert!(
+            err.contains(&addr),
+            "the error must name the address: {err}"
+        );
+    };
+    let new = dir.join("new-pool");
+    run(&new);
+    assert!(!new.exists(), "the pool this run created was left behind");
+
+    let old = dir.join("old-pool");
+    let free = common::free_addr();
+    let mut s = common::ServerProc::start(
+        &["kv", "--pool", old.to_str().unwrap(), "--pool-size", "4MiB"],
+        free,
+    );
+    assert_eq!(common::redis_cli(free.port(), &["SET", "k", "kept"]), "OK");
+    s.term();
+    run(&old);
+    assert!(old.exists(), "an existing pool was removed");
+    let mut s = common::ServerProc::start(
+        &["kv", "--pool", old.to_str().unwrap(), "--pool-size", "4MiB"],
+        free,
+    );
+    assert_eq!(common::redis_cli(free.port(), &["GET", "k"]), "kept");
+    s.term();
+}
