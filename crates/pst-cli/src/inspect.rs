@@ -78,7 +78,12 @@ pub fn run(a: InspectArgs) -> std::process::ExitCode {
                             // The same end, seen as damage: a later record proves it committed.
                             (_, Some(_)) => "damaged (see CORRUPT below)".to_owned(),
                             (Some(t), None) => format!("torn ({t}), unacknowledged"),
-                            (None, None) => "clean".to_owned(),
+                            (None, None) if rep.sealed => {
+                                "clean, sealed (the last stop was clean)".to_owned()
+                            }
+                            (None, None) => "clean (not sealed: the last stop was not a clean \
+                                one, or predates seals)"
+                                .to_owned(),
                         }
                     );
                     println!("scan time:    {} ms", t0.elapsed().as_millis());

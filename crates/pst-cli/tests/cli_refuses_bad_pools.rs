@@ -180,3 +180,59 @@ fn pool_too_small_for_a_server_is_refused() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A clean stop seals the log, so damage to the *last* acknowledged record (which no later
+/// record vouches for) is refused as corruption too, rather than passing for a torn tail and
+/// dropping the key silently; `--salvage-damaged-log` still starts, keeping the keys before it.
+#[test]
+fn damage_to_the_last_record_after_a_clean_stop_is_refused() {
+    for engine in ["uring", "epoll"] {
+        let dir = common::tmpdir(&format!("sealed-{engine}"));
+        let pool = dir.join("pool");
+        let p = pool.to_str().unwrap();
+        let addr = common::free_addr();
+        let args = ["kv", "--engine", engine, "--pool", p, "--pool-size", "8MiB"];
+        let mut s = common::ServerProc::start(&[&args[..], &["--persist", "fsync"]].concat(), addr);
+        let last = "the-last-key-acknowledged-0x5eal";
+        for k in ["first", "second", last] {
+            assert_eq!(common::redis_cli(addr.port(), &["SET", k, "v"]), "OK");
+        }
+        assert!(s.term().success());
+        common::assert_inspect_ok(p);
+        // Flip a byte of the last key in its log record (record magic, then the key at 48).
+        let mut bytes = std::fs::read(&pool).unwrap();
+        let magic = pst_store::format::REC_MAGIC.to_le_bytes();
+        let at = (0..bytes.len() - 48 - last.len())
+            .step_by(8)
+            .find(|&i| bytes[i..i + 4] == magic && bytes[i + 48..].starts_with(last.as_bytes()))
+            .expect("the last key's record is in the pool");
+        bytes[at + 48] ^= 0x20;
+        std::fs::write(&pool, &bytes).unwrap();
+        let out = common::pst().args(["inspect", p]).output().unwrap();
+        assert!(
+            !out.status.success(),
+            "{engine}: inspect passed a damaged last record"
+        );
+        let addr = common::free_addr();
+        let out = common::pst()
+            .args(args)
+            .args(["--addr", &addr.to_string()])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("corruption"),
+            "{engine}: {err}"
+        );
+        assert_eq!(
+            std::fs::read(&pool).unwrap(),
+            bytes,
+            "{engine}: left untouched"
+        );
+        let _s = common::ServerProc::start(&[&args[..], &["--salvage-damaged-log"]].concat(), addr);
+        assert_eq!(common::redis_cli(addr.port(), &["GET", "second"]), "v");
+        assert_eq!(common::redis_cli(addr.port(), &["EXISTS", last]), "0");
+        drop(_s);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

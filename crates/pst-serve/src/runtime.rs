@@ -235,6 +235,16 @@ pub fn serve_until<P: Protocol>(
             }
         }
     }
+    // Every worker stopped cleanly: seal the log, so that damage to its last records is
+    // refused at the next start instead of passing for a torn tail (pst_store's format docs).
+    if let (Ok(()), Some(store)) = (&result, &store) {
+        match store.lock().store.seal() {
+            Ok(sealed) => tracing::debug!(sealed, "log sealed for a clean shutdown"),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not seal the log (the next start treats its end as a possible torn tail)")
+            }
+        }
+    }
     if let Err(e) = pool.barrier() {
         tracing::error!(error = %e, "final pool sync failed");
     }

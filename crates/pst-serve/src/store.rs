@@ -42,6 +42,7 @@ pub fn open_store(
         records = report.records,
         keys = report.live_keys,
         torn_tail = %report.torn.as_ref().map_or("none".to_owned(), ToString::to_string),
+        last_stop = if report.sealed { "clean" } else { "unclean or unknown" },
         ms = t0.elapsed().as_millis() as u64,
         "store recovered"
     );

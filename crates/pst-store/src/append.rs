@@ -39,7 +39,7 @@ impl<M: Media> Store<M> {
     ) -> Result<(), StoreError> {
         let need = match (for_compaction, kind) {
             (true, _) => 1,
-            (false, Kind::Delete | Kind::Clear) => 2,
+            (false, Kind::Delete | Kind::Clear | Kind::Seal) => 2,
             (false, _) => 3,
         };
         if self.free_segments() < need {
@@ -116,6 +116,7 @@ impl<M: Media> Store<M> {
         self.head_pos += len;
         self.next_seq += 1;
         self.pending += 1;
+        self.sealed = kind == Kind::Seal;
         if matches!(kind, Kind::Delete | Kind::Clear) {
             self.last_removal = seq;
         }
@@ -240,6 +241,27 @@ impl<M: Media> Store<M> {
             tracing::error!(off, "group end record unreadable; store poisoned");
             self.poisoned = Some(PersistError::Poisoned);
         }
+    }
+
+    /// Seal the log for a clean shutdown: commit what is pending, then append a seal record
+    /// ([`format::Kind::Seal`]) and commit it, so recovery can tell damage to the last records
+    /// (refused as corruption) from a torn tail. Call when nothing more will be written (a
+    /// later write is fine, but the seal then protects only what precedes it). Returns whether
+    /// a seal was written: not when the log already ends in one with nothing written since,
+    /// inside an atomic group, nor when the log has no room for it (a full log is not an error here: the seal is a
+    /// safeguard, and its absence only leaves the last records to the torn-tail rule).
+    pub fn seal(&mut self) -> Result<bool, StoreError> {
+        self.commit()?;
+        if self.sealed || self.in_group() {
+            return Ok(false);
+        }
+        match self.add(Kind::Seal, None, ValueExtents::new()) {
+            Ok(_) => {}
+            Err(StoreError::LogFull) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        self.commit()?;
+        Ok(true)
     }
 
     /// Group commit, inline: [`Store::begin_commit`], the media's barrier, then

@@ -45,7 +45,7 @@
 //! | 4  | 4 | record length in the log, a multiple of 8 |
 //! | 8  | 8 | sequence number (consecutive across the log) |
 //! | 16 | 4 | low 32 bits of the segment's epoch |
-//! | 20 | 1 | kind: 1 append (WAL), 2 put (KV), 3 delete (KV), 4 clear (KV: every key) |
+//! | 20 | 1 | kind: 1 append (WAL), 2 put (KV), 3 delete (KV), 4 clear (KV: every key), 5 seal |
 //! | 21 | 1 | flags: bit 0 = [`FLAG_GROUP`], the other bits 0 |
 //! | 22 | 2 | key length |
 //! | 24 | 4 | payload length (sum of the extents' lengths) |
@@ -65,7 +65,12 @@
 //! deleted or cleared by a later record gives its buffers back once that record is durable, so
 //! its payload may be other data by then; its value is never served. The durable bound tells a
 //! torn tail from corruption: if any later record says the failed one had already been
-//! committed, it was acknowledged, and recovery refuses to silently drop it.
+//! committed, it was acknowledged, and recovery refuses to silently drop it. A clean shutdown
+//! ends the log with a **seal** record (kind 5, no key, no payload), written and made durable
+//! after the final commit, whose durable bound is its own sequence number: so damage to the
+//! last records of a cleanly stopped server is refused as corruption too, where without a
+//! later record it would pass for a torn tail and the acknowledged writes in it would be lost
+//! silently.
 
 use std::ops::Range;
 
@@ -238,6 +243,11 @@ pub enum Kind {
     /// stops at such a record as at damage (and refuses it if acknowledged records follow),
     /// never misreading it.
     Clear = 4,
+    /// The log's clean end (a server that stopped cleanly): every record before it was
+    /// committed (its durable bound is its own sequence number). No key, no payload; replay
+    /// ignores it. Added in session 16: a reader that predates it stops at a final seal as at
+    /// a torn tail (and drops it), and refuses a log with records after a seal as damaged.
+    Seal = 5,
 }
 
 impl Kind {
@@ -247,6 +257,7 @@ impl Kind {
             2 => Some(Kind::Put),
             3 => Some(Kind::Delete),
             4 => Some(Kind::Clear),
+            5 => Some(Kind::Seal),
             _ => None,
         }
     }
@@ -448,7 +459,7 @@ impl Record {
             Kind::Append => key_len == 0,
             Kind::Put => true,
             Kind::Delete => n == 0,
-            Kind::Clear => key_len == 0 && n == 0,
+            Kind::Clear | Kind::Seal => key_len == 0 && n == 0,
         };
         if total != payload_len as u64 || !shape_ok {
             return Err(RecordError::Invalid);

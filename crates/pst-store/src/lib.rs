@@ -209,6 +209,8 @@ pub struct RecoveryReport {
     /// bytes were already reused (their successors lay past the damage); their keys were
     /// deleted.
     pub lost_values: u64,
+    /// The log ends in a seal: the last stop was clean ([`Store::seal`]).
+    pub sealed: bool,
 }
 
 /// Space and content figures.
@@ -438,6 +440,8 @@ pub struct Store<M: Media> {
     target: Option<(u32, u32)>,
     /// Values relocated so far.
     relocations: u64,
+    /// The log ends in a seal and nothing was written since ([`Store::seal`]).
+    sealed: bool,
 }
 
 impl Store<PoolMedia> {
@@ -550,6 +554,7 @@ impl<M: Media> Store<M> {
                 }
                 self.count_dead(m.seg, m.log_len());
             }
+            Kind::Seal => self.count_dead(m.seg, m.log_len()),
         }
     }
 

@@ -71,6 +71,7 @@ impl<M: Media> Store<M> {
             spares: VecDeque::new(),
             target: None,
             relocations: 0,
+            sealed: false,
         };
         let report = st.recover(mode)?;
         Ok((st, report))
@@ -275,6 +276,8 @@ impl<M: Media> Store<M> {
         }
         // Keys whose values salvage cannot give back (see above).
         let lost_keys: Vec<Vec<u8>> = lost.iter().map(|&j| scanned[j].rec.key.clone()).collect();
+        self.sealed = scanned.last().is_some_and(|x| x.rec.kind == Kind::Seal);
+        report.sealed = self.sealed;
         for x in scanned {
             self.replay(x.rec, x.seg);
             report.records += 1;
@@ -491,7 +494,7 @@ fn value_ends(scanned: &[Scanned]) -> Vec<usize> {
                     ended[p] = i;
                 }
             }
-            Kind::Append => {}
+            Kind::Append | Kind::Seal => {}
         }
     }
     ended

@@ -160,7 +160,7 @@ impl<M: Media> Store<M> {
             // A put in the log is live while it holds its buffers: `value_gone` ends both
             // (no index lookup). Records already popped for retirement are never asked.
             Kind::Put => r.held,
-            Kind::Delete | Kind::Clear => false,
+            Kind::Delete | Kind::Clear | Kind::Seal => false,
         }
     }
 
@@ -394,7 +394,7 @@ mod tests {
             match r.kind {
                 Kind::Append => r.seq >= st.trunc_seq,
                 Kind::Put => r.key.as_ref().and_then(|k| st.index.get(k)) == Some(&r.seq),
-                Kind::Delete | Kind::Clear => false,
+                Kind::Delete | Kind::Clear | Kind::Seal => false,
             }
         }
         fn scan(st: &Store<SimPm>) -> u64 {

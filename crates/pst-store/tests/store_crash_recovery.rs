@@ -1,5 +1,5 @@
 //! Simulated persistent memory, ≥ 1000 random crash points over random workloads (puts,
-//! overwrites, deletes, WAL appends and truncations, compactions, multi-buffer values, values
+//! overwrites, deletes, WAL appends and truncations, seals, compactions, multi-buffer values, values
 //! sharing a buffer, the log borrowing slots of the data region and giving them back): after
 //! every crash and recovery, every acknowledged write is present with its exact bytes, no
 //! value fails its checksum, and buffer accounting is exact.
@@ -189,8 +189,13 @@ fn run(seed: u64, mode: PersistMode, crashes: usize) -> (u64, u64, u64) {
                     }
                 }
                 _ => {
-                    // Batch end: group commit, then acknowledge.
-                    st.commit().unwrap();
+                    // Batch end: group commit (now and then a clean shutdown's seal, which
+                    // commits first; writes go on after it), then acknowledge.
+                    if rng.gen_bool(0.1) {
+                        st.seal().unwrap();
+                    } else {
+                        st.commit().unwrap();
+                    }
                     for (k, v) in batch.drain(..) {
                         match v {
                             Some(v) => acked.insert(k, v),
