@@ -39,7 +39,9 @@ impl<M: Media> Store<M> {
     ) -> Result<(), StoreError> {
         let need = match (for_compaction, kind) {
             (true, _) => 1,
-            (false, Kind::Delete | Kind::Clear | Kind::Seal) => 2,
+            (false, Kind::Delete | Kind::Clear) => 2,
+            // A seal takes a new segment only when new data could: a full log keeps the
+            // segments its deletes and cleaner need after the restart.
             (false, _) => 3,
         };
         if self.free_segments() < need {

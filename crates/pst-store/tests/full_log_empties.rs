@@ -153,6 +153,31 @@ fn a_full_log_empties_after_a_restart() {
     assert!(refused * 100 < n, "{refused} of {n} deletes refused");
 }
 
+/// A clean stop on the full log seals it (a seal never takes a segment new data could not
+/// take), and after the restart the log still empties: the seal left the deletes their room.
+#[test]
+fn a_full_log_empties_after_a_clean_stop() {
+    for batch in [1, 16] {
+        let media = SimPm::new(header(), PersistMode::Fsync);
+        let (mut st, mut land) = open(media.clone());
+        let keys = fill(&mut st, &mut land, batch);
+        let _ = st.seal().unwrap();
+        drop(st);
+        drop(land);
+        let (mut st, mut land) = open(media);
+        assert_eq!(st.stats().live_keys, keys.len() as u64);
+        let n = keys.len() as u64;
+        let refused = empty(&mut st, &mut land, keys, batch, false);
+        assert!(
+            refused * 100 < n.max(100),
+            "{batch}: {refused} of {n} deletes refused"
+        );
+        if batch == 1 {
+            assert_eq!(refused, 0, "one delete per batch is never refused");
+        }
+    }
+}
+
 /// Deletes in the order the keys were written: the oldest segments empty first, while the
 /// tombstones fill the head.
 #[test]
