@@ -6,7 +6,7 @@
 //! (EOF, errors, ENOBUFS when the ring is empty, ECANCELED after a close), and completes sends
 //! fully, partially or with an error. The input decides what the kernel does and when; the
 //! application side keeps, splits, shares, sends and releases buffers, closes and lingers in
-//! any order.
+//! any order, and pauses and resumes receiving.
 //!
 //! Checked: no panic (the core asserts its own reference counting); every slot is sane; and
 //! after shutdown every buffer is back — free or lent to the kernel — with no connection left.
@@ -79,6 +79,13 @@ enum Op {
         conn: u8,
     },
     CloseAll,
+    /// `pause_rx` (cancels the armed receive) and `resume_rx`.
+    Pause {
+        conn: u8,
+    },
+    Resume {
+        conn: u8,
+    },
 }
 
 #[derive(Debug, Arbitrary)]
@@ -252,6 +259,16 @@ fuzz_target!(|input: Input| {
                 }
             }
             Op::CloseAll => core.close_all(),
+            Op::Pause { conn } => {
+                if let Some(c) = pick(&conns, conn) {
+                    core.pause_rx(conns[c]);
+                }
+            }
+            Op::Resume { conn } => {
+                if let Some(c) = pick(&conns, conn) {
+                    core.resume_rx(conns[c]);
+                }
+            }
         }
     }
 

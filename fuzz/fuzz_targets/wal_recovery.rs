@@ -1,6 +1,6 @@
 //! Log recovery over damaged and arbitrary log bytes.
 //!
-//! The input drives a real store on simulated persistent memory (puts, deletes, group commits,
+//! The input drives a real store on simulated persistent memory (puts, deletes, group commits, seals,
 //! compaction, the log borrowing slots of the data region and giving them back), then optionally crashes it (a random subset of unpersisted cache lines
 //! survives), then damages the log region: bit flips, arbitrary bytes, and valid log bytes
 //! copied to other places (stale segment headers and records where they do not belong).
@@ -36,6 +36,8 @@ enum StoreOp {
     /// Lend the log a slot of the data region when it wants one (format v2), and spares for
     /// relocated values.
     Grow,
+    /// A clean stop's seal (writes may follow it).
+    Seal,
 }
 
 #[derive(Debug, Arbitrary)]
@@ -122,6 +124,7 @@ fuzz_target!(|input: Input| {
                 })
             }
             StoreOp::Commit => st.commit().map(|_| ()),
+            StoreOp::Seal => st.seal().map(|_| ()),
             StoreOp::Maintain { pressure } => st.maintain(pressure).map(|_| ()),
             StoreOp::Grow => {
                 if let Some(first) = st.segment_wanted().and_then(|k| {

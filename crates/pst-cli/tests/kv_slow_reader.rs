@@ -4,8 +4,8 @@
 //! such client used to drain the 64 MiB pool that every connection receives into — no other
 //! client got an answer — or, before that, overflow the value buffer's reference count (a
 //! panic). Now a connection whose replies hold more than a sixteenth of the pool waits, its
-//! requests unparsed, until its client reads; one that keeps sending meanwhile is closed once
-//! the pool runs short.
+//! requests unparsed and its receiving paused (they wait in the socket), until its client
+//! reads; one whose replies make no progress is reset once the pool runs short.
 //! Both engines; the other clients are answered throughout and after.
 mod common;
 
@@ -268,4 +268,68 @@ fn healthy_slow_clients_on_a_full_pool_are_not_aborted() {
                 .unwrap_or_else(|_| panic!("{engine}: a client failed"));
         }
     }
+}
+
+/// A client that pipelines 25,000 `GET`s on a full pool while reading the replies as fast as
+/// they come gets every reply. On the uring engine it used to be reset within milliseconds:
+/// its requests arrived faster than its replies left, and once stalled, every arriving buffer
+/// counted against a pool that is always short when full of live data. Now a stalled
+/// connection stops receiving (its requests wait in the socket, and TCP slows the client to
+/// its reading pace), so what it holds stays bounded and it is served to the end.
+#[test]
+fn a_fast_reader_on_a_full_pool_gets_every_reply() {
+    for engine in ["uring", "epoll"] {
+        let (_s, addr, mut c) = start(engine, "full-fast", "1MiB");
+        let v = vec![b'x'; 1000];
+        let mut stored = 0;
+        for i in 0..10_000 {
+            let r: redis::RedisResult<String> =
+                redis::cmd("SET").arg(format!("k{i}")).arg(&v).query(&mut c);
+            if r.is_err() {
+                break;
+            }
+            stored += 1;
+        }
+        assert!((100..10_000).contains(&stored), "{engine}: {stored}");
+        for round in 0..3 {
+            let n = 25_000;
+            let s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let mut w = s.try_clone().unwrap();
+            let sender = std::thread::spawn(move || {
+                let one = b"*2\r\n$3\r\nGET\r\n$2\r\nk0\r\n";
+                let all: Vec<u8> = one.iter().copied().cycle().take(one.len() * n).collect();
+                w.write_all(&all)
+            });
+            let reply = 7 + 1000 + 2; // "$1000\r\n" + value + "\r\n"
+            let mut got = 0usize;
+            let mut buf = vec![0u8; 1 << 16];
+            let mut r = &s;
+            while got < n * reply {
+                match std::io::Read::read(&mut r, &mut buf) {
+                    Ok(0) => break,
+                    Ok(k) => got += k,
+                    Err(e) => panic!("{engine} round {round}: after {got} bytes: {e}"),
+                }
+            }
+            assert_eq!(
+                got,
+                n * reply,
+                "{engine} round {round}: {} replies",
+                got / reply
+            );
+            sender.join().unwrap().expect("every request sent");
+        }
+        ping_full(addr);
+    }
+}
+
+/// `PING` answered (a full pool: no `GET v` as in [`ping`]).
+fn ping_full(addr: std::net::SocketAddr) {
+    let client = redis::Client::open(format!("redis://{addr}/")).unwrap();
+    let mut c = client
+        .get_connection_with_timeout(Duration::from_secs(5))
+        .unwrap();
+    let pong: String = redis::cmd("PING").query(&mut c).expect("PING answered");
+    assert_eq!(pong, "PONG");
 }

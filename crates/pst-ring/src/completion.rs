@@ -6,6 +6,8 @@
 pub struct Errno(pub i32);
 
 impl Errno {
+    /// `ENOENT`: a cancel found no such request (it had already ended).
+    pub const NOENT: Errno = Errno(2);
     /// `EINVAL`: what accepting on a socket that stopped listening returns.
     pub const INVAL: Errno = Errno(22);
     /// `EPIPE`: sending on a socket whose peer has gone.
@@ -14,7 +16,7 @@ impl Errno {
     pub const CONNRESET: Errno = Errno(104);
     /// `ENOBUFS`: a receive found no provided buffer (the multishot ends).
     pub const NOBUFS: Errno = Errno(105);
-    /// `ECANCELED`: the request was cancelled (its socket was closed).
+    /// `ECANCELED`: the request was cancelled (its socket was closed, or a cancel request).
     pub const CANCELED: Errno = Errno(125);
 }
 

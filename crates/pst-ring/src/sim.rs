@@ -122,6 +122,21 @@ impl Kernel {
                     });
                 }
                 Op::ShutdownWrite { .. } => {}
+                Op::CancelRecv { target, ud } => {
+                    // The cancelled receive ends with `-ECANCELED`; the cancel itself
+                    // succeeds, or finds nothing if the receive had already ended.
+                    let found = self.recvs.iter().position(|r| r.1 == target);
+                    let outcome = match found {
+                        Some(i) => {
+                            let (_, rud) = self.recvs.remove(i);
+                            self.cqes
+                                .push(result(rud, Err(Errno::CANCELED), None, false));
+                            Ok(0)
+                        }
+                        None => Err(Errno::NOENT),
+                    };
+                    self.cqes.push(result(ud, outcome, None, false));
+                }
                 Op::Close { fd, .. } => {
                     // Closing the socket cancels its multishot receive.
                     let (gone, armed): (Vec<_>, Vec<_>) = std::mem::take(&mut self.recvs)

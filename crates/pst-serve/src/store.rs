@@ -42,7 +42,11 @@ pub fn open_store(
         records = report.records,
         keys = report.live_keys,
         torn_tail = %report.torn.as_ref().map_or("none".to_owned(), ToString::to_string),
-        last_stop = if report.sealed { "clean" } else { "unclean or unknown" },
+        last_stop = match (report.sealed, report.records) {
+            (true, _) => "clean",
+            (false, 0) => "none (empty log)",
+            (false, _) => "not clean (a crash or kill, or a build without seals)",
+        },
         ms = t0.elapsed().as_millis() as u64,
         "store recovered"
     );

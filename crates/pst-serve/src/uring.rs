@@ -58,7 +58,8 @@ struct UConn<C> {
     /// Stream position up to which bytes were handed to the protocol (`pos` unless stalled).
     fed: u64,
     /// Its replies hold too much of the pool (a client not reading them): its requests wait,
-    /// unparsed, until the backlog halves (`backlog_cap`).
+    /// unparsed, and its receiving is paused ([`Port::pause_rx`]), until the backlog halves
+    /// (`backlog_cap`).
     stalled: bool,
     /// Reply pieces free to go (they wait only for buffers). All of them precede `held`.
     pending: Vec<Piece>,
@@ -375,13 +376,11 @@ pub fn serve<P: Protocol>(
                     c.chunks.push_back((start, ext));
                     c.last_rx = batch_now;
                     if c.stalled {
-                        // Its requests wait. A client may well write a whole pipeline before
-                        // it reads a reply (redis-rs does), so its input is kept — unless it
-                        // holds a share of a pool that runs short: then it goes.
-                        let short = pool_pressure(port.free_buffers(), port.capacity());
-                        if !c.close_after && short && c.chunks.len() > backlog_cap {
-                            abort(&mut port, c, ix, &mut dirty);
-                        }
+                        // Its requests wait, and its receiving is paused (`feed`): what
+                        // arrives now was under way before the pause took effect. A client
+                        // may well write a whole pipeline before it reads a reply (redis-rs
+                        // does), so its input is kept; one that reads nothing is reset by
+                        // `abort_stuck` once the pool runs short.
                         continue;
                     }
                     wrote = true;
@@ -449,6 +448,7 @@ pub fn serve<P: Protocol>(
                 return true;
             }
             c.stalled = false;
+            port.resume_rx(c.id);
             wrote = true;
             let mut h = handling!();
             feed(
@@ -591,6 +591,11 @@ pub fn serve<P: Protocol>(
                     0
                 };
                 c.stuck = c.idle_sweeps >= 2;
+                // A stalled connection receives nothing (paused) while its client reads the
+                // replies: that reading is its activity, not idleness.
+                if c.stalled && sent != c.sent_seen {
+                    c.last_rx = now;
+                }
                 c.sent_seen = sent;
             }
             for slot in conns.iter_mut() {
@@ -739,7 +744,10 @@ fn feed<P: Protocol>(
         }
         c.stalled = backlog(h.port, c) > cap;
         if c.stalled {
-            tracing::debug!(conn = ?c.id, buffers = backlog(h.port, c), "replies backed up: requests wait");
+            // Its next requests wait in the socket, not in pool buffers: TCP flow control
+            // slows the client to the pace it reads its replies at (resumed in the loop).
+            h.port.pause_rx(c.id);
+            tracing::debug!(conn = ?c.id, buffers = backlog(h.port, c), "replies backed up: requests wait, receiving paused");
         }
     }
 }

@@ -537,6 +537,10 @@ impl Driver {
                 let cl = opcode::Close::new(types::Fd(fd)).build().user_data(ud);
                 self.push(&[sh, cl])
             }
+            Op::CancelRecv { target, ud } => {
+                let e = opcode::AsyncCancel::new(target).build().user_data(ud);
+                self.push(&[e])
+            }
             Op::ShutdownWrite { fd, ud } => {
                 let e = opcode::Shutdown::new(types::Fd(fd), libc::SHUT_WR)
                     .build()

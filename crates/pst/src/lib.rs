@@ -418,6 +418,19 @@ impl Port {
         self.core.abort(conn)
     }
 
+    /// Stop receiving on `conn` (its multishot receive is cancelled at the next sync): what the
+    /// peer sends waits in the socket, and TCP flow control slows the peer, until
+    /// [`Port::resume_rx`]. For a peer that pipelines requests faster than it reads the
+    /// replies: its input then stops filling the pool. Slots already under way may still come.
+    pub fn pause_rx(&mut self, conn: ConnId) {
+        self.core.pause_rx(conn)
+    }
+
+    /// Receive on `conn` again after [`Port::pause_rx`].
+    pub fn resume_rx(&mut self, conn: ConnId) {
+        self.core.resume_rx(conn)
+    }
+
     /// Lingering close (after a final error reply): queued data, then FIN; the peer's further
     /// bytes are discarded and the socket closes when the peer closes. No more slots for `conn`.
     pub fn close_lingering(&mut self, conn: ConnId) {

@@ -60,6 +60,15 @@ pub enum Op {
         /// Encoded [`UserData`].
         ud: u64,
     },
+    /// Cancel the multishot recv whose `user_data` is `target` ([`Core::pause_rx`]): it ends
+    /// with a last completion (`-ECANCELED`, or data, without `more`). `ud` is the cancel's
+    /// own (a `Close` kind: its completion carries nothing for the core).
+    CancelRecv {
+        /// The recv's encoded [`UserData`].
+        target: u64,
+        /// Encoded [`UserData`] of the cancel request.
+        ud: u64,
+    },
     /// Shut down the sending side of `fd` (FIN after the queued data); receiving continues.
     ShutdownWrite {
         /// The socket.
@@ -105,6 +114,8 @@ pub struct CoreStats {
     pub accepted: u64,
     /// Multishot recvs ended by an empty buffer ring (back-pressure events).
     pub enobufs: u64,
+    /// Receives cancelled by [`Core::pause_rx`].
+    pub rx_pauses: u64,
     /// Completions for connections that were already closed.
     pub stale: u64,
     /// Completions that could not be decoded or named an unknown buffer id.
@@ -172,6 +183,8 @@ struct Conn {
     sent_total: u64,
     /// Aborted ([`Core::abort`]): the final close resets the connection.
     reset: bool,
+    /// Receiving is paused ([`Core::pause_rx`]): no receive is armed until it resumes.
+    paused: bool,
 }
 
 impl Conn {
@@ -363,6 +376,7 @@ impl Core {
             tx_sent: 0,
             sent_total: 0,
             reset: false,
+            paused: false,
         };
         let idx = match self.free_conns.pop() {
             Some(i) => i,
@@ -404,7 +418,7 @@ impl Core {
 
     fn arm_recv(&mut self, id: ConnId) {
         let Some(c) = self.conn_mut(id) else { return };
-        if c.rx != Rx::Idle || c.closing() {
+        if c.rx != Rx::Idle || c.closing() || c.paused {
             return;
         }
         c.rx = Rx::Armed;
@@ -416,6 +430,44 @@ impl Core {
         }
         .encode();
         self.ops.push_back(Op::Recv { fd, ud });
+    }
+
+    /// Stop receiving on `conn` until [`Core::resume_rx`]: its armed multishot receive is
+    /// cancelled and not re-armed, so the kernel keeps what the peer sends in the socket (and
+    /// TCP flow control slows the peer) instead of filling pool buffers with requests the
+    /// application is not ready for — a client that pipelines faster than it reads its
+    /// replies. Data the receive delivered before the cancel took effect still arrives as
+    /// slots. Not for a connection that is closing or lingering (those drain their input).
+    pub fn pause_rx(&mut self, conn: ConnId) {
+        let Some(c) = self.conn_mut(conn) else { return };
+        if c.paused || c.life != Life::Open {
+            return;
+        }
+        c.paused = true;
+        if c.rx == Rx::Armed {
+            let at = |kind| {
+                UserData {
+                    kind,
+                    gen: conn.gen,
+                    idx: conn.idx,
+                }
+                .encode()
+            };
+            self.stats.rx_pauses += 1;
+            let (target, ud) = (at(OpKind::Recv), at(OpKind::Close));
+            self.ops.push_back(Op::CancelRecv { target, ud });
+        }
+    }
+
+    /// Receive on `conn` again after [`Core::pause_rx`] (re-armed at the next sync, or once the
+    /// cancelled receive has ended).
+    pub fn resume_rx(&mut self, conn: ConnId) {
+        let Some(c) = self.conn_mut(conn) else { return };
+        if !c.paused {
+            return;
+        }
+        c.paused = false;
+        self.arm_recv(conn);
     }
 
     /// Close `conn` once its queued data is sent. Slots for it stop; a stale id is ignored.
@@ -489,6 +541,9 @@ impl Core {
             return self.close(conn);
         }
         c.life = Life::Lingering { fin_sent: false };
+        // A lingering close drains the input: receive again if paused.
+        c.paused = false;
+        self.arm_recv(conn);
         self.kick_tx(conn);
     }
 

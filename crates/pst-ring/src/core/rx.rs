@@ -263,7 +263,12 @@ impl Core {
                     self.starved.push(id);
                 } else if result == Err(Errno::CANCELED) {
                     // The socket was closed under the receive: the close already ended the
-                    // connection (this completion is usually stale), nothing to report.
+                    // connection (this completion is usually stale), nothing to report. Or
+                    // `pause_rx` cancelled it: if receiving resumed meanwhile, re-arm
+                    // (`arm_recv` does nothing while paused or closing).
+                    if !more {
+                        self.arm_recv(id);
+                    }
                 } else if more {
                     // Still armed: nothing ended.
                 } else {

@@ -25,6 +25,7 @@ fn ud(op: Op) -> u64 {
         | Op::Recv { ud, .. }
         | Op::Send { ud, .. }
         | Op::Close { ud, .. }
+        | Op::CancelRecv { ud, .. }
         | Op::ShutdownWrite { ud, .. } => ud,
     }
 }
@@ -237,6 +238,61 @@ fn recv_maps_bid_to_buffer_and_recycles_unkept() {
     assert_eq!(c.alloc().free_count(), free);
     c.release(e);
     assert_eq!(c.alloc().free_count(), free + 1);
+}
+
+/// `pause_rx` cancels the armed receive and arms none until `resume_rx`, whatever ends the
+/// receive meanwhile (data without `more`, `-ENOBUFS` and a refill, the cancel itself).
+#[test]
+fn paused_receive_is_cancelled_and_rearmed_only_on_resume() {
+    let mut c = core(8, 4);
+    let id = unsafe { c.register(5) };
+    let rop = c.pop_op().unwrap();
+    let posted = refill(&mut c);
+    c.pause_rx(id);
+    c.pause_rx(id); // twice: one cancel
+    let Some(Op::CancelRecv { target, ud: cud }) = c.pop_op() else {
+        panic!("a cancel of the armed receive")
+    };
+    assert_eq!(target, ud(rop));
+    assert_eq!(c.pop_op(), None);
+    // Data under way before the cancel still arrives; its end does not re-arm.
+    unsafe { c.complete(completion(ud(rop), 100, Some(posted[0].0), false)) };
+    assert_eq!(c.rx().len(), 1);
+    unsafe { c.complete(completion(cud, -2, None, false)) }; // ENOENT: it had ended
+    assert_eq!(c.pop_op(), None, "no re-arm while paused");
+    c.begin_sync();
+    refill(&mut c);
+    assert_eq!(
+        c.pop_op(),
+        None,
+        "a refill does not re-arm a paused receive"
+    );
+    c.resume_rx(id);
+    assert!(
+        matches!(c.pop_op(), Some(Op::Recv { fd: 5, .. })),
+        "resumed"
+    );
+    assert_eq!(c.stats().rx_pauses, 1);
+
+    // Resumed before the cancel completed: the cancelled receive's end re-arms.
+    let rop = Op::Recv { fd: 5, ud: target };
+    c.pause_rx(id);
+    assert!(matches!(c.pop_op(), Some(Op::CancelRecv { .. })));
+    c.resume_rx(id);
+    assert_eq!(c.pop_op(), None, "still armed until the cancel lands");
+    unsafe { c.complete(completion(ud(rop), -Errno::CANCELED.0, None, false)) };
+    assert!(
+        matches!(c.pop_op(), Some(Op::Recv { fd: 5, .. })),
+        "re-armed"
+    );
+
+    // A lingering close drains the input: it receives even if paused.
+    c.pause_rx(id);
+    assert!(matches!(c.pop_op(), Some(Op::CancelRecv { .. })));
+    unsafe { c.complete(completion(ud(rop), -Errno::CANCELED.0, None, false)) };
+    assert_eq!(c.pop_op(), None);
+    c.close_lingering(id);
+    assert!(matches!(c.pop_op(), Some(Op::Recv { fd: 5, .. })));
 }
 
 #[test]
