@@ -90,16 +90,33 @@ impl<M: Media> Store<M> {
     /// The log grows when it runs short of free segments (fewer than `GROW_BELOW`, five) while
     /// most of it is live: then cleaning would win little, and the pool's free buffers are
     /// better spent on the log than left empty beside a full one. When half of it is dead,
-    /// the cleaner ([`Store::maintain`]) makes room instead.
+    /// the cleaner ([`Store::maintain`]) makes room instead — unless the cleaner itself has no
+    /// room: no free segment, none on its way back, and the oldest segment's live records do
+    /// not fit in the head. The cleaner waits for a free segment then, and
+    /// with none coming (after a restart, say) deletes were refused for good on a log three
+    /// quarters dead; one borrowed slot lets it move again.
     pub fn segment_wanted(&self) -> Option<u32> {
         if self.slot_bufs == 0 || self.poisoned.is_some() {
             return None;
         }
         let free = self.free_segments();
         let capacity = self.owned_segments() as u64 * self.seg_capacity();
-        let wanted = free < GROW_BELOW && self.dead_log_bytes * 2 < capacity;
+        let wanted =
+            free < GROW_BELOW && (self.dead_log_bytes * 2 < capacity || self.cleaner_stuck());
         let any = self.seg_counts.1 > 0;
         (wanted && any).then_some(self.slot_bufs)
+    }
+
+    /// The cleaner cannot rotate the oldest segment and nothing will change that by itself
+    /// (the `free == 0` case of [`Store::maintain`]): no free segment, no retired segment
+    /// coming back, and the oldest segment's live records larger than the head's room.
+    fn cleaner_stuck(&self) -> bool {
+        let returning = !self.retire.is_empty() || self.invalidating.is_some();
+        if self.free_segments() > 0 || returning || self.order.len() < 2 {
+            return false;
+        }
+        let (live, _) = self.oldest_use(self.order[0]);
+        live > self.head_room()
     }
 
     /// Take the buffers of `run` (one reference each, contiguous, starting at a multiple of
