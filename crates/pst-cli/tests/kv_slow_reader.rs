@@ -324,6 +324,73 @@ fn a_fast_reader_on_a_full_pool_gets_every_reply() {
     }
 }
 
+/// Clients that pipeline 5,000 `GET`s on a full pool and read the replies slowly (400 KB/s,
+/// three at once), under a 2 s request timeout, get every reply. Two ways they were reset
+/// (review of the receive pause): a send waiting on a full socket buffer completes only
+/// once much of it has drained, seconds at this pace, so the sweep took them for clients
+/// that read nothing (now the socket's unacknowledged bytes falling counts as progress);
+/// and the request clock ran while their receiving was paused, so the request timeout
+/// closed them mid-transfer (now it does not run while the server holds their input back).
+#[test]
+fn slow_readers_on_a_full_pool_are_not_reset() {
+    for engine in ["uring", "epoll"] {
+        let dir = common::tmpdir(&format!("full-slow-reader-{engine}"));
+        let args = common::kv_args(
+            engine,
+            &dir.join("pool"),
+            "1MiB",
+            &["--persist", "none", "--request-timeout-secs", "2"],
+        );
+        let addr = common::free_addr();
+        let _s = common::ServerProc::start(&args, addr);
+        let client = redis::Client::open(format!("redis://{addr}/")).unwrap();
+        let mut c = client.get_connection().unwrap();
+        let v = vec![b'x'; 1000];
+        for i in 0..10_000 {
+            let r: redis::RedisResult<String> =
+                redis::cmd("SET").arg(format!("k{i}")).arg(&v).query(&mut c);
+            if r.is_err() {
+                break;
+            }
+        }
+        let n = 5_000;
+        let reply = 7 + 1000 + 2;
+        let readers: Vec<_> = (0..3)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    let s = TcpStream::connect(addr).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                    let mut w = s.try_clone().unwrap();
+                    std::thread::spawn(move || {
+                        let one = b"*2\r\n$3\r\nGET\r\n$2\r\nk0\r\n";
+                        let all: Vec<u8> =
+                            one.iter().copied().cycle().take(one.len() * n).collect();
+                        let _ = w.write_all(&all);
+                    });
+                    let (t0, rate) = (Instant::now(), 400_000.0);
+                    let (mut got, mut buf, mut r) = (0usize, vec![0u8; 16 << 10], &s);
+                    while got < n * reply {
+                        match std::io::Read::read(&mut r, &mut buf) {
+                            Ok(0) => break,
+                            Ok(k) => got += k,
+                            Err(e) => return Err(format!("after {} replies: {e}", got / reply)),
+                        }
+                        let ahead = got as f64 / rate - t0.elapsed().as_secs_f64();
+                        if ahead > 0.0 {
+                            std::thread::sleep(Duration::from_secs_f64(ahead));
+                        }
+                    }
+                    Ok(got / reply)
+                })
+            })
+            .collect();
+        for r in readers {
+            assert_eq!(r.join().unwrap(), Ok(n), "{engine}");
+        }
+        ping_full(addr);
+    }
+}
+
 /// `PING` answered (a full pool: no `GET v` as in [`ping`]).
 fn ping_full(addr: std::net::SocketAddr) {
     let client = redis::Client::open(format!("redis://{addr}/")).unwrap();

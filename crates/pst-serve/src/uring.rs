@@ -77,6 +77,8 @@ struct UConn<C> {
     partial_since: Option<Instant>,
     /// Bytes sent by the last sweep ([`Port::tx_sent_total`]).
     sent_seen: u64,
+    /// Its socket's unacknowledged bytes at the last sweep (`Port::unacked_bytes`).
+    unacked_seen: u32,
     /// Sweeps in a row that found replies queued and nothing sent since the sweep before.
     idle_sweeps: u8,
     /// Two such sweeps (replies queued for over a second and none went out): the peer does
@@ -354,6 +356,7 @@ pub fn serve<P: Protocol>(
                         last_rx: batch_now,
                         partial_since: None,
                         sent_seen: 0,
+                        unacked_seen: 0,
                         idle_sweeps: 0,
                         stuck: false,
                     });
@@ -449,6 +452,9 @@ pub fn serve<P: Protocol>(
             }
             c.stalled = false;
             port.resume_rx(c.id);
+            // Receiving starts again now: an unfinished request's clock too.
+            c.last_rx = batch_now;
+            c.partial_since = None;
             wrote = true;
             let mut h = handling!();
             feed(
@@ -584,8 +590,19 @@ pub fn serve<P: Protocol>(
             for c in conns.iter_mut().flatten() {
                 // One sweep is not enough: this batch's replies are queued but not yet
                 // submitted, so a client that got nothing in the last second would look stuck.
+                // Progress is a send completing, or the socket's unacknowledged bytes falling:
+                // a send waiting on a full socket buffer (it grows to megabytes) completes
+                // only once much of it has drained, which takes seconds for a client reading
+                // a few hundred KB/s, and such a client was reset as one that reads nothing.
                 let sent = port.tx_sent_total(c.id);
-                c.idle_sweeps = if port.tx_pieces(c.id) > 0 && sent == c.sent_seen {
+                let waiting = port.tx_pieces(c.id) > 0;
+                let unacked = match waiting {
+                    true => port.unacked_bytes(c.id).unwrap_or(0),
+                    false => 0,
+                };
+                let moved = sent != c.sent_seen || unacked < c.unacked_seen;
+                c.unacked_seen = unacked;
+                c.idle_sweeps = if waiting && !moved {
                     c.idle_sweeps.saturating_add(1)
                 } else {
                     0
@@ -593,15 +610,17 @@ pub fn serve<P: Protocol>(
                 c.stuck = c.idle_sweeps >= 2;
                 // A stalled connection receives nothing (paused) while its client reads the
                 // replies: that reading is its activity, not idleness.
-                if c.stalled && sent != c.sent_seen {
+                if c.stalled && moved {
                     c.last_rx = now;
                 }
                 c.sent_seen = sent;
             }
             for slot in conns.iter_mut() {
                 let expired = slot.as_ref().is_some_and(|c| {
+                    // A stalled connection's unfinished request waits on the server (its
+                    // receiving is paused), not on a slow client.
                     now - c.last_rx > limits.idle
-                        || c.partial_since.is_some_and(|t| now - t > limits.request)
+                        || (!c.stalled && c.partial_since.is_some_and(|t| now - t > limits.request))
                 });
                 if expired {
                     let mut c = slot.take().expect("checked");
@@ -990,7 +1009,10 @@ fn after_handling<P: Protocol>(
         let (_, e) = c.chunks.pop_front().expect("front");
         port.release(e);
     }
-    c.partial_since = if needed < c.pos {
+    // An unfinished request: everything received was handed over (`fed == pos`) and the
+    // protocol still needs some of it. Bytes not yet handed over (a stalled connection's) wait
+    // on the server, not on a slow client: the request timeout is not for them.
+    c.partial_since = if needed < c.pos && c.fed == c.pos {
         c.partial_since.or(Some(c.last_rx))
     } else {
         None

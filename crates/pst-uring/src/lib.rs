@@ -18,4 +18,4 @@ mod net;
 
 pub use bufring::BufRing;
 pub use driver::{Driver, DriverConfig, DriverStats, Waker, MAX_IOV};
-pub use net::{listener, listener_with, set_nodelay};
+pub use net::{listener, listener_with, set_nodelay, unacked_send_bytes};

@@ -27,6 +27,22 @@ pub fn listener_with(addr: SocketAddr, backlog: i32, reuse_port: bool) -> io::Re
     Ok(s.into())
 }
 
+/// Bytes in a TCP socket's send queue that the peer has not acknowledged yet (`SIOCOUTQ`).
+/// A send waiting on a full socket buffer completes only once much of it has drained, so a
+/// peer reading slowly can go seconds without a send completion; this count still falls.
+pub fn unacked_send_bytes(fd: i32) -> io::Result<u32> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: `SIOCOUTQ` (`TIOCOUTQ` on Linux) writes one `int` through the pointer, which
+    // points to a live `c_int`; on an fd that is not a TCP socket the call fails (`EBADF`,
+    // `ENOTTY`, `EINVAL`) without other effect.
+    #[allow(unsafe_code)]
+    let r = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n as *mut libc::c_int) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n.max(0) as u32)
+}
+
 /// Disable Nagle on a connected stream.
 pub fn set_nodelay(s: &TcpStream) -> io::Result<()> {
     s.set_nodelay(true)

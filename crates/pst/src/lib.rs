@@ -396,6 +396,15 @@ impl Port {
         self.core.tx_pieces(conn)
     }
 
+    /// Bytes the kernel holds in `conn`'s socket that the peer has not acknowledged yet
+    /// (`SIOCOUTQ`; `None` for a closed connection). Falls while the peer reads, even when a
+    /// send waiting on a full socket buffer has not completed for seconds: how a caller tells
+    /// a slow reader from a peer that reads nothing.
+    pub fn unacked_bytes(&self, conn: ConnId) -> Option<u32> {
+        let fd = self.core.fd(conn)?;
+        pst_uring::unacked_send_bytes(fd).ok()
+    }
+
     /// Bytes sent on `conn` since it opened.
     pub fn tx_sent_total(&self, conn: ConnId) -> u64 {
         self.core.tx_sent_total(conn)

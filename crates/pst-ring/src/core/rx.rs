@@ -222,6 +222,10 @@ impl Core {
                 self.arm_recv(id);
             } else if result == Err(Errno::NOBUFS) {
                 self.starved.push(id);
+            } else if result == Err(Errno::CANCELED) && !more {
+                // `pause_rx`'s cancel, landing after the lingering close began (a close's
+                // cancel finds the connection closing: nothing to do): drain on.
+                self.arm_recv(id);
             } else if !more && !matches!(result, Ok(n) if n > 0) {
                 // End of stream or an error: the peer is gone.
                 c.rx = Rx::Done;

@@ -286,6 +286,26 @@ fn paused_receive_is_cancelled_and_rearmed_only_on_resume() {
         "re-armed"
     );
 
+    // A lingering close while the pause's cancel is under way: the cancelled receive's end
+    // re-arms (the input is drained), it does not close the connection.
+    c.pause_rx(id);
+    assert!(matches!(c.pop_op(), Some(Op::CancelRecv { .. })));
+    c.close_lingering(id);
+    assert!(
+        matches!(c.pop_op(), Some(Op::ShutdownWrite { fd: 5, .. })),
+        "FIN"
+    );
+    assert_eq!(c.pop_op(), None, "still armed until the cancel lands");
+    unsafe { c.complete(completion(ud(rop), -Errno::CANCELED.0, None, false)) };
+    assert!(
+        matches!(c.pop_op(), Some(Op::Recv { fd: 5, .. })),
+        "drains on"
+    );
+    assert_eq!(c.open_conns(), 1);
+    let mut c = core(8, 4);
+    let id = unsafe { c.register(5) };
+    let rop = c.pop_op().unwrap();
+
     // A lingering close drains the input: it receives even if paused.
     c.pause_rx(id);
     assert!(matches!(c.pop_op(), Some(Op::CancelRecv { .. })));
