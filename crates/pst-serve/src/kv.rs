@@ -81,6 +81,29 @@ pub struct KvConn {
 /// Longest a delete waits for log space before it is refused.
 const DEFER_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Whether a command (`cmd`: its [`command_index`]) writes one key's value: the writes that wait
+/// for log space the cleaner is about to free ([`pst_store::Store::put_must_wait`]) rather than
+/// being refused.
+fn put_like(cmd: Option<usize>) -> bool {
+    cmd.is_some_and(|i| {
+        matches!(
+            COMMANDS[i],
+            "SET"
+                | "SETEX"
+                | "PSETEX"
+                | "SETNX"
+                | "GETSET"
+                | "INCR"
+                | "DECR"
+                | "INCRBY"
+                | "DECRBY"
+                | "INCRBYFLOAT"
+                | "APPEND"
+                | "SETRANGE"
+        )
+    })
+}
+
 /// Removal records a command (`cmd`: its [`command_index`]) will log, and the bytes of their
 /// keys: `None` for a command that does not remove (or whose need is unknown).
 fn removal_need(cmd: Option<usize>, args: &[Range<u64>]) -> Option<(usize, usize)> {
@@ -3514,8 +3537,15 @@ impl KvService {
             if let Event::Command(args) = &ev {
                 let idx = command_index(&*io, &args[0]);
                 looked_up = Some(idx);
+                let len = |r: &Range<u64>| r.end - r.start;
+                let put = put_like(idx) && args.len() >= 2;
                 let full = c.tx.is_none()
-                    && removal_need(idx, args).is_some_and(|(n, b)| !store.removal_room(n, b));
+                    && (removal_need(idx, args).is_some_and(|(n, b)| !store.removal_room(n, b))
+                        || (put
+                            && store.put_must_wait(
+                                len(&args[1]) as usize,
+                                args[2..].iter().map(len).sum(),
+                            )));
                 if full {
                     let deadline = held.unwrap_or_else(|| std::time::Instant::now() + DEFER_LIMIT);
                     if std::time::Instant::now() < deadline {
@@ -3527,7 +3557,7 @@ impl KvService {
                     // and then fail (a multi-key DEL is all or nothing, as in Redis).
                     held = None;
                     io.count_request();
-                    reply::error(&mut out.buf, OOM_REMOVAL);
+                    reply::error(&mut out.buf, if put { OOM } else { OOM_REMOVAL });
                     if let Event::Command(args) = ev {
                         c.framer.recycle(args);
                     }

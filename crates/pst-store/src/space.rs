@@ -69,6 +69,24 @@ impl<M: Media> Store<M> {
         need <= self.head_room() + fresh
     }
 
+    /// Whether a put of a `key_bytes` key and `value_bytes` of value must wait for log space
+    /// rather than be refused: its record does not fit now (the head's remainder, or a fresh
+    /// segment under the tier puts keep), but space is on its way back — dead records the
+    /// cleaner will rotate out, or rotated segments waiting for their invalidation barrier.
+    /// The cleaner frees at most one segment per barrier, so a pipelined flood of overwrites
+    /// (`redis-benchmark -P 16`: 1.7 segments of records per batch) outruns it for a moment
+    /// on a nearly empty pool; such writes used to get `-OOM`. A log full of live records
+    /// (nothing coming back) answers `false`: the put is refused as before.
+    pub fn put_must_wait(&self, key_bytes: usize, value_bytes: u64) -> bool {
+        let bs = self.header.geometry.buf_size.max(1) as u64;
+        let extents = (value_bytes / bs + 2).min(format::MAX_EXTENTS as u64) as usize;
+        let need = format::record_len(key_bytes.min(format::MAX_KEY), extents) as u64;
+        let fits = need <= self.head_room() || self.free_segments() >= 3;
+        let returning =
+            self.dead_log_bytes > 0 || !self.retire.is_empty() || self.invalidating.is_some();
+        !fits && returning
+    }
+
     /// Whether free log segments run low: below a quarter of the log, or down to the three
     /// that new records need (a small log of a few segments never gets below a quarter). The
     /// cleaner rotates, and WAL retention drops the oldest segment, when they do.
@@ -101,8 +119,12 @@ impl<M: Media> Store<M> {
         }
         let free = self.free_segments();
         let capacity = self.owned_segments() as u64 * self.seg_capacity();
-        let wanted =
-            free < GROW_BELOW && (self.dead_log_bytes * 2 < capacity || self.cleaner_stuck());
+        // Not while rotated segments queue up for their barriers (batches outrunning commits):
+        // slots borrowed then fill with records that are dead by the time they come back,
+        // and a pool of 3,838 buffers lent 201 of them to the log that way.
+        let backlog = self.retire.len() + self.invalidating.is_some() as usize;
+        let wanted = free < GROW_BELOW
+            && ((self.dead_log_bytes * 2 < capacity && backlog <= 2) || self.cleaner_stuck());
         let any = self.seg_counts.1 > 0;
         (wanted && any).then_some(self.slot_bufs)
     }
