@@ -154,8 +154,9 @@ fn serve_http(a: HttpArgs) -> anyhow::Result<()> {
         a.token.clone(),
     ));
     let cfg = a.server.serve_config("127.0.0.1:60000");
+    let held = pool.clone();
     let served = pst_serve::serve(&cfg, pool, proto, store, retention);
-    discard_if_never_served(fresh, &a.server.pool, served)
+    discard_if_never_served(fresh, &a.server.pool, held, served)
 }
 
 fn serve_kv(a: KvArgs) -> anyhow::Result<()> {
@@ -169,8 +170,9 @@ fn serve_kv(a: KvArgs) -> anyhow::Result<()> {
             .with_shutdown(stop.clone()),
     );
     let cfg = a.server.serve_config("127.0.0.1:6380");
+    let held = pool.clone();
     let served = pst_serve::serve_until(&cfg, pool, proto, Some(store), Retention::Compact, stop);
-    discard_if_never_served(fresh, &a.server.pool, served)
+    discard_if_never_served(fresh, &a.server.pool, held, served)
 }
 
 fn serve_echo(a: ServerArgs) -> anyhow::Result<()> {
@@ -178,17 +180,21 @@ fn serve_echo(a: ServerArgs) -> anyhow::Result<()> {
     let pool = a.open_pool()?;
     let proto = Arc::new(pst_serve::echo::EchoService::default());
     let cfg = a.serve_config("127.0.0.1:60000");
+    let held = pool.clone();
     let served = pst_serve::serve(&cfg, pool, proto, None, Retention::Compact);
-    discard_if_never_served(fresh, &a.pool, served)
+    discard_if_never_served(fresh, &a.pool, held, served)
 }
 
 /// A server that could not listen (address taken, not ours to bind) never served anything:
 /// if this run created its pool file, remove it again, so a mistyped `--addr` or a second
 /// start on a busy port leaves no new file behind. An existing pool is never touched, and
-/// neither is a new one that served (it may hold acknowledged data).
+/// neither is a new one that served (it may hold acknowledged data). `held` keeps the pool
+/// open, and so its lock taken, until the file is gone: a second instance started meanwhile
+/// on the same `--pool` must not open the file just before it is unlinked.
 fn discard_if_never_served(
     fresh: bool,
     path: &std::path::Path,
+    held: Arc<pst_pool::Pool>,
     served: Result<(), pst_serve::ServeError>,
 ) -> anyhow::Result<()> {
     if fresh && matches!(served, Err(pst_serve::ServeError::Listen { .. })) {
@@ -202,6 +208,7 @@ fn discard_if_never_served(
             }
         }
     }
+    drop(held);
     Ok(served?)
 }
 
