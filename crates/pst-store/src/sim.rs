@@ -3,8 +3,25 @@
 //! fuzz target) need not re-derive buffer offsets, allocation and extent bookkeeping. Not a
 //! driver: nothing here touches real memory the kernel writes.
 
-use pst_pool::{BufAlloc, BufIdx, Media, SimPm};
+use pst_pool::{BufAlloc, BufIdx, Geometry, Header, Media, PersistMode, SimPm};
 use pst_ring::Extent;
+
+/// A zeroed simulated pool of `buf_count` buffers of `buf_size` bytes and a `log_len`-byte log
+/// in `mode`, with the byte range of its log (what [`crate::Store::open`] takes).
+pub fn media(
+    buf_size: u32,
+    buf_count: u32,
+    log_len: u64,
+    mode: PersistMode,
+) -> (SimPm, std::ops::Range<u64>) {
+    let h = Header::layout(Geometry {
+        buf_size,
+        buf_count,
+        log_len,
+    })
+    .expect("a valid test geometry");
+    (SimPm::new(h, mode), h.log_off..h.log_off + log_len)
+}
 
 /// Lands bytes in the buffers of a [`SimPm`] like the kernel lands received data: in fresh
 /// buffers (dirty, unflushed lines), optionally packed behind the previous value in a partly

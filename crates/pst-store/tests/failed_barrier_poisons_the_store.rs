@@ -2,20 +2,13 @@
 //! later write and commit is refused with `Poisoned`, nothing after the failure is ever
 //! acknowledged — and what was committed before it survives a crash and a reopen.
 
-use pst_pool::{Geometry, Header, PersistMode, SimPm};
+use pst_pool::{PersistMode, SimPm};
 use pst_store::sim::Landing;
 use pst_store::{Store, StoreError};
 
 #[test]
 fn failed_barrier_poisons_and_committed_data_survives() {
-    let h = Header::layout(Geometry {
-        buf_size: 512,
-        buf_count: 64,
-        log_len: 64 << 10,
-    })
-    .unwrap();
-    let log = h.log_off..h.log_off + h.geometry.log_len;
-    let media = SimPm::new(h, PersistMode::Fsync);
+    let (media, log) = pst_store::sim::media(512, 64, 64 << 10, PersistMode::Fsync);
     let (mut st, _) = Store::open(media.clone(), log.clone()).unwrap();
     let mut land = Landing::new(media.clone());
     let mut put = |st: &mut Store<SimPm>, key: &str, val: &str| {

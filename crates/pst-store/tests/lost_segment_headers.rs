@@ -3,21 +3,14 @@
 //! old life (epoch 1, sequence 1, 2, ...) still sit in the segments, and a new write with epoch
 //! 1 and sequence 1 would make them look like its successors on the next recovery.
 
-use pst_pool::{Geometry, Header, Media, PersistMode, SimPm};
+use pst_pool::{Media, PersistMode, SimPm};
 use pst_store::format::SEG_HEADER;
 use pst_store::sim::Landing;
 use pst_store::Store;
 
 #[test]
 fn stale_records_stay_dead_after_all_headers_are_lost() {
-    let h = Header::layout(Geometry {
-        buf_size: 512,
-        buf_count: 64,
-        log_len: 64 << 10,
-    })
-    .unwrap();
-    let log = h.log_off..h.log_off + h.geometry.log_len;
-    let media = SimPm::new(h, PersistMode::Fsync);
+    let (media, log) = pst_store::sim::media(512, 64, 64 << 10, PersistMode::Fsync);
     let (mut st, _) = Store::open(media.clone(), log.clone()).unwrap();
     let mut land = Landing::new(media.clone());
     let mut put = |st: &mut Store<SimPm>, key: &str, val: &str| {
@@ -31,8 +24,8 @@ fn stale_records_stay_dead_after_all_headers_are_lost() {
     drop(st);
 
     // Lose every segment header.
-    let seg = pst_store::format::segment_size(h.geometry.log_len);
-    for s in 0..h.geometry.log_len / seg {
+    let seg = pst_store::format::segment_size(log.end - log.start);
+    for s in 0..(log.end - log.start) / seg {
         media.write(log.start + s * seg, &[0u8; SEG_HEADER]);
     }
     let (mut st, rep) = Store::open(media.clone(), log.clone()).unwrap();

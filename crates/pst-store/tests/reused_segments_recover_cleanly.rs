@@ -3,20 +3,13 @@
 //! record would be, recovery must read it as the end of the segment's data — not as a torn or
 //! corrupt record — and carry on into the next segment.
 
-use pst_pool::{Geometry, Header, PersistMode, SimPm};
+use pst_pool::PersistMode;
 use pst_store::sim::Landing;
 use pst_store::Store;
 
 #[test]
 fn equal_sized_records_over_many_segment_reuses() {
-    let h = Header::layout(Geometry {
-        buf_size: 512,
-        buf_count: 512,
-        log_len: 64 << 10,
-    })
-    .unwrap();
-    let log = h.log_off..h.log_off + h.geometry.log_len;
-    let media = SimPm::new(h, PersistMode::Fsync);
+    let (media, log) = pst_store::sim::media(512, 512, 64 << 10, PersistMode::Fsync);
     let (mut st, _) = Store::open(media.clone(), log.clone()).unwrap();
     let mut land = Landing::new(media.clone());
     let mut expect = std::collections::HashMap::new();

@@ -3,19 +3,12 @@
 //! then refused as corruption, where an unsealed log (a crash) must treat it as a torn tail:
 //! nothing later says those records were committed.
 
-use pst_pool::{Geometry, Header, Media, PersistMode, SimPm};
+use pst_pool::{Media, PersistMode, SimPm};
 use pst_store::sim::Landing;
 use pst_store::{format, RecordKind, Store, StoreError};
 
 fn setup() -> (SimPm, std::ops::Range<u64>) {
-    let h = Header::layout(Geometry {
-        buf_size: 512,
-        buf_count: 64,
-        log_len: 64 << 10,
-    })
-    .unwrap();
-    let log = h.log_off..h.log_off + h.geometry.log_len;
-    (SimPm::new(h, PersistMode::Fsync), log)
+    pst_store::sim::media(512, 64, 64 << 10, PersistMode::Fsync)
 }
 
 /// Three acknowledged puts (`a`, `b`, `c`, in that order), committed; sealed if asked.
