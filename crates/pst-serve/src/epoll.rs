@@ -122,8 +122,12 @@ fn run<P: Protocol>(
             next_sweep = now + std::time::Duration::from_secs(1);
             for (i, slot) in conns.iter_mut().enumerate() {
                 let expired = slot.as_ref().is_some_and(|c| {
+                    // While its replies wait on a full socket the connection is not read (the
+                    // interest is OUT only): an unfinished request then waits on its client
+                    // reading, not on a slow request.
                     now - c.last_rx > limits.idle
-                        || c.partial_since.is_some_and(|t| now - t > limits.request)
+                        || (!c.want_write
+                            && c.partial_since.is_some_and(|t| now - t > limits.request))
                 });
                 if expired {
                     *slot = None; // dropping the fd closes it (and removes it from the epoll set)
@@ -320,6 +324,10 @@ fn run<P: Protocol>(
                     Ok(n) => {
                         c.out_off += n;
                         ctx.metrics().sent(n as u64);
+                        if c.want_write {
+                            // A client reading replies it had to wait for: activity.
+                            c.last_rx = std::time::Instant::now();
+                        }
                     }
                     Err(Errno::AGAIN) => break,
                     Err(_) => {
@@ -335,6 +343,10 @@ fn run<P: Protocol>(
                 c.out_off = 0;
             }
             if pending != c.want_write {
+                if !pending && c.partial_since.is_some() {
+                    // Reading again: an unfinished request's clock restarts.
+                    c.partial_since = Some(std::time::Instant::now());
+                }
                 c.want_write = pending;
                 let flags = if pending {
                     epoll::EventFlags::OUT
