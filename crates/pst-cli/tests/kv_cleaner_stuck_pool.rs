@@ -9,20 +9,23 @@ mod common;
 
 use std::io::Read;
 
+/// A checked-in pool from `tests/fixtures`, decompressed.
+fn fixture(name: &str) -> Vec<u8> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    let mut bytes = Vec::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap())
+        .read_to_end(&mut bytes)
+        .unwrap();
+    bytes
+}
+
 #[test]
 fn a_log_whose_cleaner_was_stuck_empties_and_takes_writes() {
     let dir = common::tmpdir("cleaner-stuck");
     let pool = dir.join("pool");
-    let gz = std::fs::File::open(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/cleaner-stuck-1MiB.pool.gz"),
-    )
-    .unwrap();
-    let mut bytes = Vec::new();
-    flate2::read::GzDecoder::new(gz)
-        .read_to_end(&mut bytes)
-        .unwrap();
-    std::fs::write(&pool, &bytes).unwrap();
+    std::fs::write(&pool, fixture("cleaner-stuck-1MiB.pool.gz")).unwrap();
     for engine in ["uring", "epoll"] {
         let p = dir.join(format!("pool-{engine}"));
         std::fs::copy(&pool, &p).unwrap();
@@ -65,15 +68,7 @@ fn a_log_whose_cleaner_was_stuck_empties_and_takes_writes() {
 #[test]
 fn a_log_with_puts_blocked_takes_a_set_at_once() {
     let dir = common::tmpdir("puts-blocked");
-    let gz = std::fs::File::open(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/puts-blocked-8MiB.pool.gz"),
-    )
-    .unwrap();
-    let mut bytes = Vec::new();
-    flate2::read::GzDecoder::new(gz)
-        .read_to_end(&mut bytes)
-        .unwrap();
+    let bytes = fixture("puts-blocked-8MiB.pool.gz");
     for engine in ["uring", "epoll"] {
         let p = dir.join(format!("pool-{engine}"));
         std::fs::write(&p, &bytes).unwrap();
