@@ -1009,10 +1009,7 @@ fn after_handling<P: Protocol>(
         let (_, e) = c.chunks.pop_front().expect("front");
         port.release(e);
     }
-    // An unfinished request: everything received was handed over (`fed == pos`) and the
-    // protocol still needs some of it. Bytes not yet handed over (a stalled connection's) wait
-    // on the server, not on a slow client: the request timeout is not for them.
-    c.partial_since = if needed < c.pos && c.fed == c.pos {
+    c.partial_since = if needed < c.pos {
         c.partial_since.or(Some(c.last_rx))
     } else {
         None

@@ -211,6 +211,15 @@ impl Core {
             idx: id.idx,
             gen: self.conns[id.idx as usize].gen,
         };
+        if result == Err(Errno::CANCELED) && !more {
+            // Cancelled: by a close (the connection is closing, and the completion usually
+            // stale: nothing to do), or by `pause_rx`. Re-arm if receiving goes on — resumed
+            // meanwhile, or a lingering close that drains its input; `arm_recv` does nothing
+            // while paused or closing.
+            self.release_lent(bufs);
+            self.arm_recv(id);
+            return;
+        }
         if lingering {
             self.release_lent(bufs);
             let c = self.conn_mut(id).expect("looked up above");
@@ -222,10 +231,6 @@ impl Core {
                 self.arm_recv(id);
             } else if result == Err(Errno::NOBUFS) {
                 self.starved.push(id);
-            } else if result == Err(Errno::CANCELED) && !more {
-                // `pause_rx`'s cancel, landing after the lingering close began (a close's
-                // cancel finds the connection closing: nothing to do): drain on.
-                self.arm_recv(id);
             } else if !more && !matches!(result, Ok(n) if n > 0) {
                 // End of stream or an error: the peer is gone.
                 c.rx = Rx::Done;
@@ -266,13 +271,7 @@ impl Core {
                     self.stats.enobufs += 1;
                     self.starved.push(id);
                 } else if result == Err(Errno::CANCELED) {
-                    // The socket was closed under the receive: the close already ended the
-                    // connection (this completion is usually stale), nothing to report. Or
-                    // `pause_rx` cancelled it: if receiving resumed meanwhile, re-arm
-                    // (`arm_recv` does nothing while paused or closing).
-                    if !more {
-                        self.arm_recv(id);
-                    }
+                    // Still armed (`more`; its end is handled above): nothing ended.
                 } else if more {
                     // Still armed: nothing ended.
                 } else {
